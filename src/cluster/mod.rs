@@ -1,0 +1,170 @@
+//! Cluster state that policies read: ConfigMaps and Secrets (key names and a SHA-256 digest per
+//! key, never values), Namespace labels, and LimitRanges.
+//!
+//! Behind one trait with three implementations: [`live::LiveState`] (kube-runtime watch caches),
+//! [`static_state::StaticState`] (manifests given with `--cluster-state`), and [`Standalone`]
+//! (no cluster: every lookup is "unknown", and policies say what they could not check).
+
+pub mod live;
+pub mod static_state;
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::{ConfigMap, LimitRangeSpec, Secret};
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A SHA-256 digest.
+pub type Digest = [u8; 32];
+
+/// What is kept of a ConfigMap or Secret: its keys and a digest of each value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigData {
+    /// Key → SHA-256 of the value's bytes. ConfigMap `data` and `binaryData` (decoded), Secret
+    /// `data` (decoded; `stringData` merged over it, as the apiserver does on write).
+    pub keys: BTreeMap<String, Digest>,
+}
+
+impl ConfigData {
+    /// Digests a ConfigMap's `data` and `binaryData`.
+    pub fn from_config_map(cm: &ConfigMap) -> Self {
+        let mut keys = BTreeMap::new();
+        for (k, v) in cm.data.iter().flatten() {
+            keys.insert(k.clone(), sha256(v.as_bytes()));
+        }
+        for (k, v) in cm.binary_data.iter().flatten() {
+            keys.insert(k.clone(), sha256(&v.0));
+        }
+        Self { keys }
+    }
+
+    /// Digests a Secret's `data` (and `stringData`, which only manifests carry). The values are
+    /// dropped as soon as they are hashed.
+    pub fn from_secret(secret: &Secret) -> Self {
+        let mut keys = BTreeMap::new();
+        for (k, v) in secret.data.iter().flatten() {
+            keys.insert(k.clone(), sha256(&v.0));
+        }
+        for (k, v) in secret.string_data.iter().flatten() {
+            keys.insert(k.clone(), sha256(v.as_bytes()));
+        }
+        Self { keys }
+    }
+
+    /// True when the object has `key`.
+    pub fn has(&self, key: &str) -> bool {
+        self.keys.contains_key(key)
+    }
+
+    /// Approximate heap bytes held (for the cache-size metric and the memory benchmark).
+    pub fn heap_bytes(&self) -> usize {
+        self.keys.keys().map(|k| k.capacity() + 32 + 3 * std::mem::size_of::<usize>()).sum()
+    }
+}
+
+/// SHA-256 of bytes.
+pub fn sha256(bytes: &[u8]) -> Digest {
+    Sha256::digest(bytes).into()
+}
+
+/// The answer to "does this ConfigMap/Secret exist?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// It exists; here are its keys.
+    Found(Arc<ConfigData>),
+    /// It does not exist.
+    Missing,
+    /// Cannot be known (no cluster, cache not synced, Secrets not readable): says why.
+    Unknown(String),
+}
+
+/// Which objects a cache holds, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Resource {
+    /// ConfigMaps.
+    ConfigMaps,
+    /// Secrets.
+    Secrets,
+    /// Namespaces.
+    Namespaces,
+    /// LimitRanges.
+    LimitRanges,
+}
+
+impl Resource {
+    /// The API resource name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resource::ConfigMaps => "configmaps",
+            Resource::Secrets => "secrets",
+            Resource::Namespaces => "namespaces",
+            Resource::LimitRanges => "limitranges",
+        }
+    }
+}
+
+/// Read access to the cluster for policies. Every method answers from memory.
+pub trait ClusterState: Send + Sync {
+    /// A short description for logs and `/readyz` ("standalone", "static: 4 files", "live").
+    fn describe(&self) -> String;
+
+    /// True when there is no cluster at all (policies then warn about what they could not check).
+    fn is_standalone(&self) -> bool {
+        false
+    }
+
+    /// A ConfigMap by namespace and name.
+    fn config_map(&self, namespace: &str, name: &str) -> Lookup;
+
+    /// A Secret by namespace and name (digests only).
+    fn secret(&self, namespace: &str, name: &str) -> Lookup;
+
+    /// The labels of a namespace; `None` when unknown.
+    fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>>;
+
+    /// The LimitRanges of a namespace (sorted by name); `None` when unknown.
+    fn limit_ranges(&self, namespace: &str) -> Option<Vec<Arc<LimitRangeSpec>>>;
+
+    /// `Err(reason)` while the state is not usable yet (caches not synced).
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Object counts per cache, for metrics.
+    fn counts(&self) -> Vec<(Resource, usize)> {
+        Vec::new()
+    }
+
+    /// Called (async, before evaluation) with the Secrets a request references, so a state that
+    /// reads Secrets on demand can fetch them; the lookups that follow are then answered from memory.
+    fn prefetch_secrets<'a>(&'a self, _namespace: &'a str, _names: Vec<String>) -> BoxFuture<'a, ()> {
+        Box::pin(std::future::ready(()))
+    }
+}
+
+/// No cluster: nothing can be looked up.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Standalone;
+
+const NO_CLUSTER: &str = "no cluster connection (standalone mode)";
+
+impl ClusterState for Standalone {
+    fn describe(&self) -> String {
+        "standalone: no cluster; references to ConfigMaps, Secrets and LimitRanges are not checked".into()
+    }
+    fn is_standalone(&self) -> bool {
+        true
+    }
+    fn config_map(&self, _: &str, _: &str) -> Lookup {
+        Lookup::Unknown(NO_CLUSTER.into())
+    }
+    fn secret(&self, _: &str, _: &str) -> Lookup {
+        Lookup::Unknown(NO_CLUSTER.into())
+    }
+    fn namespace_labels(&self, _: &str) -> Option<BTreeMap<String, String>> {
+        None
+    }
+    fn limit_ranges(&self, _: &str) -> Option<Vec<Arc<LimitRangeSpec>>> {
+        None
+    }
+}

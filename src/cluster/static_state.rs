@@ -1,0 +1,208 @@
+//! Cluster state from manifests (`--cluster-state FILE...`): what `kubectl apply` of those files
+//! would have created. Used by the CLI, the tests, and servers run without a cluster.
+
+use super::{ClusterState, ConfigData, Lookup, Resource};
+use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, LimitRangeSpec, Namespace, Secret};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A problem in a `--cluster-state` file.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not YAML/JSON.
+    #[error("{file}: {message}")]
+    Syntax {
+        /// The file.
+        file: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A document of a known kind does not have that kind's shape.
+    #[error("{file}: document {document} ({kind}): {message}")]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// 1-based document index (after `List` expansion).
+        document: usize,
+        /// Its kind.
+        kind: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+type Key = (String, String);
+
+/// Cluster state loaded from manifests.
+#[derive(Debug, Default)]
+pub struct StaticState {
+    files: usize,
+    config_maps: HashMap<Key, Arc<ConfigData>>,
+    secrets: HashMap<Key, Arc<ConfigData>>,
+    namespaces: HashMap<String, BTreeMap<String, String>>,
+    limit_ranges: BTreeMap<Key, Arc<LimitRangeSpec>>,
+}
+
+impl StaticState {
+    /// Loads ConfigMaps, Secrets, Namespaces and LimitRanges from the files; other kinds are
+    /// ignored. Objects without a namespace go to `default`, as kubectl would put them.
+    pub fn load(files: &[PathBuf]) -> Result<Self, StateError> {
+        let mut state = StaticState { files: files.len(), ..Default::default() };
+        for file in files {
+            let text = std::fs::read_to_string(file).map_err(|source| StateError::Read { file: file.clone(), source })?;
+            state.add_text(file, &text)?;
+        }
+        Ok(state)
+    }
+
+    /// Adds the objects of one YAML/JSON text.
+    pub fn add_text(&mut self, file: &Path, text: &str) -> Result<(), StateError> {
+        let docs = crate::yaml::documents(text).map_err(|message| StateError::Syntax { file: file.to_owned(), message })?;
+        for (i, doc) in crate::yaml::flatten_lists(docs).into_iter().enumerate() {
+            self.add_object(doc).map_err(|(kind, message)| StateError::Invalid { file: file.to_owned(), document: i + 1, kind, message })?;
+        }
+        Ok(())
+    }
+
+    fn add_object(&mut self, doc: Value) -> Result<(), (String, String)> {
+        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let api_version = doc.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+        if api_version != "v1" {
+            return Ok(());
+        }
+        let key = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            (meta.namespace.clone().unwrap_or_else(|| "default".into()), meta.name.clone().unwrap_or_default())
+        };
+        match kind.as_str() {
+            "ConfigMap" => {
+                let cm: ConfigMap = typed(&kind, doc)?;
+                self.config_maps.insert(key(&cm.metadata), Arc::new(ConfigData::from_config_map(&cm)));
+            }
+            "Secret" => {
+                let secret: Secret = typed(&kind, doc)?;
+                self.secrets.insert(key(&secret.metadata), Arc::new(ConfigData::from_secret(&secret)));
+            }
+            "Namespace" => {
+                let ns: Namespace = typed(&kind, doc)?;
+                let name = ns.metadata.name.unwrap_or_default();
+                let mut labels = ns.metadata.labels.unwrap_or_default();
+                labels.insert("kubernetes.io/metadata.name".into(), name.clone());
+                self.namespaces.insert(name, labels);
+            }
+            "LimitRange" => {
+                let lr: LimitRange = typed(&kind, doc)?;
+                self.limit_ranges.insert(key(&lr.metadata), Arc::new(lr.spec.unwrap_or_default()));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn typed<T: DeserializeOwned>(kind: &str, doc: Value) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(doc).map_err(|e| (kind.to_owned(), format!("{}: {}", e.path(), e.inner())))
+}
+
+fn lookup(map: &HashMap<Key, Arc<ConfigData>>, namespace: &str, name: &str) -> Lookup {
+    match map.get(&(namespace.to_owned(), name.to_owned())) {
+        Some(data) => Lookup::Found(data.clone()),
+        None => Lookup::Missing,
+    }
+}
+
+impl ClusterState for StaticState {
+    fn describe(&self) -> String {
+        format!("static: {} file(s)", self.files)
+    }
+    fn config_map(&self, namespace: &str, name: &str) -> Lookup {
+        lookup(&self.config_maps, namespace, name)
+    }
+    fn secret(&self, namespace: &str, name: &str) -> Lookup {
+        lookup(&self.secrets, namespace, name)
+    }
+    fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
+        self.namespaces.get(namespace).cloned()
+    }
+    fn limit_ranges(&self, namespace: &str) -> Option<Vec<Arc<LimitRangeSpec>>> {
+        Some(self.limit_ranges.iter().filter(|((ns, _), _)| ns == namespace).map(|(_, lr)| lr.clone()).collect())
+    }
+    fn counts(&self) -> Vec<(Resource, usize)> {
+        vec![
+            (Resource::ConfigMaps, self.config_maps.len()),
+            (Resource::Secrets, self.secrets.len()),
+            (Resource::Namespaces, self.namespaces.len()),
+            (Resource::LimitRanges, self.limit_ranges.len()),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATE: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: app-config, namespace: shop}
+data: {LOG_LEVEL: info}
+binaryData: {blob: aGVsbG8=}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: app-secret, namespace: shop}
+stringData: {API_KEY: s3cr3t}
+data: {OTHER: eHl6enk=}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {team: payments}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ignored}
+"#;
+
+    fn state() -> StaticState {
+        let mut s = StaticState::default();
+        s.add_text(Path::new("state.yaml"), STATE).unwrap();
+        s
+    }
+
+    #[test]
+    fn keeps_keys_and_digests_of_decoded_values() {
+        let s = state();
+        let Lookup::Found(cm) = s.config_map("shop", "app-config") else { panic!("configmap missing") };
+        assert_eq!(cm.keys["blob"], super::super::sha256(b"hello"));
+        let Lookup::Found(secret) = s.secret("shop", "app-secret") else { panic!("secret missing") };
+        assert_eq!(secret.keys["API_KEY"], super::super::sha256(b"s3cr3t"));
+        assert_eq!(secret.keys["OTHER"], super::super::sha256(b"xyzzy"));
+        assert_eq!(s.config_map("shop", "nope"), Lookup::Missing);
+        assert_eq!(s.config_map("other", "app-config"), Lookup::Missing);
+    }
+
+    #[test]
+    fn namespaces_get_their_name_label() {
+        let labels = state().namespace_labels("shop").unwrap();
+        assert_eq!(labels["team"], "payments");
+        assert_eq!(labels["kubernetes.io/metadata.name"], "shop");
+    }
+
+    #[test]
+    fn reports_invalid_objects_with_file_and_document() {
+        let mut s = StaticState::default();
+        let err = s.add_text(Path::new("bad.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: [1]\n").unwrap_err();
+        assert!(err.to_string().starts_with("bad.yaml: document 1 (ConfigMap): data"), "{err}");
+    }
+}

@@ -1,0 +1,213 @@
+//! The policy engine: for one review and one endpoint, runs every matching policy, judges what
+//! each found by its `action`/`onError`, and turns all mutations into one JSON Patch.
+//!
+//! Knows nothing of HTTP: the server, the CLI and the tests call it the same way.
+
+mod decision;
+
+pub use decision::{Decision, Outcome, PolicyVerdict};
+
+use crate::admission::Review;
+use crate::cluster::ClusterState;
+use crate::policy::{Action, Context, Endpoint, Findings, LoadedPolicy, OnError, PolicyError, PolicySet};
+use crate::policy::MatchInput;
+use kube::core::admission::Operation;
+use serde_json::Value;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Why a review could not be evaluated at all (the request names something that is not there).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// `/mutate/{policy}` or `/validate/{policy}` names no loaded policy.
+    #[error("no policy named {0:?} is loaded")]
+    UnknownPolicy(String),
+    /// The named policy does not take part in this endpoint.
+    #[error("policy {policy:?} does not {endpoint}")]
+    NotServed {
+        /// The policy.
+        policy: String,
+        /// `mutate` or `validate`.
+        endpoint: &'static str,
+    },
+}
+
+/// Evaluates reviews against a policy set with one cluster state.
+#[derive(Clone)]
+pub struct Engine {
+    cluster: Arc<dyn ClusterState>,
+}
+
+impl Engine {
+    /// An engine reading `cluster`.
+    pub fn new(cluster: Arc<dyn ClusterState>) -> Self {
+        Self { cluster }
+    }
+
+    /// The cluster state policies read.
+    pub fn cluster(&self) -> &Arc<dyn ClusterState> {
+        &self.cluster
+    }
+
+    /// Evaluates `review` at `endpoint` with every policy of `set` serving it, or only `only`.
+    pub fn evaluate(
+        &self,
+        set: &PolicySet,
+        review: &Review,
+        endpoint: Endpoint,
+        only: Option<&str>,
+    ) -> Result<Decision, EngineError> {
+        let policies = select(set, endpoint, only)?;
+        let mut decision = Decision::default();
+        let Some(object) = subject(review) else {
+            decision.skipped = Some("request carries no object".into());
+            return Ok(decision);
+        };
+        let cx = Context { request: &review.request, old_object: review.old_object.as_ref(), cluster: self.cluster.as_ref() };
+        let mut working: Option<Value> = None;
+        for policy in policies {
+            if let Err(reason) = self.applies(policy, review) {
+                decision.verdicts.push(PolicyVerdict::skipped(policy, reason));
+                continue;
+            }
+            let started = Instant::now();
+            let mut findings = Findings::default();
+            let result = match endpoint {
+                Endpoint::Validate => guarded(|| policy.policy.validate(&cx, object, &mut findings)),
+                Endpoint::Mutate => {
+                    let target = working.get_or_insert_with(|| object.clone());
+                    let snapshot = (policy.on_error == OnError::Allow).then(|| target.clone());
+                    let result = guarded(|| policy.policy.mutate(&cx, target, &mut findings));
+                    if let (Err(_), Some(snapshot)) = (&result, snapshot) {
+                        *target = snapshot;
+                    }
+                    result
+                }
+            };
+            decision.record(policy, findings, result, started.elapsed());
+        }
+        if endpoint == Endpoint::Mutate && decision.allowed() {
+            if let Some(mutated) = working {
+                let patch = json_patch::diff(object, &mutated);
+                if !patch.0.is_empty() {
+                    decision.patch = patch;
+                    decision.mutated = Some(mutated);
+                }
+            }
+        }
+        Ok(decision)
+    }
+
+    /// What the apiserver does with both webhooks: mutate, apply the patch, then validate the
+    /// patched object. The decision carries the mutation's patch and both phases' verdicts.
+    pub fn evaluate_both(&self, set: &PolicySet, review: &Review) -> Result<Decision, EngineError> {
+        let mutated = self.evaluate(set, review, Endpoint::Mutate, None)?;
+        if !mutated.allowed() {
+            return Ok(mutated);
+        }
+        let mut patched = review.clone();
+        if let Some(object) = &mutated.mutated {
+            patched.object = Some(object.clone());
+        }
+        let validated = self.evaluate(set, &patched, Endpoint::Validate, None)?;
+        Ok(mutated.then(validated))
+    }
+
+    fn applies(&self, policy: &LoadedPolicy, review: &Review) -> Result<(), String> {
+        let request = &review.request;
+        if let Some(sub) = request.sub_resource.as_deref().filter(|s| !s.is_empty())
+            && !policy.policy.handles_subresource(sub)
+        {
+            return Err(format!("subresource {sub} not evaluated"));
+        }
+        let input = MatchInput {
+            kind: &request.kind.kind,
+            operation: &request.operation,
+            namespace: request.namespace.as_deref().unwrap_or_default(),
+            objects: [review.object.as_ref(), review.old_object.as_ref()],
+        };
+        policy.matcher.check(&input, |ns| self.cluster.namespace_labels(ns))
+    }
+}
+
+/// The object a policy judges: the new object, or on DELETE the old one.
+fn subject(review: &Review) -> Option<&Value> {
+    match review.request.operation {
+        Operation::Delete => review.old_object.as_ref(),
+        _ => review.object.as_ref(),
+    }
+}
+
+fn select<'a>(set: &'a PolicySet, endpoint: Endpoint, only: Option<&str>) -> Result<Vec<&'a LoadedPolicy>, EngineError> {
+    match only {
+        None => Ok(set.policies.iter().filter(|p| p.policy.capabilities().serves(endpoint)).collect()),
+        Some(name) => {
+            let policy = set.get(name).ok_or_else(|| EngineError::UnknownPolicy(name.to_owned()))?;
+            if !policy.policy.capabilities().serves(endpoint) {
+                return Err(EngineError::NotServed { policy: name.to_owned(), endpoint: endpoint.as_str() });
+            }
+            Ok(vec![policy])
+        }
+    }
+}
+
+/// Runs a policy, turning a panic into a [`PolicyError`] so one bad policy cannot take the
+/// server (and with `failurePolicy: Fail`, the cluster) down.
+fn guarded(run: impl FnOnce() -> Result<(), PolicyError>) -> Result<(), PolicyError> {
+    match catch_unwind(AssertUnwindSafe(run)) {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            Err(PolicyError::Panicked(message))
+        }
+    }
+}
+
+impl Decision {
+    fn record(&mut self, policy: &LoadedPolicy, findings: Findings, result: Result<(), PolicyError>, took: std::time::Duration) {
+        let name = &policy.name;
+        self.warnings.extend(findings.warnings.iter().map(|w| format!("{name}: {w}")));
+        let outcome = match result {
+            Err(error) => {
+                tracing::warn!(policy = %name, %error, "policy failed");
+                match policy.on_error {
+                    OnError::Deny => {
+                        self.denials.push(format!("{name}: internal error: {error}"));
+                        Outcome::Error { denied: true }
+                    }
+                    OnError::Allow => {
+                        self.warnings.push(format!("{name}: not evaluated (internal error: {error})"));
+                        Outcome::Error { denied: false }
+                    }
+                }
+            }
+            Ok(()) if findings.violations.is_empty() => Outcome::Passed,
+            Ok(()) => match policy.action {
+                Action::Deny => {
+                    self.denials.extend(findings.violations.iter().map(|v| format!("{name}: {v}")));
+                    Outcome::Denied
+                }
+                Action::Warn => {
+                    self.warnings.extend(findings.violations.iter().map(|v| format!("{name}: {v}")));
+                    Outcome::Warned
+                }
+                Action::Audit => {
+                    self.audit_annotations.insert(format!("{name}/violations"), findings.violations.join("; "));
+                    Outcome::Audited
+                }
+            },
+        };
+        self.verdicts.push(PolicyVerdict {
+            policy: name.clone(),
+            outcome,
+            violations: findings.violations,
+            warnings: findings.warnings,
+            duration: took,
+        });
+    }
+}

@@ -1,0 +1,221 @@
+//! The policy contract: a small trait each built-in policy type implements, the findings a policy
+//! reports, and the registry that turns `spec.type` + `spec.settings` into a policy.
+//!
+//! A policy never sees HTTP: it gets the request envelope, the object, and the cluster state.
+//! A violation is a value ([`Findings`]); only infrastructure trouble is a [`PolicyError`].
+
+mod file;
+mod matcher;
+mod registry;
+
+pub use file::{ConfigError, PolicySet, load_dir, load_str};
+pub use matcher::{Match, MatchInput, MatchSpec, labels_of};
+pub use registry::{Factory, Registry, SettingsError, parse_settings};
+
+use crate::cluster::ClusterState;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, Operation};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// What a policy reads besides the object itself.
+pub struct Context<'a> {
+    /// The request envelope: kind, resource, namespace, operation, userInfo, dryRun.
+    pub request: &'a AdmissionRequest<DynamicObject>,
+    /// `request.oldObject` (UPDATE and DELETE).
+    pub old_object: Option<&'a Value>,
+    /// ConfigMaps, Secrets, Namespaces and LimitRanges, from watch caches or static manifests.
+    pub cluster: &'a dyn ClusterState,
+}
+
+impl Context<'_> {
+    /// The namespace of the request ("" for cluster-scoped objects).
+    pub fn namespace(&self) -> &str {
+        self.request.namespace.as_deref().unwrap_or_default()
+    }
+}
+
+/// What a policy found. Violations are judged by the policy's `action` (deny, warn, audit);
+/// warnings are always returned to the client as warnings.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Findings {
+    /// Problems the policy's action applies to, one line each.
+    pub violations: Vec<String>,
+    /// Notes for the client that never deny (for example what could not be checked).
+    pub warnings: Vec<String>,
+}
+
+impl Findings {
+    /// Records a violation.
+    pub fn violation(&mut self, message: impl Into<String>) {
+        self.violations.push(message.into());
+    }
+
+    /// Records a warning.
+    pub fn warn(&mut self, message: impl Into<String>) {
+        self.warnings.push(message.into());
+    }
+
+    /// True when nothing was found.
+    pub fn is_empty(&self) -> bool {
+        self.violations.is_empty() && self.warnings.is_empty()
+    }
+}
+
+/// An internal failure of a policy (not a violation). Judged by the policy's `onError`.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The object does not have the shape the policy needs (for example a non-object `spec`).
+    #[error("object is malformed at {path}: {reason}")]
+    Malformed {
+        /// JSON pointer into the object.
+        path: String,
+        /// What was wrong there.
+        reason: String,
+    },
+    /// Something the policy needs is unavailable.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The policy panicked; the engine caught it.
+    #[error("policy panicked: {0}")]
+    Panicked(String),
+}
+
+/// Which endpoints a policy type serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capabilities {
+    /// Only `/validate`.
+    Validate,
+    /// Only `/mutate`.
+    Mutate,
+    /// `/mutate` (defaulting) and `/validate` (checks on the final object).
+    Both,
+}
+
+impl Capabilities {
+    /// True when the policy takes part in `endpoint`.
+    pub fn serves(self, endpoint: Endpoint) -> bool {
+        matches!(
+            (self, endpoint),
+            (Capabilities::Both, _)
+                | (Capabilities::Validate, Endpoint::Validate)
+                | (Capabilities::Mutate, Endpoint::Mutate)
+        )
+    }
+}
+
+/// The two admission phases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// MutatingAdmissionWebhook: may change the object.
+    Mutate,
+    /// ValidatingAdmissionWebhook: judges the final object.
+    Validate,
+}
+
+impl Endpoint {
+    /// `mutate` or `validate`, as in the URL path.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Mutate => "mutate",
+            Endpoint::Validate => "validate",
+        }
+    }
+}
+
+/// A policy type. Implementations are pure: no side effects, no I/O (dry-run requests are
+/// evaluated like any other), no panics on any input.
+pub trait Policy: Send + Sync {
+    /// Which endpoints this policy serves.
+    fn capabilities(&self) -> Capabilities;
+
+    /// The kinds this policy understands; `match.kinds` may only narrow them. `None`: any kind.
+    fn kinds(&self) -> Option<&'static [&'static str]> {
+        None
+    }
+
+    /// Operations beyond CREATE and UPDATE this policy evaluates (DELETE, CONNECT).
+    fn extra_operations(&self) -> &'static [Operation] {
+        &[]
+    }
+
+    /// Subresources (`scale`, `status`, ...) this policy evaluates; by default none.
+    fn handles_subresource(&self, _subresource: &str) -> bool {
+        false
+    }
+
+    /// Judges the object. Violations go to `out`.
+    fn validate(&self, _cx: &Context, _object: &Value, _out: &mut Findings) -> Result<(), PolicyError> {
+        Ok(())
+    }
+
+    /// Edits `object` (a copy); the engine diffs all edits into one patch.
+    fn mutate(&self, _cx: &Context, _object: &mut Value, _out: &mut Findings) -> Result<(), PolicyError> {
+        Ok(())
+    }
+}
+
+/// What a violation of this policy does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum Action {
+    /// Deny the request.
+    #[default]
+    Deny,
+    /// Allow it, returning the violations as warnings to the client.
+    Warn,
+    /// Allow it, recording the violations as audit annotations.
+    Audit,
+}
+
+/// What an internal error in this policy means for the request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum OnError {
+    /// Deny the request, naming the error.
+    #[default]
+    Deny,
+    /// Allow the request (and, for mutation, drop this policy's changes); the error is logged
+    /// and returned as a warning.
+    Allow,
+}
+
+/// The webhook `failurePolicy` for this policy's registration (what the apiserver does when
+/// confgate cannot be reached).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum FailurePolicy {
+    /// Reject the request when confgate is unreachable.
+    Fail,
+    /// Let the request through when confgate is unreachable.
+    Ignore,
+}
+
+/// A policy loaded from a policy file: its name, how it is judged, where it applies, and its
+/// implementation.
+pub struct LoadedPolicy {
+    /// `metadata.name`: unique, a DNS label (used in URLs and audit annotation keys).
+    pub name: String,
+    /// `spec.type`.
+    pub type_name: String,
+    /// `spec.action`.
+    pub action: Action,
+    /// `spec.onError`.
+    pub on_error: OnError,
+    /// `spec.failurePolicy`, when set.
+    pub failure_policy: Option<FailurePolicy>,
+    /// `spec.match`, compiled.
+    pub matcher: Match,
+    /// The file it came from.
+    pub source: std::path::PathBuf,
+    /// The implementation built from `spec.settings`.
+    pub policy: Box<dyn Policy>,
+}
+
+impl std::fmt::Debug for LoadedPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPolicy")
+            .field("name", &self.name)
+            .field("type", &self.type_name)
+            .field("action", &self.action)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
