@@ -104,7 +104,10 @@ pub fn review_from_value(mut value: Value) -> Result<Review, ReviewError> {
     if kind != "AdmissionReview" {
         return Err(ReviewError::Kind(kind.to_owned()));
     }
-    let version = map.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let version = map
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if version != V1 && version != V1BETA1 {
         return Err(ReviewError::ApiVersion(version.to_owned()));
     }
@@ -119,7 +122,11 @@ pub fn review_from_value(mut value: Value) -> Result<Review, ReviewError> {
         serde_json::from_value(value).map_err(ReviewError::Invalid)?;
     let request: AdmissionRequest<DynamicObject> =
         review.try_into().map_err(|_| ReviewError::MissingRequest)?;
-    Ok(Review { request, object, old_object })
+    Ok(Review {
+        request,
+        object,
+        old_object,
+    })
 }
 
 fn take_object(
@@ -208,7 +215,10 @@ mod tests {
     #[test]
     fn rejects_wrong_kind_and_version() {
         let err = parse_review(br#"{"apiVersion":"v1","kind":"Pod"}"#).unwrap_err();
-        assert_eq!(err.to_string(), "kind must be \"AdmissionReview\", got \"Pod\"");
+        assert_eq!(
+            err.to_string(),
+            "kind must be \"AdmissionReview\", got \"Pod\""
+        );
         let err = parse_review(br#"{"apiVersion":"admission.k8s.io/v2","kind":"AdmissionReview"}"#)
             .unwrap_err();
         assert!(err.to_string().contains("admission.k8s.io/v2"));

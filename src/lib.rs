@@ -4,7 +4,13 @@
 //! [`policy`] implementations against an [`admission::Review`] and the [`cluster`] state.
 
 pub mod admission;
+pub mod certs;
+pub mod cli;
 pub mod cluster;
 pub mod engine;
+pub mod metrics;
 pub mod policy;
+pub mod server;
+pub mod telemetry;
+pub mod workload;
 pub mod yaml;

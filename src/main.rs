@@ -1,1 +1,33 @@
-fn main() {}
+//! The `confgate` binary.
+
+use clap::Parser;
+use confgate::cli::{Cli, Command};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Review(args) => confgate::cli::review::run(args),
+        Command::Certs(args) => report(confgate::cli::certs::run(args)),
+        Command::Serve(args) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => return report(Err(e.into())),
+            };
+            report(runtime.block_on(confgate::cli::serve::run(args)))
+        }
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("confgate: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -21,7 +21,10 @@ pub fn documents(text: &str) -> Result<Vec<Value>, String> {
 pub fn flatten_lists(docs: Vec<Value>) -> Vec<Value> {
     let mut out = Vec::with_capacity(docs.len());
     for doc in docs {
-        let is_list = doc.get("kind").and_then(Value::as_str).is_some_and(|k| k == "List" || k.ends_with("List"))
+        let is_list = doc
+            .get("kind")
+            .and_then(Value::as_str)
+            .is_some_and(|k| k == "List" || k.ends_with("List"))
             && doc.get("items").is_some_and(Value::is_array);
         match (is_list, doc) {
             (true, Value::Object(mut map)) => {
@@ -42,12 +45,18 @@ mod tests {
     #[test]
     fn splits_documents_and_drops_empty_ones() {
         let docs = documents("# only a comment\n---\na: 1\n---\n---\nb: [x]\n").unwrap();
-        assert_eq!(docs, vec![serde_json::json!({"a": 1}), serde_json::json!({"b": ["x"]})]);
+        assert_eq!(
+            docs,
+            vec![serde_json::json!({"a": 1}), serde_json::json!({"b": ["x"]})]
+        );
     }
 
     #[test]
     fn reads_json() {
-        assert_eq!(documents(r#"{"a": 1.5}"#).unwrap(), vec![serde_json::json!({"a": 1.5})]);
+        assert_eq!(
+            documents(r#"{"a": 1.5}"#).unwrap(),
+            vec![serde_json::json!({"a": 1.5})]
+        );
     }
 
     #[test]

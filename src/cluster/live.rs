@@ -7,8 +7,8 @@ use super::{ClusterState, ConfigData, Lookup, Resource};
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, LimitRangeSpec, Namespace, Secret};
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource as KubeResource, ResourceExt};
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, HashMap};
@@ -39,11 +39,18 @@ struct Cache<V> {
 
 impl<V> Cache<V> {
     fn new(resource: Resource) -> Arc<Self> {
-        Arc::new(Self { resource, map: RwLock::new(HashMap::new()), synced: AtomicBool::new(false) })
+        Arc::new(Self {
+            resource,
+            map: RwLock::new(HashMap::new()),
+            synced: AtomicBool::new(false),
+        })
     }
 
     fn get(&self, namespace: &str, name: &str) -> Option<Arc<V>> {
-        let map = self.map.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let map = self
+            .map
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         map.get(&(namespace.to_owned(), name.to_owned())).cloned()
     }
 
@@ -52,7 +59,9 @@ impl<V> Cache<V> {
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Key, Arc<V>>> {
-        self.map.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.map
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -88,35 +97,62 @@ impl LiveState {
             watched_secrets: Cache::new(Resource::Secrets),
             fetched_secrets: RwLock::new(HashMap::new()),
         });
-        tokio::spawn(run_watch(Api::<ConfigMap>::all(client.clone()), state.config_maps.clone(), ConfigData::from_config_map));
-        tokio::spawn(run_watch(Api::<Namespace>::all(client.clone()), state.namespaces.clone(), |ns: &Namespace| {
-            let mut labels = ns.labels().clone();
-            labels.insert("kubernetes.io/metadata.name".into(), ns.name_any());
-            labels
-        }));
-        tokio::spawn(run_watch(Api::<LimitRange>::all(client.clone()), state.limit_ranges.clone(), |lr: &LimitRange| {
-            lr.spec.clone().unwrap_or_default()
-        }));
+        tokio::spawn(run_watch(
+            Api::<ConfigMap>::all(client.clone()),
+            state.config_maps.clone(),
+            ConfigData::from_config_map,
+        ));
+        tokio::spawn(run_watch(
+            Api::<Namespace>::all(client.clone()),
+            state.namespaces.clone(),
+            |ns: &Namespace| {
+                let mut labels = ns.labels().clone();
+                labels.insert("kubernetes.io/metadata.name".into(), ns.name_any());
+                labels
+            },
+        ));
+        tokio::spawn(run_watch(
+            Api::<LimitRange>::all(client.clone()),
+            state.limit_ranges.clone(),
+            |lr: &LimitRange| lr.spec.clone().unwrap_or_default(),
+        ));
         if secrets_mode == SecretsMode::Watch {
-            tokio::spawn(run_watch(Api::<Secret>::all(client), state.watched_secrets.clone(), ConfigData::from_secret));
+            tokio::spawn(run_watch(
+                Api::<Secret>::all(client),
+                state.watched_secrets.clone(),
+                ConfigData::from_secret,
+            ));
         }
         state
     }
 
     fn caches_synced(&self) -> Vec<(Resource, bool)> {
         let mut out = vec![
-            (Resource::ConfigMaps, self.config_maps.synced.load(Ordering::Acquire)),
-            (Resource::Namespaces, self.namespaces.synced.load(Ordering::Acquire)),
-            (Resource::LimitRanges, self.limit_ranges.synced.load(Ordering::Acquire)),
+            (
+                Resource::ConfigMaps,
+                self.config_maps.synced.load(Ordering::Acquire),
+            ),
+            (
+                Resource::Namespaces,
+                self.namespaces.synced.load(Ordering::Acquire),
+            ),
+            (
+                Resource::LimitRanges,
+                self.limit_ranges.synced.load(Ordering::Acquire),
+            ),
         ];
         if self.secrets_mode == SecretsMode::Watch {
-            out.push((Resource::Secrets, self.watched_secrets.synced.load(Ordering::Acquire)));
+            out.push((
+                Resource::Secrets,
+                self.watched_secrets.synced.load(Ordering::Acquire),
+            ));
         }
         out
     }
 
     fn unsynced(&self, cache_synced: bool, resource: Resource) -> Option<Lookup> {
-        (!cache_synced).then(|| Lookup::Unknown(format!("{} cache not synced yet", resource.as_str())))
+        (!cache_synced)
+            .then(|| Lookup::Unknown(format!("{} cache not synced yet", resource.as_str())))
     }
 
     async fn fetch_secret(&self, namespace: &str, name: &str) -> Lookup {
@@ -156,7 +192,11 @@ where
                     *cache.write() = buffer;
                 }
                 if !cache.synced.swap(true, Ordering::AcqRel) {
-                    tracing::info!(resource = cache.resource.as_str(), objects = cache.len(), "cache synced");
+                    tracing::info!(
+                        resource = cache.resource.as_str(),
+                        objects = cache.len(),
+                        "cache synced"
+                    );
                 }
             }
             Ok(Some(Event::Apply(o))) => {
@@ -169,7 +209,9 @@ where
                 tracing::error!(resource = cache.resource.as_str(), "watch stream ended");
                 return;
             }
-            Err(e) => tracing::warn!(resource = cache.resource.as_str(), error = %e, "watch error; retrying"),
+            Err(e) => {
+                tracing::warn!(resource = cache.resource.as_str(), error = %e, "watch error; retrying")
+            }
         }
     }
 }
@@ -192,23 +234,36 @@ impl ClusterState for LiveState {
     }
 
     fn config_map(&self, namespace: &str, name: &str) -> Lookup {
-        if let Some(unknown) = self.unsynced(self.config_maps.synced.load(Ordering::Acquire), Resource::ConfigMaps) {
+        if let Some(unknown) = self.unsynced(
+            self.config_maps.synced.load(Ordering::Acquire),
+            Resource::ConfigMaps,
+        ) {
             return unknown;
         }
-        self.config_maps.get(namespace, name).map_or(Lookup::Missing, Lookup::Found)
+        self.config_maps
+            .get(namespace, name)
+            .map_or(Lookup::Missing, Lookup::Found)
     }
 
     fn secret(&self, namespace: &str, name: &str) -> Lookup {
         match self.secrets_mode {
             SecretsMode::None => Lookup::Unknown("secrets are not read (--secrets none)".into()),
             SecretsMode::Watch => {
-                if let Some(unknown) = self.unsynced(self.watched_secrets.synced.load(Ordering::Acquire), Resource::Secrets) {
+                if let Some(unknown) = self.unsynced(
+                    self.watched_secrets.synced.load(Ordering::Acquire),
+                    Resource::Secrets,
+                ) {
                     return unknown;
                 }
-                self.watched_secrets.get(namespace, name).map_or(Lookup::Missing, Lookup::Found)
+                self.watched_secrets
+                    .get(namespace, name)
+                    .map_or(Lookup::Missing, Lookup::Found)
             }
             SecretsMode::Get => {
-                let cache = self.fetched_secrets.read().unwrap_or_else(|p| p.into_inner());
+                let cache = self
+                    .fetched_secrets
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner());
                 match cache.get(&(namespace.to_owned(), name.to_owned())) {
                     Some((_, lookup)) => lookup.clone(),
                     None => Lookup::Unknown("secret was not fetched".into()),
@@ -218,24 +273,44 @@ impl ClusterState for LiveState {
     }
 
     fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
-        self.namespaces.get("", namespace).map(|labels| (*labels).clone())
+        self.namespaces
+            .get("", namespace)
+            .map(|labels| (*labels).clone())
     }
 
     fn limit_ranges(&self, namespace: &str) -> Option<Vec<Arc<LimitRangeSpec>>> {
         if !self.limit_ranges.synced.load(Ordering::Acquire) {
             return None;
         }
-        let map = self.limit_ranges.map.read().unwrap_or_else(|p| p.into_inner());
-        let mut found: Vec<(&String, &Arc<LimitRangeSpec>)> =
-            map.iter().filter(|((ns, _), _)| ns == namespace).map(|((_, name), spec)| (name, spec)).collect();
+        let map = self
+            .limit_ranges
+            .map
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut found: Vec<(&String, &Arc<LimitRangeSpec>)> = map
+            .iter()
+            .filter(|((ns, _), _)| ns == namespace)
+            .map(|((_, name), spec)| (name, spec))
+            .collect();
         found.sort_by(|a, b| a.0.cmp(b.0));
         Some(found.into_iter().map(|(_, spec)| spec.clone()).collect())
     }
 
     fn ready(&self) -> Result<(), String> {
-        let pending: Vec<&str> =
-            self.caches_synced().into_iter().filter(|(_, synced)| !synced).map(|(r, _)| r.as_str()).collect();
-        if pending.is_empty() { Ok(()) } else { Err(format!("waiting for caches to sync: {}", pending.join(", "))) }
+        let pending: Vec<&str> = self
+            .caches_synced()
+            .into_iter()
+            .filter(|(_, synced)| !synced)
+            .map(|(r, _)| r.as_str())
+            .collect();
+        if pending.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "waiting for caches to sync: {}",
+                pending.join(", ")
+            ))
+        }
     }
 
     fn counts(&self) -> Vec<(Resource, usize)> {
@@ -258,14 +333,26 @@ impl ClusterState for LiveState {
             }
             let now = Instant::now();
             let stale: Vec<String> = {
-                let cache = self.fetched_secrets.read().unwrap_or_else(|p| p.into_inner());
+                let cache = self
+                    .fetched_secrets
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner());
                 names
                     .into_iter()
-                    .filter(|n| cache.get(&(namespace.to_owned(), n.clone())).is_none_or(|(at, _)| now.duration_since(*at) > SECRET_TTL))
+                    .filter(|n| {
+                        cache
+                            .get(&(namespace.to_owned(), n.clone()))
+                            .is_none_or(|(at, _)| now.duration_since(*at) > SECRET_TTL)
+                    })
                     .collect()
             };
-            let fetched = futures::future::join_all(stale.iter().map(|n| self.fetch_secret(namespace, n))).await;
-            let mut cache = self.fetched_secrets.write().unwrap_or_else(|p| p.into_inner());
+            let fetched =
+                futures::future::join_all(stale.iter().map(|n| self.fetch_secret(namespace, n)))
+                    .await;
+            let mut cache = self
+                .fetched_secrets
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
             cache.retain(|_, (at, _)| now.duration_since(*at) <= SECRET_TTL);
             for (name, lookup) in stale.into_iter().zip(fetched) {
                 cache.insert((namespace.to_owned(), name), (now, lookup));
@@ -273,4 +360,3 @@ impl ClusterState for LiveState {
         })
     }
 }
-

@@ -58,7 +58,10 @@ impl ConfigData {
 
     /// Approximate heap bytes held (for the cache-size metric and the memory benchmark).
     pub fn heap_bytes(&self) -> usize {
-        self.keys.keys().map(|k| k.capacity() + 32 + 3 * std::mem::size_of::<usize>()).sum()
+        self.keys
+            .keys()
+            .map(|k| k.capacity() + 32 + 3 * std::mem::size_of::<usize>())
+            .sum()
     }
 }
 
@@ -137,7 +140,11 @@ pub trait ClusterState: Send + Sync {
 
     /// Called (async, before evaluation) with the Secrets a request references, so a state that
     /// reads Secrets on demand can fetch them; the lookups that follow are then answered from memory.
-    fn prefetch_secrets<'a>(&'a self, _namespace: &'a str, _names: Vec<String>) -> BoxFuture<'a, ()> {
+    fn prefetch_secrets<'a>(
+        &'a self,
+        _namespace: &'a str,
+        _names: Vec<String>,
+    ) -> BoxFuture<'a, ()> {
         Box::pin(std::future::ready(()))
     }
 }
@@ -150,7 +157,8 @@ const NO_CLUSTER: &str = "no cluster connection (standalone mode)";
 
 impl ClusterState for Standalone {
     fn describe(&self) -> String {
-        "standalone: no cluster; references to ConfigMaps, Secrets and LimitRanges are not checked".into()
+        "standalone: no cluster; references to ConfigMaps, Secrets and LimitRanges are not checked"
+            .into()
     }
     fn is_standalone(&self) -> bool {
         true

@@ -59,9 +59,15 @@ impl StaticState {
     /// Loads ConfigMaps, Secrets, Namespaces and LimitRanges from the files; other kinds are
     /// ignored. Objects without a namespace go to `default`, as kubectl would put them.
     pub fn load(files: &[PathBuf]) -> Result<Self, StateError> {
-        let mut state = StaticState { files: files.len(), ..Default::default() };
+        let mut state = StaticState {
+            files: files.len(),
+            ..Default::default()
+        };
         for file in files {
-            let text = std::fs::read_to_string(file).map_err(|source| StateError::Read { file: file.clone(), source })?;
+            let text = std::fs::read_to_string(file).map_err(|source| StateError::Read {
+                file: file.clone(),
+                source,
+            })?;
             state.add_text(file, &text)?;
         }
         Ok(state)
@@ -69,30 +75,55 @@ impl StaticState {
 
     /// Adds the objects of one YAML/JSON text.
     pub fn add_text(&mut self, file: &Path, text: &str) -> Result<(), StateError> {
-        let docs = crate::yaml::documents(text).map_err(|message| StateError::Syntax { file: file.to_owned(), message })?;
+        let docs = crate::yaml::documents(text).map_err(|message| StateError::Syntax {
+            file: file.to_owned(),
+            message,
+        })?;
         for (i, doc) in crate::yaml::flatten_lists(docs).into_iter().enumerate() {
-            self.add_object(doc).map_err(|(kind, message)| StateError::Invalid { file: file.to_owned(), document: i + 1, kind, message })?;
+            self.add_object(doc)
+                .map_err(|(kind, message)| StateError::Invalid {
+                    file: file.to_owned(),
+                    document: i + 1,
+                    kind,
+                    message,
+                })?;
         }
         Ok(())
     }
 
     fn add_object(&mut self, doc: Value) -> Result<(), (String, String)> {
-        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
-        let api_version = doc.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+        let kind = doc
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let api_version = doc
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if api_version != "v1" {
             return Ok(());
         }
         let key = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-            (meta.namespace.clone().unwrap_or_else(|| "default".into()), meta.name.clone().unwrap_or_default())
+            (
+                meta.namespace.clone().unwrap_or_else(|| "default".into()),
+                meta.name.clone().unwrap_or_default(),
+            )
         };
         match kind.as_str() {
             "ConfigMap" => {
                 let cm: ConfigMap = typed(&kind, doc)?;
-                self.config_maps.insert(key(&cm.metadata), Arc::new(ConfigData::from_config_map(&cm)));
+                self.config_maps.insert(
+                    key(&cm.metadata),
+                    Arc::new(ConfigData::from_config_map(&cm)),
+                );
             }
             "Secret" => {
                 let secret: Secret = typed(&kind, doc)?;
-                self.secrets.insert(key(&secret.metadata), Arc::new(ConfigData::from_secret(&secret)));
+                self.secrets.insert(
+                    key(&secret.metadata),
+                    Arc::new(ConfigData::from_secret(&secret)),
+                );
             }
             "Namespace" => {
                 let ns: Namespace = typed(&kind, doc)?;
@@ -103,7 +134,8 @@ impl StaticState {
             }
             "LimitRange" => {
                 let lr: LimitRange = typed(&kind, doc)?;
-                self.limit_ranges.insert(key(&lr.metadata), Arc::new(lr.spec.unwrap_or_default()));
+                self.limit_ranges
+                    .insert(key(&lr.metadata), Arc::new(lr.spec.unwrap_or_default()));
             }
             _ => {}
         }
@@ -112,7 +144,8 @@ impl StaticState {
 }
 
 fn typed<T: DeserializeOwned>(kind: &str, doc: Value) -> Result<T, (String, String)> {
-    serde_path_to_error::deserialize(doc).map_err(|e| (kind.to_owned(), format!("{}: {}", e.path(), e.inner())))
+    serde_path_to_error::deserialize(doc)
+        .map_err(|e| (kind.to_owned(), format!("{}: {}", e.path(), e.inner())))
 }
 
 fn lookup(map: &HashMap<Key, Arc<ConfigData>>, namespace: &str, name: &str) -> Lookup {
@@ -136,7 +169,13 @@ impl ClusterState for StaticState {
         self.namespaces.get(namespace).cloned()
     }
     fn limit_ranges(&self, namespace: &str) -> Option<Vec<Arc<LimitRangeSpec>>> {
-        Some(self.limit_ranges.iter().filter(|((ns, _), _)| ns == namespace).map(|(_, lr)| lr.clone()).collect())
+        Some(
+            self.limit_ranges
+                .iter()
+                .filter(|((ns, _), _)| ns == namespace)
+                .map(|(_, lr)| lr.clone())
+                .collect(),
+        )
     }
     fn counts(&self) -> Vec<(Resource, usize)> {
         vec![
@@ -183,9 +222,13 @@ metadata: {name: ignored}
     #[test]
     fn keeps_keys_and_digests_of_decoded_values() {
         let s = state();
-        let Lookup::Found(cm) = s.config_map("shop", "app-config") else { panic!("configmap missing") };
+        let Lookup::Found(cm) = s.config_map("shop", "app-config") else {
+            panic!("configmap missing")
+        };
         assert_eq!(cm.keys["blob"], super::super::sha256(b"hello"));
-        let Lookup::Found(secret) = s.secret("shop", "app-secret") else { panic!("secret missing") };
+        let Lookup::Found(secret) = s.secret("shop", "app-secret") else {
+            panic!("secret missing")
+        };
         assert_eq!(secret.keys["API_KEY"], super::super::sha256(b"s3cr3t"));
         assert_eq!(secret.keys["OTHER"], super::super::sha256(b"xyzzy"));
         assert_eq!(s.config_map("shop", "nope"), Lookup::Missing);
@@ -202,7 +245,16 @@ metadata: {name: ignored}
     #[test]
     fn reports_invalid_objects_with_file_and_document() {
         let mut s = StaticState::default();
-        let err = s.add_text(Path::new("bad.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: [1]\n").unwrap_err();
-        assert!(err.to_string().starts_with("bad.yaml: document 1 (ConfigMap): data"), "{err}");
+        let err = s
+            .add_text(
+                Path::new("bad.yaml"),
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: [1]\n",
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("bad.yaml: document 1 (ConfigMap): data"),
+            "{err}"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! The result of one evaluation, and how it becomes an AdmissionResponse.
 
 use crate::admission::DENY_REASON;
-use crate::policy::LoadedPolicy;
+use crate::policy::{Endpoint, LoadedPolicy};
 use kube::core::DynamicObject;
 use kube::core::Status;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse};
@@ -48,6 +48,8 @@ impl Outcome {
 pub struct PolicyVerdict {
     /// The policy's name.
     pub policy: String,
+    /// The phase it ran in.
+    pub endpoint: Endpoint,
     /// What came of it.
     pub outcome: Outcome,
     /// Its violations (judged by its action), or why it was skipped.
@@ -59,8 +61,15 @@ pub struct PolicyVerdict {
 }
 
 impl PolicyVerdict {
-    pub(crate) fn skipped(policy: &LoadedPolicy, reason: String) -> Self {
-        Self { policy: policy.name.clone(), outcome: Outcome::Skipped, violations: vec![reason], warnings: vec![], duration: Duration::ZERO }
+    pub(crate) fn skipped(policy: &LoadedPolicy, endpoint: Endpoint, reason: String) -> Self {
+        Self {
+            policy: policy.name.clone(),
+            endpoint,
+            outcome: Outcome::Skipped,
+            violations: vec![reason],
+            warnings: vec![],
+            duration: Duration::ZERO,
+        }
     }
 }
 
@@ -122,7 +131,11 @@ impl Decision {
         if !self.warnings.is_empty() {
             response.warnings = Some(self.warnings.clone());
         }
-        response.audit_annotations = self.audit_annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        response.audit_annotations = self
+            .audit_annotations
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         response
     }
 }

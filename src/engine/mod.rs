@@ -9,8 +9,10 @@ pub use decision::{Decision, Outcome, PolicyVerdict};
 
 use crate::admission::Review;
 use crate::cluster::ClusterState;
-use crate::policy::{Action, Context, Endpoint, Findings, LoadedPolicy, OnError, PolicyError, PolicySet};
 use crate::policy::MatchInput;
+use crate::policy::{
+    Action, Context, Endpoint, Findings, LoadedPolicy, OnError, PolicyError, PolicySet,
+};
 use kube::core::admission::Operation;
 use serde_json::Value;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -64,17 +66,25 @@ impl Engine {
             decision.skipped = Some("request carries no object".into());
             return Ok(decision);
         };
-        let cx = Context { request: &review.request, old_object: review.old_object.as_ref(), cluster: self.cluster.as_ref() };
+        let cx = Context {
+            request: &review.request,
+            old_object: review.old_object.as_ref(),
+            cluster: self.cluster.as_ref(),
+        };
         let mut working: Option<Value> = None;
         for policy in policies {
             if let Err(reason) = self.applies(policy, review) {
-                decision.verdicts.push(PolicyVerdict::skipped(policy, reason));
+                decision
+                    .verdicts
+                    .push(PolicyVerdict::skipped(policy, endpoint, reason));
                 continue;
             }
             let started = Instant::now();
             let mut findings = Findings::default();
             let result = match endpoint {
-                Endpoint::Validate => guarded(|| policy.policy.validate(&cx, object, &mut findings)),
+                Endpoint::Validate => {
+                    guarded(|| policy.policy.validate(&cx, object, &mut findings))
+                }
                 Endpoint::Mutate => {
                     let target = working.get_or_insert_with(|| object.clone());
                     let snapshot = (policy.on_error == OnError::Allow).then(|| target.clone());
@@ -85,7 +95,7 @@ impl Engine {
                     result
                 }
             };
-            decision.record(policy, findings, result, started.elapsed());
+            decision.record(policy, endpoint, findings, result, started.elapsed());
         }
         if endpoint == Endpoint::Mutate && decision.allowed() {
             if let Some(mutated) = working {
@@ -127,7 +137,9 @@ impl Engine {
             namespace: request.namespace.as_deref().unwrap_or_default(),
             objects: [review.object.as_ref(), review.old_object.as_ref()],
         };
-        policy.matcher.check(&input, |ns| self.cluster.namespace_labels(ns))
+        policy
+            .matcher
+            .check(&input, |ns| self.cluster.namespace_labels(ns))
     }
 }
 
@@ -139,13 +151,26 @@ fn subject(review: &Review) -> Option<&Value> {
     }
 }
 
-fn select<'a>(set: &'a PolicySet, endpoint: Endpoint, only: Option<&str>) -> Result<Vec<&'a LoadedPolicy>, EngineError> {
+fn select<'a>(
+    set: &'a PolicySet,
+    endpoint: Endpoint,
+    only: Option<&str>,
+) -> Result<Vec<&'a LoadedPolicy>, EngineError> {
     match only {
-        None => Ok(set.policies.iter().filter(|p| p.policy.capabilities().serves(endpoint)).collect()),
+        None => Ok(set
+            .policies
+            .iter()
+            .filter(|p| p.policy.capabilities().serves(endpoint))
+            .collect()),
         Some(name) => {
-            let policy = set.get(name).ok_or_else(|| EngineError::UnknownPolicy(name.to_owned()))?;
+            let policy = set
+                .get(name)
+                .ok_or_else(|| EngineError::UnknownPolicy(name.to_owned()))?;
             if !policy.policy.capabilities().serves(endpoint) {
-                return Err(EngineError::NotServed { policy: name.to_owned(), endpoint: endpoint.as_str() });
+                return Err(EngineError::NotServed {
+                    policy: name.to_owned(),
+                    endpoint: endpoint.as_str(),
+                });
             }
             Ok(vec![policy])
         }
@@ -169,19 +194,29 @@ fn guarded(run: impl FnOnce() -> Result<(), PolicyError>) -> Result<(), PolicyEr
 }
 
 impl Decision {
-    fn record(&mut self, policy: &LoadedPolicy, findings: Findings, result: Result<(), PolicyError>, took: std::time::Duration) {
+    fn record(
+        &mut self,
+        policy: &LoadedPolicy,
+        endpoint: Endpoint,
+        findings: Findings,
+        result: Result<(), PolicyError>,
+        took: std::time::Duration,
+    ) {
         let name = &policy.name;
-        self.warnings.extend(findings.warnings.iter().map(|w| format!("{name}: {w}")));
+        self.warnings
+            .extend(findings.warnings.iter().map(|w| format!("{name}: {w}")));
         let outcome = match result {
             Err(error) => {
                 tracing::warn!(policy = %name, %error, "policy failed");
                 match policy.on_error {
                     OnError::Deny => {
-                        self.denials.push(format!("{name}: internal error: {error}"));
+                        self.denials
+                            .push(format!("{name}: internal error: {error}"));
                         Outcome::Error { denied: true }
                     }
                     OnError::Allow => {
-                        self.warnings.push(format!("{name}: not evaluated (internal error: {error})"));
+                        self.warnings
+                            .push(format!("{name}: not evaluated (internal error: {error})"));
                         Outcome::Error { denied: false }
                     }
                 }
@@ -189,21 +224,25 @@ impl Decision {
             Ok(()) if findings.violations.is_empty() => Outcome::Passed,
             Ok(()) => match policy.action {
                 Action::Deny => {
-                    self.denials.extend(findings.violations.iter().map(|v| format!("{name}: {v}")));
+                    self.denials
+                        .extend(findings.violations.iter().map(|v| format!("{name}: {v}")));
                     Outcome::Denied
                 }
                 Action::Warn => {
-                    self.warnings.extend(findings.violations.iter().map(|v| format!("{name}: {v}")));
+                    self.warnings
+                        .extend(findings.violations.iter().map(|v| format!("{name}: {v}")));
                     Outcome::Warned
                 }
                 Action::Audit => {
-                    self.audit_annotations.insert(format!("{name}/violations"), findings.violations.join("; "));
+                    self.audit_annotations
+                        .insert(format!("{name}/violations"), findings.violations.join("; "));
                     Outcome::Audited
                 }
             },
         };
         self.verdicts.push(PolicyVerdict {
             policy: name.clone(),
+            endpoint,
             outcome,
             violations: findings.violations,
             warnings: findings.warnings,

@@ -110,8 +110,16 @@ struct PolicySpec {
 /// Loads every `*.yaml`, `*.yml` and `*.json` file in `dir` (not recursively; hidden entries such
 /// as Kubernetes' `..data` are skipped, the files themselves are followed through symlinks).
 pub fn load_dir(dir: &Path, registry: &Registry) -> Result<PolicySet, ConfigError> {
-    let issue = |message: String| ConfigError(vec![ConfigIssue { file: dir.to_owned(), document: 0, field: String::new(), message }]);
-    let entries = std::fs::read_dir(dir).map_err(|e| issue(format!("cannot read policy directory: {e}")))?;
+    let issue = |message: String| {
+        ConfigError(vec![ConfigIssue {
+            file: dir.to_owned(),
+            document: 0,
+            field: String::new(),
+            message,
+        }])
+    };
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| issue(format!("cannot read policy directory: {e}")))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
@@ -123,7 +131,12 @@ pub fn load_dir(dir: &Path, registry: &Registry) -> Result<PolicySet, ConfigErro
     for file in files {
         match std::fs::read_to_string(&file) {
             Ok(text) => sources.push((file, text)),
-            Err(e) => issues.push(ConfigIssue { file, document: 0, field: String::new(), message: format!("cannot read: {e}") }),
+            Err(e) => issues.push(ConfigIssue {
+                file,
+                document: 0,
+                field: String::new(),
+                message: format!("cannot read: {e}"),
+            }),
         }
     }
     if !issues.is_empty() {
@@ -133,10 +146,15 @@ pub fn load_dir(dir: &Path, registry: &Registry) -> Result<PolicySet, ConfigErro
 }
 
 fn is_policy_file(path: &Path) -> bool {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
     !name.starts_with('.')
         && path.is_file()
-        && [".yaml", ".yml", ".json"].iter().any(|ext| name.ends_with(ext))
+        && [".yaml", ".yml", ".json"]
+            .iter()
+            .any(|ext| name.ends_with(ext))
 }
 
 /// Loads policies from one text, as if it were the file `name` (tests and the CLI).
@@ -144,7 +162,10 @@ pub fn load_str(name: &str, text: &str, registry: &Registry) -> Result<PolicySet
     load_sources(&[(PathBuf::from(name), text.to_owned())], registry)
 }
 
-fn load_sources(sources: &[(PathBuf, String)], registry: &Registry) -> Result<PolicySet, ConfigError> {
+fn load_sources(
+    sources: &[(PathBuf, String)],
+    registry: &Registry,
+) -> Result<PolicySet, ConfigError> {
     let mut hasher = Sha256::new();
     let mut policies: Vec<LoadedPolicy> = Vec::new();
     let mut issues = Vec::new();
@@ -157,16 +178,33 @@ fn load_sources(sources: &[(PathBuf, String)], registry: &Registry) -> Result<Po
         let documents = match crate::yaml::documents(text) {
             Ok(docs) => docs,
             Err(message) => {
-                issues.push(ConfigIssue { file: file.clone(), document: 0, field: String::new(), message });
+                issues.push(ConfigIssue {
+                    file: file.clone(),
+                    document: 0,
+                    field: String::new(),
+                    message,
+                });
                 continue;
             }
         };
         for (index, document) in documents.into_iter().enumerate() {
-            let at = |field: &str, message: String| ConfigIssue { file: file.clone(), document: index + 1, field: field.to_owned(), message };
+            let at = |field: &str, message: String| ConfigIssue {
+                file: file.clone(),
+                document: index + 1,
+                field: field.to_owned(),
+                message,
+            };
             match compile(document, file, registry) {
                 Ok(policy) => {
                     if let Some((other, doc)) = seen.get(&policy.name) {
-                        issues.push(at("metadata.name", format!("duplicate policy name {:?} (also in {} document {doc})", policy.name, other.display())));
+                        issues.push(at(
+                            "metadata.name",
+                            format!(
+                                "duplicate policy name {:?} (also in {} document {doc})",
+                                policy.name,
+                                other.display()
+                            ),
+                        ));
                         continue;
                     }
                     seen.insert(policy.name.clone(), (file.clone(), index + 1));
@@ -179,21 +217,40 @@ fn load_sources(sources: &[(PathBuf, String)], registry: &Registry) -> Result<Po
     if !issues.is_empty() {
         return Err(ConfigError(issues));
     }
-    Ok(PolicySet { policies, fingerprint: hex::encode(hasher.finalize()) })
+    Ok(PolicySet {
+        policies,
+        fingerprint: hex::encode(hasher.finalize()),
+    })
 }
 
-fn compile(document: Value, file: &Path, registry: &Registry) -> Result<LoadedPolicy, (String, String)> {
-    let api_version = document.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+fn compile(
+    document: Value,
+    file: &Path,
+    registry: &Registry,
+) -> Result<LoadedPolicy, (String, String)> {
+    let api_version = document
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if api_version != API_VERSION {
-        return Err(("apiVersion".into(), format!("must be {API_VERSION:?}, got {api_version:?}")));
+        return Err((
+            "apiVersion".into(),
+            format!("must be {API_VERSION:?}, got {api_version:?}"),
+        ));
     }
-    let kind = document.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let kind = document
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if kind != "Policy" {
         return Err(("kind".into(), format!("must be \"Policy\", got {kind:?}")));
     }
     let doc: PolicyDocument = serde_path_to_error::deserialize(document).map_err(|e| {
         let path = e.path().to_string();
-        (if path == "." { String::new() } else { path }, e.into_inner().to_string())
+        (
+            if path == "." { String::new() } else { path },
+            e.into_inner().to_string(),
+        )
     })?;
     let name = doc.metadata.name;
     if let Err(why) = check_dns_label(&name) {
@@ -202,10 +259,21 @@ fn compile(document: Value, file: &Path, registry: &Registry) -> Result<LoadedPo
     let spec = doc.spec;
     let factory = registry.get(&spec.type_name).ok_or_else(|| {
         let known: Vec<&str> = registry.type_names().collect();
-        ("spec.type".to_owned(), format!("unknown policy type {:?} (known: {})", spec.type_name, known.join(", ")))
+        (
+            "spec.type".to_owned(),
+            format!(
+                "unknown policy type {:?} (known: {})",
+                spec.type_name,
+                known.join(", ")
+            ),
+        )
     })?;
     let policy = factory(spec.settings).map_err(|e| {
-        let field = if e.path.is_empty() { "spec.settings".to_owned() } else { format!("spec.settings.{}", e.path) };
+        let field = if e.path.is_empty() {
+            "spec.settings".to_owned()
+        } else {
+            format!("spec.settings.{}", e.path)
+        };
         (field, e.message)
     })?;
     let matcher = Match::compile(spec.matcher, policy.kinds(), policy.extra_operations())
@@ -226,12 +294,16 @@ fn compile(document: Value, file: &Path, registry: &Registry) -> Result<LoadedPo
 fn check_dns_label(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-');
     if ok {
         Ok(())
     } else {
-        Err(format!("{name:?} must be a DNS label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit"))
+        Err(format!(
+            "{name:?} must be a DNS label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+        ))
     }
 }

@@ -70,7 +70,13 @@ impl Match {
             if let Some(known) = type_kinds
                 && !known.contains(&kind.as_str())
             {
-                return Err((format!("kinds[{i}]"), format!("kind {kind:?} is not understood by this policy type (it understands {})", known.join(", "))));
+                return Err((
+                    format!("kinds[{i}]"),
+                    format!(
+                        "kind {kind:?} is not understood by this policy type (it understands {})",
+                        known.join(", ")
+                    ),
+                ));
             }
         }
         let mut operations = Vec::new();
@@ -80,10 +86,18 @@ impl Match {
                 "UPDATE" => Operation::Update,
                 "DELETE" => Operation::Delete,
                 "CONNECT" => Operation::Connect,
-                other => return Err((format!("operations[{i}]"), format!("unknown operation {other:?} (CREATE, UPDATE, DELETE or CONNECT)"))),
+                other => {
+                    return Err((
+                        format!("operations[{i}]"),
+                        format!("unknown operation {other:?} (CREATE, UPDATE, DELETE or CONNECT)"),
+                    ));
+                }
             };
             if !DEFAULT_OPERATIONS.contains(&parsed) && !extra_operations.contains(&parsed) {
-                return Err((format!("operations[{i}]"), format!("this policy type does not evaluate {op} requests")));
+                return Err((
+                    format!("operations[{i}]"),
+                    format!("this policy type does not evaluate {op} requests"),
+                ));
             }
             operations.push(parsed);
         }
@@ -97,7 +111,13 @@ impl Match {
         } else {
             Some(spec.kinds.clone())
         };
-        Ok(Self { spec, kinds, operations, namespace_selector, object_selector })
+        Ok(Self {
+            spec,
+            kinds,
+            operations,
+            namespace_selector,
+            object_selector,
+        })
     }
 
     /// The kinds this policy applies to (`None`: any).
@@ -123,7 +143,10 @@ impl Match {
             return Err(format!("kind {} not matched", input.kind));
         }
         if !self.operations.contains(input.operation) {
-            return Err(format!("operation {} not matched", operation_str(input.operation)));
+            return Err(format!(
+                "operation {} not matched",
+                operation_str(input.operation)
+            ));
         }
         let ns = input.namespace;
         if !ns.is_empty() {
@@ -138,7 +161,11 @@ impl Match {
             self.check_namespace_selector(selector, input, namespace_labels)?;
         }
         if let Some(selector) = &self.object_selector {
-            let matched = input.objects.iter().flatten().any(|o| selector.matches(&labels_of(o)));
+            let matched = input
+                .objects
+                .iter()
+                .flatten()
+                .any(|o| selector.matches(&labels_of(o)));
             if !matched {
                 return Err("objectSelector not matched".to_owned());
             }
@@ -156,23 +183,38 @@ impl Match {
         namespace_labels: impl FnOnce(&str) -> Option<BTreeMap<String, String>>,
     ) -> Result<(), String> {
         let labels = if input.kind == "Namespace" {
-            input.objects.iter().flatten().next().map(|o| labels_of(o)).unwrap_or_default()
+            input
+                .objects
+                .iter()
+                .flatten()
+                .next()
+                .map(|o| labels_of(o))
+                .unwrap_or_default()
         } else if input.namespace.is_empty() {
             return Ok(());
         } else {
             namespace_labels(input.namespace).unwrap_or_else(|| {
-                BTreeMap::from([("kubernetes.io/metadata.name".to_owned(), input.namespace.to_owned())])
+                BTreeMap::from([(
+                    "kubernetes.io/metadata.name".to_owned(),
+                    input.namespace.to_owned(),
+                )])
             })
         };
         if selector.matches(&labels) {
             Ok(())
         } else {
-            Err(format!("namespaceSelector not matched by namespace {}", input.namespace))
+            Err(format!(
+                "namespaceSelector not matched by namespace {}",
+                input.namespace
+            ))
         }
     }
 }
 
-fn compile_selector(selector: &Option<LabelSelector>, field: &str) -> Result<Option<Selector>, (String, String)> {
+fn compile_selector(
+    selector: &Option<LabelSelector>,
+    field: &str,
+) -> Result<Option<Selector>, (String, String)> {
     selector
         .clone()
         .map(Selector::try_from)
@@ -185,7 +227,11 @@ pub fn labels_of(object: &Value) -> BTreeMap<String, String> {
     object
         .pointer("/metadata/labels")
         .and_then(Value::as_object)
-        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -195,11 +241,21 @@ mod tests {
     use serde_json::json;
 
     fn compiled(spec: Value) -> Match {
-        Match::compile(serde_json::from_value(spec).unwrap(), Some(&["Deployment", "Pod"]), &[]).unwrap()
+        Match::compile(
+            serde_json::from_value(spec).unwrap(),
+            Some(&["Deployment", "Pod"]),
+            &[],
+        )
+        .unwrap()
     }
 
     fn input<'a>(kind: &'a str, ns: &'a str, obj: &'a Value) -> MatchInput<'a> {
-        MatchInput { kind, operation: &Operation::Create, namespace: ns, objects: [Some(obj), None] }
+        MatchInput {
+            kind,
+            operation: &Operation::Create,
+            namespace: ns,
+            objects: [Some(obj), None],
+        }
     }
 
     #[test]
@@ -207,14 +263,26 @@ mod tests {
         let m = compiled(json!({}));
         let obj = json!({});
         assert!(m.check(&input("Pod", "shop", &obj), |_| None).is_ok());
-        assert_eq!(m.check(&input("Service", "shop", &obj), |_| None).unwrap_err(), "kind Service not matched");
-        let delete = MatchInput { operation: &Operation::Delete, ..input("Pod", "shop", &obj) };
+        assert_eq!(
+            m.check(&input("Service", "shop", &obj), |_| None)
+                .unwrap_err(),
+            "kind Service not matched"
+        );
+        let delete = MatchInput {
+            operation: &Operation::Delete,
+            ..input("Pod", "shop", &obj)
+        };
         assert!(m.check(&delete, |_| None).is_err());
     }
 
     #[test]
     fn rejects_kind_the_type_does_not_understand() {
-        let err = Match::compile(serde_json::from_value(json!({"kinds": ["Service"]})).unwrap(), Some(&["Pod"]), &[]).unwrap_err();
+        let err = Match::compile(
+            serde_json::from_value(json!({"kinds": ["Service"]})).unwrap(),
+            Some(&["Pod"]),
+            &[],
+        )
+        .unwrap_err();
         assert_eq!(err.0, "kinds[0]");
     }
 
@@ -227,7 +295,9 @@ mod tests {
 
     #[test]
     fn namespace_include_exclude_and_selector() {
-        let m = compiled(json!({"excludeNamespaces": ["kube-system"], "namespaceSelector": {"matchLabels": {"team": "payments"}}}));
+        let m = compiled(
+            json!({"excludeNamespaces": ["kube-system"], "namespaceSelector": {"matchLabels": {"team": "payments"}}}),
+        );
         let obj = json!({});
         let team = |_: &str| Some(BTreeMap::from([("team".to_owned(), "payments".to_owned())]));
         assert!(m.check(&input("Pod", "shop", &obj), team).is_ok());
@@ -237,20 +307,30 @@ mod tests {
 
     #[test]
     fn unknown_namespace_has_its_name_label() {
-        let m = compiled(json!({"namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system"]}]}}));
+        let m = compiled(
+            json!({"namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system"]}]}}),
+        );
         let obj = json!({});
         assert!(m.check(&input("Pod", "shop", &obj), |_| None).is_ok());
-        assert!(m.check(&input("Pod", "kube-system", &obj), |_| None).is_err());
+        assert!(
+            m.check(&input("Pod", "kube-system", &obj), |_| None)
+                .is_err()
+        );
     }
 
     #[test]
     fn object_selector_matches_old_or_new_labels() {
-        let m = compiled(json!({"objectSelector": {"matchExpressions": [{"key": "app", "operator": "Exists"}]}}));
+        let m = compiled(
+            json!({"objectSelector": {"matchExpressions": [{"key": "app", "operator": "Exists"}]}}),
+        );
         let labelled = json!({"metadata": {"labels": {"app": "web"}}});
         let bare = json!({"metadata": {}});
         assert!(m.check(&input("Pod", "shop", &labelled), |_| None).is_ok());
         assert!(m.check(&input("Pod", "shop", &bare), |_| None).is_err());
-        let update = MatchInput { objects: [Some(&bare), Some(&labelled)], ..input("Pod", "shop", &bare) };
+        let update = MatchInput {
+            objects: [Some(&bare), Some(&labelled)],
+            ..input("Pod", "shop", &bare)
+        };
         assert!(m.check(&update, |_| None).is_ok());
     }
 }

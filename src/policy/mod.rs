@@ -145,12 +145,22 @@ pub trait Policy: Send + Sync {
     }
 
     /// Judges the object. Violations go to `out`.
-    fn validate(&self, _cx: &Context, _object: &Value, _out: &mut Findings) -> Result<(), PolicyError> {
+    fn validate(
+        &self,
+        _cx: &Context,
+        _object: &Value,
+        _out: &mut Findings,
+    ) -> Result<(), PolicyError> {
         Ok(())
     }
 
     /// Edits `object` (a copy); the engine diffs all edits into one patch.
-    fn mutate(&self, _cx: &Context, _object: &mut Value, _out: &mut Findings) -> Result<(), PolicyError> {
+    fn mutate(
+        &self,
+        _cx: &Context,
+        _object: &mut Value,
+        _out: &mut Findings,
+    ) -> Result<(), PolicyError> {
         Ok(())
     }
 }

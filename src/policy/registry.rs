@@ -23,16 +23,26 @@ pub struct SettingsError {
 impl SettingsError {
     /// An error at `path` below `spec.settings`.
     pub fn at(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { path: path.into(), message: message.into() }
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
 /// Deserialises typed settings, reporting the failing field's path. `null` means "all defaults".
 pub fn parse_settings<T: DeserializeOwned>(settings: Value) -> Result<T, SettingsError> {
-    let settings = if settings.is_null() { Value::Object(Default::default()) } else { settings };
+    let settings = if settings.is_null() {
+        Value::Object(Default::default())
+    } else {
+        settings
+    };
     serde_path_to_error::deserialize(settings).map_err(|err| {
         let path = err.path().to_string();
-        SettingsError { path: if path == "." { String::new() } else { path }, message: err.into_inner().to_string() }
+        SettingsError {
+            path: if path == "." { String::new() } else { path },
+            message: err.into_inner().to_string(),
+        }
     })
 }
 

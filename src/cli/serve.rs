@@ -1,0 +1,135 @@
+//! `confgate serve`: load policies and cluster state, make development certificates when none
+//! are configured, and serve.
+
+use crate::cluster::live::{LiveState, SecretsMode};
+use crate::cluster::static_state::StaticState;
+use crate::cluster::{ClusterState, Standalone};
+use crate::policy::{Registry, load_dir};
+use crate::server::{ServeOptions, serve};
+use crate::telemetry::{self, LogFormat};
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Whether to use a Kubernetes cluster for ConfigMaps, Secrets, Namespaces and LimitRanges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClusterMode {
+    /// In-cluster config or KUBECONFIG when present; otherwise standalone.
+    Auto,
+    /// A cluster is required; not ready until the caches have synced.
+    Required,
+    /// Never connect: standalone.
+    None,
+}
+
+/// Arguments of `confgate serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// Directory of policy files (watched for changes).
+    #[arg(long, default_value = "policies")]
+    pub policies: PathBuf,
+    /// Serving certificate (PEM). With the key, generated for development when both are absent.
+    #[arg(long, default_value = "certs/tls.crt")]
+    pub tls_cert: PathBuf,
+    /// Serving key (PEM).
+    #[arg(long, default_value = "certs/tls.key")]
+    pub tls_key: PathBuf,
+    /// Cluster connection.
+    #[arg(long, value_enum, default_value_t = ClusterMode::Auto)]
+    pub cluster: ClusterMode,
+    /// Static cluster state from manifests, instead of a live cluster (repeatable).
+    #[arg(long = "cluster-state", num_args = 1..)]
+    pub cluster_state: Vec<PathBuf>,
+    /// How Secrets are read from a live cluster.
+    #[arg(long, value_enum, default_value_t = SecretsMode::Get)]
+    pub secrets: SecretsMode,
+    /// Largest accepted request body, in bytes (the apiserver's own limit is about 3 MiB of object).
+    #[arg(long, default_value_t = 7 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+    /// Seconds between failing readiness and closing the listener on SIGTERM.
+    #[arg(long, default_value_t = 2)]
+    pub shutdown_delay_seconds: u64,
+    /// Seconds to let in-flight requests finish after the listener closes.
+    #[arg(long, default_value_t = 15)]
+    pub drain_seconds: u64,
+}
+
+/// Runs the server until SIGTERM.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    telemetry::init(args.log_format);
+    if let Some(ca) = crate::certs::ensure_dev_certs(&args.tls_cert, &args.tls_key)? {
+        tracing::warn!(
+            cert = %args.tls_cert.display(),
+            ca = %ca.display(),
+            "DEVELOPMENT CERTIFICATES generated: a self-signed CA for localhost and confgate.confgate-system.svc; do not use in production (see `confgate certs` or cert-manager)"
+        );
+    }
+    let registry = Registry::builtin();
+    let policies = load_dir(&args.policies, &registry)
+        .with_context(|| format!("loading policies from {}", args.policies.display()))?;
+    tracing::info!(dir = %args.policies.display(), policies = %policies.policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(","), "policies loaded");
+    let cluster = cluster_state(&args).await?;
+    tracing::info!(cluster = %cluster.describe(), "cluster state");
+    let options = ServeOptions {
+        listen: args.listen,
+        policies_dir: args.policies,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        max_body_bytes: args.max_body_bytes,
+        require_cluster_sync: args.cluster == ClusterMode::Required,
+        shutdown_delay: Duration::from_secs(args.shutdown_delay_seconds),
+        drain_timeout: Duration::from_secs(args.drain_seconds),
+        request_timeout: Duration::from_secs(30),
+    };
+    serve(options, policies, cluster, registry).await?;
+    Ok(())
+}
+
+async fn cluster_state(args: &ServeArgs) -> anyhow::Result<Arc<dyn ClusterState>> {
+    if !args.cluster_state.is_empty() {
+        return Ok(Arc::new(StaticState::load(&args.cluster_state)?));
+    }
+    match args.cluster {
+        ClusterMode::None => Ok(Arc::new(Standalone)),
+        ClusterMode::Required => {
+            let client = kube::Client::try_default()
+                .await
+                .context("--cluster required: cannot configure a Kubernetes client")?;
+            Ok(LiveState::start(client, args.secrets))
+        }
+        ClusterMode::Auto => {
+            if !cluster_configured() {
+                tracing::warn!(
+                    "no in-cluster config and no kubeconfig: running standalone; references to ConfigMaps, Secrets and LimitRanges are not checked"
+                );
+                return Ok(Arc::new(Standalone));
+            }
+            match kube::Client::try_default().await {
+                Ok(client) => Ok(LiveState::start(client, args.secrets)),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot configure a Kubernetes client: running standalone");
+                    Ok(Arc::new(Standalone))
+                }
+            }
+        }
+    }
+}
+
+/// In a Pod, or with a kubeconfig in `KUBECONFIG` or `~/.kube/config`.
+fn cluster_configured() -> bool {
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    let kubeconfig = std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty());
+    let home_config = std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".kube/config"))
+        .is_some_and(|p| p.exists());
+    in_cluster || kubeconfig || home_config
+}

@@ -1,0 +1,234 @@
+//! Prometheus metrics (RED per endpoint and per policy, reloads, certificate expiry, cache sizes).
+
+use crate::cluster::ClusterState;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+/// Latency buckets in seconds: sub-millisecond resolution where confgate lives, up to the
+/// apiserver's maximum webhook timeout (30 s).
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    5.0, 30.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// Labels of one admission request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `mutate` or `validate`.
+    pub endpoint: &'static str,
+    /// `request.kind.kind`.
+    pub kind: String,
+    /// `request.operation`.
+    pub operation: &'static str,
+    /// `allow`, `deny`, or `skip` (not evaluated).
+    pub decision: &'static str,
+}
+
+/// Labels of one policy's verdict.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// The policy name.
+    pub policy: String,
+    /// `mutate` or `validate`.
+    pub endpoint: &'static str,
+    /// `request.kind.kind`.
+    pub kind: String,
+    /// `request.operation`.
+    pub operation: &'static str,
+    /// `pass`, `deny`, `warn`, `audit`, `error`, `skip`.
+    pub verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyNameLabels {
+    policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    source: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResourceLabels {
+    resource: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// All of confgate's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Family<EndpointLabels, Histogram, fn() -> Histogram>,
+    policy_verdicts: Family<PolicyLabels, Counter>,
+    policy_duration: Family<PolicyNameLabels, Histogram, fn() -> Histogram>,
+    rejected: Family<ReasonLabels, Counter>,
+    reloads: Family<ReloadLabels, Counter>,
+    cert_expiry: Gauge,
+    policies_loaded: Gauge,
+    cache_objects: Family<ResourceLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `confgate_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("confgate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "admission_requests",
+            "Admission reviews answered, by endpoint, kind, operation and decision",
+            requests.clone(),
+        );
+        let request_duration =
+            Family::<EndpointLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            );
+        registry.register(
+            "admission_request_duration_seconds",
+            "Time from request body received to answer encoded",
+            request_duration.clone(),
+        );
+        let policy_verdicts = Family::<PolicyLabels, Counter>::default();
+        registry.register(
+            "policy_verdicts",
+            "Verdicts by policy, endpoint, kind, operation and verdict",
+            policy_verdicts.clone(),
+        );
+        let policy_duration =
+            Family::<PolicyNameLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            );
+        registry.register(
+            "policy_evaluation_duration_seconds",
+            "Time spent in each policy",
+            policy_duration.clone(),
+        );
+        let rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register("rejected_requests", "HTTP requests refused before evaluation (bad JSON, too large, wrong content type, unknown policy)", rejected.clone());
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Reloads of policies and TLS certificates by result",
+            reloads.clone(),
+        );
+        let cert_expiry = Gauge::default();
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "notAfter of the serving certificate, Unix time",
+            cert_expiry.clone(),
+        );
+        let policies_loaded = Gauge::default();
+        registry.register(
+            "policies_loaded",
+            "Policies in force",
+            policies_loaded.clone(),
+        );
+        let cache_objects = Family::<ResourceLabels, Gauge>::default();
+        registry.register(
+            "cache_objects",
+            "Objects in the cluster state caches",
+            cache_objects.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            request_duration,
+            policy_verdicts,
+            policy_duration,
+            rejected,
+            reloads,
+            cert_expiry,
+            policies_loaded,
+            cache_objects,
+        }
+    }
+
+    /// Counts one answered review and its latency.
+    pub fn observe_request(&self, labels: RequestLabels, took: Duration) {
+        self.request_duration
+            .get_or_create(&EndpointLabels {
+                endpoint: labels.endpoint,
+            })
+            .observe(took.as_secs_f64());
+        self.requests.get_or_create(&labels).inc();
+    }
+
+    /// Counts one policy verdict and its evaluation time.
+    pub fn observe_policy(&self, labels: PolicyLabels, took: Duration) {
+        if labels.verdict != "skip" {
+            self.policy_duration
+                .get_or_create(&PolicyNameLabels {
+                    policy: labels.policy.clone(),
+                })
+                .observe(took.as_secs_f64());
+        }
+        self.policy_verdicts.get_or_create(&labels).inc();
+    }
+
+    /// Counts a request refused before evaluation.
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejected.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Counts a reload of `source` (`policies` or `tls`).
+    pub fn reload(&self, source: &'static str, ok: bool) {
+        self.reloads
+            .get_or_create(&ReloadLabels {
+                source,
+                result: if ok { "success" } else { "failure" },
+            })
+            .inc();
+    }
+
+    /// Records the serving certificate's expiry.
+    pub fn set_cert_expiry(&self, not_after_unix: i64) {
+        self.cert_expiry.set(not_after_unix);
+    }
+
+    /// Records how many policies are in force.
+    pub fn set_policies_loaded(&self, count: usize) {
+        self.policies_loaded
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// Encodes everything in the Prometheus text format, refreshing the cache sizes first.
+    pub fn encode(&self, cluster: &dyn ClusterState) -> String {
+        for (resource, count) in cluster.counts() {
+            self.cache_objects
+                .get_or_create(&ResourceLabels {
+                    resource: resource.as_str(),
+                })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

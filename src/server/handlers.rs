@@ -1,0 +1,200 @@
+//! HTTP handlers: read the body within limits, hand it to [`Admission`], answer. Every refusal is
+//! a JSON body `{"error": ..., "code": ...}` with a 4xx status.
+
+use super::AppState;
+use crate::policy::Endpoint;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use std::sync::Arc;
+
+/// A refused request: status and message, answered as JSON.
+#[derive(Debug)]
+pub struct Refusal {
+    status: StatusCode,
+    message: String,
+    reason: &'static str,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.message, "code": self.status.as_u16() });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// `POST /mutate`.
+pub async fn mutate(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    admit(state, Endpoint::Mutate, None, headers, body).await
+}
+
+/// `POST /validate`.
+pub async fn validate(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    admit(state, Endpoint::Validate, None, headers, body).await
+}
+
+/// `POST /mutate/{policy}`.
+pub async fn mutate_one(
+    State(state): State<Arc<AppState>>,
+    Path(policy): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    admit(state, Endpoint::Mutate, Some(policy), headers, body).await
+}
+
+/// `POST /validate/{policy}`.
+pub async fn validate_one(
+    State(state): State<Arc<AppState>>,
+    Path(policy): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    admit(state, Endpoint::Validate, Some(policy), headers, body).await
+}
+
+async fn admit(
+    state: Arc<AppState>,
+    endpoint: Endpoint,
+    only: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let answer = async {
+        check_content_type(&headers)?;
+        let bytes = read_body(&headers, body, state.max_body_bytes).await?;
+        state
+            .admission
+            .review(bytes, endpoint, only)
+            .await
+            .map_err(|e| {
+                let status = match e {
+                    crate::server::service::ServiceError::BadReview(_) => StatusCode::BAD_REQUEST,
+                    crate::server::service::ServiceError::Policy(_) => StatusCode::NOT_FOUND,
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                Refusal::new(status, e.reason(), e.to_string())
+            })
+    };
+    match answer.await {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(refusal) => {
+            tracing::warn!(endpoint = endpoint.as_str(), status = refusal.status.as_u16(), error = %refusal.message, "request refused");
+            state.admission.metrics.rejected(refusal.reason);
+            refusal.into_response()
+        }
+    }
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), Refusal> {
+    let value = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let mime = value.split(';').next().unwrap_or_default().trim();
+    if mime.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        let shown = if value.is_empty() {
+            "none".to_owned()
+        } else {
+            format!("{value:?}")
+        };
+        Err(Refusal::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content_type",
+            format!("Content-Type must be application/json, got {shown}"),
+        ))
+    }
+}
+
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Refusal> {
+    let too_large = || {
+        Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body exceeds the limit of {limit} bytes (--max-body-bytes)"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "body",
+            format!("cannot read request body: {e}"),
+        )),
+    }
+}
+
+/// `GET /healthz`: the process is alive and serving.
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: 200 when policies, TLS and (when required) the cluster caches are in place;
+/// 503 with the reason otherwise, and as soon as shutdown begins.
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    match state.readiness() {
+        Ok(detail) => (StatusCode::OK, format!("ok: {detail}\n")).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let body = state
+        .admission
+        .metrics
+        .encode(state.admission.engine.cluster().as_ref());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Any other path or method.
+pub async fn not_found() -> Refusal {
+    Refusal::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint: POST /mutate, /validate, /mutate/{policy}, /validate/{policy}; GET /healthz, /readyz, /metrics",
+    )
+}

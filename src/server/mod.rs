@@ -1,0 +1,237 @@
+//! The HTTPS server: routes, readiness, hot reload of policies and certificates, and graceful
+//! shutdown. The handlers are thin; the work happens in [`service::Admission`] and the engine.
+
+pub mod handlers;
+mod reload;
+pub mod service;
+pub mod tls;
+
+use crate::cluster::ClusterState;
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::policy::{PolicySet, Registry};
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::routing::{get, post};
+use axum_server::tls_rustls::RustlsConfig;
+use service::Admission;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// How `confgate serve` runs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Policy directory (watched).
+    pub policies_dir: PathBuf,
+    /// Serving certificate (PEM, watched).
+    pub tls_cert: PathBuf,
+    /// Its private key (PEM, watched).
+    pub tls_key: PathBuf,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Not ready until the cluster caches have synced (`--cluster required`).
+    pub require_cluster_sync: bool,
+    /// Time between `/readyz` turning 503 and closing the listener (lets endpoints update).
+    pub shutdown_delay: Duration,
+    /// Longest wait for in-flight requests after the listener closes.
+    pub drain_timeout: Duration,
+    /// Longest time one request may take before the server answers 408.
+    pub request_timeout: Duration,
+}
+
+/// What the handlers share.
+pub struct AppState {
+    /// The admission pipeline.
+    pub admission: Arc<Admission>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    require_cluster_sync: bool,
+    tls_loaded: AtomicBool,
+    shutting_down: AtomicBool,
+}
+
+impl AppState {
+    /// State for a server (or a test router) with these policies and this cluster.
+    pub fn new(
+        policies: PolicySet,
+        cluster: Arc<dyn ClusterState>,
+        max_body_bytes: usize,
+        require_cluster_sync: bool,
+    ) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::new());
+        metrics.set_policies_loaded(policies.policies.len());
+        let admission = Arc::new(Admission {
+            engine: Engine::new(cluster),
+            policies: ArcSwap::from_pointee(policies),
+            metrics,
+        });
+        Arc::new(Self {
+            admission,
+            max_body_bytes,
+            require_cluster_sync,
+            tls_loaded: AtomicBool::new(true),
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    /// `Ok(detail)` when ready to admit, otherwise why not.
+    pub fn readiness(&self) -> Result<String, String> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err("shutting down".into());
+        }
+        if !self.tls_loaded.load(Ordering::Acquire) {
+            return Err("TLS certificate not loaded".into());
+        }
+        let cluster = self.admission.engine.cluster();
+        let synced = cluster.ready();
+        if self.require_cluster_sync {
+            synced.clone()?;
+        }
+        let policies = self.admission.policies.load().policies.len();
+        let mut detail = format!("{policies} policies; {}", cluster.describe());
+        if let Err(pending) = synced {
+            detail.push_str(&format!(" ({pending})"));
+        }
+        Ok(detail)
+    }
+
+    /// Marks the server as going down: `/readyz` answers 503 from now on.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+    }
+}
+
+/// The routes. Query strings (`/mutate?timeout=5s`) are accepted and ignored.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/mutate", post(handlers::mutate))
+        .route("/validate", post(handlers::validate))
+        .route("/mutate/{policy}", post(handlers::mutate_one))
+        .route("/validate/{policy}", post(handlers::validate_one))
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(handlers::metrics))
+        .fallback(handlers::not_found)
+        .with_state(state)
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The certificate could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The listener failed.
+    #[error("server error on {addr}: {source}")]
+    Io {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Serves until SIGTERM/SIGINT, then drains. Policies must already be loaded.
+pub async fn serve(
+    options: ServeOptions,
+    policies: PolicySet,
+    cluster: Arc<dyn ClusterState>,
+    registry: Registry,
+) -> Result<(), ServeError> {
+    let state = AppState::new(
+        policies,
+        cluster,
+        options.max_body_bytes,
+        options.require_cluster_sync,
+    );
+    let rustls = RustlsConfig::from_config(Arc::new(tls::server_config(
+        &options.tls_cert,
+        &options.tls_key,
+    )?));
+    if let Some(expiry) = std::fs::read(&options.tls_cert)
+        .ok()
+        .and_then(|pem| crate::certs::not_after_unix(&pem))
+    {
+        state.admission.metrics.set_cert_expiry(expiry);
+    }
+    let _watcher = reload::spawn(reload::Reloader {
+        state: state.clone(),
+        rustls: rustls.clone(),
+        registry,
+        policies_dir: options.policies_dir.clone(),
+        tls_cert: options.tls_cert.clone(),
+        tls_key: options.tls_key.clone(),
+    });
+    let handle = axum_server::Handle::new();
+    tokio::spawn(shutdown_on_signal(
+        state.clone(),
+        handle.clone(),
+        options.shutdown_delay,
+        options.drain_timeout,
+    ));
+    let app = router(state).layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        axum::http::StatusCode::REQUEST_TIMEOUT,
+        options.request_timeout,
+    ));
+    tracing::info!(listen = %options.listen, "serving admission webhooks over HTTPS (h2, http/1.1)");
+    let mut server = axum_server::bind_rustls(options.listen, rustls).handle(handle);
+    server
+        .http_builder()
+        .http1()
+        .keep_alive(true)
+        .header_read_timeout(Duration::from_secs(10));
+    server
+        .serve(app.into_make_service())
+        .await
+        .map_err(|source| ServeError::Io {
+            addr: options.listen,
+            source,
+        })?;
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+async fn shutdown_on_signal(
+    state: Arc<AppState>,
+    handle: axum_server::Handle<SocketAddr>,
+    delay: Duration,
+    drain: Duration,
+) {
+    wait_for_termination().await;
+    tracing::info!(
+        delay_ms = delay.as_millis() as u64,
+        drain_ms = drain.as_millis() as u64,
+        "shutdown requested: readiness now failing, draining"
+    );
+    state.begin_shutdown();
+    tokio::time::sleep(delay).await;
+    handle.graceful_shutdown(Some(drain));
+}
+
+async fn wait_for_termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

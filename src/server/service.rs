@@ -1,0 +1,160 @@
+//! The admission pipeline behind the HTTP handlers, without axum: parse the review, fetch what
+//! the cluster state needs, evaluate, encode; log and count. Large bodies are parsed and
+//! evaluated on the blocking pool so they never stall the async workers that serve small ones.
+
+use crate::admission::{self, Review, ReviewError, operation_str};
+use crate::engine::{Decision, Engine, EngineError};
+use crate::metrics::{Metrics, PolicyLabels, RequestLabels};
+use crate::policy::{Endpoint, PolicySet};
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Bodies above this size are handled on the blocking thread pool.
+pub const OFFLOAD_BYTES: usize = 256 * 1024;
+
+/// Everything needed to answer a review.
+pub struct Admission {
+    /// The engine (and its cluster state).
+    pub engine: Engine,
+    /// The policies in force; swapped whole on reload, so a request finishes on the set it began with.
+    pub policies: ArcSwap<PolicySet>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Why a request got no AdmissionReview answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The body is not an AdmissionReview we can answer (HTTP 400).
+    #[error(transparent)]
+    BadReview(#[from] ReviewError),
+    /// The URL names a policy that is not loaded or does not serve this endpoint (HTTP 404).
+    #[error(transparent)]
+    Policy(#[from] EngineError),
+    /// The answer could not be encoded (HTTP 500; not expected to happen).
+    #[error("cannot encode response: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The blocking task evaluating a large body failed (HTTP 500).
+    #[error("evaluation task failed: {0}")]
+    Task(String),
+}
+
+impl ServiceError {
+    /// A short label for the rejected-requests metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ServiceError::BadReview(_) => "invalid_review",
+            ServiceError::Policy(_) => "unknown_policy",
+            ServiceError::Encode(_) | ServiceError::Task(_) => "internal",
+        }
+    }
+}
+
+impl Admission {
+    /// Answers one AdmissionReview body: the encoded response AdmissionReview.
+    pub async fn review(
+        self: &Arc<Self>,
+        body: Bytes,
+        endpoint: Endpoint,
+        only: Option<String>,
+    ) -> Result<Vec<u8>, ServiceError> {
+        let started = Instant::now();
+        let large = body.len() > OFFLOAD_BYTES;
+        let review = if large {
+            tokio::task::spawn_blocking(move || admission::parse_review(&body))
+                .await
+                .map_err(|e| ServiceError::Task(e.to_string()))??
+        } else {
+            admission::parse_review(&body)?
+        };
+        let secrets = crate::workload::secret_names(&review);
+        if !secrets.is_empty() {
+            let namespace = review.request.namespace.clone().unwrap_or_default();
+            self.engine
+                .cluster()
+                .prefetch_secrets(&namespace, secrets)
+                .await;
+        }
+        let this = self.clone();
+        let run = move || this.decide(review, endpoint, only.as_deref(), started);
+        if large {
+            tokio::task::spawn_blocking(run)
+                .await
+                .map_err(|e| ServiceError::Task(e.to_string()))?
+        } else {
+            run()
+        }
+    }
+
+    fn decide(
+        &self,
+        review: Review,
+        endpoint: Endpoint,
+        only: Option<&str>,
+        started: Instant,
+    ) -> Result<Vec<u8>, ServiceError> {
+        let set = self.policies.load();
+        let decision = self.engine.evaluate(&set, &review, endpoint, only)?;
+        let response = decision.to_response(&review.request);
+        let patch = (!decision.patch.0.is_empty()).then_some(&decision.patch);
+        let body = admission::encode_response(review.api_version(), &response, patch)?;
+        self.record(&review, endpoint, &decision, started);
+        Ok(body)
+    }
+
+    /// One log line and the metrics for an answered review. Never the object, never Secret data.
+    fn record(&self, review: &Review, endpoint: Endpoint, decision: &Decision, started: Instant) {
+        let took = started.elapsed();
+        let request = &review.request;
+        let operation = operation_str(&request.operation);
+        let verdict = match (&decision.skipped, decision.allowed()) {
+            (Some(_), _) => "skip",
+            (None, true) => "allow",
+            (None, false) => "deny",
+        };
+        for v in &decision.verdicts {
+            let labels = PolicyLabels {
+                policy: v.policy.clone(),
+                endpoint: endpoint.as_str(),
+                kind: request.kind.kind.clone(),
+                operation,
+                verdict: v.outcome.as_str(),
+            };
+            self.metrics.observe_policy(labels, v.duration);
+        }
+        self.metrics.observe_request(
+            RequestLabels {
+                endpoint: endpoint.as_str(),
+                kind: request.kind.kind.clone(),
+                operation,
+                decision: verdict,
+            },
+            took,
+        );
+        if tracing::enabled!(tracing::Level::INFO) {
+            let policies: Vec<String> = decision
+                .verdicts
+                .iter()
+                .filter(|v| v.outcome != crate::engine::Outcome::Skipped)
+                .map(|v| format!("{}={}", v.policy, v.outcome.as_str()))
+                .collect();
+            tracing::info!(
+                uid = %request.uid,
+                kind = %request.kind.kind,
+                object = %review.display_name(),
+                operation,
+                subresource = request.sub_resource.as_deref().unwrap_or(""),
+                dry_run = request.dry_run,
+                endpoint = endpoint.as_str(),
+                decision = verdict,
+                policies = %policies.join(","),
+                patch_ops = decision.patch_ops(),
+                warnings = decision.warnings.len(),
+                duration_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+                "review"
+            );
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! Where each workload kind keeps its pod spec, and every ConfigMap/Secret reference in a pod
+//! spec: env `valueFrom`, `envFrom` (with its prefix), and configMap/secret/projected volumes
+//! (with `items`), for init, regular and ephemeral containers.
+
+use crate::admission::Review;
+use serde_json::Value;
+
+/// Kinds that are, or carry, a pod template.
+pub const WORKLOAD_KINDS: &[&str] = &[
+    "Pod",
+    "Deployment",
+    "StatefulSet",
+    "DaemonSet",
+    "ReplicaSet",
+    "ReplicationController",
+    "Job",
+    "CronJob",
+];
+
+/// JSON pointer to the pod template (`metadata` + `spec`) of a kind; `""` for a Pod itself.
+/// `CronJob` in every served version (`batch/v1`, `batch/v1beta1`) nests it in `jobTemplate`.
+pub fn template_pointer(kind: &str) -> Option<&'static str> {
+    match kind {
+        "Pod" => Some(""),
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "ReplicationController"
+        | "Job" => Some("/spec/template"),
+        "CronJob" => Some("/spec/jobTemplate/spec/template"),
+        _ => None,
+    }
+}
+
+/// The pod spec of an object of `kind`, if the kind has one and the object carries it.
+pub fn pod_spec<'a>(kind: &str, object: &'a Value) -> Option<&'a Value> {
+    let template = template_pointer(kind)?;
+    object
+        .pointer(&format!("{template}/spec"))
+        .filter(|s| s.is_object())
+}
+
+/// Which list a container is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerKind {
+    /// `initContainers`.
+    Init,
+    /// `containers`.
+    Regular,
+    /// `ephemeralContainers`.
+    Ephemeral,
+}
+
+impl ContainerKind {
+    /// The pod spec field holding this list.
+    pub fn field(self) -> &'static str {
+        match self {
+            ContainerKind::Init => "initContainers",
+            ContainerKind::Regular => "containers",
+            ContainerKind::Ephemeral => "ephemeralContainers",
+        }
+    }
+
+    /// How messages name such a container.
+    pub fn noun(self) -> &'static str {
+        match self {
+            ContainerKind::Init => "init container",
+            ContainerKind::Regular => "container",
+            ContainerKind::Ephemeral => "ephemeral container",
+        }
+    }
+}
+
+/// One container of a pod spec.
+#[derive(Debug, Clone, Copy)]
+pub struct Container<'a> {
+    /// `name`.
+    pub name: &'a str,
+    /// Which list it is in.
+    pub kind: ContainerKind,
+    /// The container object.
+    pub value: &'a Value,
+}
+
+/// Every container: init containers, then containers, then ephemeral containers.
+pub fn containers(spec: &Value) -> Vec<Container<'_>> {
+    let mut out = Vec::new();
+    for kind in [
+        ContainerKind::Init,
+        ContainerKind::Regular,
+        ContainerKind::Ephemeral,
+    ] {
+        for value in spec
+            .get(kind.field())
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let name = value
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            out.push(Container { name, kind, value });
+        }
+    }
+    out
+}
+
+/// ConfigMap or Secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Source {
+    /// A ConfigMap.
+    ConfigMap,
+    /// A Secret.
+    Secret,
+}
+
+impl Source {
+    /// `configmap` or `secret`, as messages and the checksum encoding spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::ConfigMap => "configmap",
+            Source::Secret => "secret",
+        }
+    }
+}
+
+/// Which keys of the object a reference uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Keys<'a> {
+    /// Every key (`envFrom`, a volume without `items`).
+    All,
+    /// These keys (`configMapKeyRef.key`, volume `items[].key`).
+    Some(Vec<&'a str>),
+}
+
+/// Where in the pod spec a reference is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site<'a> {
+    /// `env[].valueFrom.configMapKeyRef|secretKeyRef` of a container.
+    Env {
+        /// The container.
+        container: &'a str,
+        /// Its list.
+        kind: ContainerKind,
+        /// The variable name.
+        var: &'a str,
+    },
+    /// `envFrom[]` of a container.
+    EnvFrom {
+        /// The container.
+        container: &'a str,
+        /// Its list.
+        kind: ContainerKind,
+        /// `prefix` ("" when absent).
+        prefix: &'a str,
+    },
+    /// `volumes[].configMap|secret`, or a source of `volumes[].projected`.
+    Volume {
+        /// The volume name.
+        volume: &'a str,
+        /// True inside `projected.sources`.
+        projected: bool,
+    },
+}
+
+impl Site<'_> {
+    /// The container the reference belongs to (volumes belong to the pod).
+    pub fn container(&self) -> Option<(&str, ContainerKind)> {
+        match *self {
+            Site::Env {
+                container, kind, ..
+            }
+            | Site::EnvFrom {
+                container, kind, ..
+            } => Some((container, kind)),
+            Site::Volume { .. } => None,
+        }
+    }
+}
+
+/// One reference from a pod spec to a ConfigMap or Secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference<'a> {
+    /// ConfigMap or Secret.
+    pub source: Source,
+    /// The object's name (in the pod's namespace).
+    pub name: &'a str,
+    /// The keys used.
+    pub keys: Keys<'a>,
+    /// `optional: true`: a missing object or key is not an error for the kubelet.
+    pub optional: bool,
+    /// Where it is.
+    pub site: Site<'a>,
+}
+
+fn str_at<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or_default()
+}
+
+fn optional(v: &Value) -> bool {
+    v.get("optional").and_then(Value::as_bool).unwrap_or(false)
+}
+
+fn item_keys(v: &Value) -> Keys<'_> {
+    match v.get("items").and_then(Value::as_array) {
+        Some(items) if !items.is_empty() => {
+            Keys::Some(items.iter().map(|i| str_at(i, "key")).collect())
+        }
+        _ => Keys::All,
+    }
+}
+
+/// Every reference in a pod spec, containers first (in [`containers`] order), then volumes.
+pub fn references(spec: &Value) -> Vec<Reference<'_>> {
+    let mut out = Vec::new();
+    for c in containers(spec) {
+        for env in c
+            .value
+            .get("env")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let var = str_at(env, "name");
+            let site = Site::Env {
+                container: c.name,
+                kind: c.kind,
+                var,
+            };
+            for (field, source) in [
+                ("configMapKeyRef", Source::ConfigMap),
+                ("secretKeyRef", Source::Secret),
+            ] {
+                if let Some(r) = env.get("valueFrom").and_then(|v| v.get(field)) {
+                    out.push(Reference {
+                        source,
+                        name: str_at(r, "name"),
+                        keys: Keys::Some(vec![str_at(r, "key")]),
+                        optional: optional(r),
+                        site,
+                    });
+                }
+            }
+        }
+        for from in c
+            .value
+            .get("envFrom")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let site = Site::EnvFrom {
+                container: c.name,
+                kind: c.kind,
+                prefix: str_at(from, "prefix"),
+            };
+            for (field, source) in [
+                ("configMapRef", Source::ConfigMap),
+                ("secretRef", Source::Secret),
+            ] {
+                if let Some(r) = from.get(field) {
+                    out.push(Reference {
+                        source,
+                        name: str_at(r, "name"),
+                        keys: Keys::All,
+                        optional: optional(r),
+                        site,
+                    });
+                }
+            }
+        }
+    }
+    for volume in spec
+        .get("volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = str_at(volume, "name");
+        let site = Site::Volume {
+            volume: name,
+            projected: false,
+        };
+        if let Some(cm) = volume.get("configMap") {
+            out.push(Reference {
+                source: Source::ConfigMap,
+                name: str_at(cm, "name"),
+                keys: item_keys(cm),
+                optional: optional(cm),
+                site,
+            });
+        }
+        if let Some(secret) = volume.get("secret") {
+            out.push(Reference {
+                source: Source::Secret,
+                name: str_at(secret, "secretName"),
+                keys: item_keys(secret),
+                optional: optional(secret),
+                site,
+            });
+        }
+        let sources = volume
+            .pointer("/projected/sources")
+            .and_then(Value::as_array);
+        for projected in sources.into_iter().flatten() {
+            let site = Site::Volume {
+                volume: name,
+                projected: true,
+            };
+            for (field, source) in [("configMap", Source::ConfigMap), ("secret", Source::Secret)] {
+                if let Some(r) = projected.get(field) {
+                    out.push(Reference {
+                        source,
+                        name: str_at(r, "name"),
+                        keys: item_keys(r),
+                        optional: optional(r),
+                        site,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The Secrets a review's object references (for on-demand Secret reads), sorted, deduplicated.
+pub fn secret_names(review: &Review) -> Vec<String> {
+    let Some(object) = review.object.as_ref() else {
+        return Vec::new();
+    };
+    let Some(spec) = pod_spec(&review.request.kind.kind, object) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = references(spec)
+        .into_iter()
+        .filter(|r| r.source == Source::Secret)
+        .map(|r| r.name.to_owned())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn finds_every_reference_kind() {
+        let spec = json!({
+            "initContainers": [{"name": "init", "envFrom": [{"configMapRef": {"name": "a"}, "prefix": "P_"}]}],
+            "containers": [{"name": "web", "env": [
+                {"name": "X", "valueFrom": {"configMapKeyRef": {"name": "a", "key": "x"}}},
+                {"name": "Y", "valueFrom": {"secretKeyRef": {"name": "s", "key": "y", "optional": true}}},
+                {"name": "Z", "value": "literal"}]}],
+            "volumes": [
+                {"name": "v1", "configMap": {"name": "a", "items": [{"key": "k", "path": "p"}]}},
+                {"name": "v2", "secret": {"secretName": "s"}},
+                {"name": "v3", "projected": {"sources": [{"configMap": {"name": "b"}}, {"downwardAPI": {}}]}}]
+        });
+        let refs = references(&spec);
+        let summary: Vec<(Source, &str, Keys, bool)> = refs
+            .iter()
+            .map(|r| (r.source, r.name, r.keys.clone(), r.optional))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (Source::ConfigMap, "a", Keys::All, false),
+                (Source::ConfigMap, "a", Keys::Some(vec!["x"]), false),
+                (Source::Secret, "s", Keys::Some(vec!["y"]), true),
+                (Source::ConfigMap, "a", Keys::Some(vec!["k"]), false),
+                (Source::Secret, "s", Keys::All, false),
+                (Source::ConfigMap, "b", Keys::All, false),
+            ]
+        );
+        assert_eq!(
+            refs[0].site,
+            Site::EnvFrom {
+                container: "init",
+                kind: ContainerKind::Init,
+                prefix: "P_"
+            }
+        );
+        assert_eq!(
+            refs[5].site,
+            Site::Volume {
+                volume: "v3",
+                projected: true
+            }
+        );
+    }
+
+    #[test]
+    fn locates_pod_specs_by_kind() {
+        let cron =
+            json!({"spec": {"jobTemplate": {"spec": {"template": {"spec": {"containers": []}}}}}});
+        assert!(pod_spec("CronJob", &cron).is_some());
+        assert!(pod_spec("Deployment", &cron).is_none());
+        assert!(pod_spec("Service", &cron).is_none());
+        assert!(pod_spec("Pod", &json!({"spec": {}})).is_some());
+    }
+}
