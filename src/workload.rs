@@ -41,6 +41,37 @@ pub fn pod_spec<'a>(kind: &str, object: &'a Value) -> Option<&'a Value> {
         .filter(|s| s.is_object())
 }
 
+/// Sets `metadata.annotations[key]` of the pod template of an object of `kind` (the Pod itself
+/// for a Pod), creating `metadata` and `annotations` when absent. Returns false when the object
+/// has no pod template.
+pub fn set_template_annotation(kind: &str, object: &mut Value, key: &str, value: &str) -> bool {
+    let Some(pointer) = template_pointer(kind) else {
+        return false;
+    };
+    let Some(template) = object.pointer_mut(pointer).and_then(Value::as_object_mut) else {
+        return false;
+    };
+    let Some(metadata) = crate::limitrange::entry_object(template, "metadata") else {
+        return false;
+    };
+    let Some(annotations) = crate::limitrange::entry_object(metadata, "annotations") else {
+        return false;
+    };
+    annotations.insert(key.to_owned(), Value::String(value.to_owned()));
+    true
+}
+
+/// `metadata.annotations[key]` of the pod template.
+pub fn template_annotation<'a>(kind: &str, object: &'a Value, key: &str) -> Option<&'a str> {
+    let pointer = template_pointer(kind)?;
+    object
+        .pointer(pointer)?
+        .get("metadata")?
+        .get("annotations")?
+        .get(key)?
+        .as_str()
+}
+
 /// Which list a container is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContainerKind {

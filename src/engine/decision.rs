@@ -107,7 +107,11 @@ impl Decision {
     pub fn then(mut self, later: Decision) -> Decision {
         self.verdicts.extend(later.verdicts);
         self.denials.extend(later.denials);
-        self.warnings.extend(later.warnings);
+        for warning in later.warnings {
+            if !self.warnings.contains(&warning) {
+                self.warnings.push(warning);
+            }
+        }
         self.audit_annotations.extend(later.audit_annotations);
         if !self.denials.is_empty() {
             self.patch = json_patch::Patch(vec![]);

@@ -4,9 +4,12 @@
 //! A policy never sees HTTP: it gets the request envelope, the object, and the cluster state.
 //! A violation is a value ([`Findings`]); only infrastructure trouble is a [`PolicyError`].
 
+pub mod checksum_config;
 mod file;
+pub mod limitrange_defaults;
 mod matcher;
 mod registry;
+pub mod require_config_keys;
 
 pub use file::{ConfigError, PolicySet, load_dir, load_str};
 pub use matcher::{Match, MatchInput, MatchSpec, labels_of};

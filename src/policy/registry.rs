@@ -60,7 +60,24 @@ impl Registry {
 
     /// The built-in policy types.
     pub fn builtin() -> Self {
-        Self::empty()
+        let mut registry = Self::empty();
+        registry
+            .register("require-config-keys", |s| {
+                Ok(Box::new(
+                    super::require_config_keys::RequireConfigKeys::from_settings(s)?,
+                ))
+            })
+            .register("limitrange-defaults", |s| {
+                Ok(Box::new(
+                    super::limitrange_defaults::LimitRangeDefaults::from_settings(s)?,
+                ))
+            })
+            .register("checksum-config", |s| {
+                Ok(Box::new(
+                    super::checksum_config::ChecksumConfig::from_settings(s)?,
+                ))
+            });
+        registry
     }
 
     /// Adds (or replaces) a policy type.

@@ -1,0 +1,288 @@
+//! `limitrange-defaults`: the built-in LimitRanger, also for pod templates.
+//!
+//! Mutation fills default requests and limits exactly as upstream's LimitRanger does for Pods
+//! (see [`crate::limitrange`]), after first copying limits into missing requests as Pod
+//! defaulting does, so a template and the Pods made from it end up with identical resources.
+//! What was set is recorded in `confgate.dev/limitrange-defaults` in the text format of
+//! upstream's `kubernetes.io/limit-ranger`. Validation applies min/max/maxLimitRequestRatio to
+//! the object as its Pods will be (defaults applied), with upstream's messages.
+//!
+//! LimitRanges apply in order: the namespace's own (by name, with `fromNamespaceLimitRanges`),
+//! then `settings.limits`; a value set by an earlier one is never overwritten by a later one.
+
+use super::{Capabilities, Context, Findings, Policy, PolicyError, SettingsError, parse_settings};
+use crate::limitrange::{
+    ANNOTATION_PREFIX, Item, LimitRange, copy_limits_to_requests, merge_defaults, validate_spec,
+};
+use crate::quantity::Quantity;
+use crate::workload::{WORKLOAD_KINDS, set_template_annotation, template_pointer};
+use kube::core::admission::Operation;
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Where confgate records what it set (upstream's is `kubernetes.io/limit-ranger`).
+pub const ANNOTATION: &str = "confgate.dev/limitrange-defaults";
+
+/// `spec.settings` of a `limitrange-defaults` policy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LimitRangeDefaultsSettings {
+    /// Items shaped like `LimitRange.spec.limits` (types `Container` and `Pod`).
+    #[serde(default)]
+    pub limits: Vec<LimitItemSettings>,
+    /// Also apply the LimitRange objects of the object's namespace (from the cluster cache).
+    #[serde(default)]
+    pub from_namespace_limit_ranges: bool,
+}
+
+/// One item of `settings.limits`, as `LimitRangeItem`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LimitItemSettings {
+    /// `Container` or `Pod`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Default limits.
+    #[serde(default)]
+    pub default: BTreeMap<String, Quantity>,
+    /// Default requests.
+    #[serde(default)]
+    pub default_request: BTreeMap<String, Quantity>,
+    /// Maximum limit (and request).
+    #[serde(default)]
+    pub max: BTreeMap<String, Quantity>,
+    /// Minimum request (and limit).
+    #[serde(default)]
+    pub min: BTreeMap<String, Quantity>,
+    /// Maximum limit/request ratio.
+    #[serde(default)]
+    pub max_limit_request_ratio: BTreeMap<String, Quantity>,
+}
+
+/// The policy.
+#[derive(Debug)]
+pub struct LimitRangeDefaults {
+    configured: Option<LimitRange>,
+    from_namespace: bool,
+}
+
+impl LimitRangeDefaults {
+    /// Validates settings as the apiserver validates a LimitRange, after its defaulting.
+    pub fn from_settings(settings: Value) -> Result<Self, SettingsError> {
+        let settings: LimitRangeDefaultsSettings = parse_settings(settings)?;
+        if settings.limits.is_empty() && !settings.from_namespace_limit_ranges {
+            return Err(SettingsError::at(
+                "",
+                "set `limits`, `fromNamespaceLimitRanges: true`, or both",
+            ));
+        }
+        let mut items = Vec::new();
+        for (i, item) in settings.limits.into_iter().enumerate() {
+            items.push(validate_item(i, item)?);
+        }
+        let configured = (!items.is_empty()).then_some(LimitRange { items });
+        Ok(Self {
+            configured,
+            from_namespace: settings.from_namespace_limit_ranges,
+        })
+    }
+
+    /// The LimitRanges that apply in the request's namespace, in order; what could not be
+    /// looked up becomes a warning.
+    fn ranges(&self, cx: &Context, out: &mut Findings) -> Vec<LimitRange> {
+        let mut ranges = Vec::new();
+        if self.from_namespace {
+            match cx.cluster.limit_ranges(cx.namespace()) {
+                Some(found) => {
+                    for spec in found {
+                        match LimitRange::from_api(&spec) {
+                            Ok(range) => ranges.push(range),
+                            Err(e) => out.warn(format!(
+                                "a LimitRange in namespace {} was skipped: {e}",
+                                cx.namespace()
+                            )),
+                        }
+                    }
+                }
+                None => out.warn(format!(
+                    "LimitRanges of namespace {:?} were not applied: {}",
+                    cx.namespace(),
+                    unavailable(cx)
+                )),
+            }
+        }
+        ranges.extend(self.configured.clone());
+        ranges
+    }
+}
+
+fn unavailable(cx: &Context) -> String {
+    if cx.cluster.is_standalone() {
+        "no cluster connection (standalone mode)".into()
+    } else {
+        "the LimitRange cache is not synced".into()
+    }
+}
+
+fn validate_item(index: usize, item: LimitItemSettings) -> Result<Item, SettingsError> {
+    let at = |field: &str, message: String| {
+        SettingsError::at(format!("limits[{index}]{field}"), message)
+    };
+    if item.kind != "Container" && item.kind != "Pod" {
+        return Err(at(
+            ".type",
+            format!("must be Container or Pod, got {:?}", item.kind),
+        ));
+    }
+    if item.kind == "Pod" && !(item.default.is_empty() && item.default_request.is_empty()) {
+        return Err(at(
+            "",
+            "default and defaultRequest may not be set when type is Pod".into(),
+        ));
+    }
+    let item = Item {
+        kind: item.kind,
+        default: item.default,
+        default_request: item.default_request,
+        max: item.max,
+        min: item.min,
+        max_limit_request_ratio: item.max_limit_request_ratio,
+    }
+    .with_defaults();
+    let pairs: [(
+        &str,
+        &BTreeMap<String, Quantity>,
+        &str,
+        &BTreeMap<String, Quantity>,
+    ); 5] = [
+        ("min", &item.min, "max", &item.max),
+        ("min", &item.min, "defaultRequest", &item.default_request),
+        (
+            "defaultRequest",
+            &item.default_request,
+            "default",
+            &item.default,
+        ),
+        ("default", &item.default, "max", &item.max),
+        ("defaultRequest", &item.default_request, "max", &item.max),
+    ];
+    for (low_name, low, high_name, high) in pairs {
+        for (resource, lo) in low {
+            if let Some(hi) = high.get(resource)
+                && lo > hi
+            {
+                return Err(at(
+                    &format!(".{low_name}.{resource}"),
+                    format!(
+                        "{low_name} value {lo} must not be greater than {high_name} value {hi}"
+                    ),
+                ));
+            }
+        }
+    }
+    for (resource, ratio) in &item.max_limit_request_ratio {
+        if *ratio < Quantity::from_units(1) {
+            return Err(at(
+                &format!(".maxLimitRequestRatio.{resource}"),
+                format!("ratio {ratio} is less than 1"),
+            ));
+        }
+    }
+    Ok(item)
+}
+
+/// Upstream skips Pod updates (containers are immutable) and objects being deleted.
+fn skipped(cx: &Context) -> bool {
+    let pod_update = cx.request.kind.kind == "Pod" && cx.request.operation == Operation::Update;
+    let deleting = cx
+        .old_object
+        .and_then(|o| o.pointer("/metadata/deletionTimestamp"))
+        .is_some_and(|t| !t.is_null());
+    pod_update || deleting
+}
+
+/// Copies limits into requests, then merges each range's defaults; the annotation text when
+/// anything was set.
+fn apply(spec: &mut Value, ranges: &[LimitRange]) -> Option<String> {
+    copy_limits_to_requests(spec);
+    let mut annotation = None;
+    for range in ranges {
+        let (requests, limits) = range.default_requirements();
+        let notes = merge_defaults(spec, &requests, &limits);
+        if !notes.is_empty() {
+            annotation = Some(format!("{ANNOTATION_PREFIX}{}", notes.join("; ")));
+        }
+    }
+    annotation
+}
+
+fn spec_pointer(kind: &str) -> Option<String> {
+    template_pointer(kind).map(|t| format!("{t}/spec"))
+}
+
+impl Policy for LimitRangeDefaults {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::Both
+    }
+
+    fn kinds(&self) -> Option<&'static [&'static str]> {
+        Some(WORKLOAD_KINDS)
+    }
+
+    fn mutate(
+        &self,
+        cx: &Context,
+        object: &mut Value,
+        out: &mut Findings,
+    ) -> Result<(), PolicyError> {
+        let kind = cx.request.kind.kind.as_str();
+        if skipped(cx) {
+            return Ok(());
+        }
+        let ranges = self.ranges(cx, out);
+        let Some(pointer) = spec_pointer(kind) else {
+            return Ok(());
+        };
+        let Some(spec) = object.pointer_mut(&pointer).filter(|s| s.is_object()) else {
+            return Ok(());
+        };
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        if let Some(text) = apply(spec, &ranges) {
+            set_template_annotation(kind, object, ANNOTATION, &text);
+        }
+        Ok(())
+    }
+
+    fn validate(
+        &self,
+        cx: &Context,
+        object: &Value,
+        out: &mut Findings,
+    ) -> Result<(), PolicyError> {
+        let kind = cx.request.kind.kind.as_str();
+        if skipped(cx) {
+            return Ok(());
+        }
+        let ranges = self.ranges(cx, out);
+        let Some(spec) = spec_pointer(kind)
+            .and_then(|p| object.pointer(&p))
+            .filter(|s| s.is_object())
+        else {
+            return Ok(());
+        };
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        let mut as_pod = spec.clone();
+        apply(&mut as_pod, &ranges);
+        for range in &ranges {
+            for message in validate_spec(range, &as_pod) {
+                out.violation(message);
+            }
+        }
+        Ok(())
+    }
+}

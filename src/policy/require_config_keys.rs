@@ -1,0 +1,479 @@
+//! `require-config-keys`: a Pod whose ConfigMap/Secret reference points at a missing object or
+//! key is created and then never starts (CreateContainerConfigError, or a volume that never
+//! mounts). This policy finds those references at admission, and can require that containers
+//! receive a given set of configuration keys.
+//!
+//! Kubelet semantics: a reference marked `optional: true` never blocks a Pod, so it is never a
+//! violation (unless `forbidOptionalReferences`); every volume of the pod is mounted, used or not.
+
+use super::{Capabilities, Context, Findings, Policy, PolicyError, SettingsError, parse_settings};
+use crate::cluster::Lookup;
+use crate::workload::{
+    ContainerKind, Keys, Reference, Site, Source, WORKLOAD_KINDS, containers, pod_spec, references,
+};
+use kube::core::admission::Operation;
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Which containers must receive `requiredKeys`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ContainerSelection {
+    /// Every regular container.
+    #[default]
+    All,
+    /// At least one regular container.
+    Any,
+    /// The regular containers with these names (those present in the pod).
+    Named(Vec<String>),
+}
+
+impl TryFrom<Value> for ContainerSelection {
+    type Error = String;
+    fn try_from(value: Value) -> Result<Self, String> {
+        match value {
+            Value::String(s) if s == "all" => Ok(Self::All),
+            Value::String(s) if s == "any" => Ok(Self::Any),
+            Value::Array(items) => items
+                .into_iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| "container names must be strings".to_owned())
+                })
+                .collect::<Result<_, _>>()
+                .map(Self::Named),
+            other => Err(format!(
+                "must be \"all\", \"any\" or a list of container names, got {other}"
+            )),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `spec.settings` of a `require-config-keys` policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RequireConfigKeysSettings {
+    /// Check that every non-optional reference resolves (default true).
+    #[serde(default = "yes")]
+    pub check_references: bool,
+    /// Environment variables each selected container must receive.
+    #[serde(default)]
+    pub required_keys: Vec<String>,
+    /// Which containers `requiredKeys` applies to: `all` (default), `any`, or names.
+    #[serde(default, deserialize_with = "selection")]
+    pub containers: ContainerSelection,
+    /// ConfigMaps the pod must reference (by name).
+    #[serde(default)]
+    pub required_config_maps: Vec<String>,
+    /// Secrets the pod must reference (by name).
+    #[serde(default)]
+    pub required_secrets: Vec<String>,
+    /// Optional references are violations: `optional` hides a missing config until runtime.
+    #[serde(default)]
+    pub forbid_optional_references: bool,
+    /// Warn about ConfigMap/Secret volumes mounted with `subPath` (they never receive updates).
+    #[serde(default)]
+    pub warn_on_sub_path: bool,
+    /// On UPDATE, a violation the old object already had is only a warning.
+    #[serde(default)]
+    pub only_new_violations: bool,
+}
+
+fn selection<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ContainerSelection, D::Error> {
+    ContainerSelection::try_from(Value::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+/// The policy.
+#[derive(Debug)]
+pub struct RequireConfigKeys {
+    settings: RequireConfigKeysSettings,
+}
+
+impl RequireConfigKeys {
+    /// Validates settings.
+    pub fn from_settings(settings: Value) -> Result<Self, SettingsError> {
+        let settings: RequireConfigKeysSettings = parse_settings(settings)?;
+        for (i, key) in settings.required_keys.iter().enumerate() {
+            if key.is_empty() || key.contains('=') {
+                return Err(SettingsError::at(
+                    format!("requiredKeys[{i}]"),
+                    format!("{key:?} is not an environment variable name"),
+                ));
+            }
+        }
+        for (field, names) in [
+            ("requiredConfigMaps", &settings.required_config_maps),
+            ("requiredSecrets", &settings.required_secrets),
+        ] {
+            if let Some(i) = names.iter().position(|n| n.is_empty()) {
+                return Err(SettingsError::at(
+                    format!("{field}[{i}]"),
+                    "names must not be empty",
+                ));
+            }
+        }
+        if let ContainerSelection::Named(names) = &settings.containers
+            && names.is_empty()
+        {
+            return Err(SettingsError::at(
+                "containers",
+                "name at least one container, or use \"all\" or \"any\"",
+            ));
+        }
+        let checks_something = settings.check_references
+            || !settings.required_keys.is_empty()
+            || !settings.required_config_maps.is_empty()
+            || !settings.required_secrets.is_empty()
+            || settings.forbid_optional_references
+            || settings.warn_on_sub_path;
+        if !checks_something {
+            return Err(SettingsError::at("", "every check is disabled"));
+        }
+        Ok(Self { settings })
+    }
+
+    /// Everything wrong with one pod spec.
+    fn check(&self, cx: &Context, spec: &Value) -> Findings {
+        let mut out = Findings::default();
+        let mut unknown: BTreeMap<(Source, String), String> = BTreeMap::new();
+        let refs = references(spec);
+        for r in &refs {
+            self.check_reference(cx, r, &mut out, &mut unknown);
+        }
+        if !self.settings.required_keys.is_empty() {
+            self.check_required_keys(cx, spec, &mut out, &mut unknown);
+        }
+        self.check_required_objects(cx, &refs, &mut out);
+        if self.settings.warn_on_sub_path {
+            warn_sub_paths(spec, &mut out);
+        }
+        for ((source, name), reason) in unknown {
+            out.warn(format!(
+                "{} {:?} was not checked: {reason}",
+                source.as_str(),
+                qualified(cx, &name)
+            ));
+        }
+        out
+    }
+
+    fn check_reference(
+        &self,
+        cx: &Context,
+        r: &Reference,
+        out: &mut Findings,
+        unknown: &mut BTreeMap<(Source, String), String>,
+    ) {
+        let site = site_label(&r.site);
+        let object = format!("{} {:?}", r.source.as_str(), qualified(cx, r.name));
+        if r.optional {
+            if self.settings.forbid_optional_references {
+                out.violation(format!("{site}: reference to {object} is optional; optional references hide missing configuration until runtime"));
+            }
+            return;
+        }
+        if !self.settings.check_references {
+            return;
+        }
+        match lookup(cx, r.source, r.name) {
+            Lookup::Found(data) => {
+                if let Keys::Some(keys) = &r.keys {
+                    for key in keys.iter().filter(|k| !data.has(k)) {
+                        out.violation(format!("{site}: {object} has no key {key:?}"));
+                    }
+                }
+            }
+            Lookup::Missing => out.violation(format!("{site}: {object} not found")),
+            Lookup::Unknown(reason) => {
+                unknown.insert((r.source, r.name.to_owned()), reason);
+            }
+        }
+    }
+
+    fn check_required_keys(
+        &self,
+        cx: &Context,
+        spec: &Value,
+        out: &mut Findings,
+        unknown: &mut BTreeMap<(Source, String), String>,
+    ) {
+        let regular: Vec<_> = containers(spec)
+            .into_iter()
+            .filter(|c| c.kind == ContainerKind::Regular)
+            .collect();
+        let provided: Vec<Provided> = regular
+            .iter()
+            .map(|c| provided_keys(cx, c.value, unknown))
+            .collect();
+        let required = &self.settings.required_keys;
+        match &self.settings.containers {
+            ContainerSelection::Any => {
+                for key in required
+                    .iter()
+                    .filter(|k| !provided.iter().any(|p| p.keys.contains(k.as_str())))
+                {
+                    let names: Vec<String> =
+                        regular.iter().map(|c| format!("{:?}", c.name)).collect();
+                    let message = format!(
+                        "required key {key} is not provided by any container (checked {})",
+                        names.join(", ")
+                    );
+                    report(out, provided.iter().any(|p| p.uncertain), message);
+                }
+            }
+            selection => {
+                for (c, p) in regular.iter().zip(&provided) {
+                    if let ContainerSelection::Named(names) = selection
+                        && !names.iter().any(|n| n == c.name)
+                    {
+                        continue;
+                    }
+                    for key in required.iter().filter(|k| !p.keys.contains(k.as_str())) {
+                        let message = format!(
+                            "container {:?}: required key {key} is not provided (checked {})",
+                            c.name,
+                            p.checked()
+                        );
+                        report(out, p.uncertain, message);
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_required_objects(&self, cx: &Context, refs: &[Reference], out: &mut Findings) {
+        let required = [
+            (Source::ConfigMap, &self.settings.required_config_maps),
+            (Source::Secret, &self.settings.required_secrets),
+        ];
+        for (source, names) in required {
+            for name in names.iter().filter(|n| {
+                !refs
+                    .iter()
+                    .any(|r| r.source == source && r.name == n.as_str())
+            }) {
+                out.violation(format!(
+                    "required {} {:?} is not referenced by any container or volume",
+                    source.as_str(),
+                    qualified(cx, name)
+                ));
+            }
+        }
+    }
+}
+
+/// A missing key is a violation, unless an envFrom source could not be read: then a warning.
+fn report(out: &mut Findings, uncertain: bool, message: String) {
+    if uncertain {
+        out.warn(format!("{message}; some envFrom sources could not be read"));
+    } else {
+        out.violation(message);
+    }
+}
+
+/// The environment a container receives.
+struct Provided {
+    keys: BTreeSet<String>,
+    sources: Vec<String>,
+    uncertain: bool,
+}
+
+impl Provided {
+    fn checked(&self) -> String {
+        if self.sources.is_empty() {
+            "env".into()
+        } else {
+            format!("env and envFrom {}", self.sources.join(", "))
+        }
+    }
+}
+
+/// `env` names plus, for `envFrom`, the keys actually in the ConfigMap/Secret with the prefix.
+fn provided_keys(
+    cx: &Context,
+    container: &Value,
+    unknown: &mut BTreeMap<(Source, String), String>,
+) -> Provided {
+    let mut provided = Provided {
+        keys: BTreeSet::new(),
+        sources: Vec::new(),
+        uncertain: false,
+    };
+    for env in container
+        .get("env")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(name) = env.get("name").and_then(Value::as_str) {
+            provided.keys.insert(name.to_owned());
+        }
+    }
+    for from in container
+        .get("envFrom")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let prefix = from
+            .get("prefix")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        for (field, source) in [
+            ("configMapRef", Source::ConfigMap),
+            ("secretRef", Source::Secret),
+        ] {
+            let Some(name) = from
+                .get(field)
+                .and_then(|r| r.get("name"))
+                .and_then(Value::as_str)
+            else {
+                continue;
+            };
+            provided
+                .sources
+                .push(format!("{} {name:?}", source.as_str()));
+            match lookup(cx, source, name) {
+                Lookup::Found(data) => provided
+                    .keys
+                    .extend(data.keys.keys().map(|k| format!("{prefix}{k}"))),
+                Lookup::Missing => {}
+                Lookup::Unknown(reason) => {
+                    provided.uncertain = true;
+                    unknown.insert((source, name.to_owned()), reason);
+                }
+            }
+        }
+    }
+    provided
+}
+
+fn warn_sub_paths(spec: &Value, out: &mut Findings) {
+    let volumes = spec.get("volumes").and_then(Value::as_array);
+    for c in containers(spec) {
+        for mount in c
+            .value
+            .get("volumeMounts")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let sub_path = ["subPath", "subPathExpr"].iter().any(|f| {
+                mount
+                    .get(*f)
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| !s.is_empty())
+            });
+            let name = mount
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let volume = volumes
+                .into_iter()
+                .flatten()
+                .find(|v| v.get("name").and_then(Value::as_str) == Some(name));
+            let source = volume.and_then(|v| {
+                ["configMap", "secret", "projected"]
+                    .into_iter()
+                    .find(|s| v.get(*s).is_some())
+            });
+            if let (true, Some(source)) = (sub_path, source) {
+                let path = mount
+                    .get("mountPath")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                out.warn(format!("{} {:?}: {source} volume {name:?} is mounted at {path} with subPath: it never receives updates", c.kind.noun(), c.name));
+            }
+        }
+    }
+}
+
+fn lookup(cx: &Context, source: Source, name: &str) -> Lookup {
+    match source {
+        Source::ConfigMap => cx.cluster.config_map(cx.namespace(), name),
+        Source::Secret => cx.cluster.secret(cx.namespace(), name),
+    }
+}
+
+fn qualified(cx: &Context, name: &str) -> String {
+    format!("{}/{name}", cx.namespace())
+}
+
+/// `container "web": env DATABASE_URL`, `init container "migrate": envFrom`, `volume "config"`.
+fn site_label(site: &Site) -> String {
+    match *site {
+        Site::Env {
+            container,
+            kind,
+            var,
+        } => format!("{} {container:?}: env {var}", kind.noun()),
+        Site::EnvFrom {
+            container,
+            kind,
+            prefix,
+        } if !prefix.is_empty() => {
+            format!("{} {container:?}: envFrom (prefix {prefix:?})", kind.noun())
+        }
+        Site::EnvFrom {
+            container, kind, ..
+        } => format!("{} {container:?}: envFrom", kind.noun()),
+        Site::Volume {
+            volume,
+            projected: true,
+        } => format!("volume {volume:?} (projected)"),
+        Site::Volume {
+            volume,
+            projected: false,
+        } => format!("volume {volume:?}"),
+    }
+}
+
+impl Policy for RequireConfigKeys {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::Validate
+    }
+
+    fn kinds(&self) -> Option<&'static [&'static str]> {
+        Some(WORKLOAD_KINDS)
+    }
+
+    fn validate(
+        &self,
+        cx: &Context,
+        object: &Value,
+        out: &mut Findings,
+    ) -> Result<(), PolicyError> {
+        let kind = cx.request.kind.kind.as_str();
+        let Some(spec) = pod_spec(kind, object) else {
+            return Ok(());
+        };
+        let mut found = self.check(cx, spec);
+        let old_spec = cx.old_object.and_then(|old| pod_spec(kind, old));
+        if let (true, Operation::Update, Some(old_spec)) = (
+            self.settings.only_new_violations,
+            &cx.request.operation,
+            old_spec,
+        ) {
+            let before: BTreeSet<String> =
+                self.check(cx, old_spec).violations.into_iter().collect();
+            let (existing, new): (Vec<String>, Vec<String>) = found
+                .violations
+                .into_iter()
+                .partition(|v| before.contains(v));
+            found.violations = new;
+            found.warnings.extend(
+                existing
+                    .into_iter()
+                    .map(|v| format!("{v} (already present before this update)")),
+            );
+        }
+        out.violations.extend(found.violations);
+        out.warnings.extend(found.warnings);
+        Ok(())
+    }
+}
