@@ -1,0 +1,162 @@
+//! Helpers shared by the integration tests: fixtures, cluster state, policies, patches.
+#![allow(dead_code)]
+
+use confgate::admission::{Review, parse_review};
+use confgate::cluster::static_state::StaticState;
+use confgate::engine::{Decision, Engine};
+use confgate::policy::{Endpoint, PolicySet, Registry, load_dir, load_str};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture_path(name: &str) -> PathBuf {
+    root()
+        .join("tests/fixtures/admission-reviews")
+        .join(format!("{name}.json"))
+}
+
+pub fn fixture_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(fixture_path(name)).unwrap()
+}
+
+pub fn fixture(name: &str) -> Review {
+    parse_review(&fixture_bytes(name)).unwrap()
+}
+
+/// Every fixture name (without `.json`).
+pub fn all_fixtures() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(root().join("tests/fixtures/admission-reviews"))
+        .unwrap()
+        .map(|e| {
+            e.unwrap()
+                .path()
+                .file_stem()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+pub fn cluster_state_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("tests/fixtures/cluster-state"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
+/// The cluster the fixtures were captured from, after `app-config`'s LOG_LEVEL became `debug`.
+pub fn fixture_cluster() -> StaticState {
+    let mut state = StaticState::load(&cluster_state_files()).unwrap();
+    state
+        .add_text(Path::new("log-level-change"), APP_CONFIG_DEBUG)
+        .unwrap();
+    state
+}
+
+/// `app-config` as `update-configmap-app-config` left it.
+pub const APP_CONFIG_DEBUG: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: app-config, namespace: shop}
+data:
+  DATABASE_URL: postgres://db.shop.svc:5432/shop
+  LOG_LEVEL: debug
+  config.yaml: |
+    autoSaveInterval: 60
+    batchSize: 128
+    protocols:
+      - http
+      - https
+"#;
+
+/// The fixture cluster with extra manifests layered over it (a later object replaces an earlier).
+pub fn cluster_with(extra: &str) -> StaticState {
+    let mut state = fixture_cluster();
+    state.add_text(Path::new("extra"), extra).unwrap();
+    state
+}
+
+/// The fixture cluster with some objects left out (by `kind/namespace/name`).
+pub fn cluster_without(left_out: &[&str]) -> StaticState {
+    let mut state = StaticState::default();
+    for file in cluster_state_files() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let docs: Vec<String> = text
+            .split("\n---")
+            .filter(|doc| {
+                let v: Value = serde_saphyr::from_str(doc).unwrap();
+                let id = format!(
+                    "{}/{}/{}",
+                    v["kind"].as_str().unwrap_or_default(),
+                    v["metadata"]["namespace"].as_str().unwrap_or_default(),
+                    v["metadata"]["name"].as_str().unwrap_or_default()
+                );
+                !left_out.contains(&id.as_str())
+            })
+            .map(str::to_owned)
+            .collect();
+        state.add_text(&file, &docs.join("\n---\n")).unwrap();
+    }
+    state
+}
+
+pub fn shipped_policies() -> PolicySet {
+    load_dir(&root().join("policies"), &Registry::builtin()).unwrap()
+}
+
+pub fn policies(yaml: &str) -> PolicySet {
+    load_str("test-policies.yaml", yaml, &Registry::builtin()).unwrap()
+}
+
+pub fn engine(state: StaticState) -> Engine {
+    Engine::new(Arc::new(state))
+}
+
+pub fn evaluate(engine: &Engine, set: &PolicySet, review: &Review, endpoint: Endpoint) -> Decision {
+    engine.evaluate(set, review, endpoint, None).unwrap()
+}
+
+/// Applies a patch to a copy of the object.
+pub fn apply(object: &Value, patch: &json_patch::Patch) -> Value {
+    let mut patched = object.clone();
+    json_patch::patch(&mut patched, patch).unwrap();
+    patched
+}
+
+/// A review of `object` (a Pod or workload manifest) as the apiserver would send on CREATE.
+pub fn create_review(object: Value) -> Review {
+    let wrapped = confgate::cli::review::wrap_manifest(object, 1).unwrap();
+    confgate::admission::review_from_value(wrapped).unwrap()
+}
+
+/// Mutates, checks the patch applies and that a second pass over the result adds nothing;
+/// returns the decision and the patched object.
+pub fn mutate_idempotent(engine: &Engine, set: &PolicySet, review: &Review) -> (Decision, Value) {
+    let decision = evaluate(engine, set, review, Endpoint::Mutate);
+    let object = review.object.clone().unwrap();
+    let patched = apply(&object, &decision.patch);
+    if let Some(mutated) = &decision.mutated {
+        assert_eq!(
+            &patched, mutated,
+            "the patch must produce the mutated object"
+        );
+    }
+    let mut again = review.clone();
+    again.object = Some(patched.clone());
+    let second = evaluate(engine, set, &again, Endpoint::Mutate);
+    assert!(
+        second.patch.0.is_empty(),
+        "second pass must add nothing, got {:?}",
+        second.patch
+    );
+    (decision, patched)
+}

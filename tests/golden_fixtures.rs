@@ -1,0 +1,190 @@
+//! Every captured AdmissionReview through the engine and the HTTP router, with the shipped
+//! policies and the fixture cluster: the response echoes version and uid, the decision is the
+//! documented one, every patch applies and is idempotent.
+
+mod common;
+
+use axum::body::Body;
+use base64::Engine as _;
+use common::*;
+use confgate::policy::Endpoint;
+use confgate::server::{AppState, router};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tower::ServiceExt;
+
+/// What the shipped policies do with each fixture, on the fixture cluster: (patched, warnings).
+/// Every fixture is allowed: all non-optional references in them resolve.
+fn expected(name: &str) -> (bool, &'static [&'static str]) {
+    const DB_URL_WARN: &str =
+        "payments-database-url: required key DATABASE_URL is not provided by any container";
+    match name {
+        // Config objects, deletions, the scale subresource: not evaluated.
+        n if n.starts_with("create-configmap")
+            || n.starts_with("create-secret")
+            || n.starts_with("delete-") =>
+        {
+            (false, &[])
+        }
+        "update-configmap-app-config" | "update-deployments-scale-web" => (false, &[]),
+        // Pods the built-in LimitRanger already defaulted: nothing left to fill.
+        "create-pod-nginx-lr" | "create-pod-limits-only" => (false, &[]),
+        "create-deployment-bare"
+        | "create-deployment-dryrun"
+        | "create-deployment-legacy"
+        | "create-deployment-legacy-v1beta1"
+        | "create-statefulset-cache" => (true, &[DB_URL_WARN]),
+        _ => (true, &[]),
+    }
+}
+
+#[test]
+fn every_fixture_gets_its_documented_answer_from_the_engine() {
+    let engine = engine(fixture_cluster());
+    let set = shipped_policies();
+    for name in all_fixtures() {
+        let review = fixture(&name);
+        let (patched, warnings) = expected(&name);
+        let mutate = evaluate(&engine, &set, &review, Endpoint::Mutate);
+        assert!(mutate.allowed(), "{name}: {:?}", mutate.denials);
+        assert_eq!(
+            !mutate.patch.0.is_empty(),
+            patched,
+            "{name}: patch {:?}",
+            mutate.patch
+        );
+        let decision = engine.evaluate_both(&set, &review).unwrap();
+        assert!(decision.allowed(), "{name}: {:?}", decision.denials);
+        let found: Vec<String> = decision
+            .warnings
+            .iter()
+            .map(|w| w.split(" (checked").next().unwrap().to_owned())
+            .collect();
+        assert_eq!(found, warnings, "{name}");
+        if review.object.is_some() && patched {
+            mutate_idempotent(&engine, &set, &review);
+        }
+    }
+}
+
+#[test]
+fn deployment_web_is_defaulted_and_stamped() {
+    let engine = engine(fixture_cluster());
+    let (_, patched) = mutate_idempotent(
+        &engine,
+        &shipped_policies(),
+        &fixture("create-deployment-web"),
+    );
+    let template = &patched["spec"]["template"];
+    assert_eq!(
+        template["spec"]["containers"][0]["resources"],
+        json!({"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}})
+    );
+    // The sidecar had limits only: they become its requests (Pod defaulting), nothing else is added.
+    assert_eq!(
+        template["spec"]["containers"][1]["resources"],
+        json!({"limits": {"cpu": "200m", "memory": "128Mi"}, "requests": {"cpu": "200m", "memory": "128Mi"}})
+    );
+    assert_eq!(
+        template["spec"]["initContainers"][0]["resources"],
+        json!({"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}})
+    );
+    let annotations = template["metadata"]["annotations"].as_object().unwrap();
+    assert_eq!(
+        annotations["confgate.dev/limitrange-defaults"],
+        "LimitRanger plugin set: cpu, memory request for container web; memory limit for container web; cpu, memory request for init container migrate; memory limit for init container migrate"
+    );
+    assert_eq!(annotations["checksum/config"].as_str().unwrap().len(), 64);
+}
+
+async fn post(app: axum::Router, path: &str, body: Vec<u8>) -> (u16, Value) {
+    let request = axum::http::Request::post(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test]
+async fn every_fixture_through_the_http_server() {
+    let state = AppState::new(
+        shipped_policies(),
+        Arc::new(fixture_cluster()),
+        8 * 1024 * 1024,
+        false,
+    );
+    for name in all_fixtures() {
+        let sent: Value = serde_json::from_slice(&fixture_bytes(&name)).unwrap();
+        let (patched, _) = expected(&name);
+        for path in ["/mutate?timeout=5s", "/validate?timeout=10s"] {
+            let (status, answer) = post(router(state.clone()), path, fixture_bytes(&name)).await;
+            assert_eq!(status, 200, "{name} {path}");
+            assert_eq!(
+                answer["apiVersion"], sent["apiVersion"],
+                "{name}: version echo"
+            );
+            assert_eq!(answer["kind"], "AdmissionReview");
+            assert_eq!(
+                answer["response"]["uid"], sent["request"]["uid"],
+                "{name}: uid echo"
+            );
+            assert_eq!(answer["response"]["allowed"], true, "{name} {path}");
+            let patch = answer["response"].get("patch");
+            if path.starts_with("/mutate") && patched {
+                assert_eq!(answer["response"]["patchType"], "JSONPatch");
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(patch.unwrap().as_str().unwrap())
+                    .unwrap();
+                let ops: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+                apply(&sent["request"]["object"], &ops);
+            } else {
+                assert!(patch.is_none(), "{name} {path}: unexpected patch");
+                assert!(answer["response"].get("patchType").is_none());
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn v1beta1_is_answered_in_v1beta1_with_the_same_answer_as_v1() {
+    let state = AppState::new(
+        shipped_policies(),
+        Arc::new(fixture_cluster()),
+        8 * 1024 * 1024,
+        false,
+    );
+    let (_, v1) = post(
+        router(state.clone()),
+        "/mutate",
+        fixture_bytes("create-deployment-legacy"),
+    )
+    .await;
+    let (_, beta) = post(
+        router(state),
+        "/mutate",
+        fixture_bytes("create-deployment-legacy-v1beta1"),
+    )
+    .await;
+    assert_eq!(v1["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(beta["apiVersion"], "admission.k8s.io/v1beta1");
+    assert_eq!(v1["response"]["patch"], beta["response"]["patch"]);
+}
+
+#[tokio::test]
+async fn the_big_configmap_is_answered() {
+    let state = AppState::new(
+        shipped_policies(),
+        Arc::new(fixture_cluster()),
+        7 * 1024 * 1024,
+        false,
+    );
+    let body = fixture_bytes("create-configmap-big-config");
+    assert!(body.len() > 1_000_000);
+    let (status, answer) = post(router(state), "/validate", body).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["response"]["allowed"], true);
+}
