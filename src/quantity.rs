@@ -293,6 +293,32 @@ pub fn fits_milli(v: &Quantity) -> bool {
     v.value() <= MAX_MILLI_VALUE
 }
 
+impl<'de> serde::Deserialize<'de> for Quantity {
+    /// A quantity in a policy file: a string (`100m`, `1Gi`) or a plain YAML number (`1`, `0.5`).
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Quantity;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a quantity such as 100m, 0.5, 1Gi or 1G")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Quantity, E> {
+                Quantity::parse(v).map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Quantity, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Quantity, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Quantity, E> {
+                self.visit_str(&v.to_string())
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,31 +400,5 @@ mod tests {
             .unwrap()
             .add(&Quantity::parse("0.4").unwrap());
         assert_eq!(cpu.to_string(), "500m");
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Quantity {
-    /// A quantity in a policy file: a string (`100m`, `1Gi`) or a plain YAML number (`1`, `0.5`).
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = Quantity;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a quantity such as 100m, 0.5, 1Gi or 1G")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Quantity, E> {
-                Quantity::parse(v).map_err(E::custom)
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Quantity, E> {
-                self.visit_str(&v.to_string())
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Quantity, E> {
-                self.visit_str(&v.to_string())
-            }
-            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Quantity, E> {
-                self.visit_str(&v.to_string())
-            }
-        }
-        deserializer.deserialize_any(Visitor)
     }
 }

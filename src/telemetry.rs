@@ -18,6 +18,8 @@ pub fn init(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    // A panic (which the engine contains per policy) is reported as a structured log line.
+    std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "panic")));
     let _ = match format {
         LogFormat::Json => builder
             .json()

@@ -97,13 +97,11 @@ impl Engine {
             };
             decision.record(policy, endpoint, findings, result, started.elapsed());
         }
-        if endpoint == Endpoint::Mutate && decision.allowed() {
-            if let Some(mutated) = working {
-                let patch = json_patch::diff(object, &mutated);
-                if !patch.0.is_empty() {
-                    decision.patch = patch;
-                    decision.mutated = Some(mutated);
-                }
+        if let (Endpoint::Mutate, true, Some(mutated)) = (endpoint, decision.allowed(), working) {
+            let patch = json_patch::diff(object, &mutated);
+            if !patch.0.is_empty() {
+                decision.patch = patch;
+                decision.mutated = Some(mutated);
             }
         }
         Ok(decision)

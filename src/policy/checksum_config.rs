@@ -133,10 +133,11 @@ struct Selected<'a> {
     required: bool,
 }
 
+/// Referenced objects by (kind, name): what is selected of each, and its data (`None`: missing).
+type Resolved<'a> = BTreeMap<(Source, &'a str), (Selected<'a>, Option<Arc<ConfigData>>)>;
+
 /// The checksum text for resolved objects (see the module docs).
-fn checksum_text(
-    objects: &BTreeMap<(Source, &str), (Selected, Option<Arc<ConfigData>>)>,
-) -> String {
+fn checksum_text(objects: &Resolved) -> String {
     let mut text = String::new();
     for ((source, name), (selected, data)) in objects {
         let kind = source.as_str();
@@ -201,7 +202,7 @@ impl Policy for ChecksumConfig {
                 Keys::Some(keys) => entry.keys.extend(keys.iter().copied()),
             }
         }
-        let mut resolved = BTreeMap::new();
+        let mut resolved: Resolved = BTreeMap::new();
         for ((source, name), selected) in wanted {
             let lookup = match source {
                 Source::ConfigMap => cx.cluster.config_map(cx.namespace(), name),

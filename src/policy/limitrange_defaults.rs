@@ -125,6 +125,8 @@ fn unavailable(cx: &Context) -> String {
     }
 }
 
+type ResourceMap = BTreeMap<String, Quantity>;
+
 fn validate_item(index: usize, item: LimitItemSettings) -> Result<Item, SettingsError> {
     let at = |field: &str, message: String| {
         SettingsError::at(format!("limits[{index}]{field}"), message)
@@ -150,12 +152,7 @@ fn validate_item(index: usize, item: LimitItemSettings) -> Result<Item, Settings
         max_limit_request_ratio: item.max_limit_request_ratio,
     }
     .with_defaults();
-    let pairs: [(
-        &str,
-        &BTreeMap<String, Quantity>,
-        &str,
-        &BTreeMap<String, Quantity>,
-    ); 5] = [
+    let pairs: [(&str, &ResourceMap, &str, &ResourceMap); 5] = [
         ("min", &item.min, "max", &item.max),
         ("min", &item.min, "defaultRequest", &item.default_request),
         (

@@ -150,6 +150,24 @@ pub async fn serve(
         options.max_body_bytes,
         options.require_cluster_sync,
     );
+    let handle = axum_server::Handle::new();
+    tokio::spawn(shutdown_on_signal(
+        state.clone(),
+        handle.clone(),
+        options.shutdown_delay,
+        options.drain_timeout,
+    ));
+    serve_with(options, state, registry, handle).await
+}
+
+/// Serves `state` until `handle` is told to shut down. Tests drive the handle directly and learn
+/// the bound port from `handle.listening()`.
+pub async fn serve_with(
+    options: ServeOptions,
+    state: Arc<AppState>,
+    registry: Registry,
+    handle: axum_server::Handle<SocketAddr>,
+) -> Result<(), ServeError> {
     let rustls = RustlsConfig::from_config(Arc::new(tls::server_config(
         &options.tls_cert,
         &options.tls_key,
@@ -168,24 +186,21 @@ pub async fn serve(
         tls_cert: options.tls_cert.clone(),
         tls_key: options.tls_key.clone(),
     });
-    let handle = axum_server::Handle::new();
-    tokio::spawn(shutdown_on_signal(
-        state.clone(),
-        handle.clone(),
-        options.shutdown_delay,
-        options.drain_timeout,
-    ));
     let app = router(state).layer(tower_http::timeout::TimeoutLayer::with_status_code(
         axum::http::StatusCode::REQUEST_TIMEOUT,
         options.request_timeout,
     ));
     tracing::info!(listen = %options.listen, "serving admission webhooks over HTTPS (h2, http/1.1)");
     let mut server = axum_server::bind_rustls(options.listen, rustls).handle(handle);
-    server
-        .http_builder()
+    // Slow or stalled clients cannot hold a connection open forever: headers must arrive within
+    // 10 s. hyper needs a timer for that, or it panics on the first HTTP/1.1 connection.
+    let builder = server.http_builder();
+    builder
         .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive(true)
         .header_read_timeout(Duration::from_secs(10));
+    builder.http2().timer(hyper_util::rt::TokioTimer::new());
     server
         .serve(app.into_make_service())
         .await

@@ -97,10 +97,8 @@ impl Reloader {
             while rx.try_recv().is_ok() {}
             self.reload_policies().await;
             let now = self.tls_fingerprint();
-            if now.is_some() && now != tls_fingerprint {
-                if self.reload_tls().await {
-                    tls_fingerprint = now;
-                }
+            if now.is_some() && now != tls_fingerprint && self.reload_tls().await {
+                tls_fingerprint = now;
             }
         }
     }

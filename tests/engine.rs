@@ -1,0 +1,283 @@
+//! The engine with small policies defined here: aggregation, actions, onError, panics, and one
+//! patch for several mutators.
+
+mod common;
+
+use common::*;
+use confgate::cluster::Standalone;
+use confgate::engine::{Engine, Outcome};
+use confgate::policy::{
+    Capabilities, Context, Endpoint, Findings, Policy, PolicyError, Registry, load_str,
+};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+struct Label(&'static str, &'static str);
+impl Policy for Label {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::Mutate
+    }
+    fn mutate(&self, _: &Context, object: &mut Value, _: &mut Findings) -> Result<(), PolicyError> {
+        object["metadata"]["labels"][self.0] = json!(self.1);
+        Ok(())
+    }
+}
+
+struct Deny(&'static str);
+impl Policy for Deny {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::Validate
+    }
+    fn validate(&self, _: &Context, _: &Value, out: &mut Findings) -> Result<(), PolicyError> {
+        out.violation(self.0);
+        Ok(())
+    }
+}
+
+struct Broken;
+impl Policy for Broken {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::Both
+    }
+    fn validate(&self, _: &Context, _: &Value, _: &mut Findings) -> Result<(), PolicyError> {
+        Err(PolicyError::Unavailable("backend gone".into()))
+    }
+    fn mutate(&self, _: &Context, object: &mut Value, _: &mut Findings) -> Result<(), PolicyError> {
+        object["metadata"]["labels"]["half"] = json!("done");
+        let items: Vec<u8> = Vec::new();
+        let _ = items[usize::from(object["spec"].is_object())];
+        Ok(())
+    }
+}
+
+fn registry() -> Registry {
+    let mut r = Registry::empty();
+    r.register("label-a", |_| Ok(Box::new(Label("a", "1"))))
+        .register("label-b", |_| Ok(Box::new(Label("b/x", "2"))))
+        .register("deny", |_| Ok(Box::new(Deny("always"))))
+        .register("broken", |_| Ok(Box::new(Broken)));
+    r
+}
+
+fn doc(name: &str, kind: &str, extra: &str) -> String {
+    format!(
+        "---\napiVersion: confgate.dev/v1alpha1\nkind: Policy\nmetadata: {{name: {name}}}\nspec:\n  type: {kind}\n{extra}"
+    )
+}
+
+fn engine() -> Engine {
+    Engine::new(Arc::new(Standalone))
+}
+
+#[test]
+fn mutators_are_diffed_into_one_minimal_patch() {
+    let set = load_str(
+        "t.yaml",
+        &(doc("one", "label-a", "") + &doc("two", "label-b", "")),
+        &registry(),
+    )
+    .unwrap();
+    let review = fixture("create-pod-mynginx");
+    let decision = engine()
+        .evaluate(&set, &review, Endpoint::Mutate, None)
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(&decision.patch).unwrap(),
+        json!([
+            {"op": "add", "path": "/metadata/labels/a", "value": "1"},
+            {"op": "add", "path": "/metadata/labels/b~1x", "value": "2"},
+        ])
+    );
+    let patched = apply(review.object.as_ref().unwrap(), &decision.patch);
+    assert_eq!(
+        patched["metadata"]["labels"],
+        json!({"run": "mynginx", "a": "1", "b/x": "2"})
+    );
+}
+
+#[test]
+fn every_violation_from_every_policy_is_reported_once() {
+    let set = load_str(
+        "t.yaml",
+        &(doc("first", "deny", "") + &doc("second", "deny", "")),
+        &registry(),
+    )
+    .unwrap();
+    let decision = engine()
+        .evaluate(
+            &set,
+            &fixture("create-pod-mynginx"),
+            Endpoint::Validate,
+            None,
+        )
+        .unwrap();
+    assert_eq!(decision.message(), "first: always\nsecond: always");
+    let response = decision.to_response(&fixture("create-pod-mynginx").request);
+    assert!(!response.allowed);
+    assert_eq!(response.result.code, 403);
+    assert_eq!(response.result.reason, "Forbidden");
+}
+
+#[test]
+fn errors_follow_on_error_and_panics_are_contained() {
+    let review = fixture("create-pod-mynginx");
+    let deny = load_str(
+        "t.yaml",
+        &doc("b", "broken", "  onError: Deny\n"),
+        &registry(),
+    )
+    .unwrap();
+    let decision = engine()
+        .evaluate(&deny, &review, Endpoint::Validate, None)
+        .unwrap();
+    assert_eq!(decision.denials, vec!["b: internal error: backend gone"]);
+    assert_eq!(
+        decision.verdicts[0].outcome,
+        Outcome::Error { denied: true }
+    );
+    let mutate = engine()
+        .evaluate(&deny, &review, Endpoint::Mutate, None)
+        .unwrap();
+    assert!(
+        mutate.denials[0].starts_with("b: internal error: policy panicked: index out of bounds"),
+        "{:?}",
+        mutate.denials
+    );
+    assert!(mutate.patch.0.is_empty());
+
+    let allow = load_str(
+        "t.yaml",
+        &(doc("b", "broken", "  onError: Allow\n") + &doc("a", "label-a", "")),
+        &registry(),
+    )
+    .unwrap();
+    let decision = engine()
+        .evaluate(&allow, &review, Endpoint::Mutate, None)
+        .unwrap();
+    assert!(decision.allowed());
+    // The broken mutator's half-done change is dropped; the next mutator's is kept.
+    assert_eq!(
+        serde_json::to_value(&decision.patch).unwrap(),
+        json!([{"op": "add", "path": "/metadata/labels/a", "value": "1"}])
+    );
+    assert!(
+        decision.warnings[0].starts_with("b: not evaluated (internal error: policy panicked"),
+        "{:?}",
+        decision.warnings
+    );
+}
+
+#[test]
+fn a_denying_mutation_call_sends_no_patch() {
+    struct MutateAndDeny;
+    impl Policy for MutateAndDeny {
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::Mutate
+        }
+        fn mutate(
+            &self,
+            _: &Context,
+            object: &mut Value,
+            out: &mut Findings,
+        ) -> Result<(), PolicyError> {
+            object["metadata"]["labels"]["x"] = json!("y");
+            out.violation("no");
+            Ok(())
+        }
+    }
+    let mut r = registry();
+    r.register("mad", |_| Ok(Box::new(MutateAndDeny)));
+    let set = load_str("t.yaml", &doc("m", "mad", ""), &r).unwrap();
+    let decision = engine()
+        .evaluate(&set, &fixture("create-pod-mynginx"), Endpoint::Mutate, None)
+        .unwrap();
+    assert!(!decision.allowed());
+    assert!(decision.patch.0.is_empty());
+}
+
+#[test]
+fn match_rules_select_policies() {
+    let set = load_str(
+        "t.yaml",
+        &doc(
+            "only-ctl",
+            "deny",
+            "  match: {namespaces: [ctl], kinds: [Pod]}\n",
+        ),
+        &registry(),
+    )
+    .unwrap();
+    let shop = engine()
+        .evaluate(
+            &set,
+            &fixture("create-pod-mynginx"),
+            Endpoint::Validate,
+            None,
+        )
+        .unwrap();
+    assert!(shop.allowed());
+    assert_eq!(shop.verdicts[0].outcome, Outcome::Skipped);
+    let ctl = engine()
+        .evaluate(
+            &set,
+            &fixture("create-pod-generatename-from-replicaset"),
+            Endpoint::Validate,
+            None,
+        )
+        .unwrap();
+    assert!(!ctl.allowed());
+    let deployment = engine()
+        .evaluate(
+            &set,
+            &fixture("create-deployment-bare"),
+            Endpoint::Validate,
+            None,
+        )
+        .unwrap();
+    assert!(deployment.allowed());
+}
+
+#[test]
+fn delete_is_evaluated_only_by_policies_that_handle_it() {
+    struct OnDelete;
+    impl Policy for OnDelete {
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::Validate
+        }
+        fn extra_operations(&self) -> &'static [kube::core::admission::Operation] {
+            &[kube::core::admission::Operation::Delete]
+        }
+        fn validate(
+            &self,
+            _: &Context,
+            object: &Value,
+            out: &mut Findings,
+        ) -> Result<(), PolicyError> {
+            out.violation(format!(
+                "deleting {}",
+                object["metadata"]["name"].as_str().unwrap_or_default()
+            ));
+            Ok(())
+        }
+    }
+    let mut r = registry();
+    r.register("on-delete", |_| Ok(Box::new(OnDelete)));
+    let review = fixture("delete-pod-mynginx");
+    let default_ops = load_str("t.yaml", &doc("d", "on-delete", ""), &r).unwrap();
+    assert!(
+        engine()
+            .evaluate(&default_ops, &review, Endpoint::Validate, None)
+            .unwrap()
+            .allowed()
+    );
+    let with_delete = load_str(
+        "t.yaml",
+        &doc("d", "on-delete", "  match: {operations: [DELETE]}\n"),
+        &r,
+    )
+    .unwrap();
+    let decision = engine()
+        .evaluate(&with_delete, &review, Endpoint::Validate, None)
+        .unwrap();
+    assert_eq!(decision.denials, vec!["d: deleting mynginx"]);
+}

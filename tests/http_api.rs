@@ -1,0 +1,308 @@
+//! The HTTP API through the router (no socket): bad input gets a clear 4xx JSON answer, the
+//! per-policy endpoints, probes and metrics.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use common::*;
+use confgate::server::{AppState, router};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use std::sync::Arc;
+use tower::ServiceExt;
+
+fn state(limit: usize) -> Arc<AppState> {
+    AppState::new(
+        shipped_policies(),
+        Arc::new(fixture_cluster()),
+        limit,
+        false,
+    )
+}
+
+async fn send(state: &Arc<AppState>, request: Request<Body>) -> (StatusCode, String) {
+    let response = router(state.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn post(path: &str, content_type: Option<&str>, body: impl Into<Body>) -> Request<Body> {
+    let mut builder = Request::post(path);
+    if let Some(ct) = content_type {
+        builder = builder.header("content-type", ct);
+    }
+    builder.body(body.into()).unwrap()
+}
+
+async fn refused(state: &Arc<AppState>, request: Request<Body>) -> (u16, String) {
+    let (status, body) = send(state, request).await;
+    let json: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+    assert_eq!(json["code"], status.as_u16());
+    (status.as_u16(), json["error"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn rejects_malformed_json() {
+    let (code, error) = refused(
+        &state(1 << 20),
+        post("/validate", Some("application/json"), "{\"kind\":"),
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(
+        error.starts_with("request body is not valid JSON"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn rejects_review_without_request() {
+    let body = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#;
+    let (code, error) = refused(
+        &state(1 << 20),
+        post("/mutate", Some("application/json"), body),
+    )
+    .await;
+    assert_eq!(
+        (code, error.as_str()),
+        (400, "AdmissionReview has no \"request\"")
+    );
+}
+
+#[tokio::test]
+async fn rejects_other_documents_and_versions() {
+    let s = state(1 << 20);
+    let (code, error) = refused(
+        &s,
+        post(
+            "/validate",
+            Some("application/json"),
+            r#"{"apiVersion":"v1","kind":"Pod"}"#,
+        ),
+    )
+    .await;
+    assert_eq!(
+        (code, error.as_str()),
+        (400, "kind must be \"AdmissionReview\", got \"Pod\"")
+    );
+    let (code, _) = refused(&s, post("/validate", Some("application/json"), "[1,2]")).await;
+    assert_eq!(code, 400);
+    let bad_request =
+        r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"x"}}"#;
+    let (code, error) = refused(&s, post("/validate", Some("application/json"), bad_request)).await;
+    assert_eq!(code, 400);
+    assert!(
+        error.starts_with("invalid AdmissionReview request"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn rejects_non_json_content_type() {
+    let s = state(1 << 20);
+    let (code, error) = refused(
+        &s,
+        post(
+            "/validate",
+            Some("text/plain"),
+            fixture_bytes("create-pod-mynginx"),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (code, error.as_str()),
+        (
+            415,
+            "Content-Type must be application/json, got \"text/plain\""
+        )
+    );
+    let (code, _) = refused(
+        &s,
+        post("/validate", None, fixture_bytes("create-pod-mynginx")),
+    )
+    .await;
+    assert_eq!(code, 415);
+    let (status, _) = send(
+        &s,
+        post(
+            "/validate",
+            Some("application/json; charset=utf-8"),
+            fixture_bytes("create-pod-mynginx"),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn rejects_oversized_bodies_declared_or_streamed() {
+    let s = state(4096);
+    let body = fixture_bytes("create-deployment-web");
+    assert!(body.len() > 4096);
+    let (code, error) = refused(
+        &s,
+        post("/validate", Some("application/json"), body.clone()),
+    )
+    .await;
+    assert_eq!(
+        (code, error.as_str()),
+        (
+            413,
+            "request body exceeds the limit of 4096 bytes (--max-body-bytes)"
+        )
+    );
+    // Without Content-Length (chunked): the limit still holds.
+    let stream = futures::stream::iter(
+        body.chunks(1000)
+            .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(c)))
+            .collect::<Vec<_>>(),
+    );
+    let (code, _) = refused(
+        &s,
+        post(
+            "/validate",
+            Some("application/json"),
+            Body::from_stream(stream),
+        ),
+    )
+    .await;
+    assert_eq!(code, 413);
+}
+
+#[tokio::test]
+async fn per_policy_endpoints_run_one_policy() {
+    let s = state(1 << 20);
+    let (status, body) = send(
+        &s,
+        post(
+            "/mutate/container-defaults",
+            Some("application/json"),
+            fixture_bytes("create-deployment-web"),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    let patch = answer["response"]["patch"].as_str().unwrap();
+    let (_, all) = send(
+        &s,
+        post(
+            "/mutate",
+            Some("application/json"),
+            fixture_bytes("create-deployment-web"),
+        ),
+    )
+    .await;
+    let all: Value = serde_json::from_str(&all).unwrap();
+    assert_ne!(
+        all["response"]["patch"].as_str().unwrap(),
+        patch,
+        "the checksum is not stamped by container-defaults alone"
+    );
+    let (code, error) = refused(
+        &s,
+        post(
+            "/validate/nope",
+            Some("application/json"),
+            fixture_bytes("create-deployment-web"),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (code, error.as_str()),
+        (404, "no policy named \"nope\" is loaded")
+    );
+    let (code, error) = refused(
+        &s,
+        post(
+            "/validate/config-checksum",
+            Some("application/json"),
+            fixture_bytes("create-deployment-web"),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (code, error.as_str()),
+        (404, "policy \"config-checksum\" does not validate")
+    );
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_are_404_json() {
+    let s = state(1 << 20);
+    let (code, _) = refused(&s, Request::get("/admit").body(Body::empty()).unwrap()).await;
+    assert_eq!(code, 404);
+    let (status, _) = send(&s, Request::get("/mutate").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn probes_and_shutdown() {
+    let s = state(1 << 20);
+    let (status, body) = send(&s, Request::get("/healthz").body(Body::empty()).unwrap()).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+    let (status, body) = send(&s, Request::get("/readyz").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "ok: 4 policies; static: 4 file(s)\n");
+    s.begin_shutdown();
+    let (status, body) = send(&s, Request::get("/readyz").body(Body::empty()).unwrap()).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: shutting down\n"
+        )
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_requests_policies_and_refusals() {
+    let s = state(1 << 20);
+    send(
+        &s,
+        post(
+            "/validate",
+            Some("application/json"),
+            fixture_bytes("create-deployment-bare"),
+        ),
+    )
+    .await;
+    send(&s, post("/validate", Some("text/plain"), "x")).await;
+    let (status, text) = send(&s, Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    for expected in [
+        r#"confgate_admission_requests_total{endpoint="validate",kind="Deployment",operation="CREATE",decision="allow"} 1"#,
+        r#"confgate_policy_verdicts_total{policy="payments-database-url",endpoint="validate",kind="Deployment",operation="CREATE",verdict="warn"} 1"#,
+        r#"confgate_rejected_requests_total{reason="content_type"} 1"#,
+        r#"confgate_cache_objects{resource="configmaps"} 2"#,
+        r#"confgate_policies_loaded 4"#,
+        "confgate_admission_request_duration_seconds_bucket{le=\"0.0001\",endpoint=\"validate\"}",
+    ] {
+        assert!(text.contains(expected), "missing {expected} in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn delete_connect_and_subresources_are_allowed_without_evaluation() {
+    let s = state(1 << 20);
+    for name in [
+        "delete-deployment-bare",
+        "delete-pod-mynginx-graceful",
+        "update-deployments-scale-web",
+    ] {
+        let (status, body) = send(
+            &s,
+            post("/validate", Some("application/json"), fixture_bytes(name)),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(answer["response"]["allowed"], true);
+        assert!(
+            answer["response"].get("warnings").is_none(),
+            "{name}: {body}"
+        );
+    }
+}

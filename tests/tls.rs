@@ -1,0 +1,220 @@
+//! A real TLS socket: HTTP/1.1 and HTTP/2 through ALPN, a certificate swapped while serving, and
+//! policies reloaded (a bad reload keeps the last good set).
+
+mod common;
+
+use common::*;
+use confgate::certs::CertRequest;
+use confgate::cluster::Standalone;
+use confgate::policy::{Registry, load_dir};
+use confgate::server::{AppState, ServeOptions, serve_with};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn write_certs(dir: &Path) -> String {
+    let certs = CertRequest {
+        service: "confgate".into(),
+        namespace: "test".into(),
+        dns: vec!["localhost".into()],
+        ips: vec![[127, 0, 0, 1].into()],
+        days: 2,
+    }
+    .generate()
+    .unwrap();
+    // Write to temporary names and rename, as Kubernetes' atomic volume writer does.
+    std::fs::write(dir.join(".tls.crt.tmp"), &certs.cert_pem).unwrap();
+    std::fs::write(dir.join(".tls.key.tmp"), &certs.key_pem).unwrap();
+    std::fs::rename(dir.join(".tls.key.tmp"), dir.join("tls.key")).unwrap();
+    std::fs::rename(dir.join(".tls.crt.tmp"), dir.join("tls.crt")).unwrap();
+    certs.ca_pem
+}
+
+fn client(ca_pem: &str, http1_only: bool) -> reqwest::Client {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = reqwest::Client::builder()
+        .use_preconfigured_tls({
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+                roots.add(cert.unwrap()).unwrap();
+            }
+            let mut config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            config.alpn_protocols = if http1_only {
+                vec![b"http/1.1".to_vec()]
+            } else {
+                vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+            };
+            config
+        })
+        .timeout(Duration::from_secs(10));
+    builder.build().unwrap()
+}
+
+struct Server {
+    addr: SocketAddr,
+    handle: axum_server::Handle<SocketAddr>,
+    state: Arc<AppState>,
+}
+
+async fn start(dir: &Path) -> Server {
+    let policies_dir = dir.join("policies");
+    std::fs::create_dir_all(&policies_dir).unwrap();
+    std::fs::copy(
+        root().join("policies/limitrange-defaults.yaml"),
+        policies_dir.join("limitrange-defaults.yaml"),
+    )
+    .unwrap();
+    let registry = Registry::builtin();
+    let set = load_dir(&policies_dir, &registry).unwrap();
+    let state = AppState::new(set, Arc::new(Standalone), 1 << 20, false);
+    let options = ServeOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        policies_dir,
+        tls_cert: dir.join("tls.crt"),
+        tls_key: dir.join("tls.key"),
+        max_body_bytes: 1 << 20,
+        require_cluster_sync: false,
+        shutdown_delay: Duration::ZERO,
+        drain_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(10),
+    };
+    let handle = axum_server::Handle::new();
+    tokio::spawn(serve_with(options, state.clone(), registry, handle.clone()));
+    let addr = handle.listening().await.expect("server failed to start");
+    Server {
+        addr,
+        handle,
+        state,
+    }
+}
+
+/// Polls `check` until it holds, for at most 20 s (file-watch latency varies between machines).
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what} did not happen within 20 s");
+}
+
+#[tokio::test]
+async fn serves_http1_and_http2_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write_certs(dir.path());
+    let server = start(dir.path()).await;
+    let url = format!("https://localhost:{}/mutate?timeout=5s", server.addr.port());
+    for (http1, version) in [
+        (true, reqwest::Version::HTTP_11),
+        (false, reqwest::Version::HTTP_2),
+    ] {
+        let response = client(&ca, http1)
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(fixture_bytes("create-pod-mynginx"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.version(), version);
+        assert_eq!(response.status(), 200);
+        let answer: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(
+            answer["response"]["uid"],
+            fixture("create-pod-mynginx").request.uid.as_str()
+        );
+        assert_eq!(answer["response"]["patchType"], "JSONPatch");
+    }
+    server
+        .handle
+        .graceful_shutdown(Some(Duration::from_secs(1)));
+}
+
+#[tokio::test]
+async fn swaps_the_certificate_while_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let first_ca = write_certs(dir.path());
+    let server = start(dir.path()).await;
+    let url = format!("https://localhost:{}/healthz", server.addr.port());
+    assert!(client(&first_ca, true).get(&url).send().await.is_ok());
+    let second_ca = write_certs(dir.path());
+    eventually("certificate reload", async || {
+        client(&second_ca, true).get(&url).send().await.is_ok()
+    })
+    .await;
+    assert!(
+        client(&first_ca, true).get(&url).send().await.is_err(),
+        "the old certificate is no longer served"
+    );
+    let metrics = client(&second_ca, true)
+        .get(format!("https://localhost:{}/metrics", server.addr.port()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"confgate_config_reloads_total{source="tls",result="success"} 1"#),
+        "{metrics}"
+    );
+    server
+        .handle
+        .graceful_shutdown(Some(Duration::from_secs(1)));
+}
+
+#[tokio::test]
+async fn reloads_policies_and_keeps_the_last_good_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write_certs(dir.path());
+    let server = start(dir.path()).await;
+    let policies_dir = dir.path().join("policies");
+    let names = |state: &Arc<AppState>| {
+        state
+            .admission
+            .policies
+            .load()
+            .policies
+            .iter()
+            .map(|p| p.name.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&server.state), vec!["container-defaults"]);
+
+    std::fs::copy(
+        root().join("policies/checksum-config.yaml"),
+        policies_dir.join("checksum-config.yaml"),
+    )
+    .unwrap();
+    eventually("policy reload", async || names(&server.state).len() == 2).await;
+
+    std::fs::write(policies_dir.join("broken.yaml"), "apiVersion: confgate.dev/v1alpha1\nkind: Policy\nmetadata: {name: broken}\nspec: {type: nope}\n").unwrap();
+    let metrics_url = format!("https://localhost:{}/metrics", server.addr.port());
+    let http = client(&ca, true);
+    eventually("rejected reload counted", async || {
+        let text = http
+            .get(&metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.contains(r#"confgate_config_reloads_total{source="policies",result="failure"}"#)
+    })
+    .await;
+    assert_eq!(
+        names(&server.state),
+        vec!["config-checksum", "container-defaults"],
+        "the last good set stays in force"
+    );
+    server
+        .handle
+        .graceful_shutdown(Some(Duration::from_secs(1)));
+}
