@@ -203,3 +203,23 @@ fn certs_writes_ca_cert_and_private_key() {
         assert_eq!(mode & 0o777, 0o600);
     }
 }
+
+#[test]
+fn every_fixture_passes_through_review() {
+    let state: Vec<String> = cluster_state_files()
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    for name in all_fixtures() {
+        let file = fixture_path(&name);
+        let mut args = vec!["review", file.to_str().unwrap(), "--cluster-state"];
+        args.extend(state.iter().map(String::as_str));
+        let out = confgate(&args, None);
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out.stderr));
+        let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let sent: Value = serde_json::from_slice(&fixture_bytes(&name)).unwrap();
+        assert_eq!(answer["apiVersion"], sent["apiVersion"], "{name}");
+        assert_eq!(answer["response"]["uid"], sent["request"]["uid"], "{name}");
+        assert_eq!(answer["response"]["allowed"], true, "{name}");
+    }
+}

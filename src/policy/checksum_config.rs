@@ -239,3 +239,50 @@ impl Policy for ChecksumConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::testing::{cluster, mutate};
+    use serde_json::json;
+
+    const STATE: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg, namespace: default}\ndata: {A: '1', B: '2'}\n";
+
+    fn deployment(env: Value) -> Value {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {"template": {"spec": {"containers": [{"name": "app", "image": "x", "env": env}]}}}})
+    }
+
+    fn policy() -> ChecksumConfig {
+        ChecksumConfig::from_settings(json!({})).unwrap()
+    }
+
+    #[test]
+    fn mutates_template_with_checksum_of_referenced_keys() {
+        let env =
+            json!([{"name": "A", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "A"}}}]);
+        let (object, out) = mutate(&policy(), deployment(env), &cluster(STATE));
+        assert!(out.is_empty());
+        let text = format!("configmap cfg A {}\n", hex::encode(Sha256::digest(b"1")));
+        assert_eq!(
+            object["spec"]["template"]["metadata"]["annotations"][DEFAULT_ANNOTATION],
+            hex::encode(Sha256::digest(text.as_bytes()))
+        );
+    }
+
+    #[test]
+    fn accepts_workload_without_references_untouched() {
+        let original = deployment(json!([{"name": "X", "value": "1"}]));
+        let (object, _) = mutate(&policy(), original.clone(), &cluster(STATE));
+        assert_eq!(object["spec"], original["spec"]);
+    }
+
+    #[test]
+    fn rejects_kind_without_pod_template_in_settings() {
+        assert_eq!(
+            ChecksumConfig::from_settings(json!({"kinds": ["ConfigMap"]}))
+                .unwrap_err()
+                .path,
+            "kinds[0]"
+        );
+    }
+}

@@ -283,3 +283,66 @@ impl Policy for LimitRangeDefaults {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::Standalone;
+    use crate::policy::testing::{mutate, validate};
+    use serde_json::json;
+
+    fn deployment(resources: Value) -> Value {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {"template": {"spec": {"containers": [{"name": "app", "image": "x", "resources": resources}]}}}})
+    }
+
+    fn policy() -> LimitRangeDefaults {
+        LimitRangeDefaults::from_settings(json!({"limits": [{"type": "Container", "defaultRequest": {"cpu": "100m"}, "max": {"memory": "1Gi"}}]})).unwrap()
+    }
+
+    #[test]
+    fn mutates_template_requests_and_limits() {
+        let (object, out) = mutate(&policy(), deployment(json!({})), &Standalone);
+        assert!(out.is_empty());
+        let template = &object["spec"]["template"];
+        // max memory became the default limit, and that default the default request.
+        assert_eq!(
+            template["spec"]["containers"][0]["resources"],
+            json!({"limits": {"memory": "1Gi"}, "requests": {"cpu": "100m", "memory": "1Gi"}})
+        );
+        assert_eq!(
+            template["metadata"]["annotations"][ANNOTATION],
+            "LimitRanger plugin set: cpu, memory request for container app; memory limit for container app"
+        );
+    }
+
+    #[test]
+    fn accepts_container_within_limits() {
+        assert!(
+            validate(
+                &policy(),
+                deployment(json!({"limits": {"memory": "512Mi"}})),
+                &Standalone
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn rejects_limit_above_max() {
+        let out = validate(
+            &policy(),
+            deployment(json!({"limits": {"memory": "2Gi"}})),
+            &Standalone,
+        );
+        assert_eq!(
+            out.violations,
+            vec![r#"container "app": maximum memory usage per Container is 1Gi, but limit is 2Gi"#]
+        );
+    }
+
+    #[test]
+    fn rejects_default_request_above_default() {
+        let err = LimitRangeDefaults::from_settings(json!({"limits": [{"type": "Container", "default": {"cpu": "1"}, "defaultRequest": {"cpu": "2"}}]})).unwrap_err();
+        assert_eq!(err.path, "limits[0].defaultRequest.cpu");
+    }
+}

@@ -232,3 +232,61 @@ impl std::fmt::Debug for LoadedPolicy {
             .finish_non_exhaustive()
     }
 }
+
+/// Helpers for the policies' unit tests: run one policy on one manifest.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Context, Findings, Policy};
+    use crate::admission::Review;
+    use crate::cluster::ClusterState;
+    use crate::cluster::static_state::StaticState;
+    use serde_json::Value;
+
+    /// The manifest as a CREATE review.
+    pub fn review(object: Value) -> Review {
+        let wrapped = crate::cli::review::wrap_manifest(object, 1).expect("manifest");
+        crate::admission::review_from_value(wrapped).expect("review")
+    }
+
+    /// Cluster state from YAML.
+    pub fn cluster(yaml: &str) -> StaticState {
+        let mut state = StaticState::default();
+        state
+            .add_text(std::path::Path::new("test"), yaml)
+            .expect("cluster state");
+        state
+    }
+
+    /// Runs `validate` on the manifest.
+    pub fn validate(policy: &dyn Policy, object: Value, cluster: &dyn ClusterState) -> Findings {
+        let review = review(object);
+        let cx = Context {
+            request: &review.request,
+            old_object: None,
+            cluster,
+        };
+        let mut out = Findings::default();
+        policy
+            .validate(&cx, review.object.as_ref().expect("object"), &mut out)
+            .expect("validate");
+        out
+    }
+
+    /// Runs `mutate` on the manifest; the mutated object and the findings.
+    pub fn mutate(
+        policy: &dyn Policy,
+        object: Value,
+        cluster: &dyn ClusterState,
+    ) -> (Value, Findings) {
+        let review = review(object);
+        let cx = Context {
+            request: &review.request,
+            old_object: None,
+            cluster,
+        };
+        let mut out = Findings::default();
+        let mut object = review.object.clone().expect("object");
+        policy.mutate(&cx, &mut object, &mut out).expect("mutate");
+        (object, out)
+    }
+}

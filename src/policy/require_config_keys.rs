@@ -477,3 +477,67 @@ impl Policy for RequireConfigKeys {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::testing::{cluster, validate};
+    use serde_json::json;
+
+    const STATE: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg, namespace: default}\ndata: {A: '1'}\n";
+
+    fn pod(env: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "app", "image": "x", "env": env}]}})
+    }
+
+    fn policy(settings: Value) -> RequireConfigKeys {
+        RequireConfigKeys::from_settings(settings).unwrap()
+    }
+
+    #[test]
+    fn accepts_existing_key() {
+        let env =
+            json!([{"name": "A", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "A"}}}]);
+        assert!(validate(&policy(json!({})), pod(env), &cluster(STATE)).is_empty());
+    }
+
+    #[test]
+    fn accepts_optional_missing_reference() {
+        let env = json!([{"name": "B", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "B", "optional": true}}}]);
+        assert!(validate(&policy(json!({})), pod(env), &cluster(STATE)).is_empty());
+    }
+
+    #[test]
+    fn rejects_missing_key() {
+        let env =
+            json!([{"name": "B", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "B"}}}]);
+        let out = validate(&policy(json!({})), pod(env), &cluster(STATE));
+        assert_eq!(
+            out.violations,
+            vec![r#"container "app": env B: configmap "default/cfg" has no key "B""#]
+        );
+    }
+
+    #[test]
+    fn rejects_missing_required_key() {
+        let out = validate(
+            &policy(json!({"requiredKeys": ["A"]})),
+            pod(json!([{"name": "Z", "value": "1"}])),
+            &cluster(STATE),
+        );
+        assert_eq!(
+            out.violations,
+            vec![r#"container "app": required key A is not provided (checked env)"#]
+        );
+    }
+
+    #[test]
+    fn rejects_settings_that_check_nothing() {
+        assert_eq!(
+            RequireConfigKeys::from_settings(json!({"checkReferences": false}))
+                .unwrap_err()
+                .message,
+            "every check is disabled"
+        );
+    }
+}
