@@ -4,8 +4,8 @@
 //! default: RBAC `get` only) and remembered for a short while.
 
 use super::{ClusterState, ConfigData, Lookup, Resource};
+use futures::StreamExt;
 use futures::future::BoxFuture;
-use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, LimitRangeSpec, Namespace, Secret};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -30,15 +30,16 @@ pub enum SecretsMode {
 
 type Key = (String, String);
 
-/// One watch cache: object key → what policies need of it.
-struct Cache<V> {
+/// One watch cache: object key (namespace, name) → what policies need of the object.
+pub struct Cache<V> {
     resource: Resource,
     map: RwLock<HashMap<Key, Arc<V>>>,
     synced: AtomicBool,
 }
 
-impl<V> Cache<V> {
-    fn new(resource: Resource) -> Arc<Self> {
+impl<V: Send + Sync + 'static> Cache<V> {
+    /// An empty, unsynced cache.
+    pub fn new(resource: Resource) -> Arc<Self> {
         Arc::new(Self {
             resource,
             map: RwLock::new(HashMap::new()),
@@ -46,7 +47,8 @@ impl<V> Cache<V> {
         })
     }
 
-    fn get(&self, namespace: &str, name: &str) -> Option<Arc<V>> {
+    /// The entry for an object.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<V>> {
         let map = self
             .map
             .read()
@@ -54,8 +56,69 @@ impl<V> Cache<V> {
         map.get(&(namespace.to_owned(), name.to_owned())).cloned()
     }
 
-    fn len(&self) -> usize {
+    /// Number of objects held.
+    pub fn len(&self) -> usize {
         self.map.read().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// True once the first full list has been applied.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// Applies watcher events until the stream ends, keeping only `convert(object)` of each
+    /// object. A relist (`Init` … `InitDone`) replaces the cache atomically, so deletions missed
+    /// while disconnected disappear too. Errors are logged; kube's backoff retries.
+    pub async fn follow<K, S>(self: Arc<Self>, events: S, convert: fn(&K) -> V)
+    where
+        K: KubeResource,
+        S: futures::Stream<Item = Result<Event<K>, watcher::Error>>,
+    {
+        futures::pin_mut!(events);
+        let mut relist: Option<HashMap<Key, Arc<V>>> = None;
+        let key = |o: &K| {
+            (
+                o.meta().namespace.clone().unwrap_or_default(),
+                o.meta().name.clone().unwrap_or_default(),
+            )
+        };
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(Event::Init) => relist = Some(HashMap::new()),
+                Ok(Event::InitApply(o)) => {
+                    if let Some(buffer) = relist.as_mut() {
+                        buffer.insert(key(&o), Arc::new(convert(&o)));
+                    }
+                }
+                Ok(Event::InitDone) => {
+                    if let Some(buffer) = relist.take() {
+                        *self.write() = buffer;
+                    }
+                    if !self.synced.swap(true, Ordering::AcqRel) {
+                        tracing::info!(
+                            resource = self.resource.as_str(),
+                            objects = self.len(),
+                            "cache synced"
+                        );
+                    }
+                }
+                Ok(Event::Apply(o)) => {
+                    self.write().insert(key(&o), Arc::new(convert(&o)));
+                }
+                Ok(Event::Delete(o)) => {
+                    self.write().remove(&key(&o));
+                }
+                Err(e) => {
+                    tracing::warn!(resource = self.resource.as_str(), error = %e, "watch error; retrying")
+                }
+            }
+        }
+        tracing::error!(resource = self.resource.as_str(), "watch stream ended");
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Key, Arc<V>>> {
@@ -128,24 +191,12 @@ impl LiveState {
 
     fn caches_synced(&self) -> Vec<(Resource, bool)> {
         let mut out = vec![
-            (
-                Resource::ConfigMaps,
-                self.config_maps.synced.load(Ordering::Acquire),
-            ),
-            (
-                Resource::Namespaces,
-                self.namespaces.synced.load(Ordering::Acquire),
-            ),
-            (
-                Resource::LimitRanges,
-                self.limit_ranges.synced.load(Ordering::Acquire),
-            ),
+            (Resource::ConfigMaps, self.config_maps.is_synced()),
+            (Resource::Namespaces, self.namespaces.is_synced()),
+            (Resource::LimitRanges, self.limit_ranges.is_synced()),
         ];
         if self.secrets_mode == SecretsMode::Watch {
-            out.push((
-                Resource::Secrets,
-                self.watched_secrets.synced.load(Ordering::Acquire),
-            ));
+            out.push((Resource::Secrets, self.watched_secrets.is_synced()));
         }
         out
     }
@@ -166,61 +217,15 @@ impl LiveState {
     }
 }
 
-/// Runs one watcher forever (with kube's default backoff), keeping `cache` in step. A relist
-/// (`Init` … `InitDone`) replaces the cache atomically, so deletions missed while disconnected
-/// disappear too.
+/// Runs one watcher forever (with kube's default backoff), keeping `cache` in step.
 async fn run_watch<K, V>(api: Api<K>, cache: Arc<Cache<V>>, convert: fn(&K) -> V)
 where
     K: KubeResource + Clone + DeserializeOwned + Debug + Send + 'static,
     K::DynamicType: Default,
     V: Send + Sync + 'static,
 {
-    let stream = watcher(api).default_backoff();
-    futures::pin_mut!(stream);
-    let mut relist: Option<HashMap<Key, Arc<V>>> = None;
-    let key = |o: &K| (o.namespace().unwrap_or_default(), o.name_any());
-    loop {
-        match stream.try_next().await {
-            Ok(Some(Event::Init)) => relist = Some(HashMap::new()),
-            Ok(Some(Event::InitApply(o))) => {
-                if let Some(buffer) = relist.as_mut() {
-                    buffer.insert(key(&o), Arc::new(convert(&o)));
-                }
-            }
-            Ok(Some(Event::InitDone)) => {
-                if let Some(buffer) = relist.take() {
-                    *cache.write() = buffer;
-                }
-                if !cache.synced.swap(true, Ordering::AcqRel) {
-                    tracing::info!(
-                        resource = cache.resource.as_str(),
-                        objects = cache.len(),
-                        "cache synced"
-                    );
-                }
-            }
-            Ok(Some(Event::Apply(o))) => {
-                cache.write().insert(key(&o), Arc::new(convert(&o)));
-            }
-            Ok(Some(Event::Delete(o))) => {
-                cache.write().remove(&key(&o));
-            }
-            Ok(None) => {
-                tracing::error!(resource = cache.resource.as_str(), "watch stream ended");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(resource = cache.resource.as_str(), error = %e, "watch error; retrying")
-            }
-        }
-    }
-}
-
-fn watcher<K>(api: Api<K>) -> impl futures::Stream<Item = Result<Event<K>, watcher::Error>>
-where
-    K: KubeResource + Clone + DeserializeOwned + Debug + Send + 'static,
-{
-    watcher::watcher(api, watcher::Config::default()).boxed()
+    let events = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    cache.follow(events, convert).await;
 }
 
 impl ClusterState for LiveState {
@@ -234,10 +239,7 @@ impl ClusterState for LiveState {
     }
 
     fn config_map(&self, namespace: &str, name: &str) -> Lookup {
-        if let Some(unknown) = self.unsynced(
-            self.config_maps.synced.load(Ordering::Acquire),
-            Resource::ConfigMaps,
-        ) {
+        if let Some(unknown) = self.unsynced(self.config_maps.is_synced(), Resource::ConfigMaps) {
             return unknown;
         }
         self.config_maps
@@ -249,10 +251,9 @@ impl ClusterState for LiveState {
         match self.secrets_mode {
             SecretsMode::None => Lookup::Unknown("secrets are not read (--secrets none)".into()),
             SecretsMode::Watch => {
-                if let Some(unknown) = self.unsynced(
-                    self.watched_secrets.synced.load(Ordering::Acquire),
-                    Resource::Secrets,
-                ) {
+                if let Some(unknown) =
+                    self.unsynced(self.watched_secrets.is_synced(), Resource::Secrets)
+                {
                     return unknown;
                 }
                 self.watched_secrets
@@ -279,7 +280,7 @@ impl ClusterState for LiveState {
     }
 
     fn limit_ranges(&self, namespace: &str) -> Option<Vec<Arc<LimitRangeSpec>>> {
-        if !self.limit_ranges.synced.load(Ordering::Acquire) {
+        if !self.limit_ranges.is_synced() {
             return None;
         }
         let map = self
@@ -358,5 +359,70 @@ impl ClusterState for LiveState {
                 cache.insert((namespace.to_owned(), name), (now, lookup));
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn cm(name: &str, value: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                ..Default::default()
+            },
+            data: Some([("K".to_owned(), value.to_owned())].into()),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn follows_applies_deletes_and_relists() {
+        let cache = Cache::<ConfigData>::new(Resource::ConfigMaps);
+        let mut events: Vec<Result<Event<ConfigMap>, watcher::Error>> = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(cm("a", "1"))),
+            Ok(Event::InitApply(cm("b", "1"))),
+            Ok(Event::InitDone),
+            Ok(Event::Apply(cm("a", "2"))),
+            Ok(Event::Delete(cm("b", "1"))),
+            Ok(Event::Apply(cm("c", "1"))),
+            // Reconnect: the relist no longer has `c` (deleted while disconnected).
+            Ok(Event::Init),
+            Ok(Event::InitApply(cm("a", "3"))),
+            Ok(Event::InitDone),
+        ];
+        let mut states = Vec::new();
+        // Apply in two steps to look at the cache between them.
+        let relist = events.split_off(7);
+        cache
+            .clone()
+            .follow(futures::stream::iter(events), ConfigData::from_config_map)
+            .await;
+        states.push((
+            cache.is_synced(),
+            cache.len(),
+            cache.get("ns", "a").and_then(|d| d.get("K").copied()),
+        ));
+        cache
+            .clone()
+            .follow(futures::stream::iter(relist), ConfigData::from_config_map)
+            .await;
+        states.push((
+            cache.is_synced(),
+            cache.len(),
+            cache.get("ns", "a").and_then(|d| d.get("K").copied()),
+        ));
+        assert_eq!(
+            states,
+            vec![
+                (true, 2, Some(crate::cluster::sha256(b"2"))),
+                (true, 1, Some(crate::cluster::sha256(b"3")))
+            ]
+        );
+        assert!(cache.get("ns", "c").is_none());
     }
 }

@@ -17,51 +17,94 @@ use std::sync::Arc;
 /// A SHA-256 digest.
 pub type Digest = [u8; 32];
 
-/// What is kept of a ConfigMap or Secret: its keys and a digest of each value.
+/// What is kept of a ConfigMap or Secret: its keys and a SHA-256 of each value, never the
+/// values. ConfigMap `data` and `binaryData` (decoded); Secret `data` (decoded), with
+/// `stringData` merged over it as the apiserver does on write.
+///
+/// Stored as one sorted boxed slice: a tenth of a `BTreeMap`'s overhead for the small maps
+/// most ConfigMaps are, and still a binary search per lookup.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConfigData {
-    /// Key → SHA-256 of the value's bytes. ConfigMap `data` and `binaryData` (decoded), Secret
-    /// `data` (decoded; `stringData` merged over it, as the apiserver does on write).
-    pub keys: BTreeMap<String, Digest>,
+    keys: Box<[(Box<str>, Digest)]>,
 }
 
 impl ConfigData {
+    /// From (key, value bytes) pairs; a later duplicate key wins.
+    pub fn from_values<'a>(values: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Self {
+        let mut keys: Vec<(Box<str>, Digest)> = values
+            .into_iter()
+            .map(|(k, v)| (Box::from(k), sha256(v)))
+            .collect();
+        keys.reverse();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        keys.dedup_by(|later, earlier| later.0 == earlier.0);
+        Self {
+            keys: keys.into_boxed_slice(),
+        }
+    }
+
     /// Digests a ConfigMap's `data` and `binaryData`.
     pub fn from_config_map(cm: &ConfigMap) -> Self {
-        let mut keys = BTreeMap::new();
-        for (k, v) in cm.data.iter().flatten() {
-            keys.insert(k.clone(), sha256(v.as_bytes()));
-        }
-        for (k, v) in cm.binary_data.iter().flatten() {
-            keys.insert(k.clone(), sha256(&v.0));
-        }
-        Self { keys }
+        let data = cm
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str(), v.as_bytes()));
+        let binary = cm
+            .binary_data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str(), v.0.as_slice()));
+        Self::from_values(data.chain(binary))
     }
 
     /// Digests a Secret's `data` (and `stringData`, which only manifests carry). The values are
     /// dropped as soon as they are hashed.
     pub fn from_secret(secret: &Secret) -> Self {
-        let mut keys = BTreeMap::new();
-        for (k, v) in secret.data.iter().flatten() {
-            keys.insert(k.clone(), sha256(&v.0));
-        }
-        for (k, v) in secret.string_data.iter().flatten() {
-            keys.insert(k.clone(), sha256(v.as_bytes()));
-        }
-        Self { keys }
+        let data = secret
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str(), v.0.as_slice()));
+        let string_data = secret
+            .string_data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str(), v.as_bytes()));
+        Self::from_values(data.chain(string_data))
+    }
+
+    /// The digest of `key`'s value.
+    pub fn get(&self, key: &str) -> Option<&Digest> {
+        self.keys
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|i| &self.keys[i].1)
     }
 
     /// True when the object has `key`.
     pub fn has(&self, key: &str) -> bool {
-        self.keys.contains_key(key)
+        self.get(key).is_some()
     }
 
-    /// Approximate heap bytes held (for the cache-size metric and the memory benchmark).
-    pub fn heap_bytes(&self) -> usize {
-        self.keys
-            .keys()
-            .map(|k| k.capacity() + 32 + 3 * std::mem::size_of::<usize>())
-            .sum()
+    /// Keys and digests, sorted by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Digest)> {
+        self.keys.iter().map(|(k, d)| (&**k, d))
+    }
+
+    /// Key names, sorted.
+    pub fn key_names(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|(k, _)| &**k)
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True when the object has no keys.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
     }
 }
 
@@ -174,5 +217,19 @@ impl ClusterState for Standalone {
     }
     fn limit_ranges(&self, _: &str) -> Option<Vec<Arc<LimitRangeSpec>>> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_values_win_and_keys_stay_sorted() {
+        let data = ConfigData::from_values([("b", &b"1"[..]), ("a", b"2"), ("b", b"3")]);
+        assert_eq!(data.key_names().collect::<Vec<_>>(), vec!["a", "b"]);
+        assert_eq!(data.get("b"), Some(&sha256(b"3")));
+        assert!(!data.has("c"));
+        assert_eq!(data.len(), 2);
     }
 }

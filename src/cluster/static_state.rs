@@ -225,12 +225,15 @@ metadata: {name: ignored}
         let Lookup::Found(cm) = s.config_map("shop", "app-config") else {
             panic!("configmap missing")
         };
-        assert_eq!(cm.keys["blob"], super::super::sha256(b"hello"));
+        assert_eq!(cm.get("blob"), Some(&super::super::sha256(b"hello")));
         let Lookup::Found(secret) = s.secret("shop", "app-secret") else {
             panic!("secret missing")
         };
-        assert_eq!(secret.keys["API_KEY"], super::super::sha256(b"s3cr3t"));
-        assert_eq!(secret.keys["OTHER"], super::super::sha256(b"xyzzy"));
+        assert_eq!(
+            secret.get("API_KEY"),
+            Some(&super::super::sha256(b"s3cr3t"))
+        );
+        assert_eq!(secret.get("OTHER"), Some(&super::super::sha256(b"xyzzy")));
         assert_eq!(s.config_map("shop", "nope"), Lookup::Missing);
         assert_eq!(s.config_map("other", "app-config"), Lookup::Missing);
     }

@@ -146,12 +146,12 @@ fn checksum_text(objects: &Resolved) -> String {
             continue;
         };
         let keys: Vec<&str> = if selected.all {
-            data.keys.keys().map(String::as_str).collect()
+            data.key_names().collect()
         } else {
             selected.keys.iter().copied().collect()
         };
         for key in keys {
-            match data.keys.get(key) {
+            match data.get(key) {
                 Some(digest) => {
                     let _ = writeln!(text, "{kind} {name} {key} {}", hex::encode(digest));
                 }

@@ -341,7 +341,7 @@ fn provided_keys(
             match lookup(cx, source, name) {
                 Lookup::Found(data) => provided
                     .keys
-                    .extend(data.keys.keys().map(|k| format!("{prefix}{k}"))),
+                    .extend(data.key_names().map(|k| format!("{prefix}{k}"))),
                 Lookup::Missing => {}
                 Lookup::Unknown(reason) => {
                     provided.uncertain = true;
