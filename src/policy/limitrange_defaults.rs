@@ -218,6 +218,25 @@ fn spec_pointer(kind: &str) -> Option<String> {
     template_pointer(kind).map(|t| format!("{t}/spec"))
 }
 
+impl LimitRangeDefaults {
+    /// What both phases start from: the pointer to the pod spec and the LimitRanges to apply,
+    /// or `None` when there is nothing to do (skipped request, no pod spec, no LimitRange).
+    fn prepare(
+        &self,
+        cx: &Context,
+        object: &Value,
+        out: &mut Findings,
+    ) -> Option<(String, Vec<LimitRange>)> {
+        if skipped(cx) {
+            return None;
+        }
+        let pointer = spec_pointer(&cx.request.kind.kind)?;
+        object.pointer(&pointer).filter(|s| s.is_object())?;
+        let ranges = self.ranges(cx, out);
+        (!ranges.is_empty()).then_some((pointer, ranges))
+    }
+}
+
 impl Policy for LimitRangeDefaults {
     fn capabilities(&self) -> Capabilities {
         Capabilities::Both
@@ -234,19 +253,12 @@ impl Policy for LimitRangeDefaults {
         out: &mut Findings,
     ) -> Result<(), PolicyError> {
         let kind = cx.request.kind.kind.as_str();
-        if skipped(cx) {
-            return Ok(());
-        }
-        let ranges = self.ranges(cx, out);
-        let Some(pointer) = spec_pointer(kind) else {
+        let Some((pointer, ranges)) = self.prepare(cx, object, out) else {
             return Ok(());
         };
-        let Some(spec) = object.pointer_mut(&pointer).filter(|s| s.is_object()) else {
+        let Some(spec) = object.pointer_mut(&pointer) else {
             return Ok(());
         };
-        if ranges.is_empty() {
-            return Ok(());
-        }
         if let Some(text) = apply(spec, &ranges) {
             set_template_annotation(kind, object, ANNOTATION, &text);
         }
@@ -259,20 +271,12 @@ impl Policy for LimitRangeDefaults {
         object: &Value,
         out: &mut Findings,
     ) -> Result<(), PolicyError> {
-        let kind = cx.request.kind.kind.as_str();
-        if skipped(cx) {
-            return Ok(());
-        }
-        let ranges = self.ranges(cx, out);
-        let Some(spec) = spec_pointer(kind)
-            .and_then(|p| object.pointer(&p))
-            .filter(|s| s.is_object())
-        else {
+        let Some((pointer, ranges)) = self.prepare(cx, object, out) else {
             return Ok(());
         };
-        if ranges.is_empty() {
+        let Some(spec) = object.pointer(&pointer) else {
             return Ok(());
-        }
+        };
         let mut as_pod = spec.clone();
         apply(&mut as_pod, &ranges);
         for range in &ranges {
