@@ -14,5 +14,6 @@ pub mod policy;
 pub mod quantity;
 pub mod server;
 pub mod telemetry;
+pub mod webhooks;
 pub mod workload;
 pub mod yaml;

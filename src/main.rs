@@ -9,6 +9,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Review(args) => confgate::cli::review::run(args),
         Command::Certs(args) => report(confgate::cli::certs::run(args)),
+        Command::Webhooks(args) => report(confgate::cli::webhooks::run(args)),
         Command::Serve(args) => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -17,6 +17,22 @@ pub const WORKLOAD_KINDS: &[&str] = &[
     "CronJob",
 ];
 
+/// The API group and resource of a workload kind (for webhook rules). Every workload kind is
+/// namespaced; `CronJob` is served as `batch/v1` (and `batch/v1beta1` on old clusters).
+pub fn api_resource(kind: &str) -> Option<(&'static str, &'static str)> {
+    match kind {
+        "Pod" => Some(("", "pods")),
+        "ReplicationController" => Some(("", "replicationcontrollers")),
+        "Deployment" => Some(("apps", "deployments")),
+        "StatefulSet" => Some(("apps", "statefulsets")),
+        "DaemonSet" => Some(("apps", "daemonsets")),
+        "ReplicaSet" => Some(("apps", "replicasets")),
+        "Job" => Some(("batch", "jobs")),
+        "CronJob" => Some(("batch", "cronjobs")),
+        _ => None,
+    }
+}
+
 /// JSON pointer to the pod template (`metadata` + `spec`) of a kind; `""` for a Pod itself.
 /// `CronJob` in every served version (`batch/v1`, `batch/v1beta1`) nests it in `jobTemplate`.
 pub fn template_pointer(kind: &str) -> Option<&'static str> {

@@ -3,6 +3,7 @@
 pub mod certs;
 pub mod review;
 pub mod serve;
+pub mod webhooks;
 
 use clap::{Parser, Subcommand};
 
@@ -24,4 +25,6 @@ pub enum Command {
     Review(review::ReviewArgs),
     /// Generate a CA and a serving certificate for the webhook Service.
     Certs(certs::CertsArgs),
+    /// Print the webhook registration generated from the policy files.
+    Webhooks(webhooks::WebhooksArgs),
 }

@@ -173,6 +173,10 @@ impl Policy for ChecksumConfig {
         Some(WORKLOAD_KINDS)
     }
 
+    fn default_kinds(&self) -> Option<Vec<String>> {
+        Some(self.kinds.clone())
+    }
+
     fn mutate(
         &self,
         cx: &Context,

@@ -276,8 +276,13 @@ fn compile(
         };
         (field, e.message)
     })?;
-    let matcher = Match::compile(spec.matcher, policy.kinds(), policy.extra_operations())
-        .map_err(|(field, message)| (format!("spec.match.{field}"), message))?;
+    let matcher = Match::compile(
+        spec.matcher,
+        policy.kinds(),
+        policy.default_kinds(),
+        policy.extra_operations(),
+    )
+    .map_err(|(field, message)| (format!("spec.match.{field}"), message))?;
     Ok(LoadedPolicy {
         name,
         type_name: spec.type_name,

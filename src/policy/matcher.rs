@@ -64,6 +64,7 @@ impl Match {
     pub fn compile(
         spec: MatchSpec,
         type_kinds: Option<&[&str]>,
+        default_kinds: Option<Vec<String>>,
         extra_operations: &[Operation],
     ) -> Result<Self, (String, String)> {
         for (i, kind) in spec.kinds.iter().enumerate() {
@@ -107,7 +108,7 @@ impl Match {
         let namespace_selector = compile_selector(&spec.namespace_selector, "namespaceSelector")?;
         let object_selector = compile_selector(&spec.object_selector, "objectSelector")?;
         let kinds = if spec.kinds.is_empty() {
-            type_kinds.map(|k| k.iter().map(|s| (*s).to_owned()).collect())
+            default_kinds
         } else {
             Some(spec.kinds.clone())
         };
@@ -244,6 +245,7 @@ mod tests {
         Match::compile(
             serde_json::from_value(spec).unwrap(),
             Some(&["Deployment", "Pod"]),
+            Some(vec!["Deployment".into(), "Pod".into()]),
             &[],
         )
         .unwrap()
@@ -280,6 +282,7 @@ mod tests {
         let err = Match::compile(
             serde_json::from_value(json!({"kinds": ["Service"]})).unwrap(),
             Some(&["Pod"]),
+            None,
             &[],
         )
         .unwrap_err();
@@ -289,8 +292,8 @@ mod tests {
     #[test]
     fn rejects_delete_unless_the_type_handles_it() {
         let spec: MatchSpec = serde_json::from_value(json!({"operations": ["DELETE"]})).unwrap();
-        assert!(Match::compile(spec.clone(), None, &[]).is_err());
-        assert!(Match::compile(spec, None, &[Operation::Delete]).is_ok());
+        assert!(Match::compile(spec.clone(), None, None, &[]).is_err());
+        assert!(Match::compile(spec, None, None, &[Operation::Delete]).is_ok());
     }
 
     #[test]

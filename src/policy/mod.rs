@@ -137,6 +137,12 @@ pub trait Policy: Send + Sync {
         None
     }
 
+    /// The kinds it applies to when `match.kinds` is empty (by default, all it understands).
+    fn default_kinds(&self) -> Option<Vec<String>> {
+        self.kinds()
+            .map(|k| k.iter().map(|s| (*s).to_owned()).collect())
+    }
+
     /// Operations beyond CREATE and UPDATE this policy evaluates (DELETE, CONNECT).
     fn extra_operations(&self) -> &'static [Operation] {
         &[]

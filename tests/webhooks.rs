@@ -1,0 +1,203 @@
+//! The webhook registration generated from the policies: one webhook per policy and endpoint,
+//! correct rules, safe exclusions, failure policies.
+
+mod common;
+
+use common::*;
+use confgate::webhooks::{Options, Target, generate};
+use serde_json::{Value, json};
+
+fn options() -> Options {
+    Options {
+        name: "confgate".into(),
+        target: Target::Service {
+            name: "confgate".into(),
+            namespace: "confgate-system".into(),
+        },
+        own_namespace: "confgate-system".into(),
+        ca_bundle: Some(b"-----BEGIN CERTIFICATE-----\n".to_vec()),
+        inject_ca_from: None,
+        timeout_seconds: 5,
+    }
+}
+
+fn webhooks(options: &Options) -> (Value, Value) {
+    let (m, v) = generate(&shipped_policies(), options).unwrap();
+    (
+        serde_json::to_value(m).unwrap(),
+        serde_json::to_value(v).unwrap(),
+    )
+}
+
+fn by_name<'a>(config: &'a Value, name: &str) -> &'a Value {
+    config["webhooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == name)
+        .unwrap_or_else(|| panic!("no webhook {name}"))
+}
+
+#[test]
+fn one_webhook_per_policy_and_endpoint_at_its_own_path() {
+    let (m, v) = webhooks(&options());
+    let names = |c: &Value| {
+        c["webhooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["name"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(&m),
+        vec![
+            "config-checksum.mutate.confgate.dev",
+            "container-defaults.mutate.confgate.dev"
+        ]
+    );
+    assert_eq!(
+        names(&v),
+        vec![
+            "container-defaults.validate.confgate.dev",
+            "require-config-refs.validate.confgate.dev",
+            "payments-database-url.validate.confgate.dev"
+        ]
+    );
+    let hook = by_name(&v, "require-config-refs.validate.confgate.dev");
+    assert_eq!(
+        hook["clientConfig"]["service"],
+        json!({"name": "confgate", "namespace": "confgate-system", "path": "/validate/require-config-refs", "port": 443})
+    );
+    assert_eq!(
+        hook["clientConfig"]["caBundle"],
+        "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg=="
+    );
+    assert_eq!(hook["sideEffects"], "None");
+    assert_eq!(hook["admissionReviewVersions"], json!(["v1", "v1beta1"]));
+    assert_eq!(hook["matchPolicy"], "Equivalent");
+    assert_eq!(hook["timeoutSeconds"], 5);
+    assert_eq!(
+        by_name(&m, "config-checksum.mutate.confgate.dev")["reinvocationPolicy"],
+        "IfNeeded"
+    );
+}
+
+#[test]
+fn rules_name_groups_and_resources_correctly() {
+    let (m, v) = webhooks(&options());
+    let checksum = by_name(&m, "config-checksum.mutate.confgate.dev");
+    assert_eq!(
+        checksum["rules"],
+        json!([{"apiGroups": ["apps"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"], "resources": ["deployments", "statefulsets", "daemonsets"], "scope": "Namespaced"}])
+    );
+    let refs = by_name(&v, "require-config-refs.validate.confgate.dev");
+    let groups: Vec<(Value, Value)> = refs["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["apiGroups"].clone(), r["resources"].clone()))
+        .collect();
+    assert_eq!(
+        groups,
+        vec![
+            (json!([""]), json!(["pods", "replicationcontrollers"])),
+            (
+                json!(["apps"]),
+                json!(["deployments", "statefulsets", "daemonsets", "replicasets"])
+            ),
+            (json!(["batch"]), json!(["jobs", "cronjobs"])),
+        ]
+    );
+    let payments = by_name(&v, "payments-database-url.validate.confgate.dev");
+    assert_eq!(
+        payments["rules"][0]["resources"],
+        json!(["deployments", "statefulsets"])
+    );
+}
+
+#[test]
+fn every_webhook_excludes_the_control_plane_and_confgate_itself() {
+    let (m, v) = webhooks(&options());
+    for hook in m["webhooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(v["webhooks"].as_array().unwrap())
+    {
+        let first = &hook["namespaceSelector"]["matchExpressions"][0];
+        assert_eq!(first["key"], "kubernetes.io/metadata.name");
+        assert_eq!(first["operator"], "NotIn");
+        for ns in ["kube-system", "kube-node-lease", "confgate-system"] {
+            assert!(
+                first["values"].as_array().unwrap().contains(&json!(ns)),
+                "{} does not exclude {ns}",
+                hook["name"]
+            );
+        }
+        for rule in hook["rules"].as_array().unwrap() {
+            for resource in rule["resources"].as_array().unwrap() {
+                assert!(
+                    ![
+                        "nodes",
+                        "leases",
+                        "events",
+                        "certificatesigningrequests",
+                        "*"
+                    ]
+                    .contains(&resource.as_str().unwrap())
+                );
+            }
+        }
+    }
+    // The policy's own selector is kept alongside.
+    let payments = by_name(&v, "payments-database-url.validate.confgate.dev");
+    assert_eq!(
+        payments["namespaceSelector"]["matchLabels"],
+        json!({"team": "payments"})
+    );
+}
+
+#[test]
+fn failure_policy_defaults_and_overrides() {
+    let (m, v) = webhooks(&options());
+    assert_eq!(
+        by_name(&m, "config-checksum.mutate.confgate.dev")["failurePolicy"],
+        "Ignore"
+    );
+    assert_eq!(
+        by_name(&v, "require-config-refs.validate.confgate.dev")["failurePolicy"],
+        "Fail"
+    );
+    // container-defaults sets failurePolicy: Ignore in its file: both of its webhooks follow it.
+    assert_eq!(
+        by_name(&v, "container-defaults.validate.confgate.dev")["failurePolicy"],
+        "Ignore"
+    );
+}
+
+#[test]
+fn cert_manager_injection_and_url_targets() {
+    let mut opts = options();
+    opts.ca_bundle = None;
+    opts.inject_ca_from = Some("confgate-system/confgate".into());
+    let (m, _) = webhooks(&opts);
+    assert_eq!(
+        m["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        "confgate-system/confgate"
+    );
+    assert!(m["webhooks"][0]["clientConfig"].get("caBundle").is_none());
+    opts.target = Target::Url("https://10.0.0.5:8443/".into());
+    let (m, _) = webhooks(&opts);
+    assert_eq!(
+        m["webhooks"][0]["clientConfig"]["url"],
+        "https://10.0.0.5:8443/mutate/config-checksum"
+    );
+}
+
+#[test]
+fn rejects_out_of_range_timeouts() {
+    let mut opts = options();
+    opts.timeout_seconds = 31;
+    assert!(generate(&shipped_policies(), &opts).is_err());
+}
