@@ -154,6 +154,23 @@ impl Metrics {
             "Objects in the cluster state caches",
             cache_objects.clone(),
         );
+        // Known label sets start at zero, so rate()/increase() see the first event.
+        for source in ["policies", "tls"] {
+            for result in ["success", "failure"] {
+                drop(reloads.get_or_create(&ReloadLabels { source, result }));
+            }
+        }
+        for reason in [
+            "invalid_review",
+            "unknown_policy",
+            "internal",
+            "content_type",
+            "too_large",
+            "body",
+            "not_found",
+        ] {
+            drop(rejected.get_or_create(&ReasonLabels { reason }));
+        }
         Self {
             registry,
             requests,

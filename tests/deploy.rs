@@ -1,0 +1,381 @@
+//! deploy/: the rendered manifests keep their safety properties, and nothing drifts from the
+//! policies (the registration is generated from them; the deployed policies are the shipped ones).
+//! Renders with `kubectl kustomize`, which works offline.
+
+mod common;
+
+use axum::body::Body;
+use common::*;
+use confgate::policy::{Registry, load_dir};
+use confgate::webhooks::{Options, Target, generate};
+use serde_json::{Value, json};
+use std::process::Command;
+use tower::ServiceExt;
+
+fn render(dir: &str) -> Vec<Value> {
+    let out = Command::new("kubectl")
+        .args(["kustomize", &root().join(dir).to_string_lossy()])
+        .output()
+        .expect("kubectl is installed");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {dir}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    confgate::yaml::documents(&String::from_utf8(out.stdout).unwrap()).unwrap()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind}/{name}"))
+}
+
+fn all<'a>(docs: &'a [Value], kind: &'a str) -> impl Iterator<Item = &'a Value> {
+    docs.iter().filter(move |d| d["kind"] == kind)
+}
+
+#[test]
+fn deployed_policies_are_the_shipped_policies() {
+    for entry in std::fs::read_dir(root().join("policies")).unwrap() {
+        let path = entry.unwrap().path();
+        let deployed = root()
+            .join("deploy/base/policies")
+            .join(path.file_name().unwrap());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            std::fs::read_to_string(&deployed).unwrap_or_default(),
+            "{} differs in deploy/base/policies",
+            path.display()
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(root().join("deploy/base/policies"))
+            .unwrap()
+            .count(),
+        std::fs::read_dir(root().join("policies")).unwrap().count()
+    );
+}
+
+#[test]
+fn cert_manager_registration_is_generated_from_the_policies() {
+    let set = load_dir(&root().join("deploy/base/policies"), &Registry::builtin()).unwrap();
+    let options = Options {
+        name: "confgate".into(),
+        target: Target::Service {
+            name: "confgate".into(),
+            namespace: "confgate-system".into(),
+        },
+        own_namespace: "confgate-system".into(),
+        ca_bundle: None,
+        inject_ca_from: Some("confgate-system/confgate".into()),
+        timeout_seconds: 5,
+    };
+    let (m, v) = generate(&set, &options).unwrap();
+    let docs = render("deploy/overlays/cert-manager");
+    assert_eq!(
+        find(&docs, "MutatingWebhookConfiguration", "confgate"),
+        &serde_json::to_value(m).unwrap(),
+        "regenerate deploy/overlays/cert-manager/webhooks.yaml (see its kustomization)"
+    );
+    assert_eq!(
+        find(&docs, "ValidatingWebhookConfiguration", "confgate"),
+        &serde_json::to_value(v).unwrap()
+    );
+    // The injector reads the Certificate that writes the Secret the Deployment mounts.
+    let certificate = find(&docs, "Certificate", "confgate");
+    assert_eq!(certificate["spec"]["secretName"], "confgate-tls");
+    let names: Vec<&str> = certificate["spec"]["dnsNames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        confgate::certs::service_names("confgate", "confgate-system")
+    );
+}
+
+#[test]
+fn rbac_is_least_privilege() {
+    for overlay in [
+        "deploy/overlays/cert-manager",
+        "deploy/overlays/self-signed",
+    ] {
+        let docs = render(overlay);
+        for role in all(&docs, "ClusterRole").chain(all(&docs, "Role")) {
+            for rule in role["rules"].as_array().unwrap() {
+                let verbs: Vec<&str> = rule["verbs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap())
+                    .collect();
+                let resources: Vec<&str> = rule["resources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap())
+                    .collect();
+                assert!(
+                    !verbs.contains(&"*") && !resources.contains(&"*"),
+                    "wildcard in {}",
+                    role["metadata"]["name"]
+                );
+                assert!(
+                    verbs.iter().all(|v| ["get", "list", "watch"].contains(v)),
+                    "{overlay}: write verbs in {}",
+                    role["metadata"]["name"]
+                );
+                if resources.contains(&"secrets") {
+                    assert_eq!(verbs, vec!["get"], "Secrets: get only");
+                }
+            }
+        }
+        let secrets = find(&docs, "ClusterRole", "confgate-secrets-reader");
+        assert_eq!(
+            secrets["rules"],
+            json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}])
+        );
+    }
+}
+
+#[test]
+fn webhooks_never_touch_the_control_plane_or_confgate() {
+    let docs = render("deploy/overlays/cert-manager");
+    for kind in [
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+    ] {
+        for hook in find(&docs, kind, "confgate")["webhooks"]
+            .as_array()
+            .unwrap()
+        {
+            let excluded = &hook["namespaceSelector"]["matchExpressions"][0];
+            assert_eq!(
+                (excluded["key"].as_str(), excluded["operator"].as_str()),
+                (Some("kubernetes.io/metadata.name"), Some("NotIn"))
+            );
+            for ns in ["kube-system", "kube-node-lease", "confgate-system"] {
+                assert!(
+                    excluded["values"].as_array().unwrap().contains(&json!(ns)),
+                    "{} does not exclude {ns}",
+                    hook["name"]
+                );
+            }
+            for rule in hook["rules"].as_array().unwrap() {
+                for resource in rule["resources"].as_array().unwrap() {
+                    assert!(
+                        ![
+                            "nodes",
+                            "leases",
+                            "events",
+                            "certificatesigningrequests",
+                            "*"
+                        ]
+                        .contains(&resource.as_str().unwrap())
+                    );
+                }
+            }
+            assert_eq!(hook["sideEffects"], "None");
+            assert_eq!(
+                hook["clientConfig"]["service"]["namespace"],
+                "confgate-system"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn deployment_is_hardened_and_probes_real_endpoints() {
+    let docs = render("deploy/overlays/self-signed");
+    let deployment = find(&docs, "Deployment", "confgate");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert_eq!(
+        container["securityContext"],
+        json!({"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}})
+    );
+    assert!(
+        pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+            .is_array()
+    );
+    assert!(pod["topologySpreadConstraints"].is_array());
+    assert!(
+        container["resources"]["requests"]["cpu"].is_string(),
+        "the HPA needs a CPU request"
+    );
+    assert!(container["resources"]["limits"]["memory"].is_string());
+    // Probes: HTTPS on the serving port, at endpoints the router answers with 200.
+    let port = container["ports"][0].clone();
+    assert_eq!(
+        (port["name"].as_str(), port["containerPort"].as_i64()),
+        (Some("https"), Some(8443))
+    );
+    let state = confgate::server::AppState::new(
+        shipped_policies(),
+        std::sync::Arc::new(confgate::cluster::Standalone),
+        1 << 20,
+        false,
+    );
+    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(
+            (
+                get["path"].as_str(),
+                get["port"].as_str(),
+                get["scheme"].as_str()
+            ),
+            (Some(path), Some("https"), Some("HTTPS"))
+        );
+        let response = confgate::server::router(state.clone())
+            .oneshot(axum::http::Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+    // Graceful termination outlasts the shutdown delay plus the drain.
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let seconds = |flag: &str| {
+        args.iter()
+            .find_map(|a| a.strip_prefix(flag))
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+    };
+    assert!(
+        pod["terminationGracePeriodSeconds"].as_i64().unwrap()
+            > seconds("--shutdown-delay-seconds=") + seconds("--drain-seconds=")
+    );
+    assert!(args.contains(&"--cluster=required"));
+    // Policies and certificates are mounted as directories (never subPath), so reloads see updates.
+    for mount in container["volumeMounts"].as_array().unwrap() {
+        assert!(
+            mount.get("subPath").is_none() && mount.get("subPathExpr").is_none(),
+            "{mount}"
+        );
+    }
+    let volumes = pod["volumes"].as_array().unwrap();
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v["configMap"]["name"] == "confgate-policies")
+    );
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v["secret"]["secretName"] == "confgate-tls")
+    );
+    // The policies ConfigMap holds the shipped policies and loads.
+    let config_map = find(&docs, "ConfigMap", "confgate-policies");
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in config_map["data"].as_object().unwrap() {
+        std::fs::write(dir.path().join(name), text.as_str().unwrap()).unwrap();
+    }
+    assert_eq!(
+        load_dir(dir.path(), &Registry::builtin())
+            .unwrap()
+            .policies
+            .len(),
+        shipped_policies().policies.len()
+    );
+}
+
+#[test]
+fn availability_objects_are_present() {
+    let docs = render("deploy/overlays/self-signed");
+    let selector = &find(&docs, "Deployment", "confgate")["spec"]["selector"]["matchLabels"];
+    let pdb = find(&docs, "PodDisruptionBudget", "confgate");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(&pdb["spec"]["selector"]["matchLabels"], selector);
+    let service = find(&docs, "Service", "confgate");
+    assert_eq!(service["spec"]["ports"][0]["port"], 443);
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "https");
+    assert_eq!(&service["spec"]["selector"], selector);
+    let hpa = find(&docs, "HorizontalPodAutoscaler", "confgate");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "confgate");
+    assert_eq!(hpa["spec"]["metrics"][0]["resource"]["name"], "cpu");
+    assert!(hpa["spec"]["minReplicas"].as_i64().unwrap() >= 2);
+}
+
+#[tokio::test]
+async fn monitoring_uses_metrics_confgate_exports() {
+    let docs = render("deploy/monitoring");
+    let rules = serde_json::to_string(find(&docs, "PrometheusRule", "confgate")).unwrap();
+    let dashboard =
+        find(&docs, "ConfigMap", "confgate-dashboard")["data"]["confgate-dashboard.json"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    serde_json::from_str::<Value>(&dashboard).expect("the dashboard is JSON");
+    let state = confgate::server::AppState::new(
+        shipped_policies(),
+        std::sync::Arc::new(fixture_cluster()),
+        1 << 20,
+        false,
+    );
+    for path in ["/mutate", "/validate"] {
+        let review = axum::http::Request::post(path)
+            .header("content-type", "application/json")
+            .body(Body::from(fixture_bytes("create-deployment-web")))
+            .unwrap();
+        confgate::server::router(state.clone())
+            .oneshot(review)
+            .await
+            .unwrap();
+    }
+    let metrics = confgate::server::router(state)
+        .oneshot(
+            axum::http::Request::get("/metrics")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let text = String::from_utf8(
+        http_body_util::BodyExt::collect(metrics.into_body())
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    for source in [&rules, &dashboard] {
+        let mut rest = source.as_str();
+        while let Some(at) = rest.find("confgate_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let family = ["_bucket", "_total"].iter().fold(name.clone(), |n, s| {
+                n.strip_suffix(s).map(str::to_owned).unwrap_or(n)
+            });
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "{name} is not exported"
+            );
+            rest = &rest[at + name.len()..];
+        }
+    }
+    for alert in [
+        "ConfgateWebhookLatencyHigh",
+        "ConfgateDenyRateSpike",
+        "ConfgateConfigReloadFailed",
+        "ConfgateCertificateExpiringSoon",
+        "ConfgateReplicasUnavailable",
+    ] {
+        assert!(rules.contains(alert), "{alert}");
+    }
+}
