@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cluster;
 pub mod engine;
 pub mod limitrange;
+pub mod manage_webhooks;
 pub mod metrics;
 pub mod policy;
 pub mod quantity;

@@ -5,7 +5,7 @@ use crate::cluster::live::{LiveState, SecretsMode};
 use crate::cluster::static_state::StaticState;
 use crate::cluster::{ClusterState, Standalone};
 use crate::policy::{Registry, load_dir};
-use crate::server::{ServeOptions, serve};
+use crate::server::{AppState, ServeOptions, serve_with, spawn_shutdown_on_signal};
 use crate::telemetry::{self, LogFormat};
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
@@ -61,6 +61,22 @@ pub struct ServeArgs {
     /// Seconds to let in-flight requests finish after the listener closes.
     #[arg(long, default_value_t = 15)]
     pub drain_seconds: u64,
+    /// Keep the webhook registration in the cluster in step with the policies and the CA
+    /// (needs deploy/optional/manage-webhooks-rbac.yaml and a live cluster).
+    #[arg(long)]
+    pub manage_webhooks: bool,
+    /// With --manage-webhooks: the CA bundle (default: ca.crt beside --tls-cert).
+    #[arg(long)]
+    pub webhook_ca_bundle: Option<PathBuf>,
+    /// With --manage-webhooks: the Service the apiserver calls.
+    #[arg(long, default_value = "confgate")]
+    pub webhook_service: String,
+    /// With --manage-webhooks: confgate's namespace (excluded from every webhook).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "confgate-system")]
+    pub webhook_namespace: String,
+    /// With --manage-webhooks: timeoutSeconds of every webhook.
+    #[arg(long, default_value_t = 5)]
+    pub webhook_timeout_seconds: i32,
 }
 
 /// Runs the server until SIGTERM.
@@ -77,8 +93,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let policies = load_dir(&args.policies, &registry)
         .with_context(|| format!("loading policies from {}", args.policies.display()))?;
     tracing::info!(dir = %args.policies.display(), policies = %policies.policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(","), "policies loaded");
-    let cluster = cluster_state(&args).await?;
+    let (cluster, client) = cluster_state(&args).await?;
     tracing::info!(cluster = %cluster.describe(), "cluster state");
+    if args.manage_webhooks && client.is_none() {
+        anyhow::bail!(
+            "--manage-webhooks needs a live cluster (not --cluster none or --cluster-state)"
+        );
+    }
     let options = ServeOptions {
         listen: args.listen,
         policies_dir: args.policies,
@@ -90,34 +111,70 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         drain_timeout: Duration::from_secs(args.drain_seconds),
         request_timeout: Duration::from_secs(30),
     };
-    serve(options, policies, cluster, registry).await?;
+    let state = AppState::new(
+        policies,
+        cluster,
+        options.max_body_bytes,
+        options.require_cluster_sync,
+    );
+    let handle = axum_server::Handle::new();
+    spawn_shutdown_on_signal(&state, &handle, &options);
+    if let (true, Some(client)) = (args.manage_webhooks, client) {
+        let ca_file = args
+            .webhook_ca_bundle
+            .unwrap_or_else(|| options.tls_cert.with_file_name("ca.crt"));
+        let webhook_options = crate::webhooks::Options {
+            name: "confgate".into(),
+            target: crate::webhooks::Target::Service {
+                name: args.webhook_service,
+                namespace: args.webhook_namespace.clone(),
+            },
+            own_namespace: args.webhook_namespace,
+            ca_bundle: None,
+            inject_ca_from: None,
+            timeout_seconds: args.webhook_timeout_seconds,
+        };
+        tokio::spawn(crate::manage_webhooks::run(
+            client,
+            state.clone(),
+            webhook_options,
+            ca_file,
+        ));
+    }
+    serve_with(options, state, registry, handle).await?;
     Ok(())
 }
 
-async fn cluster_state(args: &ServeArgs) -> anyhow::Result<Arc<dyn ClusterState>> {
+/// The cluster state, and the client when there is a live cluster.
+async fn cluster_state(
+    args: &ServeArgs,
+) -> anyhow::Result<(Arc<dyn ClusterState>, Option<kube::Client>)> {
     if !args.cluster_state.is_empty() {
-        return Ok(Arc::new(StaticState::load(&args.cluster_state)?));
+        return Ok((Arc::new(StaticState::load(&args.cluster_state)?), None));
     }
+    let live = |client: kube::Client| -> (Arc<dyn ClusterState>, Option<kube::Client>) {
+        (LiveState::start(client.clone(), args.secrets), Some(client))
+    };
     match args.cluster {
-        ClusterMode::None => Ok(Arc::new(Standalone)),
+        ClusterMode::None => Ok((Arc::new(Standalone), None)),
         ClusterMode::Required => {
             let client = kube::Client::try_default()
                 .await
                 .context("--cluster required: cannot configure a Kubernetes client")?;
-            Ok(LiveState::start(client, args.secrets))
+            Ok(live(client))
         }
         ClusterMode::Auto => {
             if !cluster_configured() {
                 tracing::warn!(
                     "no in-cluster config and no kubeconfig: running standalone; references to ConfigMaps, Secrets and LimitRanges are not checked"
                 );
-                return Ok(Arc::new(Standalone));
+                return Ok((Arc::new(Standalone), None));
             }
             match kube::Client::try_default().await {
-                Ok(client) => Ok(LiveState::start(client, args.secrets)),
+                Ok(client) => Ok(live(client)),
                 Err(error) => {
                     tracing::warn!(%error, "cannot configure a Kubernetes client: running standalone");
-                    Ok(Arc::new(Standalone))
+                    Ok((Arc::new(Standalone), None))
                 }
             }
         }

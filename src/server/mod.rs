@@ -151,13 +151,22 @@ pub async fn serve(
         options.require_cluster_sync,
     );
     let handle = axum_server::Handle::new();
+    spawn_shutdown_on_signal(&state, &handle, &options);
+    serve_with(options, state, registry, handle).await
+}
+
+/// On SIGTERM/SIGINT: fail readiness, wait the shutdown delay, then drain through `handle`.
+pub fn spawn_shutdown_on_signal(
+    state: &Arc<AppState>,
+    handle: &axum_server::Handle<SocketAddr>,
+    options: &ServeOptions,
+) {
     tokio::spawn(shutdown_on_signal(
         state.clone(),
         handle.clone(),
         options.shutdown_delay,
         options.drain_timeout,
     ));
-    serve_with(options, state, registry, handle).await
 }
 
 /// Serves `state` until `handle` is told to shut down. Tests drive the handle directly and learn
