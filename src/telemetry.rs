@@ -1,6 +1,20 @@
 //! Logging: `tracing` to stderr, JSON by default, level from `RUST_LOG` (default `info`).
 
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 use tracing_subscriber::EnvFilter;
+
+static PROCESS_START: OnceLock<Instant> = OnceLock::new();
+
+/// Records when the process started (call first thing in `main`).
+pub fn mark_process_start() {
+    let _ = PROCESS_START.set(Instant::now());
+}
+
+/// Time since [`mark_process_start`], when it was called.
+pub fn since_process_start() -> Option<Duration> {
+    PROCESS_START.get().map(Instant::elapsed)
+}
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

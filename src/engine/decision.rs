@@ -5,7 +5,6 @@ use crate::policy::{Endpoint, LoadedPolicy};
 use kube::core::DynamicObject;
 use kube::core::Status;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse};
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -86,8 +85,6 @@ pub struct Decision {
     pub audit_annotations: BTreeMap<String, String>,
     /// The patch (empty when nothing changed or the request is denied).
     pub patch: json_patch::Patch,
-    /// The object after mutation (when the patch is not empty).
-    pub mutated: Option<Value>,
     /// Set when the request was not evaluated at all, with why.
     pub skipped: Option<String>,
 }

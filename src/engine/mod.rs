@@ -4,6 +4,7 @@
 //! Knows nothing of HTTP: the server, the CLI and the tests call it the same way.
 
 mod decision;
+pub mod diff;
 
 pub use decision::{Decision, Outcome, PolicyVerdict};
 
@@ -72,6 +73,7 @@ impl Engine {
             cluster: self.cluster.as_ref(),
         };
         let mut working: Option<Value> = None;
+        let mut succeeded: Vec<&LoadedPolicy> = Vec::new();
         for policy in policies {
             if let Err(reason) = self.applies(policy, review) {
                 decision
@@ -86,11 +88,15 @@ impl Engine {
                     guarded(|| policy.policy.validate(&cx, object, &mut findings))
                 }
                 Endpoint::Mutate => {
-                    let target = working.get_or_insert_with(|| object.clone());
-                    let snapshot = (policy.on_error == OnError::Allow).then(|| target.clone());
+                    let target = working.get_or_insert_with(|| diff::working_copy(object));
                     let result = guarded(|| policy.policy.mutate(&cx, target, &mut findings));
-                    if let (Err(_), Some(snapshot)) = (&result, snapshot) {
-                        *target = snapshot;
+                    match (&result, policy.on_error) {
+                        (Ok(()), _) => succeeded.push(policy),
+                        // Drop the failed policy's partial edits: rebuild from the original with
+                        // the policies that succeeded (policies are pure, so the result is the
+                        // same). Errors are rare; the happy path pays for no snapshot.
+                        (Err(_), OnError::Allow) => *target = replay(&cx, object, &succeeded),
+                        (Err(_), OnError::Deny) => {}
                     }
                     result
                 }
@@ -98,11 +104,7 @@ impl Engine {
             decision.record(policy, endpoint, findings, result, started.elapsed());
         }
         if let (Endpoint::Mutate, true, Some(mutated)) = (endpoint, decision.allowed(), working) {
-            let patch = json_patch::diff(object, &mutated);
-            if !patch.0.is_empty() {
-                decision.patch = patch;
-                decision.mutated = Some(mutated);
-            }
+            decision.patch = diff::patch(object, &mutated);
         }
         Ok(decision)
     }
@@ -115,8 +117,11 @@ impl Engine {
             return Ok(mutated);
         }
         let mut patched = review.clone();
-        if let Some(object) = &mutated.mutated {
-            patched.object = Some(object.clone());
+        if let (Some(object), false) = (patched.object.as_mut(), mutated.patch.0.is_empty()) {
+            // Cannot fail: the patch was computed against this very object.
+            if let Err(error) = json_patch::patch(object, &mutated.patch) {
+                tracing::error!(%error, "applying confgate's own patch failed");
+            }
         }
         let validated = self.evaluate(set, &patched, Endpoint::Validate, None)?;
         Ok(mutated.then(validated))
@@ -139,6 +144,16 @@ impl Engine {
             .matcher
             .check(&input, |ns| self.cluster.namespace_labels(ns))
     }
+}
+
+/// The working copy after re-running `policies` on a fresh copy of `object`.
+fn replay(cx: &Context, object: &Value, policies: &[&LoadedPolicy]) -> Value {
+    let mut rebuilt = diff::working_copy(object);
+    for policy in policies {
+        let mut ignored = Findings::default();
+        let _ = guarded(|| policy.policy.mutate(cx, &mut rebuilt, &mut ignored));
+    }
+    rebuilt
 }
 
 /// The object a policy judges: the new object, or on DELETE the old one.

@@ -200,6 +200,14 @@ pub async fn serve_with(
         options.request_timeout,
     ));
     tracing::info!(listen = %options.listen, "serving admission webhooks over HTTPS (h2, http/1.1)");
+    let listening = handle.clone();
+    tokio::spawn(async move {
+        if let Some(addr) = listening.listening().await {
+            let startup_ms =
+                crate::telemetry::since_process_start().map(|d| d.as_secs_f64() * 1000.0);
+            tracing::info!(%addr, startup_ms, "ready: listening");
+        }
+    });
     let mut server = axum_server::bind_rustls(options.listen, rustls).handle(handle);
     // Slow or stalled clients cannot hold a connection open forever: headers must arrive within
     // 10 s. hyper needs a timer for that, or it panics on the first HTTP/1.1 connection.
