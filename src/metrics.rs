@@ -44,7 +44,7 @@ pub struct PolicyLabels {
     pub kind: String,
     /// `request.operation`.
     pub operation: &'static str,
-    /// `pass`, `deny`, `warn`, `audit`, `error`, `skip`.
+    /// `pass`, `deny`, `warn`, `audit`, `error` (policies that do not apply are not counted).
     pub verdict: &'static str,
 }
 
@@ -197,13 +197,11 @@ impl Metrics {
 
     /// Counts one policy verdict and its evaluation time.
     pub fn observe_policy(&self, labels: PolicyLabels, took: Duration) {
-        if labels.verdict != "skip" {
-            self.policy_duration
-                .get_or_create(&PolicyNameLabels {
-                    policy: labels.policy.clone(),
-                })
-                .observe(took.as_secs_f64());
-        }
+        self.policy_duration
+            .get_or_create(&PolicyNameLabels {
+                policy: labels.policy.clone(),
+            })
+            .observe(took.as_secs_f64());
         self.policy_verdicts.get_or_create(&labels).inc();
     }
 

@@ -25,13 +25,22 @@ pub enum LogFormat {
     Text,
 }
 
-/// Installs the global subscriber. Noisy dependencies are kept at `warn` unless `RUST_LOG` says otherwise.
-pub fn init(format: LogFormat) {
+/// Keeps the background log writer running; dropping it flushes what is queued.
+pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
+
+/// Installs the global subscriber. Noisy dependencies are kept at `warn` unless `RUST_LOG` says
+/// otherwise. Lines are formatted on the calling thread and written to stderr by a background
+/// thread, so a slow log pipe never holds up a review; the queue blocks rather than drop lines.
+/// Keep the returned guard alive until the process ends.
+pub fn init(format: LogFormat) -> LogGuard {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,kube=warn,hyper=warn,rustls=warn"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     // A panic (which the engine contains per policy) is reported as a structured log line.
     std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "panic")));
     let _ = match format {
@@ -42,4 +51,5 @@ pub fn init(format: LogFormat) {
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    guard
 }

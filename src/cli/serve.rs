@@ -81,7 +81,7 @@ pub struct ServeArgs {
 
 /// Runs the server until SIGTERM.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    telemetry::init(args.log_format);
+    let _log_guard = telemetry::init(args.log_format);
     if let Some(ca) = crate::certs::ensure_dev_certs(&args.tls_cert, &args.tls_key)? {
         tracing::warn!(
             cert = %args.tls_cert.display(),

@@ -114,7 +114,11 @@ impl Admission {
             (None, true) => "allow",
             (None, false) => "deny",
         };
-        for v in &decision.verdicts {
+        for v in decision
+            .verdicts
+            .iter()
+            .filter(|v| v.outcome != crate::engine::Outcome::Skipped)
+        {
             let labels = PolicyLabels {
                 policy: v.policy.clone(),
                 endpoint: endpoint.as_str(),
