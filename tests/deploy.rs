@@ -152,32 +152,7 @@ fn webhooks_never_touch_the_control_plane_or_confgate() {
             .as_array()
             .unwrap()
         {
-            let excluded = &hook["namespaceSelector"]["matchExpressions"][0];
-            assert_eq!(
-                (excluded["key"].as_str(), excluded["operator"].as_str()),
-                (Some("kubernetes.io/metadata.name"), Some("NotIn"))
-            );
-            for ns in ["kube-system", "kube-node-lease", "confgate-system"] {
-                assert!(
-                    excluded["values"].as_array().unwrap().contains(&json!(ns)),
-                    "{} does not exclude {ns}",
-                    hook["name"]
-                );
-            }
-            for rule in hook["rules"].as_array().unwrap() {
-                for resource in rule["resources"].as_array().unwrap() {
-                    assert!(
-                        ![
-                            "nodes",
-                            "leases",
-                            "events",
-                            "certificatesigningrequests",
-                            "*"
-                        ]
-                        .contains(&resource.as_str().unwrap())
-                    );
-                }
-            }
+            assert_webhook_is_safe(hook);
             assert_eq!(hook["sideEffects"], "None");
             assert_eq!(
                 hook["clientConfig"]["service"]["namespace"],

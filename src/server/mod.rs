@@ -137,24 +137,6 @@ pub enum ServeError {
     },
 }
 
-/// Serves until SIGTERM/SIGINT, then drains. Policies must already be loaded.
-pub async fn serve(
-    options: ServeOptions,
-    policies: PolicySet,
-    cluster: Arc<dyn ClusterState>,
-    registry: Registry,
-) -> Result<(), ServeError> {
-    let state = AppState::new(
-        policies,
-        cluster,
-        options.max_body_bytes,
-        options.require_cluster_sync,
-    );
-    let handle = axum_server::Handle::new();
-    spawn_shutdown_on_signal(&state, &handle, &options);
-    serve_with(options, state, registry, handle).await
-}
-
 /// On SIGTERM/SIGINT: fail readiness, wait the shutdown delay, then drain through `handle`.
 pub fn spawn_shutdown_on_signal(
     state: &Arc<AppState>,

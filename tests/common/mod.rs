@@ -160,3 +160,37 @@ pub fn mutate_idempotent(engine: &Engine, set: &PolicySet, review: &Review) -> (
     );
     (decision, patched)
 }
+
+/// A generated webhook excludes the control plane and confgate's own namespace, and never
+/// names Nodes, Leases, Events, CSRs or a wildcard.
+pub fn assert_webhook_is_safe(hook: &Value) {
+    let excluded = &hook["namespaceSelector"]["matchExpressions"][0];
+    assert_eq!(excluded["key"], "kubernetes.io/metadata.name");
+    assert_eq!(excluded["operator"], "NotIn");
+    for ns in ["kube-system", "kube-node-lease", "confgate-system"] {
+        assert!(
+            excluded["values"]
+                .as_array()
+                .unwrap()
+                .contains(&Value::from(ns)),
+            "{} does not exclude {ns}",
+            hook["name"]
+        );
+    }
+    for rule in hook["rules"].as_array().unwrap() {
+        for resource in rule["resources"].as_array().unwrap() {
+            let forbidden = [
+                "nodes",
+                "leases",
+                "events",
+                "certificatesigningrequests",
+                "*",
+            ];
+            assert!(
+                !forbidden.contains(&resource.as_str().unwrap()),
+                "{} names {resource}",
+                hook["name"]
+            );
+        }
+    }
+}
