@@ -105,6 +105,10 @@ fn stages(c: &mut Criterion) {
             group.bench_function("working copy", |b| {
                 b.iter(|| diff::working_copy(black_box(object)))
             });
+            let unchanged = diff::working_copy(object);
+            group.bench_function("patch (diff, nothing changed)", |b| {
+                b.iter(|| diff::patch(black_box(object), black_box(&unchanged)))
+            });
             group.bench_function("patch (diff)", |b| {
                 b.iter(|| diff::patch(black_box(object), black_box(&mutated)))
             });

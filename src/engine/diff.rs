@@ -50,7 +50,9 @@ pub fn patch(original: &Value, mutated: &Value) -> Patch {
     Patch(ops)
 }
 
-/// Diffs two objects key by key below `at`, skipping `skip`; anything else is diffed whole.
+/// Diffs two values below `at`: equal subtrees are skipped with a deep `==` (far cheaper than
+/// diffing them), objects are walked key by key (skipping `skip`), anything else goes to
+/// `json_patch::diff`.
 fn diff_maps(
     before: &Value,
     after: &Value,
@@ -59,17 +61,20 @@ fn diff_maps(
     ops: &mut Vec<PatchOperation>,
 ) {
     let (Value::Object(a), Value::Object(b)) = (before, after) else {
-        prefixed(json_patch::diff(before, after), at, ops);
+        if before != after {
+            prefixed(json_patch::diff(before, after), at, ops);
+        }
         return;
     };
     for (key, old) in a.iter().filter(|(k, _)| Some(k.as_str()) != skip) {
         let path = child(at, key);
         match b.get(key) {
             None => ops.push(PatchOperation::Remove(RemoveOperation { path })),
+            Some(new) if old == new => {}
             Some(new) if at.is_root() && key == "metadata" => {
                 diff_maps(old, new, &path, Some(MANAGED_FIELDS), ops)
             }
-            Some(new) => prefixed(json_patch::diff(old, new), &path, ops),
+            Some(new) => diff_maps(old, new, &path, None, ops),
         }
     }
     add_new_keys(a, b, at, ops);
