@@ -62,6 +62,7 @@ async fn syncs_caches_and_reads_secrets_by_name() {
     assert_eq!(state.limit_ranges("shop"), Some(vec![]));
 
     // Secrets: unknown until fetched, then answered from the short-lived digest cache.
+    assert!(state.wants_secret_prefetch());
     assert!(matches!(
         state.secret("shop", "app-secret"),
         Lookup::Unknown(_)

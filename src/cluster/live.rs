@@ -327,6 +327,10 @@ impl ClusterState for LiveState {
         ]
     }
 
+    fn wants_secret_prefetch(&self) -> bool {
+        self.secrets_mode == SecretsMode::Get
+    }
+
     fn prefetch_secrets<'a>(&'a self, namespace: &'a str, names: Vec<String>) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             if self.secrets_mode != SecretsMode::Get || names.is_empty() {

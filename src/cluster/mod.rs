@@ -181,6 +181,12 @@ pub trait ClusterState: Send + Sync {
         Vec::new()
     }
 
+    /// True when [`ClusterState::prefetch_secrets`] does anything (Secrets read on demand), so
+    /// the server only looks for Secret references when they will be fetched.
+    fn wants_secret_prefetch(&self) -> bool {
+        false
+    }
+
     /// Called (async, before evaluation) with the Secrets a request references, so a state that
     /// reads Secrets on demand can fetch them; the lookups that follow are then answered from memory.
     fn prefetch_secrets<'a>(

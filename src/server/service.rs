@@ -69,13 +69,13 @@ impl Admission {
         } else {
             admission::parse_review(&body)?
         };
-        let secrets = crate::workload::secret_names(&review);
-        if !secrets.is_empty() {
-            let namespace = review.request.namespace.clone().unwrap_or_default();
-            self.engine
-                .cluster()
-                .prefetch_secrets(&namespace, secrets)
-                .await;
+        let cluster = self.engine.cluster();
+        if cluster.wants_secret_prefetch() {
+            let secrets = crate::workload::secret_names(&review);
+            if !secrets.is_empty() {
+                let namespace = review.request.namespace.clone().unwrap_or_default();
+                cluster.prefetch_secrets(&namespace, secrets).await;
+            }
         }
         let this = self.clone();
         let run = move || this.decide(review, endpoint, only.as_deref(), started);
