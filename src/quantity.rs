@@ -120,11 +120,6 @@ impl Quantity {
         Self { nanos: 0, format }
     }
 
-    /// True for zero.
-    pub fn is_zero(&self) -> bool {
-        self.nanos == 0
-    }
-
     /// `self + other`, keeping this quantity's format (or the other's when this one is zero), as
     /// upstream's `Quantity.Add`.
     pub fn add(&self, other: &Quantity) -> Quantity {
@@ -147,11 +142,6 @@ impl Quantity {
     /// `ceil(value * 1000)`, as upstream's `MilliValue()`.
     pub fn milli_value(&self) -> i128 {
         ceil_div(self.nanos, 1_000_000)
-    }
-
-    /// Go's canonical string.
-    pub fn canonical(&self) -> String {
-        self.to_string()
     }
 }
 

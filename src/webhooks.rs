@@ -54,6 +54,24 @@ pub struct Options {
     pub timeout_seconds: i32,
 }
 
+impl Options {
+    /// The registration `confgate webhooks` makes by default: configurations named `confgate`,
+    /// calling Service `service` in `namespace` (which is excluded), 5 s timeouts, no CA yet.
+    pub fn for_service(service: &str, namespace: &str) -> Self {
+        Self {
+            name: "confgate".into(),
+            target: Target::Service {
+                name: service.into(),
+                namespace: namespace.into(),
+            },
+            own_namespace: namespace.into(),
+            ca_bundle: None,
+            inject_ca_from: None,
+            timeout_seconds: 5,
+        }
+    }
+}
+
 /// Why a registration cannot be generated.
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {

@@ -7,7 +7,7 @@ mod common;
 use axum::body::Body;
 use common::*;
 use confgate::policy::{Registry, load_dir};
-use confgate::webhooks::{Options, Target, generate};
+use confgate::webhooks::{Options, generate};
 use serde_json::{Value, json};
 use std::process::Command;
 use tower::ServiceExt;
@@ -61,15 +61,8 @@ fn deployed_policies_are_the_shipped_policies() {
 fn cert_manager_registration_is_generated_from_the_policies() {
     let set = load_dir(&root().join("deploy/base/policies"), &Registry::builtin()).unwrap();
     let options = Options {
-        name: "confgate".into(),
-        target: Target::Service {
-            name: "confgate".into(),
-            namespace: "confgate-system".into(),
-        },
-        own_namespace: "confgate-system".into(),
-        ca_bundle: None,
         inject_ca_from: Some("confgate-system/confgate".into()),
-        timeout_seconds: 5,
+        ..Options::for_service("confgate", "confgate-system")
     };
     let (m, v) = generate(&set, &options).unwrap();
     let docs = render("deploy/overlays/cert-manager");

@@ -7,7 +7,7 @@ use axum::http::{Request, Response};
 use common::*;
 use confgate::cluster::Standalone;
 use confgate::server::AppState;
-use confgate::webhooks::{Options, Target};
+use confgate::webhooks::Options;
 use http_body_util::BodyExt;
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
@@ -53,17 +53,7 @@ async fn applies_the_generated_registration_with_the_current_ca() {
     let ca = dir.path().join("ca.crt");
     std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nfirst\n").unwrap();
     let state = AppState::new(shipped_policies(), Arc::new(Standalone), 1 << 20, false);
-    let options = Options {
-        name: "confgate".into(),
-        target: Target::Service {
-            name: "confgate".into(),
-            namespace: "confgate-system".into(),
-        },
-        own_namespace: "confgate-system".into(),
-        ca_bundle: None,
-        inject_ca_from: None,
-        timeout_seconds: 5,
-    };
+    let options = Options::for_service("confgate", "confgate-system");
     let task = tokio::spawn(confgate::manage_webhooks::run(
         api(seen.clone()),
         state,

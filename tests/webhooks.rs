@@ -9,15 +9,8 @@ use serde_json::{Value, json};
 
 fn options() -> Options {
     Options {
-        name: "confgate".into(),
-        target: Target::Service {
-            name: "confgate".into(),
-            namespace: "confgate-system".into(),
-        },
-        own_namespace: "confgate-system".into(),
         ca_bundle: Some(b"-----BEGIN CERTIFICATE-----\n".to_vec()),
-        inject_ca_from: None,
-        timeout_seconds: 5,
+        ..Options::for_service("confgate", "confgate-system")
     }
 }
 

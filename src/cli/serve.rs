@@ -124,15 +124,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .webhook_ca_bundle
             .unwrap_or_else(|| options.tls_cert.with_file_name("ca.crt"));
         let webhook_options = crate::webhooks::Options {
-            name: "confgate".into(),
-            target: crate::webhooks::Target::Service {
-                name: args.webhook_service,
-                namespace: args.webhook_namespace.clone(),
-            },
-            own_namespace: args.webhook_namespace,
-            ca_bundle: None,
-            inject_ca_from: None,
             timeout_seconds: args.webhook_timeout_seconds,
+            ..crate::webhooks::Options::for_service(&args.webhook_service, &args.webhook_namespace)
         };
         tokio::spawn(crate::manage_webhooks::run(
             client,

@@ -87,11 +87,6 @@ impl ConfigData {
         self.get(key).is_some()
     }
 
-    /// Keys and digests, sorted by key.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Digest)> {
-        self.keys.iter().map(|(k, d)| (&**k, d))
-    }
-
     /// Key names, sorted.
     pub fn key_names(&self) -> impl Iterator<Item = &str> {
         self.keys.iter().map(|(k, _)| &**k)
