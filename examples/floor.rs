@@ -45,7 +45,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/validate", post(allow))
         .layer(axum::extract::DefaultBodyLimit::max(7 * 1024 * 1024));
     let addr: std::net::SocketAddr = listen.parse()?;
-    let mut server = axum_server::bind_rustls(addr, tls);
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+        .acceptor(axum_server::accept::NoDelayAcceptor::new());
+    let mut server = axum_server::bind(addr).acceptor(acceptor);
     let builder = server.http_builder();
     builder
         .http1()
