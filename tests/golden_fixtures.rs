@@ -188,3 +188,36 @@ async fn the_big_configmap_is_answered() {
     assert_eq!(status, 200);
     assert_eq!(answer["response"]["allowed"], true);
 }
+
+/// A workload review above the offload size goes through the blocking pool, one or a few at a
+/// time: several at once are all answered, each with the patch and warnings of the same
+/// workload sent small.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_workload_reviews_are_answered_like_small_ones() {
+    let state = AppState::new(
+        shipped_policies(),
+        Arc::new(fixture_cluster()),
+        7 * 1024 * 1024,
+        false,
+    );
+    let small = fixture_bytes("create-deployment-web");
+    let mut review: Value = serde_json::from_slice(&small).unwrap();
+    let padding = "x".repeat(confgate::server::service::OFFLOAD_BYTES + 1);
+    review["request"]["object"]["metadata"]["annotations"]["padding"] = json!(padding);
+    let large = serde_json::to_vec(&review).unwrap();
+    assert!(large.len() > confgate::server::service::OFFLOAD_BYTES);
+
+    let (status, expected) = post(router(state.clone()), "/mutate", small).await;
+    assert_eq!(status, 200);
+    assert!(expected["response"]["patch"].is_string(), "{expected}");
+    let answers = futures::future::join_all(
+        (0..4).map(|_| post(router(state.clone()), "/mutate", large.clone())),
+    )
+    .await;
+    for (status, answer) in answers {
+        assert_eq!(status, 200);
+        assert_eq!(answer["response"]["allowed"], true);
+        assert_eq!(answer["response"]["patch"], expected["response"]["patch"]);
+        assert_eq!(answer["response"]["warnings"], expected["response"]["warnings"]);
+    }
+}

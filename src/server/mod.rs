@@ -10,7 +10,6 @@ use crate::cluster::ClusterState;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::policy::{PolicySet, Registry};
-use arc_swap::ArcSwap;
 use axum::Router;
 use axum::routing::{get, post};
 use axum_server::accept::NoDelayAcceptor;
@@ -66,11 +65,12 @@ impl AppState {
     ) -> Arc<Self> {
         let metrics = Arc::new(Metrics::new());
         metrics.set_policies_loaded(policies.policies.len());
-        let admission = Arc::new(Admission {
-            engine: Engine::new(cluster),
-            policies: ArcSwap::from_pointee(policies),
+        let admission = Arc::new(Admission::new(
+            Engine::new(cluster),
+            policies,
             metrics,
-        });
+            service::bulk_permits(),
+        ));
         Arc::new(Self {
             admission,
             max_body_bytes,

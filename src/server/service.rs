@@ -1,6 +1,7 @@
 //! The admission pipeline behind the HTTP handlers, without axum: parse the review, fetch what
 //! the cluster state needs, evaluate, encode; log and count. Large bodies are parsed and
-//! evaluated on the blocking pool so they never stall the async workers that serve small ones.
+//! evaluated on the blocking pool so they never stall the async workers that serve small ones,
+//! and at most [`bulk_permits`] of them at a time, so a stream of them cannot take every core.
 
 use crate::admission::{self, Review, ReviewError, operation_str};
 use crate::engine::{Decision, Engine, EngineError};
@@ -14,6 +15,15 @@ use std::time::Instant;
 /// Bodies above this size are handled on the blocking thread pool.
 pub const OFFLOAD_BYTES: usize = 256 * 1024;
 
+/// How many large bodies are parsed and evaluated at once: one core fewer than the machine has
+/// (at least one), so small reviews always keep a core.
+pub fn bulk_permits() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get().saturating_sub(1))
+        .unwrap_or(1)
+        .max(1)
+}
+
 /// Everything needed to answer a review.
 pub struct Admission {
     /// The engine (and its cluster state).
@@ -22,6 +32,8 @@ pub struct Admission {
     pub policies: ArcSwap<PolicySet>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Permits for large bodies (see [`bulk_permits`]).
+    bulk: tokio::sync::Semaphore,
 }
 
 /// Why a request got no AdmissionReview answer.
@@ -53,6 +65,22 @@ impl ServiceError {
 }
 
 impl Admission {
+    /// The pipeline for `policies`, evaluated by `engine`, counted in `metrics`; at most
+    /// `bulk_permits` large bodies are worked on at a time.
+    pub fn new(
+        engine: Engine,
+        policies: PolicySet,
+        metrics: Arc<Metrics>,
+        bulk_permits: usize,
+    ) -> Self {
+        Self {
+            engine,
+            policies: ArcSwap::from_pointee(policies),
+            metrics,
+            bulk: tokio::sync::Semaphore::new(bulk_permits.max(1)),
+        }
+    }
+
     /// Answers one AdmissionReview body: the encoded response AdmissionReview.
     pub async fn review(
         self: &Arc<Self>,
@@ -63,6 +91,7 @@ impl Admission {
         let started = Instant::now();
         let large = body.len() > OFFLOAD_BYTES;
         let review = if large {
+            let _permit = self.bulk_permit().await;
             tokio::task::spawn_blocking(move || admission::parse_review(&body))
                 .await
                 .map_err(|e| ServiceError::Task(e.to_string()))??
@@ -80,12 +109,20 @@ impl Admission {
         let this = self.clone();
         let run = move || this.decide(review, endpoint, only.as_deref(), started);
         if large {
+            let _permit = self.bulk_permit().await;
             tokio::task::spawn_blocking(run)
                 .await
                 .map_err(|e| ServiceError::Task(e.to_string()))?
         } else {
             run()
         }
+    }
+
+    /// Waits (without using CPU) for a turn to work on a large body. Not held while the
+    /// cluster state fetches Secrets.
+    async fn bulk_permit(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        // `None` only if the semaphore were closed, which it never is.
+        self.bulk.acquire().await.ok()
     }
 
     fn decide(
