@@ -33,27 +33,43 @@ pub fn api_resource(kind: &str) -> Option<(&'static str, &'static str)> {
     }
 }
 
-/// JSON pointer to the pod template (`metadata` + `spec`) of a kind; `""` for a Pod itself.
+/// The keys leading to the pod template (`metadata` + `spec`) of a kind; none for a Pod itself.
 /// `CronJob` in every served version (`batch/v1`, `batch/v1beta1`) nests it in `jobTemplate`.
-pub fn template_pointer(kind: &str) -> Option<&'static str> {
+pub fn template_path(kind: &str) -> Option<&'static [&'static str]> {
     match kind {
-        "Pod" => Some(""),
+        "Pod" => Some(&[]),
         "Deployment"
         | "StatefulSet"
         | "DaemonSet"
         | "ReplicaSet"
         | "ReplicationController"
-        | "Job" => Some("/spec/template"),
-        "CronJob" => Some("/spec/jobTemplate/spec/template"),
+        | "Job" => Some(&["spec", "template"]),
+        "CronJob" => Some(&["spec", "jobTemplate", "spec", "template"]),
         _ => None,
     }
 }
 
+/// The value at `path` (object keys) below `value`. A fixed path of keys, so no JSON Pointer is
+/// parsed and unescaped per request.
+fn at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(value, |v, key| v.get(key))
+}
+
+fn at_mut<'a>(value: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
+    path.iter().try_fold(value, |v, key| v.get_mut(key))
+}
+
 /// The pod spec of an object of `kind`, if the kind has one and the object carries it.
 pub fn pod_spec<'a>(kind: &str, object: &'a Value) -> Option<&'a Value> {
-    let template = template_pointer(kind)?;
-    object
-        .pointer(&format!("{template}/spec"))
+    at(object, template_path(kind)?)?
+        .get("spec")
+        .filter(|s| s.is_object())
+}
+
+/// [`pod_spec`], to edit.
+pub fn pod_spec_mut<'a>(kind: &str, object: &'a mut Value) -> Option<&'a mut Value> {
+    at_mut(object, template_path(kind)?)?
+        .get_mut("spec")
         .filter(|s| s.is_object())
 }
 
@@ -61,10 +77,10 @@ pub fn pod_spec<'a>(kind: &str, object: &'a Value) -> Option<&'a Value> {
 /// for a Pod), creating `metadata` and `annotations` when absent. Returns false when the object
 /// has no pod template.
 pub fn set_template_annotation(kind: &str, object: &mut Value, key: &str, value: &str) -> bool {
-    let Some(pointer) = template_pointer(kind) else {
+    let Some(path) = template_path(kind) else {
         return false;
     };
-    let Some(template) = object.pointer_mut(pointer).and_then(Value::as_object_mut) else {
+    let Some(template) = at_mut(object, path).and_then(Value::as_object_mut) else {
         return false;
     };
     let Some(metadata) = crate::limitrange::entry_object(template, "metadata") else {
@@ -79,9 +95,7 @@ pub fn set_template_annotation(kind: &str, object: &mut Value, key: &str, value:
 
 /// `metadata.annotations[key]` of the pod template.
 pub fn template_annotation<'a>(kind: &str, object: &'a Value, key: &str) -> Option<&'a str> {
-    let pointer = template_pointer(kind)?;
-    object
-        .pointer(pointer)?
+    at(object, template_path(kind)?)?
         .get("metadata")?
         .get("annotations")?
         .get(key)?

@@ -137,6 +137,24 @@ struct Selected<'a> {
 type Resolved<'a> = BTreeMap<(Source, &'a str), (Selected<'a>, Option<Arc<ConfigData>>)>;
 
 /// The checksum text for resolved objects (see the module docs).
+/// Lower-case hex of a digest, written straight into the output (`hex::encode` builds a
+/// `String` char by char, which showed in the profile).
+struct Hex<'a>(&'a [u8]);
+
+impl std::fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut buf = [0u8; 128];
+        for chunk in self.0.chunks(64) {
+            let out = &mut buf[..chunk.len() * 2];
+            // Cannot fail: `out` is exactly twice the chunk's length.
+            if hex::encode_to_slice(chunk, out).is_ok() {
+                f.write_str(std::str::from_utf8(out).map_err(|_| std::fmt::Error)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 fn checksum_text(objects: &Resolved) -> String {
     let mut text = String::new();
     for ((source, name), (selected, data)) in objects {
@@ -153,7 +171,7 @@ fn checksum_text(objects: &Resolved) -> String {
         for key in keys {
             match data.get(key) {
                 Some(digest) => {
-                    let _ = writeln!(text, "{kind} {name} {key} {}", hex::encode(digest));
+                    let _ = writeln!(text, "{kind} {name} {key} {}", Hex(digest));
                 }
                 None => {
                     let _ = writeln!(text, "{kind} {name} {key} missing");
@@ -236,7 +254,7 @@ impl Policy for ChecksumConfig {
             };
             resolved.insert((source, name), (selected, data));
         }
-        let checksum = hex::encode(Sha256::digest(checksum_text(&resolved).as_bytes()));
+        let checksum = Hex(&Sha256::digest(checksum_text(&resolved).as_bytes())).to_string();
         if template_annotation(kind, object, &self.annotation) != Some(checksum.as_str()) {
             set_template_annotation(kind, object, &self.annotation, &checksum);
         }

@@ -15,7 +15,7 @@ use crate::limitrange::{
     ANNOTATION_PREFIX, Item, LimitRange, copy_limits_to_requests, merge_defaults, validate_spec,
 };
 use crate::quantity::Quantity;
-use crate::workload::{WORKLOAD_KINDS, set_template_annotation, template_pointer};
+use crate::workload::{WORKLOAD_KINDS, pod_spec, pod_spec_mut, set_template_annotation};
 use kube::core::admission::Operation;
 use serde::Deserialize;
 use serde_json::Value;
@@ -214,26 +214,16 @@ fn apply(spec: &mut Value, ranges: &[LimitRange]) -> Option<String> {
     annotation
 }
 
-fn spec_pointer(kind: &str) -> Option<String> {
-    template_pointer(kind).map(|t| format!("{t}/spec"))
-}
-
 impl LimitRangeDefaults {
-    /// What both phases start from: the pointer to the pod spec and the LimitRanges to apply,
-    /// or `None` when there is nothing to do (skipped request, no pod spec, no LimitRange).
-    fn prepare(
-        &self,
-        cx: &Context,
-        object: &Value,
-        out: &mut Findings,
-    ) -> Option<(String, Vec<LimitRange>)> {
+    /// What both phases start from: the LimitRanges to apply, or `None` when there is nothing
+    /// to do (skipped request, no pod spec, no LimitRange).
+    fn prepare(&self, cx: &Context, object: &Value, out: &mut Findings) -> Option<Vec<LimitRange>> {
         if skipped(cx) {
             return None;
         }
-        let pointer = spec_pointer(&cx.request.kind.kind)?;
-        object.pointer(&pointer).filter(|s| s.is_object())?;
+        pod_spec(&cx.request.kind.kind, object)?;
         let ranges = self.ranges(cx, out);
-        (!ranges.is_empty()).then_some((pointer, ranges))
+        (!ranges.is_empty()).then_some(ranges)
     }
 }
 
@@ -253,10 +243,10 @@ impl Policy for LimitRangeDefaults {
         out: &mut Findings,
     ) -> Result<(), PolicyError> {
         let kind = cx.request.kind.kind.as_str();
-        let Some((pointer, ranges)) = self.prepare(cx, object, out) else {
+        let Some(ranges) = self.prepare(cx, object, out) else {
             return Ok(());
         };
-        let Some(spec) = object.pointer_mut(&pointer) else {
+        let Some(spec) = pod_spec_mut(kind, object) else {
             return Ok(());
         };
         if let Some(text) = apply(spec, &ranges) {
@@ -271,10 +261,10 @@ impl Policy for LimitRangeDefaults {
         object: &Value,
         out: &mut Findings,
     ) -> Result<(), PolicyError> {
-        let Some((pointer, ranges)) = self.prepare(cx, object, out) else {
+        let Some(ranges) = self.prepare(cx, object, out) else {
             return Ok(());
         };
-        let Some(spec) = object.pointer(&pointer) else {
+        let Some(spec) = pod_spec(&cx.request.kind.kind, object) else {
             return Ok(());
         };
         let mut as_pod = spec.clone();
