@@ -218,6 +218,9 @@ async fn large_workload_reviews_are_answered_like_small_ones() {
         assert_eq!(status, 200);
         assert_eq!(answer["response"]["allowed"], true);
         assert_eq!(answer["response"]["patch"], expected["response"]["patch"]);
-        assert_eq!(answer["response"]["warnings"], expected["response"]["warnings"]);
+        assert_eq!(
+            answer["response"]["warnings"],
+            expected["response"]["warnings"]
+        );
     }
 }
