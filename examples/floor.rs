@@ -1,6 +1,7 @@
 //! The floor: the least an admission webhook on confgate's stack can do. Same crates (axum,
 //! axum-server, rustls with ring, kube-rs' AdmissionReview), same TLS and HTTP settings; it parses
-//! the review and allows it. `scripts/bench.sh` measures confgate as a ratio to this.
+//! the review and allows it. `scripts/bench.sh` measures confgate as a ratio to this. `/discard`
+//! reads a body and parses nothing (a control for the large-body runs).
 //!
 //! ```sh
 //! cargo run --release --example floor -- 127.0.0.1:18444 certs/tls.crt certs/tls.key
@@ -30,6 +31,11 @@ async fn allow(body: Bytes) -> impl IntoResponse {
     }
 }
 
+async fn discard(body: Bytes) -> impl IntoResponse {
+    std::hint::black_box(body.len());
+    ([(header::CONTENT_TYPE, "application/json")], "{}")
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -43,6 +49,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = Router::new()
         .route("/mutate", post(allow))
         .route("/validate", post(allow))
+        // A control for scripts/bench.sh: takes in the body (TLS, HTTP) and parses nothing.
+        .route("/discard", post(discard))
         .layer(axum::extract::DefaultBodyLimit::max(7 * 1024 * 1024));
     let addr: std::net::SocketAddr = listen.parse()?;
     let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)

@@ -155,13 +155,13 @@ record "throughput /validate over HTTP/2 (confgate)" "$rps req/s, p99 $p99 ms"
 echo "large body: the 1.3 MB ConfigMap"
 read -r rps p50 p99 p999 bad s50 s99 _ < <(SKIP=first LATENCY_DB=1 load "$CONFGATE_PORT" /validate "$BIG" -n 60 -c 1 --http-version 1.1)
 record "1.3 MB review, 60 one at a time on one connection: p50 / slowest" "$p50 / $p99 ms; without the first (it opens the connection): $s50 / $s99 ms (non-200: $bad)"
-# Small reviews into confgate at $RATE req/s while 1.3 MB ones stream in: into confgate, then
-# the same stream into the floor (a control: what the load tool encrypting and sending 1.3 MB
-# bodies on the same two cores costs the small ones, whatever the server), then into confgate as
-# fast as two connections go.
+# Small reviews into confgate at $RATE req/s while 1.3 MB ones stream in: into confgate; the
+# same stream into the floor (a control: another process parsing them on the same two cores);
+# into the floor's /discard (a control: received over TLS, not parsed); into confgate as fast as
+# two connections go.
 small_during() { # big-port label extra-oha-args-for-the-stream...
   local port=$1 label=$2 big; shift 2
-  load "$port" /validate "$BIG" -z "$DURATION" -c 2 --http-version 1.1 "$@" > "$work/big-stream" &
+  load "$port" "${BIG_PATH:-/validate}" "$BIG" -z "$DURATION" -c 2 --http-version 1.1 "$@" > "$work/big-stream" &
   big=$!
   read -r _ _ _ _ bad _ s99 s999 < <(LATENCY_DB=1 load "$CONFGATE_PORT" /validate "$SMALL" -z "$DURATION" -c "$CONNECTIONS" -q "$RATE" --latency-correction --http-version 1.1)
   wait "$big"
@@ -170,6 +170,7 @@ small_during() { # big-port label extra-oha-args-for-the-stream...
 }
 small_during "$CONFGATE_PORT" "$BIG_RATE large/s go to confgate" -q "$BIG_RATE"
 small_during "$FLOOR_PORT" "$BIG_RATE large/s go to the floor (control)" -q "$BIG_RATE"
+BIG_PATH=/discard small_during "$FLOOR_PORT" "$BIG_RATE large/s go to the floor's /discard (received, not parsed)" -q "$BIG_RATE"
 small_during "$CONFGATE_PORT" "large ones go to confgate over 2 connections, unpaced"
 record "RSS after load: confgate (peak)" "$(( $(rss_kib "$CONFGATE_PID") / 1024 )) MiB ($(( $(hwm_kib "$CONFGATE_PID") / 1024 )) MiB)"
 
