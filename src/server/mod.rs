@@ -1,6 +1,7 @@
 //! The HTTPS server: routes, readiness, hot reload of policies and certificates, and graceful
 //! shutdown. The handlers are thin; the work happens in [`service::Admission`] and the engine.
 
+pub mod bulk;
 pub mod handlers;
 mod reload;
 pub mod service;
@@ -69,7 +70,7 @@ impl AppState {
             Engine::new(cluster),
             policies,
             metrics,
-            service::bulk_permits(),
+            service::bulk_threads(),
         ));
         Arc::new(Self {
             admission,

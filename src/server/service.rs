@@ -1,12 +1,13 @@
 //! The admission pipeline behind the HTTP handlers, without axum: parse the review, fetch what
 //! the cluster state needs, evaluate, encode; log and count. Large bodies are parsed and
-//! evaluated on the blocking pool so they never stall the async workers that serve small ones,
-//! and at most [`bulk_permits`] of them at a time, so a stream of them cannot take every core.
+//! evaluated on [`BulkPool`]: never on the async workers that serve small ones, on at most
+//! `cores - 1` threads, which run only when a core is otherwise idle (`SCHED_IDLE`).
 
 use crate::admission::{self, Review, ReviewError, operation_str};
 use crate::engine::{Decision, Engine, EngineError};
 use crate::metrics::{Metrics, PolicyLabels, RequestLabels};
 use crate::policy::{Endpoint, PolicySet};
+use crate::server::bulk::BulkPool;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ pub const OFFLOAD_BYTES: usize = 256 * 1024;
 
 /// How many large bodies are parsed and evaluated at once: one core fewer than the machine has
 /// (at least one), so small reviews always keep a core.
-pub fn bulk_permits() -> usize {
+pub fn bulk_threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get().saturating_sub(1))
         .unwrap_or(1)
@@ -32,8 +33,8 @@ pub struct Admission {
     pub policies: ArcSwap<PolicySet>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Permits for large bodies (see [`bulk_permits`]).
-    bulk: tokio::sync::Semaphore,
+    /// Where large bodies are parsed and evaluated.
+    bulk: BulkPool,
 }
 
 /// Why a request got no AdmissionReview answer.
@@ -48,7 +49,7 @@ pub enum ServiceError {
     /// The answer could not be encoded (HTTP 500; not expected to happen).
     #[error("cannot encode response: {0}")]
     Encode(#[from] serde_json::Error),
-    /// The blocking task evaluating a large body failed (HTTP 500).
+    /// The thread working on a large body failed (HTTP 500).
     #[error("evaluation task failed: {0}")]
     Task(String),
 }
@@ -65,19 +66,19 @@ impl ServiceError {
 }
 
 impl Admission {
-    /// The pipeline for `policies`, evaluated by `engine`, counted in `metrics`; at most
-    /// `bulk_permits` large bodies are worked on at a time.
+    /// The pipeline for `policies`, evaluated by `engine`, counted in `metrics`; large bodies
+    /// are worked on by `bulk_threads` low-priority threads.
     pub fn new(
         engine: Engine,
         policies: PolicySet,
         metrics: Arc<Metrics>,
-        bulk_permits: usize,
+        bulk_threads: usize,
     ) -> Self {
         Self {
             engine,
             policies: ArcSwap::from_pointee(policies),
             metrics,
-            bulk: tokio::sync::Semaphore::new(bulk_permits.max(1)),
+            bulk: BulkPool::new(bulk_threads),
         }
     }
 
@@ -91,8 +92,8 @@ impl Admission {
         let started = Instant::now();
         let large = body.len() > OFFLOAD_BYTES;
         let review = if large {
-            let _permit = self.bulk_permit().await;
-            tokio::task::spawn_blocking(move || admission::parse_review(&body))
+            self.bulk
+                .run(move || admission::parse_review(&body))
                 .await
                 .map_err(|e| ServiceError::Task(e.to_string()))??
         } else {
@@ -109,20 +110,13 @@ impl Admission {
         let this = self.clone();
         let run = move || this.decide(review, endpoint, only.as_deref(), started);
         if large {
-            let _permit = self.bulk_permit().await;
-            tokio::task::spawn_blocking(run)
+            self.bulk
+                .run(run)
                 .await
                 .map_err(|e| ServiceError::Task(e.to_string()))?
         } else {
             run()
         }
-    }
-
-    /// Waits (without using CPU) for a turn to work on a large body. Not held while the
-    /// cluster state fetches Secrets.
-    async fn bulk_permit(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
-        // `None` only if the semaphore were closed, which it never is.
-        self.bulk.acquire().await.ok()
     }
 
     fn decide(
