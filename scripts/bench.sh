@@ -105,6 +105,12 @@ start_confgate
 record "start to ready (server log / polled)" "$(grep -o '"startup_ms":[0-9.]*' "$work/confgate.log" | head -1 | cut -d: -f2 | xargs printf '%.1f') ms / ${STARTUP_POLLED_MS} ms"
 record "RSS idle: confgate / floor" "$(( $(rss_kib "$CONFGATE_PID") / 1024 )) MiB / $(( $(rss_kib "$FLOOR_PID") / 1024 )) MiB"
 
+# Both servers get the same 3 s of load first, unrecorded: a fresh process grows its heap (with
+# MIMALLOC_ARENA_EAGER_COMMIT=0, page by page) during its first seconds, and the apiserver's
+# traffic to a webhook is long-running.
+for port in "$FLOOR_PORT" "$CONFGATE_PORT"; do
+  load "$port" /mutate "$SMALL" -z 3s -c "$CONNECTIONS" --http-version 1.1 > /dev/null
+done
 echo "closed loop: $CONNECTIONS connections, HTTP/1.1 keep-alive, $DURATION each, $ROUNDS rounds, alternating"
 for path in /mutate /validate; do
   for round in $(seq 1 "$ROUNDS"); do
