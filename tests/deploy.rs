@@ -288,12 +288,7 @@ async fn monitoring_uses_metrics_confgate_exports() {
             .unwrap()
             .to_owned();
     serde_json::from_str::<Value>(&dashboard).expect("the dashboard is JSON");
-    let state = confgate::server::AppState::new(
-        shipped_policies(),
-        std::sync::Arc::new(fixture_cluster()),
-        1 << 20,
-        false,
-    );
+    let state = fixture_server_state(1 << 20);
     for path in ["/mutate", "/validate"] {
         let review = axum::http::Request::post(path)
             .header("content-type", "application/json")

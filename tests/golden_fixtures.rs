@@ -8,10 +8,9 @@ use axum::body::Body;
 use base64::Engine as _;
 use common::*;
 use confgate::policy::Endpoint;
-use confgate::server::{AppState, router};
+use confgate::server::router;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use std::sync::Arc;
 use tower::ServiceExt;
 
 /// What the shipped policies do with each fixture, on the fixture cluster: (patched, warnings).
@@ -111,12 +110,7 @@ async fn post(app: axum::Router, path: &str, body: Vec<u8>) -> (u16, Value) {
 
 #[tokio::test]
 async fn every_fixture_through_the_http_server() {
-    let state = AppState::new(
-        shipped_policies(),
-        Arc::new(fixture_cluster()),
-        8 * 1024 * 1024,
-        false,
-    );
+    let state = fixture_server_state(8 * 1024 * 1024);
     for name in all_fixtures() {
         let sent: Value = serde_json::from_slice(&fixture_bytes(&name)).unwrap();
         let (patched, _) = expected(&name);
@@ -151,12 +145,7 @@ async fn every_fixture_through_the_http_server() {
 
 #[tokio::test]
 async fn v1beta1_is_answered_in_v1beta1_with_the_same_answer_as_v1() {
-    let state = AppState::new(
-        shipped_policies(),
-        Arc::new(fixture_cluster()),
-        8 * 1024 * 1024,
-        false,
-    );
+    let state = fixture_server_state(8 * 1024 * 1024);
     let (_, v1) = post(
         router(state.clone()),
         "/mutate",
@@ -176,12 +165,7 @@ async fn v1beta1_is_answered_in_v1beta1_with_the_same_answer_as_v1() {
 
 #[tokio::test]
 async fn the_big_configmap_is_answered() {
-    let state = AppState::new(
-        shipped_policies(),
-        Arc::new(fixture_cluster()),
-        7 * 1024 * 1024,
-        false,
-    );
+    let state = fixture_server_state(7 * 1024 * 1024);
     let body = fixture_bytes("create-configmap-big-config");
     assert!(body.len() > 1_000_000);
     let (status, answer) = post(router(state), "/validate", body).await;
@@ -189,17 +173,12 @@ async fn the_big_configmap_is_answered() {
     assert_eq!(answer["response"]["allowed"], true);
 }
 
-/// A workload review above the offload size goes through the blocking pool, one or a few at a
-/// time: several at once are all answered, each with the patch and warnings of the same
+/// A workload review above the offload size goes through the large-review threads, one or a
+/// few at a time: several at once are all answered, each with the patch and warnings of the same
 /// workload sent small.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_workload_reviews_are_answered_like_small_ones() {
-    let state = AppState::new(
-        shipped_policies(),
-        Arc::new(fixture_cluster()),
-        7 * 1024 * 1024,
-        false,
-    );
+    let state = fixture_server_state(7 * 1024 * 1024);
     let small = fixture_bytes("create-deployment-web");
     let mut review: Value = serde_json::from_slice(&small).unwrap();
     let padding = "x".repeat(confgate::server::service::OFFLOAD_BYTES + 1);

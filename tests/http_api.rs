@@ -12,15 +12,6 @@ use serde_json::Value;
 use std::sync::Arc;
 use tower::ServiceExt;
 
-fn state(limit: usize) -> Arc<AppState> {
-    AppState::new(
-        shipped_policies(),
-        Arc::new(fixture_cluster()),
-        limit,
-        false,
-    )
-}
-
 async fn send(state: &Arc<AppState>, request: Request<Body>) -> (StatusCode, String) {
     let response = router(state.clone()).oneshot(request).await.unwrap();
     let status = response.status();
@@ -46,7 +37,7 @@ async fn refused(state: &Arc<AppState>, request: Request<Body>) -> (u16, String)
 #[tokio::test]
 async fn rejects_malformed_json() {
     let (code, error) = refused(
-        &state(1 << 20),
+        &fixture_server_state(1 << 20),
         post("/validate", Some("application/json"), "{\"kind\":"),
     )
     .await;
@@ -61,7 +52,7 @@ async fn rejects_malformed_json() {
 async fn rejects_review_without_request() {
     let body = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#;
     let (code, error) = refused(
-        &state(1 << 20),
+        &fixture_server_state(1 << 20),
         post("/mutate", Some("application/json"), body),
     )
     .await;
@@ -73,7 +64,7 @@ async fn rejects_review_without_request() {
 
 #[tokio::test]
 async fn rejects_other_documents_and_versions() {
-    let s = state(1 << 20);
+    let s = fixture_server_state(1 << 20);
     let (code, error) = refused(
         &s,
         post(
@@ -101,7 +92,7 @@ async fn rejects_other_documents_and_versions() {
 
 #[tokio::test]
 async fn rejects_non_json_content_type() {
-    let s = state(1 << 20);
+    let s = fixture_server_state(1 << 20);
     let (code, error) = refused(
         &s,
         post(
@@ -138,7 +129,7 @@ async fn rejects_non_json_content_type() {
 
 #[tokio::test]
 async fn rejects_oversized_bodies_declared_or_streamed() {
-    let s = state(4096);
+    let s = fixture_server_state(4096);
     let body = fixture_bytes("create-deployment-web");
     assert!(body.len() > 4096);
     let (code, error) = refused(
@@ -173,7 +164,7 @@ async fn rejects_oversized_bodies_declared_or_streamed() {
 
 #[tokio::test]
 async fn per_policy_endpoints_run_one_policy() {
-    let s = state(1 << 20);
+    let s = fixture_server_state(1 << 20);
     let (status, body) = send(
         &s,
         post(
@@ -231,7 +222,7 @@ async fn per_policy_endpoints_run_one_policy() {
 
 #[tokio::test]
 async fn unknown_paths_and_methods_are_404_json() {
-    let s = state(1 << 20);
+    let s = fixture_server_state(1 << 20);
     let (code, _) = refused(&s, Request::get("/admit").body(Body::empty()).unwrap()).await;
     assert_eq!(code, 404);
     let (status, _) = send(&s, Request::get("/mutate").body(Body::empty()).unwrap()).await;
@@ -240,7 +231,7 @@ async fn unknown_paths_and_methods_are_404_json() {
 
 #[tokio::test]
 async fn probes_and_shutdown() {
-    let s = state(1 << 20);
+    let s = fixture_server_state(1 << 20);
     let (status, body) = send(&s, Request::get("/healthz").body(Body::empty()).unwrap()).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
     let (status, body) = send(&s, Request::get("/readyz").body(Body::empty()).unwrap()).await;
@@ -259,7 +250,7 @@ async fn probes_and_shutdown() {
 
 #[tokio::test]
 async fn metrics_count_requests_policies_and_refusals() {
-    let s = state(1 << 20);
+    let s = fixture_server_state(1 << 20);
     send(
         &s,
         post(
@@ -286,7 +277,7 @@ async fn metrics_count_requests_policies_and_refusals() {
 
 #[tokio::test]
 async fn delete_connect_and_subresources_are_allowed_without_evaluation() {
-    let s = state(1 << 20);
+    let s = fixture_server_state(1 << 20);
     for name in [
         "delete-deployment-bare",
         "delete-pod-mynginx-graceful",

@@ -113,6 +113,17 @@ pub fn shipped_policies() -> PolicySet {
     load_dir(&root().join("policies"), &Registry::builtin()).unwrap()
 }
 
+/// The server's state with the shipped policies and the fixture cluster, accepting bodies up to
+/// `max_body_bytes`.
+pub fn fixture_server_state(max_body_bytes: usize) -> Arc<confgate::server::AppState> {
+    confgate::server::AppState::new(
+        shipped_policies(),
+        Arc::new(fixture_cluster()),
+        max_body_bytes,
+        false,
+    )
+}
+
 pub fn policies(yaml: &str) -> PolicySet {
     load_str("test-policies.yaml", yaml, &Registry::builtin()).unwrap()
 }
