@@ -13,7 +13,7 @@ use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Bodies above this size are handled on the blocking thread pool.
+/// Bodies above this size are parsed and evaluated on the large-review threads ([`BulkPool`]).
 pub const OFFLOAD_BYTES: usize = 256 * 1024;
 
 /// How many large bodies are parsed and evaluated at once: one core fewer than the machine has
