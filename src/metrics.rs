@@ -7,6 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 /// Latency buckets in seconds: sub-millisecond resolution where confgate lives, up to the
@@ -86,6 +87,7 @@ pub struct Metrics {
     cert_expiry: Gauge,
     policies_loaded: Gauge,
     cache_objects: Family<ResourceLabels, Gauge>,
+    cache_stale: Family<ResourceLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -154,6 +156,12 @@ impl Metrics {
             "Objects in the cluster state caches",
             cache_objects.clone(),
         );
+        let cache_stale = Family::<ResourceLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "cache_stale_seconds",
+            "How long a watch cache has been cut off from the API server (0 while its watch is healthy); lookups then answer from the last state seen",
+            cache_stale.clone(),
+        );
         // Known label sets start at zero, so rate()/increase() see the first event.
         for source in ["policies", "tls"] {
             for result in ["success", "failure"] {
@@ -182,6 +190,7 @@ impl Metrics {
             cert_expiry,
             policies_loaded,
             cache_objects,
+            cache_stale,
         }
     }
 
@@ -239,6 +248,13 @@ impl Metrics {
                     resource: resource.as_str(),
                 })
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        for (resource, stale) in cluster.staleness() {
+            self.cache_stale
+                .get_or_create(&ResourceLabels {
+                    resource: resource.as_str(),
+                })
+                .set(stale.map_or(0.0, |d| d.as_secs_f64()));
         }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {

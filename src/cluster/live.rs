@@ -8,13 +8,14 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, LimitRangeSpec, Namespace, Secret};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::utils::ResetTimerBackoff;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource as KubeResource, ResourceExt};
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// How Secrets are read.
@@ -35,7 +36,24 @@ pub struct Cache<V> {
     resource: Resource,
     map: RwLock<HashMap<Key, Arc<V>>>,
     synced: AtomicBool,
+    health: Mutex<WatchHealth>,
 }
+
+/// Whether a cache's watch is failing: set by a watch error, cleared by the next event.
+///
+/// kube-runtime's watcher says nothing when a re-established watch is merely quiet, so a cache
+/// also counts as recovered once [`RECOVERED_AFTER`] passes without another error: while the API
+/// server cannot be reached, the watcher retries (and fails) at least every [`MAX_BACKOFF`].
+#[derive(Debug, Default, Clone, Copy)]
+struct WatchHealth {
+    failing_since: Option<Instant>,
+    last_error: Option<Instant>,
+}
+
+/// The longest wait between two watch retries.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A failing cache with no new error for this long has reconnected.
+pub const RECOVERED_AFTER: Duration = Duration::from_secs(12);
 
 impl<V: Send + Sync + 'static> Cache<V> {
     /// An empty, unsynced cache.
@@ -44,7 +62,34 @@ impl<V: Send + Sync + 'static> Cache<V> {
             resource,
             map: RwLock::new(HashMap::new()),
             synced: AtomicBool::new(false),
+            health: Mutex::new(WatchHealth::default()),
         })
+    }
+
+    /// How long the cache has been cut off from the API server (its watch failing), if it is:
+    /// lookups are then answered from the last state seen.
+    pub fn stale_for(&self, now: Instant) -> Option<Duration> {
+        let health = *self.health.lock().unwrap_or_else(|p| p.into_inner());
+        match (health.failing_since, health.last_error) {
+            (Some(since), Some(last)) if now.saturating_duration_since(last) < RECOVERED_AFTER => {
+                Some(now.saturating_duration_since(since))
+            }
+            _ => None,
+        }
+    }
+
+    fn record_health(&self, ok: bool) {
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        if ok {
+            if health.failing_since.take().is_some() {
+                tracing::info!(resource = self.resource.as_str(), "watch recovered");
+            }
+            health.last_error = None;
+        } else {
+            let now = Instant::now();
+            health.failing_since.get_or_insert(now);
+            health.last_error = Some(now);
+        }
     }
 
     /// The entry for an object.
@@ -88,6 +133,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
             )
         };
         while let Some(event) = events.next().await {
+            self.record_health(event.is_ok());
             match event {
                 Ok(Event::Init) => relist = Some(HashMap::new()),
                 Ok(Event::InitApply(o)) => {
@@ -224,7 +270,21 @@ where
     K::DynamicType: Default,
     V: Send + Sync + 'static,
 {
-    let events = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    // kube's default backoff grows to 30 s; a cache cut off from the API server should notice
+    // its return within seconds, and a failing watch must keep failing visibly (see
+    // `WatchHealth`), so retries are capped at MAX_BACKOFF.
+    let backoff = ResetTimerBackoff::new(
+        watcher::ExponentialBackoff::from(
+            backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(500))
+                .with_max_delay(MAX_BACKOFF)
+                .with_factor(2.0)
+                .with_jitter()
+                .without_max_times(),
+        ),
+        Duration::from_secs(60),
+    );
+    let events = watcher::watcher(api, watcher::Config::default()).backoff(backoff);
     cache.follow(events, convert).await;
 }
 
@@ -314,6 +374,19 @@ impl ClusterState for LiveState {
         }
     }
 
+    fn staleness(&self) -> Vec<(Resource, Option<Duration>)> {
+        let now = Instant::now();
+        let mut out = vec![
+            (Resource::ConfigMaps, self.config_maps.stale_for(now)),
+            (Resource::Namespaces, self.namespaces.stale_for(now)),
+            (Resource::LimitRanges, self.limit_ranges.stale_for(now)),
+        ];
+        if self.secrets_mode == SecretsMode::Watch {
+            out.push((Resource::Secrets, self.watched_secrets.stale_for(now)));
+        }
+        out
+    }
+
     fn counts(&self) -> Vec<(Resource, usize)> {
         let secrets = match self.secrets_mode {
             SecretsMode::Watch => self.watched_secrets.len(),
@@ -381,6 +454,46 @@ mod tests {
             data: Some([("K".to_owned(), value.to_owned())].into()),
             ..Default::default()
         }
+    }
+
+    #[tokio::test]
+    async fn a_watch_error_marks_the_cache_stale_until_an_event_or_a_quiet_spell() {
+        let cache = Cache::<ConfigData>::new(Resource::ConfigMaps);
+        let error = || -> Result<Event<ConfigMap>, watcher::Error> {
+            Err(watcher::Error::NoResourceVersion)
+        };
+        cache
+            .clone()
+            .follow(
+                futures::stream::iter(vec![Ok(Event::Init), Ok(Event::InitDone)]),
+                ConfigData::from_config_map,
+            )
+            .await;
+        assert_eq!(cache.stale_for(Instant::now()), None);
+        cache
+            .clone()
+            .follow(
+                futures::stream::iter(vec![error(), error()]),
+                ConfigData::from_config_map,
+            )
+            .await;
+        let now = Instant::now();
+        assert!(cache.stale_for(now).is_some());
+        // No further error for RECOVERED_AFTER: the watcher, retrying at least every
+        // MAX_BACKOFF, has reconnected.
+        assert_eq!(cache.stale_for(now + RECOVERED_AFTER), None);
+        cache
+            .clone()
+            .follow(
+                futures::stream::iter(vec![Ok(Event::Apply(cm("a", "1")))]),
+                ConfigData::from_config_map,
+            )
+            .await;
+        assert_eq!(cache.stale_for(Instant::now()), None);
+        assert_eq!(
+            cache.get("ns", "a").and_then(|d| d.get("K").copied()),
+            Some(crate::cluster::sha256(b"1"))
+        );
     }
 
     #[tokio::test]

@@ -171,6 +171,12 @@ pub trait ClusterState: Send + Sync {
         Ok(())
     }
 
+    /// Per watch cache, how long it has been cut off from the API server (`None`: healthy).
+    /// A stale cache still answers, from the last state it saw.
+    fn staleness(&self) -> Vec<(Resource, Option<std::time::Duration>)> {
+        Vec::new()
+    }
+
     /// Object counts per cache, for metrics.
     fn counts(&self) -> Vec<(Resource, usize)> {
         Vec::new()

@@ -99,6 +99,21 @@ impl AppState {
         if let Err(pending) = synced {
             detail.push_str(&format!(" ({pending})"));
         }
+        let stale: Vec<String> = cluster
+            .staleness()
+            .into_iter()
+            .filter_map(|(resource, stale)| {
+                stale.map(|d| format!("{} for {}s", resource.as_str(), d.as_secs()))
+            })
+            .collect();
+        if !stale.is_empty() {
+            // Still ready: the caches answer from the last state seen, and turning every
+            // replica unready while the API server is away would only add an outage.
+            detail.push_str(&format!(
+                " (stale: API server unreachable, answering from the last state seen: {})",
+                stale.join(", ")
+            ));
+        }
         Ok(detail)
     }
 
