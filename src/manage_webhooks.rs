@@ -9,8 +9,10 @@ use crate::webhooks::{Options, generate};
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
-use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,8 +53,8 @@ pub async fn run(client: Client, state: Arc<AppState>, mut options: Options, ca_
                         Ok((m, v)) => {
                             let name = options.name.clone();
                             let result = async {
-                                mutating.patch(&name, &params, &Patch::Apply(&m)).await?;
-                                validating.patch(&name, &params, &Patch::Apply(&v)).await
+                                apply(&mutating, &name, &params, &m).await?;
+                                apply(&validating, &name, &params, &v).await
                             };
                             match result.await {
                                 Ok(_) => {
@@ -70,4 +72,49 @@ pub async fn run(client: Client, state: Arc<AppState>, mut options: Options, ca_
         }
         tokio::time::sleep(CHECK_EVERY).await;
     }
+}
+
+/// Server-side applies `object`, then makes sure the stored configuration is exactly the
+/// generated one. Fields another manager owns survive an apply: a `matchLabels` someone added to
+/// a namespaceSelector would silently narrow confgate's webhook, and a `service` beside the `url`
+/// confgate registers makes the merge invalid ("exactly one of url or service is required").
+/// confgate owns these configurations whole, so when the applied object differs from what a
+/// plain replace would store (asked with a server-side dry-run), it is replaced.
+async fn apply<K>(api: &Api<K>, name: &str, params: &PatchParams, object: &K) -> kube::Result<()>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let applied = match api.patch(name, params, &Patch::Apply(object)).await {
+        Ok(stored) => Some(stored),
+        Err(kube::Error::Api(status)) if status.code == 422 => None,
+        Err(error) => return Err(error),
+    };
+    let current = match &applied {
+        Some(stored) => stored.clone(),
+        None => api.get(name).await?,
+    };
+    let mut replacement = object.clone();
+    replacement.meta_mut().resource_version = current.meta().resource_version.clone();
+    let post = |dry_run| PostParams {
+        dry_run,
+        field_manager: params.field_manager.clone(),
+    };
+    let exact = api.replace(name, &post(true), &replacement).await?;
+    if applied.is_some_and(|stored| webhooks(&stored) == webhooks(&exact)) {
+        return Ok(());
+    }
+    tracing::warn!(
+        name,
+        "fields set by another manager changed the webhook registration; replacing it whole"
+    );
+    api.replace(name, &post(false), &replacement)
+        .await
+        .map(drop)
+}
+
+/// The `webhooks` of a configuration, for comparison.
+fn webhooks<K: Serialize>(object: &K) -> serde_json::Value {
+    serde_json::to_value(object)
+        .map(|mut v| v["webhooks"].take())
+        .unwrap_or_default()
 }

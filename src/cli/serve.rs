@@ -77,6 +77,13 @@ pub struct ServeArgs {
     /// With --manage-webhooks: timeoutSeconds of every webhook.
     #[arg(long, default_value_t = 5)]
     pub webhook_timeout_seconds: i32,
+    /// With --manage-webhooks: reach confgate at this URL (`https://host:port`) instead of the
+    /// Service, for a confgate that runs outside the cluster.
+    #[arg(long)]
+    pub webhook_url: Option<String>,
+    /// With --manage-webhooks: metadata.name of both configurations.
+    #[arg(long, default_value = "confgate")]
+    pub webhook_name: String,
 }
 
 /// Runs the server until SIGTERM.
@@ -123,10 +130,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let ca_file = args
             .webhook_ca_bundle
             .unwrap_or_else(|| options.tls_cert.with_file_name("ca.crt"));
-        let webhook_options = crate::webhooks::Options {
+        let mut webhook_options = crate::webhooks::Options {
+            name: args.webhook_name,
             timeout_seconds: args.webhook_timeout_seconds,
             ..crate::webhooks::Options::for_service(&args.webhook_service, &args.webhook_namespace)
         };
+        if let Some(url) = args.webhook_url {
+            webhook_options.target = crate::webhooks::Target::Url(url);
+        }
         tokio::spawn(crate::manage_webhooks::run(
             client,
             state.clone(),
@@ -151,7 +162,7 @@ async fn cluster_state(
     match args.cluster {
         ClusterMode::None => Ok((Arc::new(Standalone), None)),
         ClusterMode::Required => {
-            let client = kube::Client::try_default()
+            let client = client()
                 .await
                 .context("--cluster required: cannot configure a Kubernetes client")?;
             Ok(live(client))
@@ -163,7 +174,7 @@ async fn cluster_state(
                 );
                 return Ok((Arc::new(Standalone), None));
             }
-            match kube::Client::try_default().await {
+            match client().await {
                 Ok(client) => Ok(live(client)),
                 Err(error) => {
                     tracing::warn!(%error, "cannot configure a Kubernetes client: running standalone");
@@ -172,6 +183,18 @@ async fn cluster_state(
             }
         }
     }
+}
+
+/// The client for the in-cluster config or the kubeconfig, with a short connect timeout: kube's
+/// default (30 s) would leave the watch caches quiet, not failing, for that long when the API
+/// server's address stops answering, and their staleness would go unreported in between
+/// (`cluster::live::RECOVERED_AFTER`).
+async fn client() -> Result<kube::Client, kube::Error> {
+    let mut config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    config.connect_timeout = Some(Duration::from_secs(4));
+    kube::Client::try_from(config)
 }
 
 /// In a Pod, or with a kubeconfig in `KUBECONFIG` or `~/.kube/config`.
