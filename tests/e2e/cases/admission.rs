@@ -1,0 +1,449 @@
+//! The admission loop through a real apiserver: registration, denials, patches applied by the
+//! apiserver, dry-run, reinvocation, DELETE, and controller-made objects.
+
+use super::{app_config, expected_checksum, web_consumes, web_deployment};
+use crate::harness::webhook::Injector;
+use crate::harness::{Confgate, Cx, Options, eventually};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+pub async fn e2e_generated_registration_applies_and_every_webhook_is_called(cx: Cx) {
+    let ns = cx.namespace("registration").await;
+    let kubectl = cx.kubectl();
+    // payments-database-url selects namespaces labelled team=payments.
+    kubectl
+        .ok(&["label", "namespace", &ns, "team=payments"], None)
+        .await;
+    kubectl
+        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+        .await;
+    let confgate = Confgate::start(&cx, Options::shipped(&ns)).await;
+    let yaml = confgate.webhooks_yaml(confgate.registration.as_deref().unwrap());
+    let webhooks: Vec<(String, String)> = confgate::yaml::documents(&yaml)
+        .unwrap()
+        .iter()
+        .flat_map(|doc| doc["webhooks"].as_array().cloned().unwrap_or_default())
+        .map(|w| {
+            let name = w["name"].as_str().unwrap().to_owned();
+            let (policy, rest) = name.split_once('.').unwrap();
+            let endpoint = rest.split('.').next().unwrap();
+            (policy.to_owned(), endpoint.to_owned())
+        })
+        .collect();
+    assert_eq!(
+        webhooks.len(),
+        5,
+        "one webhook per policy and endpoint: {webhooks:?}"
+    );
+    kubectl
+        .ok(
+            &["apply", "-f", "-"],
+            Some(&web_deployment(&ns, "web", &[])),
+        )
+        .await;
+    let reviews = confgate.reviews_of(&format!("{ns}/web"));
+    for (policy, endpoint) in &webhooks {
+        assert!(
+            reviews.iter().any(|r| r["endpoint"] == endpoint.as_str()
+                && r["operation"] == "CREATE"
+                && r["policies"]
+                    .as_str()
+                    .unwrap_or("")
+                    .split(',')
+                    .any(|p| p.starts_with(&format!("{policy}=")))),
+            "webhook {policy}.{endpoint} was not called: {reviews:#?}"
+        );
+    }
+}
+
+pub async fn e2e_kubectl_apply_denial_names_container_reference_and_key(cx: Cx) {
+    let ns = cx.namespace("denial").await;
+    let kubectl = cx.kubectl();
+    kubectl
+        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+        .await;
+    let _confgate = Confgate::start(&cx, Options::shipped(&ns)).await;
+    let manifest = web_deployment(
+        &ns,
+        "api",
+        &[
+            "{name: QUEUE_URL, valueFrom: {configMapKeyRef: {name: app-config, key: QUEUE_URL}}}",
+            "{name: TOKEN, valueFrom: {secretKeyRef: {name: api-token, key: TOKEN}}}",
+        ],
+    );
+    let stderr = kubectl.fails(&["apply", "-f", "-"], Some(&manifest)).await;
+    assert!(
+        stderr.contains(
+            "admission webhook \"require-config-refs.validate.confgate.dev\" denied the request"
+        ),
+        "{stderr}"
+    );
+    for line in [
+        format!(
+            "require-config-refs: container \"web\": env QUEUE_URL: configmap \"{ns}/app-config\" has no key \"QUEUE_URL\""
+        ),
+        format!(
+            "require-config-refs: container \"web\": env TOKEN: secret \"{ns}/api-token\" not found"
+        ),
+    ] {
+        assert!(stderr.contains(&line), "missing {line:?} in:\n{stderr}");
+    }
+    assert_eq!(kubectl.get(&ns, "deployment/api").await, None);
+}
+
+pub async fn e2e_stored_deployment_carries_defaults_and_checksum(cx: Cx) {
+    let ns = cx.namespace("stored").await;
+    let kubectl = cx.kubectl();
+    kubectl
+        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+        .await;
+    let _confgate = Confgate::start(&cx, Options::shipped(&ns)).await;
+    let manifest = web_deployment(&ns, "web", &[]);
+    kubectl.ok(&["apply", "-f", "-"], Some(&manifest)).await;
+    let stored = kubectl.get(&ns, "deployment/web").await.unwrap();
+    let template = &stored["spec"]["template"];
+    assert_eq!(
+        template["metadata"]["annotations"]["checksum/config"],
+        expected_checksum(&web_consumes())
+    );
+    assert_eq!(
+        template["metadata"]["annotations"]["confgate.dev/limitrange-defaults"],
+        "LimitRanger plugin set: cpu, memory request for container web; memory limit for container web; cpu, memory request for init container migrate; memory limit for init container migrate"
+    );
+    let resources = |list: &str, i: usize| template["spec"][list][i]["resources"].clone();
+    assert_eq!(
+        resources("containers", 0),
+        json!({"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}})
+    );
+    assert_eq!(
+        resources("containers", 1),
+        json!({"requests": {"cpu": "200m", "memory": "128Mi"}, "limits": {"cpu": "200m", "memory": "128Mi"}})
+    );
+    assert_eq!(
+        resources("initContainers", 0),
+        json!({"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}})
+    );
+    // Re-applying the same manifest changes nothing: the patch is idempotent, so no rollout.
+    let out = kubectl.ok(&["apply", "-f", "-"], Some(&manifest)).await;
+    assert!(out.contains("unchanged"), "{out}");
+    let again = kubectl.get(&ns, "deployment/web").await.unwrap();
+    assert_eq!(
+        again["metadata"]["generation"],
+        stored["metadata"]["generation"]
+    );
+    assert_eq!(again["spec"]["template"], stored["spec"]["template"]);
+}
+
+pub async fn e2e_server_side_dry_run_is_judged_and_leaves_nothing(cx: Cx) {
+    let ns = cx.namespace("dry-run").await;
+    let kubectl = cx.kubectl();
+    kubectl
+        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+        .await;
+    let confgate = Confgate::start(&cx, Options::shipped(&ns)).await;
+    let out = kubectl
+        .ok(
+            &["apply", "--dry-run=server", "-o", "json", "-f", "-"],
+            Some(&web_deployment(&ns, "web", &[])),
+        )
+        .await;
+    let answered: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        answered["spec"]["template"]["metadata"]["annotations"]["checksum/config"],
+        expected_checksum(&web_consumes())
+    );
+    let stderr = kubectl
+        .fails(
+            &["apply", "--dry-run=server", "-f", "-"],
+            Some(&web_deployment(
+                &ns,
+                "bad",
+                &["{name: X, valueFrom: {configMapKeyRef: {name: nope, key: X}}}"],
+            )),
+        )
+        .await;
+    assert!(
+        stderr.contains(&format!(
+            "container \"web\": env X: configmap \"{ns}/nope\" not found"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(kubectl.get(&ns, "deployment/web").await, None);
+    assert_eq!(kubectl.get(&ns, "deployment/bad").await, None);
+    let reviews = confgate.reviews_of(&format!("{ns}/web"));
+    assert!(!reviews.is_empty() && reviews.iter().all(|r| r["dry_run"] == true));
+}
+
+pub async fn e2e_reinvoked_after_another_webhook_adds_a_reference(cx: Cx) {
+    let ns = cx.namespace("reinvocation").await;
+    let kubectl = cx.kubectl();
+    kubectl
+        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+        .await;
+    kubectl
+        .ok(
+            &[
+                "create",
+                "configmap",
+                "flags",
+                "-n",
+                &ns,
+                "--from-literal=FLAG=on",
+            ],
+            None,
+        )
+        .await;
+    let confgate = Confgate::start(&cx, Options::shipped(&ns)).await;
+    // Named to sort after confgate's configuration, so the apiserver calls it second: its
+    // change to the object makes the apiserver call confgate again.
+    let injector = Injector::start("flags", "FLAG").await;
+    let name = format!("zz-injector-{ns}");
+    let registration = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "inject.e2e.example",
+            "clientConfig": {"url": injector.url, "caBundle": base64(&injector.ca_pem)},
+            "rules": [{"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["deployments"]}],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "failurePolicy": "Fail",
+        }]
+    });
+    kubectl
+        .ok(&["apply", "-f", "-"], Some(&registration.to_string()))
+        .await;
+    let _cleanup = Cleanup(
+        vec![
+            "delete".into(),
+            "mutatingwebhookconfiguration".into(),
+            name.clone(),
+            "--ignore-not-found".into(),
+        ],
+        cx.kubectl(),
+    );
+    // The apiserver picks the new configuration up within moments.
+    let stored = eventually(Duration::from_secs(20), "the injector is called", || {
+        let kubectl = kubectl.clone();
+        let ns = ns.clone();
+        async move {
+            let n = format!("web-{}", rand_suffix());
+            kubectl
+                .ok(&["apply", "-f", "-"], Some(&web_deployment(&ns, &n, &[])))
+                .await;
+            let stored = kubectl.get(&ns, &format!("deployment/{n}")).await?;
+            let injected = stored["spec"]["template"]["spec"]["containers"][0]["env"]
+                .as_array()?
+                .iter()
+                .any(|e| e["name"] == "INJECTED");
+            injected.then_some(stored)
+        }
+    })
+    .await;
+    let mut consumed = web_consumes();
+    consumed.push(("configmap", "flags", "FLAG", "on"));
+    assert_eq!(
+        stored["spec"]["template"]["metadata"]["annotations"]["checksum/config"],
+        expected_checksum(&consumed),
+        "the checksum covers the reference the other webhook added"
+    );
+    let object = format!("{ns}/{}", stored["metadata"]["name"].as_str().unwrap());
+    let mutate_calls = confgate
+        .reviews_of(&object)
+        .iter()
+        .filter(|r| {
+            r["endpoint"] == "mutate"
+                && r["policies"]
+                    .as_str()
+                    .is_some_and(|p| p.contains("config-checksum="))
+        })
+        .count();
+    assert_eq!(mutate_calls, 2, "called, then reinvoked once");
+}
+
+pub async fn e2e_delete_is_reviewed_and_goes_through(cx: Cx) {
+    let ns = cx.namespace("delete").await;
+    let kubectl = cx.kubectl();
+    kubectl
+        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+        .await;
+    let confgate = Confgate::start(&cx, Options::shipped(&ns)).await;
+    // No shipped policy judges DELETE, so the generated registration never sends one; a team
+    // that registers confgate's /validate for DELETE too (as the fixtures were captured) gets a
+    // well-formed answer for a request whose `object` is null.
+    let name = format!("e2e-delete-{ns}");
+    let registration = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "delete.e2e.confgate.dev",
+            "clientConfig": {"url": format!("{}/validate", confgate.url()), "caBundle": base64(&std::fs::read_to_string(confgate.ca_path()).unwrap())},
+            "rules": [{"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["DELETE"], "resources": ["deployments"]}],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1", "v1beta1"],
+            "failurePolicy": "Fail",
+        }]
+    });
+    kubectl
+        .ok(&["apply", "-f", "-"], Some(&registration.to_string()))
+        .await;
+    let _cleanup = Cleanup(
+        vec![
+            "delete".into(),
+            "validatingwebhookconfiguration".into(),
+            name,
+            "--ignore-not-found".into(),
+        ],
+        cx.kubectl(),
+    );
+    // The ConfigMap goes first: the Deployment now references a missing object, and deleting
+    // it must still go through.
+    let mut round = 0;
+    let delete = eventually(Duration::from_secs(20), "a DELETE review", || {
+        round += 1;
+        let kubectl = kubectl.clone();
+        let ns = ns.clone();
+        let confgate = &confgate;
+        async move {
+            let web = format!("web-{round}");
+            kubectl
+                .ok(&["apply", "-f", "-"], Some(&web_deployment(&ns, &web, &[])))
+                .await;
+            kubectl
+                .ok(
+                    &[
+                        "delete",
+                        "configmap",
+                        "app-config",
+                        "-n",
+                        &ns,
+                        "--ignore-not-found",
+                    ],
+                    None,
+                )
+                .await;
+            kubectl
+                .ok(
+                    &["delete", "deployment", &web, "-n", &ns, "--wait=false"],
+                    None,
+                )
+                .await;
+            assert_eq!(kubectl.get(&ns, &format!("deployment/{web}")).await, None);
+            kubectl
+                .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+                .await;
+            confgate
+                .reviews_of(&format!("{ns}/{web}"))
+                .into_iter()
+                .find(|r| r["operation"] == "DELETE")
+        }
+    })
+    .await;
+    // Allowed, with no policy evaluated (none judges DELETE).
+    assert_eq!(delete["decision"], "allow");
+    assert_eq!(delete["policies"], "");
+    assert_eq!(delete["endpoint"], "validate");
+}
+
+pub async fn e2e_controller_created_pods_pass(cx: Cx) {
+    let ns = cx.namespace("controller-pods").await;
+    let kubectl = cx.kubectl();
+    kubectl
+        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+        .await;
+    let confgate = Confgate::start(&cx, Options::shipped(&ns)).await;
+    let manifest = web_deployment(&ns, "web", &[]).replace("replicas: 1", "replicas: 2");
+    kubectl.ok(&["apply", "-f", "-"], Some(&manifest)).await;
+    let pods = eventually(
+        Duration::from_secs(30),
+        "the ReplicaSet controller creates 2 Pods",
+        || {
+            let kubectl = kubectl.clone();
+            let ns = ns.clone();
+            async move {
+                let list = kubectl.get(&ns, "pods").await?;
+                let items = list["items"].as_array()?.clone();
+                (items.len() == 2).then_some(items)
+            }
+        },
+    )
+    .await;
+    let deployment = kubectl.get(&ns, "deployment/web").await.unwrap();
+    for pod in &pods {
+        assert!(
+            pod["metadata"]["generateName"]
+                .as_str()
+                .is_some_and(|g| g.starts_with("web-"))
+        );
+        assert_eq!(
+            pod["spec"]["containers"][0]["resources"],
+            deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
+        );
+        assert_eq!(
+            pod["metadata"]["annotations"]["checksum/config"],
+            expected_checksum(&web_consumes())
+        );
+    }
+    // The Pods and the ReplicaSet were reviewed (by generateName) and allowed.
+    let reviews = confgate.reviews();
+    let pod_reviews: Vec<&Value> = reviews
+        .iter()
+        .filter(|r| {
+            r["kind"] == "Pod"
+                && r["dry_run"] == false
+                && r["endpoint"] == "validate"
+                && r["policies"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("require-config-refs="))
+        })
+        .collect();
+    assert_eq!(pod_reviews.len(), 2, "{reviews:#?}");
+    for review in pod_reviews {
+        // Named by generateName (`web-xxx-*`) where the apiserver names objects after
+        // admission, by the generated name where it names them before (1.31+).
+        assert!(
+            review["object"]
+                .as_str()
+                .is_some_and(|o| o.starts_with(&format!("{ns}/web-"))),
+            "{review}"
+        );
+        assert_eq!(review["decision"], "allow");
+    }
+    assert!(
+        reviews
+            .iter()
+            .any(|r| r["kind"] == "ReplicaSet" && r["decision"] == "allow")
+    );
+}
+
+/// Base64 of a PEM, for a caBundle.
+fn base64(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+fn rand_suffix() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{:x}", nanos & 0xfffff)
+}
+
+/// Runs a kubectl command when dropped (removes what a test registered).
+struct Cleanup(Vec<String>, crate::harness::Kubectl);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.1.kubeconfig)
+            .args(&self.0)
+            .output();
+    }
+}

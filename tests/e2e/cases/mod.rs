@@ -1,0 +1,137 @@
+//! The e2e cases, by what they exercise.
+
+mod admission;
+mod cluster_state;
+mod limitranger;
+mod manage_webhooks;
+
+use crate::Case;
+use std::collections::BTreeMap;
+
+/// Turns `async fn name(cx: Cx)` items into named cases.
+macro_rules! cases {
+    ($($module:ident :: $name:ident),* $(,)?) => {
+        vec![$((stringify!($name), (|cx| Box::pin($module::$name(cx))) as Case)),*]
+    };
+}
+
+/// Every case, by name.
+pub fn all() -> Vec<(&'static str, Case)> {
+    cases![
+        admission::e2e_generated_registration_applies_and_every_webhook_is_called,
+        admission::e2e_kubectl_apply_denial_names_container_reference_and_key,
+        admission::e2e_stored_deployment_carries_defaults_and_checksum,
+        admission::e2e_server_side_dry_run_is_judged_and_leaves_nothing,
+        admission::e2e_reinvoked_after_another_webhook_adds_a_reference,
+        admission::e2e_delete_is_reviewed_and_goes_through,
+        admission::e2e_controller_created_pods_pass,
+        limitranger::e2e_builtin_limitranger_plus_confgate_equals_builtin_alone,
+        cluster_state::e2e_live_cache_follows_initial_list_and_watch_events,
+        cluster_state::e2e_apiserver_loss_serves_last_cache_reports_staleness_and_recovers,
+        cluster_state::e2e_readiness_waits_for_cache_sync,
+        cluster_state::e2e_secrets_read_by_name_with_the_shipped_rbac,
+        manage_webhooks::e2e_manage_webhooks_applies_the_generated_registration_and_takes_over,
+    ]
+}
+
+/// The app the tests deploy, in `namespace`: ConfigMap `app-config`, Secret `app-secret` and
+/// Deployment `web` (init container with envFrom, configMapKeyRef, secretKeyRef, a configMap
+/// volume with items, a sidecar with limits only), as in `tests/fixtures/cluster-state/`.
+pub fn app_config(namespace: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: app-config, namespace: {namespace}}}
+data:
+  DATABASE_URL: postgres://db:5432/shop
+  LOG_LEVEL: info
+  config.yaml: "batchSize: 128\n"
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: app-secret, namespace: {namespace}}}
+type: Opaque
+stringData:
+  API_KEY: s3cr3t-value
+  magicWord: xyzzy
+"#
+    )
+}
+
+/// Deployment `name` consuming `app-config` and `app-secret`; `extra_env` adds env entries
+/// (YAML flow mappings) to container `web`.
+pub fn web_deployment(namespace: &str, name: &str, extra_env: &[&str]) -> String {
+    let extra: String = extra_env
+        .iter()
+        .map(|e| format!("        - {e}\n"))
+        .collect();
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {namespace}, labels: {{app: {name}}}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      initContainers:
+      - name: migrate
+        image: registry.example/shop/migrate:1.4.2
+        envFrom: [{{configMapRef: {{name: app-config}}}}]
+      containers:
+      - name: web
+        image: registry.example/shop/web:1.4.2
+        env:
+        - name: DATABASE_URL
+          valueFrom: {{configMapKeyRef: {{name: app-config, key: DATABASE_URL}}}}
+        - name: API_KEY
+          valueFrom: {{secretKeyRef: {{name: app-secret, key: API_KEY}}}}
+{extra}        volumeMounts: [{{name: config, mountPath: /config, readOnly: true}}]
+      - name: sidecar
+        image: registry.example/shop/proxy:2.0
+        resources:
+          limits: {{cpu: 200m, memory: 128Mi}}
+      volumes:
+      - name: config
+        configMap:
+          name: app-config
+          items: [{{key: config.yaml, path: app.yaml}}]
+"#
+    )
+}
+
+/// The `checksum/config` value for these items, computed here from the README's encoding (not
+/// with confgate's code): one line `<kind> <name> <key> <hex sha256 of value>` per consumed key,
+/// sorted, the whole text hashed.
+pub fn expected_checksum(items: &[(&str, &str, &str, &str)]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut lines: BTreeMap<(String, String, String), String> = BTreeMap::new();
+    for (kind, name, key, value) in items {
+        lines.insert(
+            ((*kind).into(), (*name).into(), (*key).into()),
+            hex::encode(Sha256::digest(value.as_bytes())),
+        );
+    }
+    let text: String = lines
+        .iter()
+        .map(|((kind, name, key), digest)| format!("{kind} {name} {key} {digest}\n"))
+        .collect();
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// What `web_deployment` consumes of `app_config`: every key of `app-config` (the init
+/// container's envFrom) and `API_KEY` of `app-secret`.
+pub fn web_consumes() -> Vec<(&'static str, &'static str, &'static str, &'static str)> {
+    vec![
+        (
+            "configmap",
+            "app-config",
+            "DATABASE_URL",
+            "postgres://db:5432/shop",
+        ),
+        ("configmap", "app-config", "LOG_LEVEL", "info"),
+        ("configmap", "app-config", "config.yaml", "batchSize: 128\n"),
+        ("secret", "app-secret", "API_KEY", "s3cr3t-value"),
+    ]
+}
