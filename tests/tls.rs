@@ -82,6 +82,7 @@ async fn start(dir: &Path) -> Server {
         shutdown_delay: Duration::ZERO,
         drain_timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(10),
+        allow_policy_removal: false,
     };
     let handle = axum_server::Handle::new();
     tokio::spawn(serve_with(options, state.clone(), registry, handle.clone()));
@@ -214,6 +215,63 @@ async fn reloads_policies_and_keeps_the_last_good_set() {
         vec!["config-checksum", "container-defaults"],
         "the last good set stays in force"
     );
+    server
+        .handle
+        .graceful_shutdown(Some(Duration::from_secs(1)));
+}
+
+#[tokio::test]
+async fn refuses_a_reload_that_would_drop_a_deny_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write_certs(dir.path());
+    let server = start(dir.path()).await;
+    let file = dir.path().join("policies/limitrange-defaults.yaml");
+    let metrics_url = format!("https://localhost:{}/metrics", server.addr.port());
+    let http = client(&ca, true);
+    let failures = async || {
+        let text = http
+            .get(&metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    r#"confgate_config_reloads_total{source="policies",result="failure"} "#,
+                )
+            })
+            .map(|n| n.parse::<u32>().unwrap())
+            .unwrap()
+    };
+    // Truncated (as an in-place rewrite leaves it for a moment), then commented out: both
+    // would leave no policy at all, and the Deny policy container-defaults would be gone.
+    for (round, text) in ["", "# apiVersion: confgate.dev/v1alpha1\n"]
+        .iter()
+        .enumerate()
+    {
+        std::fs::write(&file, text).unwrap();
+        eventually("the reload is refused", async || {
+            failures().await == round as u32 + 1
+        })
+        .await;
+        let names: Vec<String> = server
+            .state
+            .admission
+            .policies
+            .load()
+            .policies
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
+        assert_eq!(
+            names,
+            vec!["container-defaults"],
+            "the Deny policy stays in force"
+        );
+    }
     server
         .handle
         .graceful_shutdown(Some(Duration::from_secs(1)));

@@ -74,6 +74,11 @@ pub struct ServeArgs {
     /// With --manage-webhooks: confgate's namespace (excluded from every webhook).
     #[arg(long, env = "POD_NAMESPACE", default_value = "confgate-system")]
     pub webhook_namespace: String,
+    /// Accept a policy reload that removes every policy or a policy that can deny (by default
+    /// such a reload is refused as a half-written or emptied file; a restart always loads what
+    /// is there).
+    #[arg(long)]
+    pub allow_policy_removal: bool,
     /// With --manage-webhooks: timeoutSeconds of every webhook.
     #[arg(long, default_value_t = 5)]
     pub webhook_timeout_seconds: i32,
@@ -117,6 +122,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_delay: Duration::from_secs(args.shutdown_delay_seconds),
         drain_timeout: Duration::from_secs(args.drain_seconds),
         request_timeout: Duration::from_secs(30),
+        allow_policy_removal: args.allow_policy_removal,
     };
     let state = AppState::new(
         policies,

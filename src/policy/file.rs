@@ -65,6 +65,40 @@ impl PolicySet {
     pub fn get(&self, name: &str) -> Option<&LoadedPolicy> {
         self.policies.iter().find(|p| p.name == name)
     }
+
+    /// Names of the policies that can deny a request (validating, `action: Deny`).
+    pub fn guards(&self) -> impl Iterator<Item = &str> {
+        self.policies
+            .iter()
+            .filter(|p| {
+                p.action == super::Action::Deny
+                    && p.policy.capabilities().serves(super::Endpoint::Validate)
+            })
+            .map(|p| p.name.as_str())
+    }
+
+    /// Why replacing `self` with `next` would silently open the gate, if it would: `next` has
+    /// no policies at all, or lacks a policy that can deny which `self` has. A truncated,
+    /// half-written or commented-out file looks exactly like that, so a reload refuses it
+    /// unless removal was allowed (`--allow-policy-removal`).
+    pub fn weakened_by(&self, next: &PolicySet) -> Option<String> {
+        if next.policies.is_empty() && !self.policies.is_empty() {
+            return Some("the new policy set is empty".into());
+        }
+        let lost: Vec<&str> = self
+            .guards()
+            .filter(|name| !next.guards().any(|n| n == *name))
+            .collect();
+        (!lost.is_empty()).then(|| {
+            format!(
+                "it would remove (or stop denying with) {}",
+                lost.iter()
+                    .map(|n| format!("{n:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -310,5 +344,55 @@ fn check_dns_label(name: &str) -> Result<(), String> {
         Err(format!(
             "{name:?} must be a DNS label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(policies: &[(&str, &str, &str)]) -> PolicySet {
+        let text: Vec<String> = policies
+            .iter()
+            .map(|(name, kind, action)| {
+                format!("apiVersion: confgate.dev/v1alpha1\nkind: Policy\nmetadata: {{name: {name}}}\nspec: {{type: {kind}, action: {action}}}\n")
+            })
+            .collect();
+        load_str("test.yaml", &text.join("---\n"), &Registry::builtin()).unwrap()
+    }
+
+    #[test]
+    fn a_reload_may_not_drop_every_policy_or_one_that_denies() {
+        let current = set(&[
+            ("refs", "require-config-keys", "Deny"),
+            ("advice", "require-config-keys", "Warn"),
+            ("checksum", "checksum-config", "Deny"),
+        ]);
+        let without_advice = set(&[
+            ("refs", "require-config-keys", "Deny"),
+            ("checksum", "checksum-config", "Deny"),
+        ]);
+        // A Warn policy and a mutating-only policy never deny: removing them opens nothing.
+        assert_eq!(current.weakened_by(&without_advice), None);
+        assert_eq!(
+            current.weakened_by(&set(&[("refs", "require-config-keys", "Deny")])),
+            None
+        );
+        assert_eq!(
+            current.weakened_by(&set(&[("advice", "require-config-keys", "Warn")])),
+            Some("it would remove (or stop denying with) \"refs\"".into())
+        );
+        assert_eq!(
+            current.weakened_by(&set(&[("refs", "require-config-keys", "Warn")])),
+            Some("it would remove (or stop denying with) \"refs\"".into())
+        );
+        let empty = load_str("empty.yaml", "", &Registry::builtin()).unwrap();
+        assert_eq!(
+            current.weakened_by(&empty),
+            Some("the new policy set is empty".into())
+        );
+        // Adding policies is always fine, and so is starting from nothing.
+        assert_eq!(without_advice.weakened_by(&current), None);
+        assert_eq!(empty.weakened_by(&current), None);
     }
 }

@@ -43,6 +43,8 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
     /// Longest time one request may take before the server answers 408.
     pub request_timeout: Duration,
+    /// Accept a policy reload that removes every policy, or a policy that can deny.
+    pub allow_policy_removal: bool,
 }
 
 /// What the handlers share.
@@ -193,6 +195,7 @@ pub async fn serve_with(
         policies_dir: options.policies_dir.clone(),
         tls_cert: options.tls_cert.clone(),
         tls_key: options.tls_key.clone(),
+        allow_policy_removal: options.allow_policy_removal,
     });
     let app = router(state).layer(tower_http::timeout::TimeoutLayer::with_status_code(
         axum::http::StatusCode::REQUEST_TIMEOUT,

@@ -1,19 +1,27 @@
 //! Hot reload: the policy directory and the certificate files are watched (also when they are
 //! Kubernetes-mounted ConfigMaps/Secrets, which swap a `..data` symlink inside the directory),
 //! and SIGHUP forces a reload. A bad policy set is logged and counted; the last good one stays.
+//! So does a set that would silently open the gate: no policies at all, or one fewer policy that
+//! can deny (what a truncated or half-written file looks like), unless `--allow-policy-removal`.
+//! Changes are debounced (notify-debouncer-full) so a file being written is read once it is
+//! quiet.
 
 use super::AppState;
 use crate::policy::{Registry, load_dir};
 use axum_server::tls_rustls::RustlsConfig;
-use notify::{EventKind, RecursiveMode, Watcher};
+use notify::{EventKind, RecursiveMode};
+use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Events closer together than this are handled as one reload.
-const DEBOUNCE: Duration = Duration::from_millis(200);
+/// A file must be quiet this long before it is read.
+const DEBOUNCE: Duration = Duration::from_millis(500);
+
+/// The debouncing watcher; dropping it stops watching.
+pub(super) type FileWatcher = Debouncer<notify::RecommendedWatcher, RecommendedCache>;
 
 pub(super) struct Reloader {
     pub state: Arc<AppState>,
@@ -22,19 +30,23 @@ pub(super) struct Reloader {
     pub policies_dir: PathBuf,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
+    pub allow_policy_removal: bool,
 }
 
 /// Starts watching; the returned watcher must be kept alive.
-pub(super) fn spawn(reloader: Reloader) -> Option<notify::RecommendedWatcher> {
+pub(super) fn spawn(reloader: Reloader) -> Option<FileWatcher> {
     let (tx, rx) = mpsc::unbounded_channel::<()>();
     let events = tx.clone();
-    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event
-            && matches!(
-                event.kind,
-                EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
-            )
-        {
+    let watcher = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
+        let relevant = result.is_ok_and(|events| {
+            events.iter().any(|e| {
+                matches!(
+                    e.kind,
+                    EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
+                )
+            })
+        });
+        if relevant {
             let _ = events.send(());
         }
     });
@@ -93,7 +105,6 @@ impl Reloader {
     async fn run(self, mut rx: mpsc::UnboundedReceiver<()>) {
         let mut tls_fingerprint = self.tls_fingerprint();
         while rx.recv().await.is_some() {
-            tokio::time::sleep(DEBOUNCE).await;
             while rx.try_recv().is_ok() {}
             self.reload_policies().await;
             let now = self.tls_fingerprint();
@@ -110,7 +121,18 @@ impl Reloader {
         let admission = &self.state.admission;
         match loaded {
             Ok(Ok(set)) => {
-                if set.fingerprint == admission.policies.load().fingerprint {
+                let current = admission.policies.load();
+                if set.fingerprint == current.fingerprint {
+                    return;
+                }
+                if let Some(reason) = current.weakened_by(&set)
+                    && !self.allow_policy_removal
+                {
+                    admission.metrics.reload("policies", false);
+                    tracing::error!(
+                        %reason,
+                        "policy reload refused: {reason}; the previous policies stay in force (a truncated or half-written file looks like this; to remove policies that deny, pass --allow-policy-removal or restart)"
+                    );
                     return;
                 }
                 let names: Vec<String> = set.policies.iter().map(|p| p.name.clone()).collect();
