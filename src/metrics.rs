@@ -21,13 +21,29 @@ fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
+/// Kinds counted under their own name; any other kind is `other`.
+const KNOWN_KINDS: &[&str] = &["ConfigMap", "Secret", "Namespace", "LimitRange", "Scale"];
+
+/// The `kind` label for `request.kind.kind`: the kind itself when confgate knows it (workload
+/// kinds, config kinds, `Scale`), otherwise `other`. The kind comes from the request, so it is
+/// never used as a label value as it is: that would let a caller write arbitrary text into
+/// `/metrics` and grow the label set, and memory, without bound.
+pub fn kind_label(kind: &str) -> &'static str {
+    crate::workload::WORKLOAD_KINDS
+        .iter()
+        .chain(KNOWN_KINDS)
+        .find(|k| **k == kind)
+        .copied()
+        .unwrap_or("other")
+}
+
 /// Labels of one admission request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// `mutate` or `validate`.
     pub endpoint: &'static str,
-    /// `request.kind.kind`.
-    pub kind: String,
+    /// `request.kind.kind`, one of a fixed set ([`kind_label`]).
+    pub kind: &'static str,
     /// `request.operation`.
     pub operation: &'static str,
     /// `allow`, `deny`, or `skip` (not evaluated).
@@ -41,8 +57,8 @@ pub struct PolicyLabels {
     pub policy: String,
     /// `mutate` or `validate`.
     pub endpoint: &'static str,
-    /// `request.kind.kind`.
-    pub kind: String,
+    /// `request.kind.kind`, one of a fixed set ([`kind_label`]).
+    pub kind: &'static str,
     /// `request.operation`.
     pub operation: &'static str,
     /// `pass`, `deny`, `warn`, `audit`, `error` (policies that do not apply are not counted).

@@ -297,3 +297,60 @@ async fn delete_connect_and_subresources_are_allowed_without_evaluation() {
         );
     }
 }
+
+/// A DELETE review (nothing to evaluate) with `kind` as the request's kind.
+fn review_with_kind(kind: &str, uid: &str) -> String {
+    serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": uid, "kind": {"group": "", "version": "v1", "kind": kind},
+                    "resource": {"group": "", "version": "v1", "resource": "pods"},
+                    "namespace": "shop", "name": "p", "operation": "DELETE", "userInfo": {},
+                    "object": null, "oldObject": {"metadata": {"name": "p", "namespace": "shop"}}}
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn request_kinds_cannot_write_into_metrics_or_grow_them() {
+    let state = fixture_server_state(8 << 20);
+    let injected = "Pod\"} 1\nconfgate_injected_total 42\n# ";
+    let (status, _) = send(
+        &state,
+        post(
+            "/validate",
+            Some("application/json"),
+            review_with_kind(injected, "u0"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    for i in 0..200 {
+        let kind = format!("Kind{i}{}", "x".repeat(1000));
+        let (status, _) = send(
+            &state,
+            post(
+                "/validate",
+                Some("application/json"),
+                review_with_kind(&kind, "u"),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (_, metrics) = send(
+        &state,
+        Request::get("/metrics").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert!(!metrics.contains("confgate_injected_total"), "{metrics}");
+    let series: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("confgate_admission_requests_total{"))
+        .collect();
+    assert_eq!(
+        series,
+        vec![
+            r#"confgate_admission_requests_total{endpoint="validate",kind="other",operation="DELETE",decision="allow"} 201"#
+        ]
+    );
+}

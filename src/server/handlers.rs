@@ -12,6 +12,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use std::sync::Arc;
 
+/// The longest refusal message answered or logged.
+const MESSAGE_CHARS: usize = 1024;
+
 /// A refused request: status and message, answered as JSON.
 #[derive(Debug)]
 pub struct Refusal {
@@ -21,11 +24,17 @@ pub struct Refusal {
 }
 
 impl Refusal {
+    /// A refusal; the message is cut to a bounded length, since parse errors quote the input.
     fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        let message: String = message.into();
+        let message = match message.char_indices().nth(MESSAGE_CHARS) {
+            None => message,
+            Some((cut, _)) => format!("{}...({} bytes)", &message[..cut], message.len()),
+        };
         Self {
             status,
             reason,
-            message: message.into(),
+            message,
         }
     }
 }

@@ -13,6 +13,20 @@ use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// The longest text taken from a request into a log line (a Kubernetes name is at most 253).
+const LOGGED_CHARS: usize = 253;
+
+/// `text`, cut to [`LOGGED_CHARS`] characters with the size it had: request fields are echoed
+/// into logs, and a caller controls their length.
+pub fn capped(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(LOGGED_CHARS) {
+        None => std::borrow::Cow::Borrowed(text),
+        Some((cut, _)) => {
+            std::borrow::Cow::Owned(format!("{}...({} bytes)", &text[..cut], text.len()))
+        }
+    }
+}
+
 /// Bodies above this size are parsed and evaluated on the large-review threads ([`BulkPool`]).
 pub const OFFLOAD_BYTES: usize = 256 * 1024;
 
@@ -62,6 +76,22 @@ impl ServiceError {
             ServiceError::Policy(_) => "unknown_policy",
             ServiceError::Encode(_) | ServiceError::Task(_) => "internal",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_text_is_capped_in_logs() {
+        assert_eq!(super::capped("web"), "web");
+        let uid = "u".repeat(5 << 20);
+        let logged = super::capped(&uid);
+        assert_eq!(logged, format!("{}...(5242880 bytes)", "u".repeat(253)));
+        let name = "é".repeat(300);
+        assert_eq!(
+            super::capped(&name),
+            format!("{}...(600 bytes)", "é".repeat(253))
+        );
     }
 }
 
@@ -140,6 +170,7 @@ impl Admission {
         let took = started.elapsed();
         let request = &review.request;
         let operation = operation_str(&request.operation);
+        let kind = crate::metrics::kind_label(&request.kind.kind);
         let verdict = match (&decision.skipped, decision.allowed()) {
             (Some(_), _) => "skip",
             (None, true) => "allow",
@@ -153,7 +184,7 @@ impl Admission {
             let labels = PolicyLabels {
                 policy: v.policy.clone(),
                 endpoint: endpoint.as_str(),
-                kind: request.kind.kind.clone(),
+                kind,
                 operation,
                 verdict: v.outcome.as_str(),
             };
@@ -162,7 +193,7 @@ impl Admission {
         self.metrics.observe_request(
             RequestLabels {
                 endpoint: endpoint.as_str(),
-                kind: request.kind.kind.clone(),
+                kind,
                 operation,
                 decision: verdict,
             },
@@ -176,9 +207,9 @@ impl Admission {
                 .map(|v| format!("{}={}", v.policy, v.outcome.as_str()))
                 .collect();
             tracing::info!(
-                uid = %request.uid,
-                kind = %request.kind.kind,
-                object = %review.display_name(),
+                uid = %capped(&request.uid),
+                kind = %capped(&request.kind.kind),
+                object = %capped(&review.display_name()),
                 operation,
                 subresource = request.sub_resource.as_deref().unwrap_or(""),
                 dry_run = request.dry_run,
