@@ -79,22 +79,6 @@ impl ServiceError {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn request_text_is_capped_in_logs() {
-        assert_eq!(super::capped("web"), "web");
-        let uid = "u".repeat(5 << 20);
-        let logged = super::capped(&uid);
-        assert_eq!(logged, format!("{}...(5242880 bytes)", "u".repeat(253)));
-        let name = "é".repeat(300);
-        assert_eq!(
-            super::capped(&name),
-            format!("{}...(600 bytes)", "é".repeat(253))
-        );
-    }
-}
-
 impl Admission {
     /// The pipeline for `policies`, evaluated by `engine`, counted in `metrics`; large bodies
     /// are worked on by `bulk_threads` low-priority threads.
@@ -222,5 +206,21 @@ impl Admission {
                 "review"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_text_is_capped_in_logs() {
+        assert_eq!(super::capped("web"), "web");
+        let uid = "u".repeat(5 << 20);
+        let logged = super::capped(&uid);
+        assert_eq!(logged, format!("{}...(5242880 bytes)", "u".repeat(253)));
+        let name = "é".repeat(300);
+        assert_eq!(
+            super::capped(&name),
+            format!("{}...(600 bytes)", "é".repeat(253))
+        );
     }
 }
