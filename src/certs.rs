@@ -6,6 +6,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
 };
+use sha2::Digest as _;
 use std::path::{Path, PathBuf};
 use time::{Duration, OffsetDateTime};
 
@@ -80,13 +81,22 @@ impl CertRequest {
         names
     }
 
-    /// Generates a fresh CA (subject `confgate CA`) and a serving certificate (subject the
-    /// service's DNS name) signed by it.
+    /// Generates a fresh CA and a serving certificate (subject the service's DNS name) signed
+    /// by it. Every CA has a subject of its own (`confgate CA <date> <key id>`) and the serving
+    /// certificate names its CA's key (Authority Key Identifier), so a client that trusts the
+    /// old and the new CA during a rotation always finds the right issuer.
     pub fn generate(&self) -> Result<GeneratedCerts, CertError> {
         let now = OffsetDateTime::now_utc();
         let not_after = now + Duration::days(i64::from(self.days.max(1)));
+        let ca_key = KeyPair::generate()?;
+        let key_id = hex::encode(&sha2::Sha256::digest(ca_key.public_key_raw())[..4]);
         let mut ca = CertificateParams::new(Vec::<String>::new())?;
-        ca.distinguished_name = name("confgate CA");
+        ca.distinguished_name = name(&format!(
+            "confgate CA {:04}-{:02}-{:02} {key_id}",
+            now.year(),
+            u8::from(now.month()),
+            now.day()
+        ));
         ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         ca.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -95,7 +105,6 @@ impl CertRequest {
         ];
         ca.not_before = now - Duration::minutes(5);
         ca.not_after = not_after;
-        let ca_key = KeyPair::generate()?;
         let ca_cert = ca.self_signed(&ca_key)?;
         let issuer = Issuer::new(ca, ca_key);
 
@@ -107,6 +116,7 @@ impl CertRequest {
             KeyUsagePurpose::KeyEncipherment,
         ];
         leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        leaf.use_authority_key_identifier_extension = true;
         leaf.not_before = now - Duration::minutes(5);
         leaf.not_after = not_after;
         let leaf_key = KeyPair::generate()?;

@@ -205,6 +205,60 @@ fn certs_writes_ca_cert_and_private_key() {
 }
 
 #[test]
+fn every_ca_has_its_own_subject_and_the_leaf_names_its_key() {
+    let parse = |pem: &str| -> Vec<u8> {
+        x509_parser::pem::parse_x509_pem(pem.as_bytes())
+            .unwrap()
+            .1
+            .contents
+    };
+    let request = confgate::certs::CertRequest {
+        service: "confgate".into(),
+        namespace: "confgate-system".into(),
+        dns: vec![],
+        ips: vec![],
+        days: 1,
+    };
+    let (first, second) = (request.generate().unwrap(), request.generate().unwrap());
+    let mut subjects = Vec::new();
+    for certs in [&first, &second] {
+        let ca_der = parse(&certs.ca_pem);
+        let leaf_der = parse(&certs.cert_pem);
+        let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
+        let (_, leaf) = x509_parser::parse_x509_certificate(&leaf_der).unwrap();
+        let ski = ca
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => {
+                    Some(id.0.to_vec())
+                }
+                _ => None,
+            })
+            .expect("the CA has a Subject Key Identifier");
+        let aki = leaf
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                    aki.key_identifier.as_ref().map(|id| id.0.to_vec())
+                }
+                _ => None,
+            })
+            .expect("the serving certificate has an Authority Key Identifier");
+        assert_eq!(aki, ski);
+        assert_eq!(leaf.issuer(), ca.subject());
+        assert!(
+            ca.subject().to_string().starts_with("CN=confgate CA "),
+            "{}",
+            ca.subject()
+        );
+        subjects.push(ca.subject().to_string());
+    }
+    assert_ne!(subjects[0], subjects[1]);
+}
+
+#[test]
 fn every_fixture_passes_through_review() {
     let state: Vec<String> = cluster_state_files()
         .iter()
