@@ -192,6 +192,9 @@ impl Metrics {
             "too_large",
             "body",
             "not_found",
+            "over_budget",
+            "busy",
+            "timeout",
         ] {
             drop(rejected.get_or_create(&ReasonLabels { reason }));
         }

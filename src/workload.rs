@@ -144,6 +144,22 @@ pub struct Container<'a> {
     pub value: &'a Value,
 }
 
+/// How many containers (init, regular, ephemeral) the pod spec of `object` has; 0 when it is
+/// not a workload. Counted without building anything, before any policy runs.
+pub fn container_count(kind: &str, object: &Value) -> usize {
+    pod_spec(kind, object).map_or(0, |spec| {
+        [
+            ContainerKind::Init,
+            ContainerKind::Regular,
+            ContainerKind::Ephemeral,
+        ]
+        .iter()
+        .filter_map(|k| spec.get(k.field()).and_then(Value::as_array))
+        .map(Vec::len)
+        .sum()
+    })
+}
+
 /// Every container: init containers, then containers, then ephemeral containers.
 pub fn containers(spec: &Value) -> Vec<Container<'_>> {
     let mut out = Vec::new();

@@ -354,3 +354,96 @@ async fn request_kinds_cannot_write_into_metrics_or_grow_them() {
         ]
     );
 }
+
+/// A Pod review in `shop` with `n` containers.
+fn pod_with_containers(n: usize) -> String {
+    let containers: Vec<Value> = (0..n)
+        .map(|i| serde_json::json!({"name": format!("c{i}"), "image": "nginx"}))
+        .collect();
+    serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "many", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "resource": {"group": "", "version": "v1", "resource": "pods"},
+                    "namespace": "shop", "name": "many", "operation": "CREATE", "userInfo": {},
+                    "object": {"apiVersion": "v1", "kind": "Pod",
+                               "metadata": {"name": "many", "namespace": "shop"},
+                               "spec": {"containers": containers}}}
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_review_over_its_container_budget_is_answered_by_failure_policy() {
+    let state = fixture_server_state(8 << 20);
+    let answer = async |path: &str, body: String| -> Value {
+        let (status, text) = send(&state, post(path, Some("application/json"), body)).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        serde_json::from_str::<Value>(&text).unwrap()["response"].clone()
+    };
+    let message = "confgate did not review Pod shop/many: 501 containers, over the limit of 500 per review (--max-review-containers)";
+    // Validation fails closed by default: denied, saying why.
+    let validated = answer("/validate", pod_with_containers(501)).await;
+    assert_eq!(validated["allowed"], false);
+    assert_eq!(validated["status"]["message"], message);
+    assert_eq!(validated["status"]["code"], 403);
+    // Mutation fails open by default: allowed unchanged, with the same words as a warning.
+    let mutated = answer("/mutate", pod_with_containers(501)).await;
+    assert_eq!(mutated["allowed"], true);
+    assert_eq!(mutated["warnings"], serde_json::json!([message]));
+    assert!(mutated.get("patch").is_none());
+    // A policy's own failurePolicy decides on its endpoint: config-checksum is Ignore.
+    let one = answer("/validate/require-config-refs", pod_with_containers(501)).await;
+    assert_eq!(one["allowed"], false);
+    // At the limit, the review is evaluated as usual.
+    let at_limit = answer("/mutate", pod_with_containers(500)).await;
+    assert_eq!(at_limit["allowed"], true);
+    assert_eq!(at_limit["patchType"], "JSONPatch");
+    let (_, metrics) = send(
+        &state,
+        Request::get("/metrics").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert!(
+        metrics.contains(r#"confgate_rejected_requests_total{reason="over_budget"} 3"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_that_finds_the_in_flight_budget_taken_gets_503() {
+    let state = fixture_server_state(1 << 20);
+    let limits = state.admission_limits();
+    let taken = state
+        .inflight
+        .acquire(limits.max_inflight_bytes, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    let request = post(
+        "/mutate",
+        Some("application/json"),
+        fixture_bytes("create-pod-mynginx"),
+    );
+    let response = router(state.clone()).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let json: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        json["error"],
+        format!(
+            "confgate is busy: {0} of {0} bytes of reviews are in flight (--max-inflight-bytes)",
+            limits.max_inflight_bytes
+        )
+    );
+    drop(taken);
+    let (status, _) = send(
+        &state,
+        post(
+            "/mutate",
+            Some("application/json"),
+            fixture_bytes("create-pod-mynginx"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}

@@ -77,7 +77,10 @@ async fn start(dir: &Path) -> Server {
         policies_dir,
         tls_cert: dir.join("tls.crt"),
         tls_key: dir.join("tls.key"),
-        max_body_bytes: 1 << 20,
+        limits: confgate::server::budget::Limits {
+            max_body_bytes: 1 << 20,
+            ..Default::default()
+        },
         require_cluster_sync: false,
         shutdown_delay: Duration::ZERO,
         drain_timeout: Duration::from_secs(1),
@@ -272,6 +275,70 @@ async fn refuses_a_reload_that_would_drop_a_deny_policy() {
             "the Deny policy stays in force"
         );
     }
+    server
+        .handle
+        .graceful_shutdown(Some(Duration::from_secs(1)));
+}
+
+/// Sends one HTTP/1.1 request over TLS the way a simple client does: the whole body first,
+/// then the answer is read. Returns what came back (empty when the connection was reset).
+async fn send_all_then_read(ca_pem: &str, port: u16, head: &str, body: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let exchange = async {
+        let _ = tls.write_all(head.as_bytes()).await;
+        let _ = tls.write_all(body).await;
+        let _ = tls.flush().await;
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer).await;
+        answer
+    };
+    // A server that neither reads the body nor closes leaves this client blocked in write.
+    let answer = tokio::time::timeout(Duration::from_secs(20), exchange)
+        .await
+        .unwrap_or_default();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_drained_so_the_client_sees_413() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write_certs(dir.path());
+    let server = start(dir.path()).await;
+    // 32 MiB against a 1 MiB limit, declared up front: the server answers before it has read
+    // the body, and must read (and drop) the rest, or closing with unread data resets the
+    // connection and the answer is lost.
+    let body = vec![b' '; 32 << 20];
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let answer = send_all_then_read(&ca, server.addr.port(), &head, &body).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+    assert!(answer.contains("connection: close"), "{answer:?}");
+    assert!(
+        answer.contains("exceeds the limit of 1048576 bytes"),
+        "{answer:?}"
+    );
     server
         .handle
         .graceful_shutdown(Some(Duration::from_secs(1)));

@@ -5,6 +5,7 @@ use crate::cluster::live::{LiveState, SecretsMode};
 use crate::cluster::static_state::StaticState;
 use crate::cluster::{ClusterState, Standalone};
 use crate::policy::{Registry, load_dir};
+use crate::server::budget::Limits;
 use crate::server::{AppState, ServeOptions, serve_with, spawn_shutdown_on_signal};
 use crate::telemetry::{self, LogFormat};
 use anyhow::Context as _;
@@ -50,8 +51,23 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = SecretsMode::Get)]
     pub secrets: SecretsMode,
     /// Largest accepted request body, in bytes (the apiserver's own limit is about 3 MiB of object).
-    #[arg(long, default_value_t = 7 * 1024 * 1024)]
+    #[arg(long, default_value_t = Limits::default().max_body_bytes)]
     pub max_body_bytes: usize,
+    /// Request bodies being worked on at once, in bytes, server-wide; a request that cannot get
+    /// its share within a second is answered 503. Bounds memory (a parsed review takes up to
+    /// ~15 times its body).
+    #[arg(long, default_value_t = Limits::default().max_inflight_bytes)]
+    pub max_inflight_bytes: usize,
+    /// Containers (init, regular, ephemeral; object and oldObject together) a review may have
+    /// to be evaluated; over it, the review is answered as its failurePolicy says.
+    #[arg(long, default_value_t = Limits::default().max_review_containers)]
+    pub max_review_containers: usize,
+    /// JSON Patch operations one answer may carry.
+    #[arg(long, default_value_t = Limits::default().max_patch_ops)]
+    pub max_patch_ops: usize,
+    /// Bytes one answer may have.
+    #[arg(long, default_value_t = Limits::default().max_answer_bytes)]
+    pub max_answer_bytes: usize,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
@@ -117,17 +133,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         policies_dir: args.policies,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
-        max_body_bytes: args.max_body_bytes,
+        limits: Limits {
+            max_body_bytes: args.max_body_bytes,
+            max_inflight_bytes: args.max_inflight_bytes,
+            max_review_containers: args.max_review_containers,
+            max_patch_ops: args.max_patch_ops,
+            max_answer_bytes: args.max_answer_bytes,
+        },
         require_cluster_sync: args.cluster == ClusterMode::Required,
         shutdown_delay: Duration::from_secs(args.shutdown_delay_seconds),
         drain_timeout: Duration::from_secs(args.drain_seconds),
         request_timeout: Duration::from_secs(30),
         allow_policy_removal: args.allow_policy_removal,
     };
-    let state = AppState::new(
+    options.limits.validate()?;
+    let state = AppState::with_limits(
         policies,
         cluster,
-        options.max_body_bytes,
+        options.limits,
         options.require_cluster_sync,
     );
     let handle = axum_server::Handle::new();

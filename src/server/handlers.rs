@@ -9,11 +9,18 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use std::sync::Arc;
 
 /// The longest refusal message answered or logged.
 const MESSAGE_CHARS: usize = 1024;
+
+/// How much of an oversized body is read and thrown away so the client sees the 413: a client
+/// that sends its whole body before reading the answer gets a connection reset instead when the
+/// server closes with unread data.
+const DRAIN_BYTES: u64 = 64 * 1024 * 1024;
+/// How long draining may take.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A refused request: status and message, answered as JSON.
 #[derive(Debug)]
@@ -42,7 +49,23 @@ impl Refusal {
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.message, "code": self.status.as_u16() });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        match self.status {
+            // The rest of an oversized body may still be on its way: never reuse the connection.
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                response.headers_mut().insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("close"),
+                );
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
     }
 }
 
@@ -93,7 +116,33 @@ async fn admit(
 ) -> Response {
     let answer = async {
         check_content_type(&headers)?;
-        let bytes = read_body(&headers, body, state.max_body_bytes).await?;
+        let limit = state.max_body_bytes;
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            drain(body, 0).await;
+            return Err(too_large(limit));
+        }
+        // Memory is taken before the body is read, by what it declares (or the most it may be).
+        let wanted = declared.map_or(limit, |n| usize::try_from(n).unwrap_or(limit));
+        let _share = state
+            .inflight
+            .acquire(wanted, super::budget::QUEUE_WAIT)
+            .await
+            .ok_or_else(|| {
+                Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    format!(
+                        "confgate is busy: {} of {} bytes of reviews are in flight (--max-inflight-bytes)",
+                        state.inflight.in_use_bytes(),
+                        state.admission_limits().max_inflight_bytes
+                    ),
+                )
+            })?;
+        let bytes = read_body(body, limit).await?;
         state
             .admission
             .review(bytes, endpoint, only)
@@ -139,30 +188,54 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), Refusal> {
     }
 }
 
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Refusal> {
-    let too_large = || {
-        Refusal::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("request body exceeds the limit of {limit} bytes (--max-body-bytes)"),
-        )
+fn too_large(limit: usize) -> Refusal {
+    Refusal::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("request body exceeds the limit of {limit} bytes (--max-body-bytes)"),
+    )
+}
+
+/// Reads the body, up to `limit` bytes; past that, drains the rest (see [`DRAIN_BYTES`]) and
+/// refuses.
+async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, Refusal> {
+    let mut buffer = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "body",
+                format!("cannot read request body: {e}"),
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if buffer.len() + data.len() > limit {
+                let seen = (buffer.len() + data.len()) as u64;
+                drop(buffer);
+                drain(body, seen).await;
+                return Err(too_large(limit));
+            }
+            buffer.extend_from_slice(&data);
+        }
+    }
+    Ok(buffer.freeze())
+}
+
+/// Reads and discards what is left of `body` (after `seen` bytes), up to [`DRAIN_BYTES`] in all
+/// and for at most [`DRAIN_TIME`].
+async fn drain(mut body: Body, seen: u64) {
+    let discard = async {
+        let mut total = seen;
+        while total <= DRAIN_BYTES {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    total += frame.data_ref().map_or(0, |d| d.len() as u64);
+                }
+                _ => break,
+            }
+        }
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "body",
-            format!("cannot read request body: {e}"),
-        )),
-    }
+    let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
 }
 
 /// `GET /healthz`: the process is alive and serving.

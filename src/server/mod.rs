@@ -1,6 +1,7 @@
 //! The HTTPS server: routes, readiness, hot reload of policies and certificates, and graceful
 //! shutdown. The handlers are thin; the work happens in [`service::Admission`] and the engine.
 
+pub mod budget;
 pub mod bulk;
 pub mod handlers;
 mod reload;
@@ -33,8 +34,8 @@ pub struct ServeOptions {
     pub tls_cert: PathBuf,
     /// Its private key (PEM, watched).
     pub tls_key: PathBuf,
-    /// Largest accepted request body.
-    pub max_body_bytes: usize,
+    /// Memory budgets: body size, bodies in flight, per-review limits.
+    pub limits: budget::Limits,
     /// Not ready until the cluster caches have synced (`--cluster required`).
     pub require_cluster_sync: bool,
     /// Time between `/readyz` turning 503 and closing the listener (lets endpoints update).
@@ -53,17 +54,37 @@ pub struct AppState {
     pub admission: Arc<Admission>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Request bodies in flight, server-wide.
+    pub inflight: budget::InFlight,
+    limits: budget::Limits,
     require_cluster_sync: bool,
     tls_loaded: AtomicBool,
     shutting_down: AtomicBool,
 }
 
 impl AppState {
-    /// State for a server (or a test router) with these policies and this cluster.
+    /// State for a server (or a test router) with these policies and this cluster, and the
+    /// default limits but for the body size.
     pub fn new(
         policies: PolicySet,
         cluster: Arc<dyn ClusterState>,
         max_body_bytes: usize,
+        require_cluster_sync: bool,
+    ) -> Arc<Self> {
+        let defaults = budget::Limits::default();
+        let limits = budget::Limits {
+            max_body_bytes,
+            max_inflight_bytes: defaults.max_inflight_bytes.max(max_body_bytes),
+            ..defaults
+        };
+        Self::with_limits(policies, cluster, limits, require_cluster_sync)
+    }
+
+    /// State with these limits.
+    pub fn with_limits(
+        policies: PolicySet,
+        cluster: Arc<dyn ClusterState>,
+        limits: budget::Limits,
         require_cluster_sync: bool,
     ) -> Arc<Self> {
         let metrics = Arc::new(Metrics::new());
@@ -73,10 +94,13 @@ impl AppState {
             policies,
             metrics,
             service::bulk_threads(),
+            limits,
         ));
         Arc::new(Self {
             admission,
-            max_body_bytes,
+            max_body_bytes: limits.max_body_bytes,
+            inflight: budget::InFlight::new(limits.max_inflight_bytes),
+            limits,
             require_cluster_sync,
             tls_loaded: AtomicBool::new(true),
             shutting_down: AtomicBool::new(false),
@@ -117,6 +141,11 @@ impl AppState {
             ));
         }
         Ok(detail)
+    }
+
+    /// The limits the server runs with.
+    pub fn admission_limits(&self) -> budget::Limits {
+        self.limits
     }
 
     /// Marks the server as going down: `/readyz` answers 503 from now on.

@@ -3,13 +3,16 @@
 //! evaluated on [`BulkPool`]: never on the async workers that serve small ones, on at most
 //! `cores - 1` threads, which run only when a core is otherwise idle (`SCHED_IDLE`).
 
-use crate::admission::{self, Review, ReviewError, operation_str};
+use crate::admission::{self, DENY_REASON, Review, ReviewError, operation_str};
 use crate::engine::{Decision, Engine, EngineError};
 use crate::metrics::{Metrics, PolicyLabels, RequestLabels};
-use crate::policy::{Endpoint, PolicySet};
+use crate::policy::{Endpoint, FailurePolicy, PolicySet};
+use crate::server::budget::Limits;
 use crate::server::bulk::BulkPool;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use kube::core::Status;
+use kube::core::admission::AdmissionResponse;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,6 +33,10 @@ pub fn capped(text: &str) -> std::borrow::Cow<'_, str> {
 /// Bodies above this size are parsed and evaluated on the large-review threads ([`BulkPool`]).
 pub const OFFLOAD_BYTES: usize = 256 * 1024;
 
+/// Reviews with more containers than this are evaluated on the large-review threads too,
+/// whatever their size: the cost of evaluation grows with the containers, not the bytes.
+pub const OFFLOAD_CONTAINERS: usize = 64;
+
 /// How many large bodies are parsed and evaluated at once: one core fewer than the machine has
 /// (at least one), so small reviews always keep a core.
 pub fn bulk_threads() -> usize {
@@ -49,6 +56,8 @@ pub struct Admission {
     pub metrics: Arc<Metrics>,
     /// Where large bodies are parsed and evaluated.
     bulk: BulkPool,
+    /// Per-review limits.
+    limits: Limits,
 }
 
 /// Why a request got no AdmissionReview answer.
@@ -80,19 +89,21 @@ impl ServiceError {
 }
 
 impl Admission {
-    /// The pipeline for `policies`, evaluated by `engine`, counted in `metrics`; large bodies
-    /// are worked on by `bulk_threads` low-priority threads.
+    /// The pipeline for `policies`, evaluated by `engine`, counted in `metrics`, within
+    /// `limits`; costly reviews are worked on by `bulk_threads` low-priority threads.
     pub fn new(
         engine: Engine,
         policies: PolicySet,
         metrics: Arc<Metrics>,
         bulk_threads: usize,
+        limits: Limits,
     ) -> Self {
         Self {
             engine,
             policies: ArcSwap::from_pointee(policies),
             metrics,
             bulk: BulkPool::new(bulk_threads),
+            limits,
         }
     }
 
@@ -113,6 +124,20 @@ impl Admission {
         } else {
             admission::parse_review(&body)?
         };
+        let kind = review.request.kind.kind.as_str();
+        let containers = [&review.object, &review.old_object]
+            .into_iter()
+            .flatten()
+            .map(|o| crate::workload::container_count(kind, o))
+            .sum::<usize>();
+        if containers > self.limits.max_review_containers {
+            let what = format!(
+                "{containers} containers, over the limit of {} per review (--max-review-containers)",
+                self.limits.max_review_containers
+            );
+            return self.over_budget(&review, endpoint, only.as_deref(), &what);
+        }
+        let costly = large || containers > OFFLOAD_CONTAINERS;
         let cluster = self.engine.cluster();
         if cluster.wants_secret_prefetch() {
             let secrets = crate::workload::secret_names(&review);
@@ -123,7 +148,7 @@ impl Admission {
         }
         let this = self.clone();
         let run = move || this.decide(review, endpoint, only.as_deref(), started);
-        if large {
+        if costly {
             self.bulk
                 .run(run)
                 .await
@@ -142,11 +167,75 @@ impl Admission {
     ) -> Result<Vec<u8>, ServiceError> {
         let set = self.policies.load();
         let decision = self.engine.evaluate(&set, &review, endpoint, only)?;
+        if decision.patch_ops() > self.limits.max_patch_ops {
+            let what = format!(
+                "its patch has {} operations, over the limit of {} (--max-patch-ops)",
+                decision.patch_ops(),
+                self.limits.max_patch_ops
+            );
+            return self.over_budget(&review, endpoint, only, &what);
+        }
         let response = decision.to_response(&review.request);
         let patch = (!decision.patch.0.is_empty()).then_some(&decision.patch);
         let body = admission::encode_response(review.api_version(), &response, patch)?;
+        if body.len() > self.limits.max_answer_bytes {
+            let what = format!(
+                "its answer has {} bytes, over the limit of {} (--max-answer-bytes)",
+                body.len(),
+                self.limits.max_answer_bytes
+            );
+            return self.over_budget(&review, endpoint, only, &what);
+        }
         self.record(&review, endpoint, &decision, started);
         Ok(body)
+    }
+
+    /// The answer to a review that is over its budget, as the webhook's failurePolicy would
+    /// have it if confgate could not answer at all: with `Fail` (validation by default) it is
+    /// denied, because a check that cannot check must not let the object through; with
+    /// `Ignore` (mutation by default) it is allowed unchanged, with a warning. Either way the
+    /// message says why, instead of the process being killed for memory.
+    fn over_budget(
+        &self,
+        review: &Review,
+        endpoint: Endpoint,
+        only: Option<&str>,
+        what: &str,
+    ) -> Result<Vec<u8>, ServiceError> {
+        let failure_policy = only
+            .and_then(|name| {
+                self.policies
+                    .load()
+                    .get(name)
+                    .and_then(|p| p.failure_policy)
+            })
+            .unwrap_or_else(|| crate::webhooks::default_failure_policy(endpoint));
+        let message = format!(
+            "confgate did not review {} {}: {what}",
+            capped(&review.request.kind.kind),
+            capped(&review.display_name())
+        );
+        let mut response = AdmissionResponse::from(&review.request);
+        match failure_policy {
+            FailurePolicy::Fail => {
+                response = response.deny(&message);
+                response.result = Status::failure(&message, DENY_REASON).with_code(403);
+            }
+            FailurePolicy::Ignore => response.warnings = Some(vec![message.clone()]),
+        }
+        tracing::warn!(
+            uid = %capped(&review.request.uid),
+            endpoint = endpoint.as_str(),
+            failure_policy = ?failure_policy,
+            %message,
+            "review over budget"
+        );
+        self.metrics.rejected("over_budget");
+        Ok(admission::encode_response(
+            review.api_version(),
+            &response,
+            None,
+        )?)
     }
 
     /// One log line and the metrics for an answered review. Never the object, never Secret data.
