@@ -55,7 +55,7 @@ pub struct ServeArgs {
     pub max_body_bytes: usize,
     /// Request bodies being worked on at once, in bytes, server-wide; a request that cannot get
     /// its share within a second is answered 503. Bounds memory (a parsed review takes up to
-    /// ~15 times its body).
+    /// ~25 times its body).
     #[arg(long, default_value_t = Limits::default().max_inflight_bytes)]
     pub max_inflight_bytes: usize,
     /// Containers (init, regular, ephemeral; object and oldObject together) a review may have

@@ -1,7 +1,7 @@
 //! Memory bounded by design. Two budgets:
 //!
 //! - **In flight** (server-wide): request bodies being read, parsed or evaluated at once may
-//!   not add up to more than `--max-inflight-bytes`. A parsed review takes up to about 15 times
+//!   not add up to more than `--max-inflight-bytes`. A parsed review takes up to about 25 times
 //!   its body in memory (tiny objects are the worst case, BENCHMARKS.md), so this budget is
 //!   what bounds the process. A request that cannot get its share within [`QUEUE_WAIT`] is
 //!   answered 503, and the apiserver applies the webhook's failurePolicy.
