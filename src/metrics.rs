@@ -104,6 +104,8 @@ pub struct Metrics {
     policies_loaded: Gauge,
     cache_objects: Family<ResourceLabels, Gauge>,
     cache_stale: Family<ResourceLabels, Gauge<f64, AtomicU64>>,
+    connections_open: Gauge,
+    connections_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -172,6 +174,18 @@ impl Metrics {
             "Objects in the cluster state caches",
             cache_objects.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Connections open now",
+            connections_open.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at once because --max-connections were open",
+            connections_refused.clone(),
+        );
         let cache_stale = Family::<ResourceLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "cache_stale_seconds",
@@ -210,6 +224,8 @@ impl Metrics {
             policies_loaded,
             cache_objects,
             cache_stale,
+            connections_open,
+            connections_refused,
         }
     }
 
@@ -251,6 +267,17 @@ impl Metrics {
     /// Records the serving certificate's expiry.
     pub fn set_cert_expiry(&self, not_after_unix: i64) {
         self.cert_expiry.set(not_after_unix);
+    }
+
+    /// Records how many connections are open.
+    pub fn set_connections_open(&self, open: usize) {
+        self.connections_open
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a connection closed at the connection limit.
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
     }
 
     /// Records how many policies are in force.

@@ -62,6 +62,10 @@ struct Server {
 }
 
 async fn start(dir: &Path) -> Server {
+    start_with(dir, |_| {}).await
+}
+
+async fn start_with(dir: &Path, adjust: impl FnOnce(&mut ServeOptions)) -> Server {
     let policies_dir = dir.join("policies");
     std::fs::create_dir_all(&policies_dir).unwrap();
     std::fs::copy(
@@ -72,7 +76,7 @@ async fn start(dir: &Path) -> Server {
     let registry = Registry::builtin();
     let set = load_dir(&policies_dir, &registry).unwrap();
     let state = AppState::new(set, Arc::new(Standalone), 1 << 20, false);
-    let options = ServeOptions {
+    let mut options = ServeOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
         policies_dir,
         tls_cert: dir.join("tls.crt"),
@@ -86,7 +90,11 @@ async fn start(dir: &Path) -> Server {
         drain_timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(10),
         allow_policy_removal: false,
+        max_connections: 8,
+        first_request_timeout: Duration::from_secs(30),
+        idle_timeout: Duration::from_secs(120),
     };
+    adjust(&mut options);
     let handle = axum_server::Handle::new();
     tokio::spawn(serve_with(options, state.clone(), registry, handle.clone()));
     let addr = handle.listening().await.expect("server failed to start");
@@ -338,6 +346,186 @@ async fn an_oversized_body_is_drained_so_the_client_sees_413() {
     assert!(
         answer.contains("exceeds the limit of 1048576 bytes"),
         "{answer:?}"
+    );
+    server
+        .handle
+        .graceful_shutdown(Some(Duration::from_secs(1)));
+}
+
+/// A TLS connection to the server (ALPN `alpn`) that has sent nothing yet.
+async fn tls_connection(
+    ca_pem: &str,
+    port: u16,
+    alpn: &[u8],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+}
+
+/// Waits (at most 20 s) for the server to close `stream`; true when it did.
+async fn closed_by_server(
+    stream: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let read = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn silent_connections_are_closed_for_http1_and_http2() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write_certs(dir.path());
+    let server = start_with(dir.path(), |o| {
+        o.first_request_timeout = Duration::from_secs(1);
+        o.idle_timeout = Duration::from_secs(2);
+    })
+    .await;
+    // TLS done, then not a byte: closed after the first-request timeout, on h2 too (where
+    // hyper's HTTP/1 header timeout does not apply).
+    for alpn in [&b"h2"[..], b"http/1.1"] {
+        let mut silent = tls_connection(&ca, server.addr.port(), alpn).await.unwrap();
+        assert!(
+            closed_by_server(&mut silent).await,
+            "{:?}",
+            String::from_utf8_lossy(alpn)
+        );
+    }
+    // A keep-alive connection that served a request is closed once idle.
+    let http = client(&ca, true);
+    let url = format!("https://localhost:{}/healthz", server.addr.port());
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 200);
+    eventually("the idle connection is closed", async || {
+        server
+            .state
+            .admission
+            .metrics
+            .encode(&Standalone)
+            .contains("confgate_connections_open 0")
+    })
+    .await;
+    server
+        .handle
+        .graceful_shutdown(Some(Duration::from_secs(1)));
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_are_closed_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write_certs(dir.path());
+    let server = start_with(dir.path(), |o| o.max_connections = 3).await;
+    let port = server.addr.port();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tls_connection(&ca, port, b"h2").await.unwrap());
+    }
+    let metrics = || server.state.admission.metrics.encode(&Standalone);
+    eventually("three connections open", async || {
+        metrics().contains("confgate_connections_open 3")
+    })
+    .await;
+    // The fourth is closed before its TLS handshake completes.
+    assert!(tls_connection(&ca, port, b"h2").await.is_err());
+    assert!(
+        metrics().contains("confgate_connections_refused_total 1"),
+        "{}",
+        metrics()
+    );
+    // The ones already open keep working, and a closed one frees its place.
+    drop(held.pop());
+    let http = client(&ca, true);
+    let url = format!("https://localhost:{port}/healthz");
+    eventually("a place is free again", async || {
+        http.get(&url).send().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    server
+        .handle
+        .graceful_shutdown(Some(Duration::from_secs(1)));
+}
+
+#[tokio::test]
+async fn requests_after_shutdown_begins_close_their_http1_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write_certs(dir.path());
+    let server = start(dir.path()).await;
+    let http = client(&ca, true);
+    let url = format!("https://localhost:{}/mutate", server.addr.port());
+    let send = async || {
+        http.post(&url)
+            .header("content-type", "application/json")
+            .body(fixture_bytes("create-pod-mynginx"))
+            .send()
+            .await
+            .unwrap()
+    };
+    let before = send().await;
+    assert_eq!(before.status(), 200);
+    assert!(before.headers().get("connection").is_none());
+    server.state.begin_shutdown();
+    // The keep-alive connection still answers, and tells the client not to reuse it.
+    let during = send().await;
+    assert_eq!(during.status(), 200);
+    assert_eq!(during.headers()["connection"], "close");
+    server
+        .handle
+        .graceful_shutdown(Some(Duration::from_secs(1)));
+}
+
+#[tokio::test]
+async fn a_request_timeout_is_logged_and_counted() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write_certs(dir.path());
+    let server = start_with(dir.path(), |o| o.request_timeout = Duration::from_secs(1)).await;
+    let mut stream = tls_connection(&ca, server.addr.port(), b"http/1.1")
+        .await
+        .unwrap();
+    // Headers, then only part of the body: the handler waits for the rest until the timeout.
+    stream
+        .write_all(b"POST /mutate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{")
+        .await
+        .unwrap();
+    stream.flush().await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::io::AsyncReadExt::read_buf(&mut stream, &mut answer),
+    )
+    .await;
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let metrics = server.state.admission.metrics.encode(&Standalone);
+    assert!(
+        metrics.contains(r#"confgate_rejected_requests_total{reason="timeout"} 1"#),
+        "{metrics}"
     );
     server
         .handle

@@ -62,6 +62,9 @@ pub struct ServeArgs {
     /// to be evaluated; over it, the review is answered as its failurePolicy says.
     #[arg(long, default_value_t = Limits::default().max_review_containers)]
     pub max_review_containers: usize,
+    /// Connections open at once; more are closed at once (logged, counted).
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
     /// JSON Patch operations one answer may carry.
     #[arg(long, default_value_t = Limits::default().max_patch_ops)]
     pub max_patch_ops: usize,
@@ -145,6 +148,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         drain_timeout: Duration::from_secs(args.drain_seconds),
         request_timeout: Duration::from_secs(30),
         allow_policy_removal: args.allow_policy_removal,
+        max_connections: args.max_connections,
+        first_request_timeout: crate::server::conn::FIRST_REQUEST,
+        idle_timeout: crate::server::conn::IDLE,
     };
     options.limits.validate()?;
     let state = AppState::with_limits(

@@ -238,6 +238,31 @@ async fn drain(mut body: Body, seen: u64) {
     let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
 }
 
+/// Around every request: counts and logs the 408 that the request timeout answers (it never
+/// reaches a handler), and from the first moment of shutdown asks HTTP/1.1 clients to close
+/// their connection after the answer, so none reuses a keep-alive connection that is about to
+/// be closed (HTTP/2 clients get a GOAWAY when the listener closes).
+pub async fn around_every_request(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let http1 = request.version() == axum::http::Version::HTTP_11;
+    let path = crate::server::service::capped(request.uri().path()).into_owned();
+    let mut response = next.run(request).await;
+    if response.status() == StatusCode::REQUEST_TIMEOUT {
+        state.admission.metrics.rejected("timeout");
+        tracing::warn!(%path, "request timed out (408)");
+    }
+    if http1 && state.is_shutting_down() {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    response
+}
+
 /// `GET /healthz`: the process is alive and serving.
 pub async fn healthz() -> &'static str {
     "ok"

@@ -3,6 +3,7 @@
 
 pub mod budget;
 pub mod bulk;
+pub mod conn;
 pub mod handlers;
 mod reload;
 pub mod service;
@@ -46,6 +47,13 @@ pub struct ServeOptions {
     pub request_timeout: Duration,
     /// Accept a policy reload that removes every policy, or a policy that can deny.
     pub allow_policy_removal: bool,
+    /// Connections open at once; more are closed at once.
+    pub max_connections: usize,
+    /// How long a new connection may stay silent after the TLS handshake
+    /// ([`conn::FIRST_REQUEST`]).
+    pub first_request_timeout: Duration,
+    /// How long a connection may carry no traffic ([`conn::IDLE`]).
+    pub idle_timeout: Duration,
 }
 
 /// What the handlers share.
@@ -148,6 +156,11 @@ impl AppState {
         self.limits
     }
 
+    /// True from the first moment of shutdown.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
     /// Marks the server as going down: `/readyz` answers 503 from now on.
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
@@ -226,10 +239,21 @@ pub async fn serve_with(
         tls_key: options.tls_key.clone(),
         allow_policy_removal: options.allow_policy_removal,
     });
-    let app = router(state).layer(tower_http::timeout::TimeoutLayer::with_status_code(
-        axum::http::StatusCode::REQUEST_TIMEOUT,
-        options.request_timeout,
-    ));
+    let connections = conn::Connections::with_timeouts(
+        options.max_connections,
+        state.admission.metrics.clone(),
+        options.first_request_timeout,
+        options.idle_timeout,
+    );
+    let app = router(state.clone())
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            options.request_timeout,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            handlers::around_every_request,
+        ));
     tracing::info!(listen = %options.listen, "serving admission webhooks over HTTPS (h2, http/1.1)");
     let listening = handle.clone();
     tokio::spawn(async move {
@@ -242,19 +266,30 @@ pub async fn serve_with(
     // TCP_NODELAY: an answer is written as a few small TLS records; with Nagle's algorithm the
     // last of them can wait for the client's delayed ACK (40 ms on Linux), which showed up as
     // 40-50 ms stalls in the p99 of the load benchmark (BENCHMARKS.md).
-    let acceptor = RustlsAcceptor::new(rustls).acceptor(NoDelayAcceptor::new());
+    let acceptor = conn::GuardedAcceptor::new(
+        RustlsAcceptor::new(rustls).acceptor(NoDelayAcceptor::new()),
+        connections,
+    );
     let mut server = axum_server::bind(options.listen)
         .acceptor(acceptor)
         .handle(handle);
-    // Slow or stalled clients cannot hold a connection open forever: headers must arrive within
-    // 10 s. hyper needs a timer for that, or it panics on the first HTTP/1.1 connection.
+    // Slow or stalled clients cannot hold a connection open forever: the next request's headers
+    // must arrive within the idle timeout (hyper's timer also runs while an HTTP/1.1 connection waits
+    // idle for its next request, so a shorter one would close keep-alive connections the
+    // apiserver is about to reuse). hyper needs a timer for that, or it panics on the first
+    // HTTP/1.1 connection. HTTP/2 connections are pinged when quiet, and closed when the peer
+    // stops answering; conn::Watched closes silent ones of both protocols.
     let builder = server.http_builder();
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive(true)
-        .header_read_timeout(Duration::from_secs(10));
-    builder.http2().timer(hyper_util::rt::TokioTimer::new());
+        .header_read_timeout(options.idle_timeout);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
     server
         .serve(app.into_make_service())
         .await
