@@ -25,6 +25,18 @@ const RESYNC_EVERY: Duration = Duration::from_secs(300);
 
 /// Runs forever; failures are logged and retried at the next check.
 pub async fn run(client: Client, state: Arc<AppState>, mut options: Options, ca_file: PathBuf) {
+    // matchConditions only where the apiserver takes them; the server applies the same rules.
+    match client.apiserver_version().await {
+        Ok(info) => {
+            let minor = crate::webhooks::minor_version(&format!("{}.{}", info.major, info.minor));
+            options.match_conditions =
+                minor.is_some_and(|m| m >= crate::webhooks::MATCH_CONDITIONS_SINCE);
+        }
+        Err(error) => {
+            options.match_conditions = false;
+            tracing::warn!(%error, "cannot read the apiserver's version; registering without matchConditions");
+        }
+    }
     let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let validating: Api<ValidatingWebhookConfiguration> = Api::all(client);
     let params = PatchParams::apply("confgate").force();

@@ -10,8 +10,8 @@ use crate::policy::{Endpoint, FailurePolicy, LoadedPolicy, PolicySet};
 use crate::workload::api_resource;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
-    ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
+    MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
+    ServiceReference, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, ObjectMeta,
@@ -52,6 +52,9 @@ pub struct Options {
     pub inject_ca_from: Option<String>,
     /// `timeoutSeconds` of every webhook (1 to 30).
     pub timeout_seconds: i32,
+    /// Emit `matchConditions` (Kubernetes 1.28 and newer; GA in 1.30). Without them the server
+    /// applies the same rules itself, after the apiserver has called it.
+    pub match_conditions: bool,
 }
 
 impl Options {
@@ -68,8 +71,22 @@ impl Options {
             ca_bundle: None,
             inject_ca_from: None,
             timeout_seconds: 5,
+            match_conditions: true,
         }
     }
+}
+
+/// The first Kubernetes minor version whose apiserver takes `matchConditions` (beta, on by
+/// default; GA in 1.30).
+pub const MATCH_CONDITIONS_SINCE: u32 = 28;
+
+/// The minor version of a Kubernetes version string (`1.27`, `v1.33.3`, `1.30+`).
+pub fn minor_version(version: &str) -> Option<u32> {
+    let mut parts = version.trim_start_matches('v').split('.');
+    let major: u32 = parts.next()?.parse().ok()?;
+    let minor = parts.next()?;
+    let digits: String = minor.chars().take_while(char::is_ascii_digit).collect();
+    (major == 1).then(|| digits.parse().ok()).flatten()
 }
 
 /// Why a registration cannot be generated.
@@ -102,6 +119,16 @@ pub fn default_failure_policy(endpoint: Endpoint) -> FailurePolicy {
     }
 }
 
+/// A policy's failurePolicy at `endpoint`: its own when set; otherwise `Ignore` for a policy
+/// that can never deny (`Warn`, `Audit`: failing closed would block writes for advice), and the
+/// endpoint's default for the rest.
+pub fn failure_policy(policy: &LoadedPolicy, endpoint: Endpoint) -> FailurePolicy {
+    policy.failure_policy.unwrap_or(match policy.action {
+        crate::policy::Action::Deny => default_failure_policy(endpoint),
+        crate::policy::Action::Warn | crate::policy::Action::Audit => FailurePolicy::Ignore,
+    })
+}
+
 /// Builds both configurations.
 pub fn generate(
     set: &PolicySet,
@@ -125,6 +152,7 @@ pub fn generate(
                 namespace_selector: Some(w.namespace_selector),
                 object_selector: w.object_selector,
                 reinvocation_policy: Some("IfNeeded".into()),
+                match_conditions: w.match_conditions,
                 rules: Some(w.rules),
                 side_effects: "None".into(),
                 timeout_seconds: Some(options.timeout_seconds),
@@ -141,6 +169,7 @@ pub fn generate(
                 name: w.name,
                 namespace_selector: Some(w.namespace_selector),
                 object_selector: w.object_selector,
+                match_conditions: w.match_conditions,
                 rules: Some(w.rules),
                 side_effects: "None".into(),
                 timeout_seconds: Some(options.timeout_seconds),
@@ -189,6 +218,7 @@ struct Webhook {
     failure_policy: String,
     namespace_selector: LabelSelector,
     object_selector: Option<LabelSelector>,
+    match_conditions: Option<Vec<MatchCondition>>,
     rules: Vec<RuleWithOperations>,
 }
 
@@ -216,10 +246,7 @@ impl Webhook {
                 service: None,
             },
         };
-        let failure_policy = match policy
-            .failure_policy
-            .unwrap_or_else(|| default_failure_policy(endpoint))
-        {
+        let failure_policy = match failure_policy(policy, endpoint) {
             FailurePolicy::Fail => "Fail",
             FailurePolicy::Ignore => "Ignore",
         };
@@ -230,6 +257,10 @@ impl Webhook {
             failure_policy: failure_policy.into(),
             namespace_selector: namespace_selector(policy, options),
             object_selector: policy.matcher.spec.object_selector.clone(),
+            match_conditions: options
+                .match_conditions
+                .then(|| match_conditions(policy))
+                .filter(|c| !c.is_empty()),
             rules: rules(policy)?,
         })
     }
@@ -259,6 +290,29 @@ fn namespace_selector(policy: &LoadedPolicy, options: &Options) -> LabelSelector
         match_labels: from_policy.match_labels,
         match_expressions: Some(expressions),
     }
+}
+
+/// The server's own skip rules (`crate::policy::matcher`), as CEL for the apiserver, so that
+/// requests confgate would not judge are never sent, and a confgate outage cannot block them:
+/// updates of objects being deleted (finalizer removal), and objects made by a controller whose
+/// template the policy judges (every replacement Pod of every Deployment).
+fn match_conditions(policy: &LoadedPolicy) -> Vec<MatchCondition> {
+    let mut conditions = vec![MatchCondition {
+        name: "not-being-deleted".into(),
+        expression: "oldObject == null || !has(oldObject.metadata.deletionTimestamp)".into(),
+    }];
+    let controllers = policy.matcher.judged_controllers();
+    if !controllers.is_empty() {
+        let kinds: Vec<String> = controllers.iter().map(|k| format!("'{k}'")).collect();
+        conditions.push(MatchCondition {
+            name: "not-made-by-a-judged-controller".into(),
+            expression: format!(
+                "object == null || !has(object.metadata.ownerReferences) || !object.metadata.ownerReferences.exists(r, has(r.controller) && r.controller && r.kind in [{}])",
+                kinds.join(", ")
+            ),
+        });
+    }
+    conditions
 }
 
 /// One rule per API group, for the policy's kinds and operations.

@@ -281,3 +281,79 @@ fn delete_is_evaluated_only_by_policies_that_handle_it() {
         .unwrap();
     assert_eq!(decision.denials, vec!["d: deleting mynginx"]);
 }
+
+/// Why each policy was skipped, by policy name (empty when none was).
+fn skip_reasons(decision: &confgate::engine::Decision) -> Vec<(String, String)> {
+    decision
+        .verdicts
+        .iter()
+        .filter(|v| v.outcome == Outcome::Skipped)
+        .map(|v| (v.policy.clone(), v.violations.join("; ")))
+        .collect()
+}
+
+#[test]
+fn objects_made_by_a_judged_controller_are_not_judged_again() {
+    let engine = common::engine(fixture_cluster());
+    let pod = fixture("create-pod-generatename-from-replicaset");
+    let owner = pod.object.as_ref().unwrap()["metadata"]["ownerReferences"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let set = policies(
+        "apiVersion: confgate.dev/v1alpha1\nkind: Policy\nmetadata: {name: refs}\nspec: {type: require-config-keys}\n---\napiVersion: confgate.dev/v1alpha1\nkind: Policy\nmetadata: {name: pods-only}\nspec: {type: require-config-keys, match: {kinds: [Pod]}}\n",
+    );
+    let decision = evaluate(&engine, &set, &pod, Endpoint::Validate);
+    // `refs` judges ReplicaSet templates, so the ReplicaSet's Pod is skipped; `pods-only`
+    // judges no template, so it still looks at every Pod.
+    assert_eq!(
+        skip_reasons(&decision),
+        vec![(
+            "refs".to_owned(),
+            format!("made by ReplicaSet {owner:?}, whose pod template is judged")
+        )]
+    );
+    assert!(
+        decision
+            .verdicts
+            .iter()
+            .any(|v| v.policy == "pods-only" && v.outcome == Outcome::Passed)
+    );
+}
+
+#[test]
+fn updates_of_an_object_being_deleted_are_never_judged() {
+    // A terminating Pod whose ConfigMap is gone: removing its finalizer must go through.
+    let engine = common::engine(fixture_cluster());
+    let set = policies(
+        "apiVersion: confgate.dev/v1alpha1\nkind: Policy\nmetadata: {name: refs}\nspec: {type: require-config-keys, settings: {onlyNewViolations: false}}\n",
+    );
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "leaving", "namespace": "shop", "finalizers": ["example.com/hold"],
+                     "deletionTimestamp": "2026-11-23T05:00:00Z"},
+        "spec": {"containers": [{"name": "app", "image": "nginx",
+                 "envFrom": [{"configMapRef": {"name": "gone"}}]}]}
+    });
+    let mut without_finalizer = pod.clone();
+    without_finalizer["metadata"]["finalizers"] = json!([]);
+    let mut review = create_review(without_finalizer);
+    review.request.operation = kube::core::admission::Operation::Update;
+    review.old_object = Some(pod.clone());
+    let decision = evaluate(&engine, &set, &review, Endpoint::Validate);
+    assert!(decision.allowed());
+    assert_eq!(
+        skip_reasons(&decision),
+        vec![("refs".to_owned(), "the object is being deleted".to_owned())]
+    );
+    // The same object, not being deleted, is denied.
+    let mut alive = pod;
+    alive["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("deletionTimestamp");
+    let mut review = create_review(alive.clone());
+    review.request.operation = kube::core::admission::Operation::Update;
+    review.old_object = Some(alive);
+    assert!(!evaluate(&engine, &set, &review, Endpoint::Validate).allowed());
+}

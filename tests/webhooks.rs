@@ -144,6 +144,73 @@ fn failure_policy_defaults_and_overrides() {
         by_name(&v, "container-defaults.validate.confgate.dev")["failurePolicy"],
         "Ignore"
     );
+    // payments-database-url only warns: failing closed would block writes for advice.
+    assert_eq!(
+        by_name(&v, "payments-database-url.validate.confgate.dev")["failurePolicy"],
+        "Ignore"
+    );
+    // A policy's own failurePolicy wins, even for Warn.
+    let set = policies(
+        "apiVersion: confgate.dev/v1alpha1\nkind: Policy\nmetadata: {name: strict-advice}\nspec: {type: require-config-keys, action: Warn, failurePolicy: Fail}\n",
+    );
+    let (_, v) = generate(&set, &options()).unwrap();
+    assert_eq!(
+        v.webhooks.unwrap()[0].failure_policy.as_deref(),
+        Some("Fail")
+    );
+}
+
+#[test]
+fn match_conditions_skip_deletions_and_objects_made_by_judged_controllers() {
+    let (m, v) = webhooks(&options());
+    let refs = by_name(&v, "require-config-refs.validate.confgate.dev");
+    assert_eq!(
+        refs["matchConditions"],
+        json!([
+            {"name": "not-being-deleted",
+             "expression": "oldObject == null || !has(oldObject.metadata.deletionTimestamp)"},
+            {"name": "not-made-by-a-judged-controller",
+             "expression": "object == null || !has(object.metadata.ownerReferences) || !object.metadata.ownerReferences.exists(r, has(r.controller) && r.controller && r.kind in ['Deployment', 'StatefulSet', 'DaemonSet', 'ReplicaSet', 'ReplicationController', 'Job', 'CronJob'])"}
+        ])
+    );
+    // config-checksum judges Deployments, StatefulSets and DaemonSets only.
+    assert!(
+        by_name(&m, "config-checksum.mutate.confgate.dev")["matchConditions"][1]["expression"]
+            .as_str()
+            .unwrap()
+            .ends_with("r.kind in ['Deployment', 'StatefulSet', 'DaemonSet'])")
+    );
+    // A policy for Pods alone judges every Pod: no controller condition.
+    let set = policies(
+        "apiVersion: confgate.dev/v1alpha1\nkind: Policy\nmetadata: {name: pods}\nspec: {type: require-config-keys, match: {kinds: [Pod]}}\n",
+    );
+    let (_, v) = generate(&set, &options()).unwrap();
+    let conditions = v.webhooks.unwrap()[0].match_conditions.clone().unwrap();
+    assert_eq!(conditions.len(), 1);
+    // Older apiservers refuse the field: none at all.
+    let old = Options {
+        match_conditions: false,
+        ..options()
+    };
+    let (m, v) = webhooks(&old);
+    for hook in m["webhooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(v["webhooks"].as_array().unwrap())
+    {
+        assert!(hook.get("matchConditions").is_none(), "{hook}");
+    }
+}
+
+#[test]
+fn kubernetes_versions_are_read_as_minor_numbers() {
+    use confgate::webhooks::minor_version;
+    assert_eq!(minor_version("1.27"), Some(27));
+    assert_eq!(minor_version("v1.33.3"), Some(33));
+    assert_eq!(minor_version("1.30+"), Some(30));
+    assert_eq!(minor_version("2.0"), None);
+    assert_eq!(minor_version("latest"), None);
 }
 
 #[test]

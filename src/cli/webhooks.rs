@@ -34,6 +34,10 @@ pub struct WebhooksArgs {
     /// metadata.name of both configurations.
     #[arg(long, default_value = "confgate")]
     pub name: String,
+    /// The cluster's Kubernetes version (`1.27`, `v1.33.3`): before 1.28 no matchConditions are
+    /// emitted (the server applies the same rules itself).
+    #[arg(long, default_value = "1.28")]
+    pub kubernetes_version: String,
 }
 
 /// Prints the two configurations as YAML.
@@ -64,6 +68,14 @@ pub fn run(args: WebhooksArgs) -> anyhow::Result<()> {
         ca_bundle,
         inject_ca_from: args.inject_ca_from,
         timeout_seconds: args.timeout_seconds,
+        match_conditions: crate::webhooks::minor_version(&args.kubernetes_version).ok_or_else(
+            || {
+                anyhow::anyhow!(
+                    "--kubernetes-version {:?}: expected MAJOR.MINOR, e.g. 1.30",
+                    args.kubernetes_version
+                )
+            },
+        )? >= crate::webhooks::MATCH_CONDITIONS_SINCE,
     };
     let (mutating, validating) = generate(&set, &options)?;
     print!(

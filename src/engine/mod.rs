@@ -134,6 +134,18 @@ impl Engine {
         {
             return Err(format!("subresource {sub} not evaluated"));
         }
+        if request.operation == Operation::Update
+            && crate::policy::being_deleted(review.old_object.as_ref())
+        {
+            return Err("the object is being deleted".into());
+        }
+        if let Some((kind, name)) = subject(review).and_then(|o| {
+            crate::policy::made_by_judged_controller(o, &policy.matcher.judged_controllers())
+        }) {
+            return Err(format!(
+                "made by {kind} {name:?}, whose pod template is judged"
+            ));
+        }
         let input = MatchInput {
             kind: &request.kind.kind,
             operation: &request.operation,

@@ -126,6 +126,18 @@ impl Match {
         self.kinds.as_deref()
     }
 
+    /// The kinds whose pod template this policy judges and that make other workloads (a
+    /// Deployment makes ReplicaSets, a ReplicaSet Pods, ...): an object made by one of them is
+    /// not judged again (see [`made_by_judged_controller`]).
+    pub fn judged_controllers(&self) -> Vec<&str> {
+        self.kinds()
+            .unwrap_or_default()
+            .iter()
+            .map(String::as_str)
+            .filter(|k| CONTROLLER_KINDS.contains(k))
+            .collect()
+    }
+
     /// The operations this policy applies to.
     pub fn operations(&self) -> &[Operation] {
         &self.operations
@@ -336,4 +348,46 @@ mod tests {
         };
         assert!(m.check(&update, |_| None).is_ok());
     }
+}
+
+/// Workload kinds that carry a pod template and make other workloads from it.
+pub const CONTROLLER_KINDS: &[&str] = &[
+    "Deployment",
+    "ReplicaSet",
+    "StatefulSet",
+    "DaemonSet",
+    "Job",
+    "CronJob",
+    "ReplicationController",
+];
+
+/// The kind and name of the controller that made `object` (`ownerReferences` with
+/// `controller: true`), when it is one of `judged`. Such an object was judged as its owner's
+/// template (Kyverno's auto-gen idea): judging it again only widens what a confgate outage
+/// blocks (every replacement Pod in the cluster), so it is skipped, here and, where the
+/// apiserver supports it, by the registration's `matchConditions`.
+pub fn made_by_judged_controller<'a>(
+    object: &'a Value,
+    judged: &[&str],
+) -> Option<(&'a str, &'a str)> {
+    object
+        .pointer("/metadata/ownerReferences")?
+        .as_array()?
+        .iter()
+        .filter(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
+        .find_map(|r| {
+            let kind = r.get("kind")?.as_str()?;
+            judged
+                .contains(&kind)
+                .then(|| (kind, r.get("name").and_then(Value::as_str).unwrap_or("")))
+        })
+}
+
+/// True when the object the request changes is being deleted (`deletionTimestamp` set): its
+/// updates (finalizer removal above all) are never judged, so no policy and no confgate outage
+/// can keep it from going away.
+pub fn being_deleted(old_object: Option<&Value>) -> bool {
+    old_object
+        .and_then(|o| o.pointer("/metadata/deletionTimestamp"))
+        .is_some_and(|t| !t.is_null())
 }

@@ -12,7 +12,10 @@ mod registry;
 pub mod require_config_keys;
 
 pub use file::{ConfigError, PolicySet, load_dir, load_str};
-pub use matcher::{Match, MatchInput, MatchSpec, labels_of};
+pub use matcher::{
+    CONTROLLER_KINDS, Match, MatchInput, MatchSpec, being_deleted, labels_of,
+    made_by_judged_controller,
+};
 pub use registry::{Factory, Registry, SettingsError, parse_settings};
 
 use crate::cluster::ClusterState;

@@ -102,6 +102,7 @@ pub struct Confgate {
     http: std::sync::OnceLock<reqwest::Client>,
     command: Vec<String>,
     kubeconfig: PathBuf,
+    minor: u32,
 }
 
 impl Confgate {
@@ -143,6 +144,7 @@ impl Confgate {
             http: std::sync::OnceLock::new(),
             command,
             kubeconfig,
+            minor: cx.minor(),
         };
         confgate.spawn(cx);
         if options.wait_ready {
@@ -264,6 +266,7 @@ impl Confgate {
             .arg("--ca-bundle")
             .arg(self.ca_path())
             .args(["--url", &self.url(), "--name", name])
+            .arg(format!("--kubernetes-version=1.{}", self.minor))
             .args(extra)
             .output()
             .expect("confgate webhooks");
