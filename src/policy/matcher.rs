@@ -248,6 +248,48 @@ pub fn labels_of(object: &Value) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// Workload kinds that carry a pod template and make other workloads from it.
+pub const CONTROLLER_KINDS: &[&str] = &[
+    "Deployment",
+    "ReplicaSet",
+    "StatefulSet",
+    "DaemonSet",
+    "Job",
+    "CronJob",
+    "ReplicationController",
+];
+
+/// The kind and name of the controller that made `object` (`ownerReferences` with
+/// `controller: true`), when it is one of `judged`. Such an object was judged as its owner's
+/// template (Kyverno's auto-gen idea): judging it again only widens what a confgate outage
+/// blocks (every replacement Pod in the cluster), so it is skipped, here and, where the
+/// apiserver supports it, by the registration's `matchConditions`.
+pub fn made_by_judged_controller<'a>(
+    object: &'a Value,
+    judged: &[&str],
+) -> Option<(&'a str, &'a str)> {
+    object
+        .pointer("/metadata/ownerReferences")?
+        .as_array()?
+        .iter()
+        .filter(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
+        .find_map(|r| {
+            let kind = r.get("kind")?.as_str()?;
+            judged
+                .contains(&kind)
+                .then(|| (kind, r.get("name").and_then(Value::as_str).unwrap_or("")))
+        })
+}
+
+/// True when the object the request changes is being deleted (`deletionTimestamp` set): its
+/// updates (finalizer removal above all) are never judged, so no policy and no confgate outage
+/// can keep it from going away.
+pub fn being_deleted(old_object: Option<&Value>) -> bool {
+    old_object
+        .and_then(|o| o.pointer("/metadata/deletionTimestamp"))
+        .is_some_and(|t| !t.is_null())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,46 +390,4 @@ mod tests {
         };
         assert!(m.check(&update, |_| None).is_ok());
     }
-}
-
-/// Workload kinds that carry a pod template and make other workloads from it.
-pub const CONTROLLER_KINDS: &[&str] = &[
-    "Deployment",
-    "ReplicaSet",
-    "StatefulSet",
-    "DaemonSet",
-    "Job",
-    "CronJob",
-    "ReplicationController",
-];
-
-/// The kind and name of the controller that made `object` (`ownerReferences` with
-/// `controller: true`), when it is one of `judged`. Such an object was judged as its owner's
-/// template (Kyverno's auto-gen idea): judging it again only widens what a confgate outage
-/// blocks (every replacement Pod in the cluster), so it is skipped, here and, where the
-/// apiserver supports it, by the registration's `matchConditions`.
-pub fn made_by_judged_controller<'a>(
-    object: &'a Value,
-    judged: &[&str],
-) -> Option<(&'a str, &'a str)> {
-    object
-        .pointer("/metadata/ownerReferences")?
-        .as_array()?
-        .iter()
-        .filter(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
-        .find_map(|r| {
-            let kind = r.get("kind")?.as_str()?;
-            judged
-                .contains(&kind)
-                .then(|| (kind, r.get("name").and_then(Value::as_str).unwrap_or("")))
-        })
-}
-
-/// True when the object the request changes is being deleted (`deletionTimestamp` set): its
-/// updates (finalizer removal above all) are never judged, so no policy and no confgate outage
-/// can keep it from going away.
-pub fn being_deleted(old_object: Option<&Value>) -> bool {
-    old_object
-        .and_then(|o| o.pointer("/metadata/deletionTimestamp"))
-        .is_some_and(|t| !t.is_null())
 }
