@@ -172,7 +172,6 @@ pub fn generate(
                 rules: Some(w.rules),
                 side_effects: "None".into(),
                 timeout_seconds: Some(options.timeout_seconds),
-                ..Default::default()
             });
         }
     }
