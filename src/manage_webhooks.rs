@@ -1,8 +1,8 @@
 //! `serve --manage-webhooks`: keep the cluster's MutatingWebhookConfiguration and
 //! ValidatingWebhookConfiguration in step with the policies in force and the CA bundle, by
 //! server-side apply (field manager `confgate`). Applied at start, whenever the policy set or
-//! the CA file changes, and every five minutes against drift. RBAC:
-//! `deploy/optional/manage-webhooks-rbac.yaml`.
+//! the CA file changes, and every five minutes against drift; the first time only once confgate
+//! is ready. RBAC: `deploy/components/manage-webhooks/rbac.yaml`.
 
 use crate::server::AppState;
 use crate::webhooks::{Options, generate};
@@ -36,6 +36,15 @@ pub async fn run(client: Client, state: Arc<AppState>, mut options: Options, ca_
             options.match_conditions = false;
             tracing::warn!(%error, "cannot read the apiserver's version; registering without matchConditions");
         }
+    }
+    // No webhook before this confgate can answer it: wait until it is ready (caches synced).
+    let mut waited = false;
+    while let Err(reason) = state.readiness() {
+        if !waited {
+            tracing::info!(%reason, "webhook registration waits until confgate is ready");
+            waited = true;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let validating: Api<ValidatingWebhookConfiguration> = Api::all(client);

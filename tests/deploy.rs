@@ -7,7 +7,6 @@ mod common;
 use axum::body::Body;
 use common::*;
 use confgate::policy::{Registry, load_dir};
-use confgate::webhooks::{Options, generate};
 use serde_json::{Value, json};
 use std::process::Command;
 use tower::ServiceExt;
@@ -58,22 +57,38 @@ fn deployed_policies_are_the_shipped_policies() {
 }
 
 #[test]
-fn cert_manager_registration_is_generated_from_the_policies() {
-    let set = load_dir(&root().join("deploy/base/policies"), &Registry::builtin()).unwrap();
-    let options = Options {
-        inject_ca_from: Some("confgate-system/confgate".into()),
-        ..Options::for_service("confgate", "confgate-system")
-    };
-    let (m, v) = generate(&set, &options).unwrap();
+fn cert_manager_overlay_lets_the_server_register_once_ready() {
     let docs = render("deploy/overlays/cert-manager");
-    assert_eq!(
-        find(&docs, "MutatingWebhookConfiguration", "confgate"),
-        &serde_json::to_value(m).unwrap(),
-        "regenerate deploy/overlays/cert-manager/webhooks.yaml (see its kustomization)"
+    // No registration in the apply: it would exist before any confgate could answer it, and
+    // without a caBundle until cert-manager's injector got to it.
+    for kind in [
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+    ] {
+        assert_eq!(all(&docs, kind).count(), 0, "{kind} in the overlay");
+    }
+    let deployment = find(&docs, "Deployment", "confgate");
+    let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap();
+    assert!(args.contains(&json!("--manage-webhooks")), "{args:?}");
+    assert!(
+        args.contains(&json!("--cluster=required")),
+        "registers only once synced"
     );
+    // The CA it registers is ca.crt beside the serving certificate, from the Secret
+    // cert-manager writes (a CA Issuer puts ca.crt there).
+    assert!(args.contains(&json!("--tls-cert=/etc/confgate/tls/tls.crt")));
+    let role = find(&docs, "ClusterRole", "confgate-manage-webhooks");
     assert_eq!(
-        find(&docs, "ValidatingWebhookConfiguration", "confgate"),
-        &serde_json::to_value(v).unwrap()
+        role["rules"][0]["resourceNames"],
+        json!(["confgate"]),
+        "writes only its own configurations"
+    );
+    let binding = find(&docs, "ClusterRoleBinding", "confgate-manage-webhooks");
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "confgate", "namespace": "confgate-system"}])
     );
     // The injector reads the Certificate that writes the Secret the Deployment mounts.
     let certificate = find(&docs, "Certificate", "confgate");
@@ -116,8 +131,14 @@ fn rbac_is_least_privilege() {
                     "wildcard in {}",
                     role["metadata"]["name"]
                 );
+                // Writes only to confgate's own webhook configurations (--manage-webhooks).
+                let own_webhooks = role["metadata"]["name"] == "confgate-manage-webhooks"
+                    && resources
+                        .iter()
+                        .all(|r| r.ends_with("webhookconfigurations"))
+                    && (rule["resourceNames"] == json!(["confgate"]) || verbs == ["create"]);
                 assert!(
-                    verbs.iter().all(|v| ["get", "list", "watch"].contains(v)),
+                    own_webhooks || verbs.iter().all(|v| ["get", "list", "watch"].contains(v)),
                     "{overlay}: write verbs in {}",
                     role["metadata"]["name"]
                 );
@@ -136,20 +157,34 @@ fn rbac_is_least_privilege() {
 
 #[test]
 fn webhooks_never_touch_the_control_plane_or_confgate() {
-    let docs = render("deploy/overlays/cert-manager");
-    for kind in [
-        "MutatingWebhookConfiguration",
-        "ValidatingWebhookConfiguration",
+    // What the deployed server registers (--manage-webhooks, POD_NAMESPACE confgate-system)
+    // and what install.sh registers (confgate webhooks with its defaults) from the deployed
+    // policies.
+    let set = load_dir(&root().join("deploy/base/policies"), &Registry::builtin()).unwrap();
+    let (m, v) = confgate::webhooks::generate(
+        &set,
+        &confgate::webhooks::Options::for_service("confgate", "confgate-system"),
+    )
+    .unwrap();
+    for config in [
+        serde_json::to_value(m).unwrap(),
+        serde_json::to_value(v).unwrap(),
     ] {
-        for hook in find(&docs, kind, "confgate")["webhooks"]
-            .as_array()
-            .unwrap()
-        {
+        for hook in config["webhooks"].as_array().unwrap() {
             assert_webhook_is_safe(hook);
             assert_eq!(hook["sideEffects"], "None");
             assert_eq!(
                 hook["clientConfig"]["service"]["namespace"],
                 "confgate-system"
+            );
+            // cert-manager issues confgate's own certificate: never blocked by confgate.
+            let excluded = &hook["namespaceSelector"]["matchExpressions"][0];
+            assert_eq!(excluded["operator"], "NotIn");
+            assert!(
+                excluded["values"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!("cert-manager"))
             );
         }
     }
@@ -161,7 +196,19 @@ async fn deployment_is_hardened_and_probes_real_endpoints() {
     let deployment = find(&docs, "Deployment", "confgate");
     let pod = &deployment["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
-    assert_eq!(deployment["spec"]["replicas"], 2);
+    // The HPA owns the replica count: an apply never resets a scaled-out Deployment.
+    assert!(deployment["spec"].get("replicas").is_none());
+    assert_eq!(
+        find(&docs, "HorizontalPodAutoscaler", "confgate")["spec"]["minReplicas"],
+        2
+    );
+    // Never preempted by the workloads it admits.
+    let class = deployment["spec"]["template"]["spec"]["priorityClassName"]
+        .as_str()
+        .unwrap();
+    let priority = find(&docs, "PriorityClass", class);
+    assert!(priority["value"].as_i64().unwrap() >= 1_000_000_000);
+    assert_eq!(priority["globalDefault"], false);
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(
         pod["securityContext"]["seccompProfile"]["type"],

@@ -27,6 +27,11 @@ fn expected(name: &str) -> (bool, &'static [&'static str]) {
             (false, &[])
         }
         "update-configmap-app-config" | "update-deployments-scale-web" => (false, &[]),
+        // Made by a controller (ReplicaSet, Deployment) whose template the policies judge: not
+        // judged again (README, "A small blast radius").
+        "create-pod-generatename-from-replicaset" | "create-replicaset-from-deployment" => {
+            (false, &[])
+        }
         // Pods the built-in LimitRanger already defaulted: nothing left to fill.
         "create-pod-nginx-lr" | "create-pod-limits-only" => (false, &[]),
         "create-deployment-bare"

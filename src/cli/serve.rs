@@ -81,7 +81,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 15)]
     pub drain_seconds: u64,
     /// Keep the webhook registration in the cluster in step with the policies and the CA
-    /// (needs deploy/optional/manage-webhooks-rbac.yaml and a live cluster).
+    /// (needs deploy/components/manage-webhooks and a live cluster).
     #[arg(long)]
     pub manage_webhooks: bool,
     /// With --manage-webhooks: the CA bundle (default: ca.crt beside --tls-cert).
