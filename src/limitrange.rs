@@ -330,12 +330,13 @@ fn ratio_constraint(
         ));
     }
     let observed = l as f64 / r as f64;
-    let (scaled, max) = if fits_milli(enforced) {
-        (observed * 1000.0, enforced.milli_value() as f64)
+    // l / r > max, exactly: at milli precision `l * 1000 > max_milli * r`.
+    let exceeds = if fits_milli(enforced) {
+        crate::quantity::ratio_exceeds(l * 1000, r, enforced.milli_value())
     } else {
-        (observed, enforced.value() as f64)
+        crate::quantity::ratio_exceeds(l, r, enforced.value())
     };
-    (scaled > max).then(|| format!("{name} max limit to request ratio per {kind} is {enforced}, but provided ratio is {observed:.6}"))
+    exceeds.then(|| format!("{name} max limit to request ratio per {kind} is {enforced}, but provided ratio is {observed:.6}"))
 }
 
 /// Upstream's checks of one item against one requests/limits pair.
@@ -362,6 +363,42 @@ fn check(
                 .filter_map(|(k, v)| ratio_constraint(kind, k, v, requests, limits)),
         );
     out.extend(found.map(|m| format!("{context}{m}")));
+}
+
+/// Quantities in the pod spec's `resources` that cannot be judged (malformed, or too large to
+/// judge exactly): each is a violation, so a value confgate cannot read is never let through
+/// as if it were absent.
+pub fn unreadable_quantities(spec: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for (list, noun) in [
+        ("initContainers", "init container"),
+        ("containers", "container"),
+    ] {
+        for c in spec
+            .get(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
+            for field in ["requests", "limits"] {
+                let entries = c
+                    .get("resources")
+                    .and_then(|r| r.get(field))
+                    .and_then(Value::as_object);
+                for (resource, value) in entries.into_iter().flatten() {
+                    let text = match value {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    if let Err(error) = Quantity::parse(&text) {
+                        out.push(format!("{noun} {name:?}: {field}.{resource}: {error}"));
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Upstream's `PodValidateLimitFunc` over a pod spec: Container items against every container

@@ -1,7 +1,13 @@
 //! Kubernetes resource quantities, as `k8s.io/apimachinery/pkg/api/resource.Quantity` parses,
 //! compares, adds and prints them: values are exact (held in nano units, rounded up past nano
-//! precision as upstream does, capped at 2^63-1), and [`Quantity`]'s `Display` is Go's canonical
-//! `String()` (`0.1` → `100m`, `1536Mi` stays, `0.5Gi` → `512Mi`, `1e3` → `1e3`, `1000` → `1k`).
+//! precision as upstream does), and [`Quantity`]'s `Display` is Go's canonical `String()`
+//! (`0.1` → `100m`, `1536Mi` stays, `0.5Gi` → `512Mi`, `1e3` → `1e3`, `1000` → `1k`).
+//!
+//! A value is never wrapped or clipped: one whose magnitude is above [`MAX_UNITS`] (10^24, a
+//! yottabyte or a septillion cores; upstream's arbitrary-precision decimals accept more) is
+//! refused with [`QuantityError::OutOfRange`], so a policy judges it as an error, never as a
+//! small number. Every exponent computation is done in 64 bits from a 32-bit exponent, so it
+//! cannot overflow.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -24,14 +30,22 @@ pub struct Quantity {
     format: Format,
 }
 
-/// A string that is not a quantity.
+/// Why a string is not a quantity confgate can judge.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a valid quantity (examples: 100m, 0.5, 1Gi, 1G, 1e3)")]
-pub struct QuantityError(pub String);
+pub enum QuantityError {
+    /// Not a quantity at all.
+    #[error("{0:?} is not a valid quantity (examples: 100m, 0.5, 1Gi, 1G, 1e3)")]
+    Malformed(String),
+    /// A quantity too large to judge exactly.
+    #[error("{0:?} is too large to judge exactly: quantities up to 1e24 in magnitude are")]
+    OutOfRange(String),
+}
+
+/// The largest magnitude, in units, of a quantity confgate judges.
+pub const MAX_UNITS: i128 = 1_000_000_000_000_000_000_000_000;
 
 const NANO: i128 = 1_000_000_000;
-/// Upstream caps every quantity at 2^63-1 (in units).
-const MAX_NANOS: i128 = (i64::MAX as i128) * NANO;
+const MAX_NANOS: i128 = MAX_UNITS * NANO;
 /// Above this, upstream compares at unit rather than milli precision.
 const MAX_MILLI_VALUE: i128 = (i64::MAX / 1000) as i128;
 
@@ -56,6 +70,13 @@ fn pow10(exp: u32) -> Option<i128> {
     10i128.checked_pow(exp)
 }
 
+/// True when `limit / request > ratio`, exactly (all three non-negative and `request > 0`),
+/// in big integers: the products of two values within range do not fit in 128 bits.
+pub fn ratio_exceeds(limit: i128, request: i128, ratio: i128) -> bool {
+    use num_bigint::BigInt;
+    BigInt::from(limit) > BigInt::from(ratio) * BigInt::from(request)
+}
+
 /// Divides rounding away from zero (Go's `inf.RoundUp`).
 fn div_away(n: i128, d: i128) -> i128 {
     let q = n / d;
@@ -65,7 +86,8 @@ fn div_away(n: i128, d: i128) -> i128 {
 impl Quantity {
     /// Parses a quantity string as upstream's `ParseQuantity`.
     pub fn parse(s: &str) -> Result<Self, QuantityError> {
-        let err = || QuantityError(s.to_owned());
+        let err = || QuantityError::Malformed(s.to_owned());
+        let too_large = || QuantityError::OutOfRange(s.to_owned());
         let (negative, rest) = match s.as_bytes().first() {
             Some(b'-') => (true, &s[1..]),
             Some(b'+') => (false, &s[1..]),
@@ -89,13 +111,17 @@ impl Quantity {
         let mut nanos = if digits.is_empty() {
             0
         } else if digits.len() > 38 {
-            MAX_NANOS
+            // More digits than 128 bits hold: exactly, in big integers (rare, so off the fast path).
+            let frac = i64::try_from(frac_part.len()).map_err(|_| err())?;
+            big_scale_to_nanos(digits, base2, exponent, frac).ok_or_else(too_large)?
         } else {
             let mantissa: i128 = digits.parse().map_err(|_| err())?;
-            let frac = i32::try_from(frac_part.len()).map_err(|_| err())?;
-            scale_to_nanos(mantissa, base2, exponent, frac)
+            let frac = i64::try_from(frac_part.len()).map_err(|_| err())?;
+            scale_to_nanos(mantissa, base2, exponent, frac).ok_or_else(too_large)?
         };
-        nanos = nanos.min(MAX_NANOS);
+        if nanos > MAX_NANOS {
+            return Err(too_large());
+        }
         if negative {
             nanos = -nanos;
         }
@@ -121,7 +147,9 @@ impl Quantity {
     }
 
     /// `self + other`, keeping this quantity's format (or the other's when this one is zero), as
-    /// upstream's `Quantity.Add`.
+    /// upstream's `Quantity.Add`. Exact: each term is at most 10^33 nanos, so the sum of fewer
+    /// than 170,000 of them fits (a review has at most `--max-review-containers`); beyond, it
+    /// saturates, still above any quantity a LimitRange can hold.
     pub fn add(&self, other: &Quantity) -> Quantity {
         let format = if self.nanos == 0 {
             other.format
@@ -129,7 +157,7 @@ impl Quantity {
             self.format
         };
         Quantity {
-            nanos: (self.nanos + other.nanos).clamp(-MAX_NANOS, MAX_NANOS),
+            nanos: self.nanos.saturating_add(other.nanos),
             format,
         }
     }
@@ -150,36 +178,63 @@ fn ceil_div(n: i128, d: i128) -> i128 {
     if n % d != 0 && n > 0 { q + 1 } else { q }
 }
 
-/// Value in nanos of `mantissa × base^exponent / 10^frac`, rounded away from zero past nano.
-fn scale_to_nanos(mantissa: i128, base2: bool, exponent: i32, frac: i32) -> i128 {
-    if base2 {
+/// Value in nanos of `mantissa × base^exponent / 10^frac`, rounded away from zero past nano;
+/// `None` when it is out of range. The exponents are combined in 64 bits, which cannot overflow
+/// (a 32-bit exponent, a digit count, and 9).
+fn scale_to_nanos(mantissa: i128, base2: bool, exponent: i32, frac: i64) -> Option<i128> {
+    let (value, e10) = if base2 {
+        // Binary suffixes are Ki..Ei: exponents 10..60.
         let shifted = u32::try_from(exponent)
             .ok()
             .and_then(|e| 2i128.checked_pow(e))
-            .and_then(|p| mantissa.checked_mul(p));
-        let Some(value) = shifted else {
-            return MAX_NANOS;
-        };
-        let e10 = 9 - frac;
-        return if e10 >= 0 {
-            pow10(e10.unsigned_abs())
-                .and_then(|p| value.checked_mul(p))
-                .unwrap_or(MAX_NANOS)
-        } else {
-            pow10(e10.unsigned_abs()).map_or(0, |p| div_away(value, p))
-        };
-    }
-    let e10 = exponent - frac + 9;
-    if e10 >= 0 {
-        pow10(e10.unsigned_abs())
-            .and_then(|p| mantissa.checked_mul(p))
-            .unwrap_or(MAX_NANOS)
+            .and_then(|p| mantissa.checked_mul(p))?;
+        (shifted, 9 - frac)
     } else {
-        match pow10(e10.unsigned_abs()) {
-            Some(p) => div_away(mantissa, p),
-            None => i128::from(mantissa != 0),
+        (mantissa, i64::from(exponent) - frac + 9)
+    };
+    if e10 >= 0 {
+        let scale = u32::try_from(e10).ok().and_then(pow10)?;
+        value.checked_mul(scale).filter(|n| *n <= MAX_NANOS)
+    } else {
+        match u32::try_from(-e10).ok().and_then(pow10) {
+            Some(p) => Some(div_away(value, p)),
+            // Smaller than one nano: rounds up to one, as upstream rounds up past nano.
+            None => Some(i128::from(value != 0)),
         }
     }
+}
+
+/// [`scale_to_nanos`] for a mantissa of more than 38 digits, in big integers.
+fn big_scale_to_nanos(digits: &str, base2: bool, exponent: i32, frac: i64) -> Option<i128> {
+    use num_bigint::BigInt;
+    let mut value: BigInt = digits.parse().ok()?;
+    let e10 = if base2 {
+        value <<= u32::try_from(exponent).ok()?;
+        9 - frac
+    } else {
+        i64::from(exponent) - frac + 9
+    };
+    let len = i64::try_from(digits.len()).ok()?;
+    // value >= 10^(len-1) (no leading zeros): past 10^33 nanos when len - 1 + e10 > 33, and
+    // below one nano when len + e10 < 0, checked before any power is built.
+    if len - 1 + e10 > 33 {
+        return None;
+    }
+    if len + e10 < 0 {
+        return Some(1);
+    }
+    let scaled = if e10 >= 0 {
+        value * BigInt::from(10).pow(u32::try_from(e10).ok()?)
+    } else {
+        let divisor = BigInt::from(10).pow(u32::try_from(-e10).ok()?);
+        let (quotient, remainder) = (&value / &divisor, &value % &divisor);
+        if remainder == BigInt::from(0) {
+            quotient
+        } else {
+            quotient + 1
+        }
+    };
+    i128::try_from(scaled).ok().filter(|n| *n <= MAX_NANOS)
 }
 
 /// `(base is 2, exponent, format)` for a suffix.
@@ -366,6 +421,54 @@ mod tests {
     }
 
     #[test]
+    fn huge_exponents_are_refused_never_wrapped() {
+        for huge in [
+            "1e2147483647",
+            "10e2146483646",
+            "1E2147483647",
+            "1e25",
+            "900000Ei",
+            "1000000000000000000000000001",
+            "123456789012345678901234567890123456789012",
+            "1234567890123456789012345678901234567890e-5",
+        ] {
+            assert_eq!(
+                Quantity::parse(huge),
+                Err(QuantityError::OutOfRange(huge.to_owned())),
+                "{huge}"
+            );
+        }
+        // More than 38 digits, brought into range by the exponent: exact.
+        assert_eq!(
+            Quantity::parse("1000000000000000000000000000.00000000000e-3")
+                .unwrap()
+                .value(),
+            10i128.pow(24)
+        );
+        assert_eq!(
+            Quantity::parse("1234567890123456789012345678901234567890e-30")
+                .unwrap()
+                .milli_value(),
+            1_234_567_890_124
+        );
+        // At the bound, and tiny values round up to one nano.
+        assert_eq!(Quantity::parse("1e24").unwrap().value(), MAX_UNITS);
+        assert_eq!(
+            Quantity::parse("1e-2147483648").unwrap().to_string(),
+            "1e-9"
+        );
+        assert_eq!(Quantity::parse("-1e24").unwrap().value(), -MAX_UNITS);
+    }
+
+    #[test]
+    fn ratios_are_compared_exactly_above_64_bits() {
+        // 1e22 / 1e20 = 100: above a ratio of 10, though both are above 2^63.
+        assert!(ratio_exceeds(10i128.pow(22), 10i128.pow(20), 10));
+        assert!(!ratio_exceeds(10i128.pow(21), 10i128.pow(20), 10));
+        assert!(ratio_exceeds(MAX_UNITS, 1, MAX_UNITS - 1));
+    }
+
+    #[test]
     fn rejects_malformed_quantities() {
         for bad in ["", "abc", "1.2.3", "1Xi", "m", "1e", "1e+", "--1", "1 Gi"] {
             assert!(Quantity::parse(bad).is_err(), "{bad}");
@@ -390,5 +493,88 @@ mod tests {
             .unwrap()
             .add(&Quantity::parse("0.4").unwrap());
         assert_eq!(cpu.to_string(), "500m");
+    }
+
+    mod reference {
+        //! An independent reference: the exact value of a quantity string as a big rational,
+        //! rounded up past nano as upstream does, compared with what `Quantity::parse` makes.
+        use super::super::*;
+        use num_bigint::BigInt;
+        use proptest::prelude::*;
+
+        /// `Some(nanos)` exactly, or `None` when above the range.
+        fn exact_nanos(negative: bool, int: &str, frac: &str, suffix: &str) -> Option<BigInt> {
+            let digits: BigInt = format!("0{int}{frac}").parse().unwrap();
+            let (two, ten): (u32, i64) = match suffix {
+                "Ki" => (10, 0),
+                "Mi" => (20, 0),
+                "Gi" => (30, 0),
+                "Ti" => (40, 0),
+                "Pi" => (50, 0),
+                "Ei" => (60, 0),
+                "" => (0, 0),
+                "n" => (0, -9),
+                "u" => (0, -6),
+                "m" => (0, -3),
+                "k" => (0, 3),
+                "M" => (0, 6),
+                "G" => (0, 9),
+                "T" => (0, 12),
+                "P" => (0, 15),
+                "E" => (0, 18),
+                e => (0, e[1..].parse().unwrap()),
+            };
+            let mut numerator = digits * BigInt::from(2).pow(two);
+            let mut denominator = BigInt::from(1);
+            let shift = ten + 9 - frac.len() as i64;
+            if shift >= 0 {
+                numerator *= BigInt::from(10).pow(shift as u32);
+            } else {
+                denominator *= BigInt::from(10).pow((-shift) as u32);
+            }
+            let (quotient, remainder) = (&numerator / &denominator, &numerator % &denominator);
+            let rounded = if remainder == BigInt::from(0) {
+                quotient
+            } else {
+                quotient + 1
+            };
+            if rounded > BigInt::from(MAX_NANOS) {
+                return None;
+            }
+            Some(if negative { -rounded } else { rounded })
+        }
+
+        fn suffix() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::sample::select(vec![
+                    "", "n", "u", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi",
+                    "Ei",
+                ])
+                .prop_map(str::to_owned),
+                (-45i32..45).prop_map(|e| format!("e{e}")),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn parses_to_the_exact_value_or_refuses(
+                negative in any::<bool>(),
+                int in "[0-9]{0,30}",
+                frac in "[0-9]{0,12}",
+                suffix in suffix(),
+            ) {
+                prop_assume!(!int.is_empty() || !frac.is_empty());
+                let text = format!(
+                    "{}{int}{}{suffix}",
+                    if negative { "-" } else { "" },
+                    if frac.is_empty() { String::new() } else { format!(".{frac}") }
+                );
+                match (Quantity::parse(&text), exact_nanos(negative, &int, &frac, &suffix)) {
+                    (Ok(q), Some(expected)) => prop_assert_eq!(BigInt::from(q.nanos), expected, "{}", text),
+                    (Err(QuantityError::OutOfRange(_)), None) => {}
+                    (got, expected) => prop_assert!(false, "{}: parsed {:?}, reference {:?}", text, got, expected),
+                }
+            }
+        }
     }
 }

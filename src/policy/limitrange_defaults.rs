@@ -12,7 +12,8 @@
 
 use super::{Capabilities, Context, Findings, Policy, PolicyError, SettingsError, parse_settings};
 use crate::limitrange::{
-    ANNOTATION_PREFIX, Item, LimitRange, copy_limits_to_requests, merge_defaults, validate_spec,
+    ANNOTATION_PREFIX, Item, LimitRange, copy_limits_to_requests, merge_defaults,
+    unreadable_quantities, validate_spec,
 };
 use crate::quantity::Quantity;
 use crate::workload::{WORKLOAD_KINDS, pod_spec, pod_spec_mut, set_template_annotation};
@@ -267,6 +268,12 @@ impl Policy for LimitRangeDefaults {
         let Some(spec) = pod_spec(&cx.request.kind.kind, object) else {
             return Ok(());
         };
+        // Only judged when some LimitRange applies, as the built-in plugin does.
+        if !ranges.is_empty() {
+            for message in unreadable_quantities(spec) {
+                out.violation(message);
+            }
+        }
         let mut as_pod = spec.clone();
         apply(&mut as_pod, &ranges);
         for range in &ranges {
@@ -291,6 +298,60 @@ mod tests {
 
     fn policy() -> LimitRangeDefaults {
         LimitRangeDefaults::from_settings(json!({"limits": [{"type": "Container", "defaultRequest": {"cpu": "100m"}, "max": {"memory": "1Gi"}}]})).unwrap()
+    }
+
+    #[test]
+    fn rejects_quantities_too_large_to_judge_instead_of_reading_them_small() {
+        // i32 exponent arithmetic used to wrap 1e2147483647 to a tiny value: max 1Gi allowed it.
+        for huge in ["1e2147483647", "10e2146483646"] {
+            let out = validate(
+                &policy(),
+                deployment(json!({"limits": {"memory": huge}})),
+                &Standalone,
+            );
+            // Unreadable, the limit also counts as absent for `max`: denied either way.
+            assert_eq!(
+                out.violations,
+                vec![
+                    format!(
+                        "container \"app\": limits.memory: \"{huge}\" is too large to judge exactly: quantities up to 1e24 in magnitude are"
+                    ),
+                    "container \"app\": maximum memory usage per Container is 1Gi.  No limit is specified".to_owned(),
+                ],
+                "{huge}"
+            );
+        }
+        // Large but within range: judged, and over the max.
+        let out = validate(
+            &policy(),
+            deployment(json!({"limits": {"memory": "1e20"}})),
+            &Standalone,
+        );
+        assert_eq!(
+            out.violations,
+            vec![
+                "container \"app\": maximum memory usage per Container is 1Gi, but limit is 100e18"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_ratio_between_quantities_above_2_pow_63_is_exact() {
+        let policy = LimitRangeDefaults::from_settings(
+            json!({"limits": [{"type": "Container", "maxLimitRequestRatio": {"memory": "10"}}]}),
+        )
+        .unwrap();
+        let out = validate(
+            &policy,
+            deployment(json!({"requests": {"memory": "1e20"}, "limits": {"memory": "1e22"}})),
+            &Standalone,
+        );
+        assert_eq!(
+            out.violations,
+            vec![
+                "container \"app\": memory max limit to request ratio per Container is 10, but provided ratio is 100.000000"
+            ]
+        );
     }
 
     #[test]
