@@ -60,7 +60,7 @@ fn review_explains_a_plain_manifest() {
     );
     assert!(stdout.contains(r#"add     /spec/template/spec/containers/0/resources = {"limits":{"memory":"512Mi"},"requests":{"cpu":"100m","memory":"128Mi"}}"#), "{stdout}");
     assert!(
-        stdout.contains("secret \"shop/api-token\" was not checked: no cluster connection"),
+        stdout.contains("secret \"shop/api-token\" was not checked: not in the reviewed input (give --cluster-state FILE to check it against the cluster)"),
         "{stdout}"
     );
 }
@@ -266,8 +266,10 @@ fn every_fixture_passes_through_review() {
         .collect();
     for name in all_fixtures() {
         let file = fixture_path(&name);
-        let mut args = vec!["review", file.to_str().unwrap(), "--cluster-state"];
-        args.extend(state.iter().map(String::as_str));
+        let mut args = vec!["review", file.to_str().unwrap()];
+        for file in &state {
+            args.extend(["--cluster-state", file.as_str()]);
+        }
         let out = confgate(&args, None);
         assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out.stderr));
         let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -276,4 +278,193 @@ fn every_fixture_passes_through_review() {
         assert_eq!(answer["response"]["uid"], sent["request"]["uid"], "{name}");
         assert_eq!(answer["response"]["allowed"], true, "{name}");
     }
+}
+
+/// Writes `files` (name, text) into a temporary directory.
+fn files(entries: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in entries {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    dir
+}
+
+const APP_CONFIG_WITHOUT_TOKEN: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: app-config, namespace: shop}
+data: {DATABASE_URL: postgres://db}
+"#;
+
+#[test]
+fn cluster_state_takes_one_file_and_never_swallows_the_inputs() {
+    // As the README's "Rolling out" step 1 types it: options, then the manifest.
+    let dir = files(&[
+        ("app.yaml", DEPLOYMENT),
+        ("state.yaml", APP_CONFIG_WITHOUT_TOKEN),
+    ]);
+    let path = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    let out = confgate(
+        &[
+            "review",
+            "-o",
+            "summary",
+            "--cluster-state",
+            &path("state.yaml"),
+            &path("app.yaml"),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "DENIED  Deployment shop/api\n    - require-config-refs: container \"api\": env TOKEN: secret \"shop/api-token\" not found\n    - config-checksum: secret \"shop/api-token\" does not exist; the checksum counts it as missing\n1 reviewed: 0 allowed, 1 denied, 1 with warnings\n"
+    );
+    // And with `-` after it: standard input is the input.
+    let out = confgate(
+        &[
+            "review",
+            "-o",
+            "summary",
+            "--cluster-state",
+            &path("state.yaml"),
+            "-",
+        ],
+        Some(DEPLOYMENT),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+}
+
+#[test]
+fn any_number_of_files_directories_and_stdin() {
+    let dir = files(&[
+        ("a.yaml", DEPLOYMENT),
+        (
+            "nested/b.yml",
+            &DEPLOYMENT.replace("name: api,", "name: b,"),
+        ),
+        ("nested/.hidden.yaml", "not: [yaml"),
+        ("notes.txt", "ignored"),
+    ]);
+    let a = dir.path().join("a.yaml");
+    let c = DEPLOYMENT.replace("name: api,", "name: c,");
+    let out = confgate(
+        &[
+            "review",
+            "-o",
+            "summary",
+            dir.path().to_str().unwrap(),
+            "-",
+            a.to_str().unwrap(),
+        ],
+        Some(&c),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let names: Vec<String> = text(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with(' '))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            "WARNED  Deployment shop/api",
+            "WARNED  Deployment shop/b",
+            "WARNED  Deployment shop/c",
+            "WARNED  Deployment shop/api",
+            "4 reviewed: 4 allowed, 0 denied, 4 with warnings",
+        ]
+    );
+    let out = confgate(&["review", "-", "-"], Some(DEPLOYMENT));
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "confgate review: - (standard input) is given more than once\n"
+    );
+}
+
+#[test]
+fn a_bare_review_at_a_terminal_says_what_to_give() {
+    // `script` gives the command a terminal as standard input, as a person typing would have.
+    let command = format!("{} review", env!("CARGO_BIN_EXE_confgate"));
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(root())
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (util-linux) is installed");
+    assert!(
+        text(&out.stdout).contains(
+            "confgate review: no input: give manifest or AdmissionReview files, directories, or - for standard input"
+        ),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_whole_app_is_judged_as_a_unit() {
+    // What `kubectl kustomize overlay | confgate review -` sends: a ConfigMap generated in the
+    // same stream lacks a key the Deployment requires.
+    let app = format!(
+        "{APP_CONFIG_WITHOUT_TOKEN}---\n{}",
+        DEPLOYMENT.replace(
+            "valueFrom: {secretKeyRef: {name: api-token, key: token}}",
+            "valueFrom: {configMapKeyRef: {name: app-config, key: TOKEN}}"
+        )
+    );
+    let out = confgate(&["review", "-o", "json", "-"], Some(&app));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results = json["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0]["kind"], "ConfigMap");
+    assert_eq!(results[0]["allowed"], true);
+    assert_eq!(results[1]["name"], "shop/api");
+    assert_eq!(results[1]["allowed"], false);
+    assert_eq!(
+        results[1]["denials"],
+        serde_json::json!([
+            "require-config-refs: container \"api\": env TOKEN: configmap \"shop/app-config\" has no key \"TOKEN\""
+        ])
+    );
+}
+
+#[test]
+fn strict_fails_on_what_could_not_be_checked() {
+    // Nothing says whether Secret api-token exists: a warning, exit 0; with --strict, exit 1.
+    let out = confgate(&["review", "-o", "summary", "-"], Some(DEPLOYMENT));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("was not checked: not in the reviewed input"));
+    let out = confgate(
+        &["review", "--strict", "-o", "summary", "-"],
+        Some(DEPLOYMENT),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+}
+
+#[test]
+fn explain_says_a_denied_request_gets_no_patch() {
+    let state = root().join("tests/fixtures/cluster-state/01-config.yaml");
+    let out = confgate(
+        &[
+            "review",
+            "--explain",
+            "--cluster-state",
+            state.to_str().unwrap(),
+            "-",
+        ],
+        Some(DEPLOYMENT),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).ends_with(
+            "  patch: none (a denied request is not changed: the apiserver drops every patch)\n"
+        ),
+        "{}",
+        text(&out.stdout)
+    );
 }

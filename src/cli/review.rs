@@ -1,10 +1,14 @@
-//! `confgate review`: the server's engine, offline. Reads an AdmissionReview (v1 or v1beta1) or
-//! plain manifests (each wrapped into a CREATE review), prints the response AdmissionReview JSON
-//! or, with `--explain`, a summary a person can read. Exit 0: allowed; 1: denied; 2: bad input.
+//! `confgate review`: the server's engine, offline. Reads AdmissionReviews (v1 or v1beta1) or
+//! plain manifests (each wrapped into a CREATE review) from any number of files, directories
+//! and `-`, and judges them as a unit: the ConfigMaps, Secrets, Namespaces and LimitRanges in
+//! the input are cluster state for the workloads in it. Prints the response AdmissionReviews,
+//! a summary line per resource, JSON for machines, or with `--explain` the whole story.
+//! Exit 0: allowed; 1: denied (or, with `--strict`, warned or not checked); 2: bad input.
 
 use crate::admission::{self, Review, operation_str};
+use crate::cluster::ClusterState;
+use crate::cluster::layered::{InputOnly, Layered};
 use crate::cluster::static_state::StaticState;
-use crate::cluster::{ClusterState, Standalone};
 use crate::engine::{Decision, Engine, Outcome};
 use crate::policy::{Endpoint, PolicySet, Registry, load_dir};
 use clap::{Args, ValueEnum};
@@ -26,24 +30,42 @@ pub enum EndpointChoice {
     Both,
 }
 
+/// What to print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// The response AdmissionReview of each review (pretty JSON).
+    Review,
+    /// One line per resource: decision, kind, name, warnings.
+    Summary,
+    /// One JSON document: a result per resource, for machines.
+    Json,
+}
+
 /// Arguments of `confgate review`.
 #[derive(Debug, Args)]
 pub struct ReviewArgs {
-    /// AdmissionReview or manifest file (YAML or JSON); `-` for standard input.
-    #[arg(default_value = "-")]
-    pub file: String,
+    /// AdmissionReview or manifest files (YAML or JSON), directories (their *.yaml, *.yml and
+    /// *.json files, recursively, sorted) and `-` for standard input, in any order.
+    pub inputs: Vec<String>,
     /// Directory of policy files.
     #[arg(long, default_value = "policies")]
     pub policies: PathBuf,
-    /// Cluster state manifests (ConfigMaps, Secrets, Namespaces, LimitRanges); repeatable.
-    #[arg(long = "cluster-state", num_args = 1..)]
+    /// A file of cluster state (ConfigMaps, Secrets, Namespaces, LimitRanges); repeat the flag
+    /// for more. Objects in the inputs count too.
+    #[arg(long = "cluster-state", value_name = "FILE", action = clap::ArgAction::Append)]
     pub cluster_state: Vec<PathBuf>,
     /// Which webhook(s) to run.
     #[arg(long, value_enum, default_value_t = EndpointChoice::Both)]
     pub endpoint: EndpointChoice,
-    /// Print a human summary instead of the response JSON.
+    /// Print the whole story for people: each policy's verdict, messages and the patch.
     #[arg(long)]
     pub explain: bool,
+    /// What to print (without --explain).
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Review)]
+    pub output: Output,
+    /// Also exit 1 on warnings, which include every reference that could not be checked.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 /// Runs the review; the exit code says allowed (0), denied (1) or bad input (2).
@@ -58,35 +80,119 @@ pub fn run(args: ReviewArgs) -> ExitCode {
     }
 }
 
+/// What came of one review.
+struct Judged {
+    review: Review,
+    decision: Decision,
+}
+
 fn review(args: &ReviewArgs) -> Result<bool, String> {
     let registry = Registry::builtin();
     let set = load_dir(&args.policies, &registry).map_err(|e| e.to_string())?;
-    let cluster: Arc<dyn ClusterState> = if args.cluster_state.is_empty() {
-        Arc::new(Standalone)
+    let documents = read_inputs(&args.inputs)?;
+    // The input's own config objects are cluster state for its workloads, as if applied.
+    let mut local = StaticState::default();
+    for (source, doc) in &documents {
+        if doc.get("kind").and_then(Value::as_str) != Some("AdmissionReview") {
+            local
+                .add_document(doc.clone())
+                .map_err(|(kind, message)| format!("{source}: {kind}: {message}"))?;
+        }
+    }
+    let fallback: Arc<dyn ClusterState> = if args.cluster_state.is_empty() {
+        Arc::new(InputOnly)
     } else {
         Arc::new(StaticState::load(&args.cluster_state).map_err(|e| e.to_string())?)
     };
-    let reviews = read_reviews(&args.file)?;
-    let engine = Engine::new(cluster);
-    let mut all_allowed = true;
-    for review in &reviews {
-        let decision = evaluate(&engine, &set, review, args.endpoint).map_err(|e| e.to_string())?;
-        all_allowed &= decision.allowed();
-        if args.explain {
-            print!("{}", explain(review, &decision));
-        } else {
-            let response = decision.to_response(&review.request);
-            let patch = (!decision.patch.0.is_empty()).then_some(&decision.patch);
-            let body = admission::encode_response(review.api_version(), &response, patch)
-                .map_err(|e| e.to_string())?;
-            let pretty: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&pretty).map_err(|e| e.to_string())?
+    let engine = Engine::new(Arc::new(Layered::new(local, fallback)));
+    let reviews = to_reviews(documents)?;
+    let mut judged = Vec::with_capacity(reviews.len());
+    for review in reviews {
+        let decision =
+            evaluate(&engine, &set, &review, args.endpoint).map_err(|e| e.to_string())?;
+        judged.push(Judged { review, decision });
+    }
+    print!("{}", render(args, &judged)?);
+    let passed =
+        |j: &Judged| j.decision.allowed() && (!args.strict || j.decision.warnings.is_empty());
+    Ok(judged.iter().all(passed))
+}
+
+fn render(args: &ReviewArgs, judged: &[Judged]) -> Result<String, String> {
+    let mut out = String::new();
+    if args.explain {
+        for j in judged {
+            out.push_str(&explain(&j.review, &j.decision));
+        }
+        return Ok(out);
+    }
+    match args.output {
+        Output::Review => {
+            for j in judged {
+                let response = j.decision.to_response(&j.review.request);
+                let patch = (!j.decision.patch.0.is_empty()).then_some(&j.decision.patch);
+                let body = admission::encode_response(j.review.api_version(), &response, patch)
+                    .map_err(|e| e.to_string())?;
+                let pretty: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+                let text = serde_json::to_string_pretty(&pretty).map_err(|e| e.to_string())?;
+                let _ = writeln!(out, "{text}");
+            }
+        }
+        Output::Summary => {
+            for j in judged {
+                let _ = writeln!(out, "{}", summary_line(j));
+            }
+            let denied = judged.iter().filter(|j| !j.decision.allowed()).count();
+            let warned = judged
+                .iter()
+                .filter(|j| !j.decision.warnings.is_empty())
+                .count();
+            let _ = writeln!(
+                out,
+                "{} reviewed: {} allowed, {denied} denied, {warned} with warnings",
+                judged.len(),
+                judged.len() - denied
             );
         }
+        Output::Json => {
+            let results: Vec<Value> = judged.iter().map(result_json).collect();
+            let text = serde_json::to_string_pretty(&json!({"results": results}))
+                .map_err(|e| e.to_string())?;
+            let _ = writeln!(out, "{text}");
+        }
     }
-    Ok(all_allowed)
+    Ok(out)
+}
+
+fn summary_line(j: &Judged) -> String {
+    let verdict = match (j.decision.allowed(), j.decision.warnings.is_empty()) {
+        (false, _) => "DENIED ",
+        (true, false) => "WARNED ",
+        (true, true) => "ALLOWED",
+    };
+    let mut line = format!(
+        "{verdict} {} {}",
+        j.review.request.kind.kind,
+        j.review.display_name()
+    );
+    for message in j.decision.denials.iter().chain(&j.decision.warnings) {
+        let _ = write!(line, "\n    - {message}");
+    }
+    line
+}
+
+fn result_json(j: &Judged) -> Value {
+    let request = &j.review.request;
+    json!({
+        "kind": request.kind.kind,
+        "namespace": request.namespace,
+        "name": j.review.display_name(),
+        "operation": operation_str(&request.operation),
+        "allowed": j.decision.allowed(),
+        "denials": j.decision.denials,
+        "warnings": j.decision.warnings,
+        "patch": j.decision.patch,
+    })
 }
 
 fn evaluate(
@@ -102,37 +208,106 @@ fn evaluate(
     }
 }
 
-/// Reads the input: AdmissionReviews are taken as they are; any other document is a manifest,
-/// wrapped into a CREATE review.
-pub fn read_reviews(file: &str) -> Result<Vec<Review>, String> {
-    let text = if file == "-" {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .map_err(|e| format!("cannot read standard input: {e}"))?;
-        text
-    } else {
-        std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?
-    };
-    let docs = crate::yaml::flatten_lists(
-        crate::yaml::documents(&text).map_err(|e| format!("{file}: {e}"))?,
-    );
-    if docs.is_empty() {
-        return Err(format!("{file}: no documents"));
+/// Reads every input: files, directories (their `*.yaml`, `*.yml` and `*.json` files,
+/// recursively, in sorted order, hidden entries skipped) and `-` (standard input, once). With no
+/// input, standard input, unless it is a terminal: then nobody is typing a manifest, and an
+/// error says what to give. Each document comes with where it was read.
+pub fn read_inputs(inputs: &[String]) -> Result<Vec<(String, Value)>, String> {
+    use std::io::IsTerminal;
+    let mut inputs = inputs.to_vec();
+    if inputs.is_empty() {
+        if std::io::stdin().is_terminal() {
+            return Err(
+                "no input: give manifest or AdmissionReview files, directories, or - for standard input".into(),
+            );
+        }
+        inputs.push("-".into());
     }
-    docs.into_iter()
+    let mut files: Vec<String> = Vec::new();
+    for input in &inputs {
+        let path = std::path::Path::new(input);
+        if input != "-" && path.is_dir() {
+            let mut found = Vec::new();
+            collect_dir(path, &mut found).map_err(|e| format!("{input}: {e}"))?;
+            found.sort();
+            if found.is_empty() {
+                return Err(format!("{input}: no *.yaml, *.yml or *.json files"));
+            }
+            files.extend(found.into_iter().map(|p| p.to_string_lossy().into_owned()));
+        } else {
+            files.push(input.clone());
+        }
+    }
+    let mut documents = Vec::new();
+    let mut stdin_read = false;
+    for file in files {
+        let text = if file == "-" {
+            if std::mem::replace(&mut stdin_read, true) {
+                return Err("- (standard input) is given more than once".into());
+            }
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| format!("cannot read standard input: {e}"))?;
+            text
+        } else {
+            std::fs::read_to_string(&file).map_err(|e| format!("{file}: {e}"))?
+        };
+        let docs = crate::yaml::flatten_lists(
+            crate::yaml::documents(&text).map_err(|e| format!("{file}: {e}"))?,
+        );
+        if docs.is_empty() {
+            return Err(format!("{file}: no documents"));
+        }
+        for (i, doc) in docs.into_iter().enumerate() {
+            documents.push((format!("{file}: document {}", i + 1), doc));
+        }
+    }
+    Ok(documents)
+}
+
+fn collect_dir(dir: &std::path::Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let hidden = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if hidden {
+            continue;
+        }
+        if path.is_dir() {
+            collect_dir(&path, out)?;
+        } else if path
+            .extension()
+            .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+        {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// AdmissionReviews are taken as they are; any other document is a manifest, wrapped into a
+/// CREATE review.
+fn to_reviews(documents: Vec<(String, Value)>) -> Result<Vec<Review>, String> {
+    documents
+        .into_iter()
         .enumerate()
-        .map(|(i, doc)| {
+        .map(|(i, (source, doc))| {
             let is_review = doc.get("kind").and_then(Value::as_str) == Some("AdmissionReview");
             let value = if is_review {
                 doc
             } else {
-                wrap_manifest(doc, i + 1).map_err(|e| format!("{file}: document {}: {e}", i + 1))?
+                wrap_manifest(doc, i + 1).map_err(|e| format!("{source}: {e}"))?
             };
-            admission::review_from_value(value)
-                .map_err(|e| format!("{file}: document {}: {e}", i + 1))
+            admission::review_from_value(value).map_err(|e| format!("{source}: {e}"))
         })
         .collect()
+}
+
+/// Reads one input (a file or `-`) into reviews.
+pub fn read_reviews(file: &str) -> Result<Vec<Review>, String> {
+    to_reviews(read_inputs(&[file.to_owned()])?)
 }
 
 /// Kinds that are not namespaced (for wrapping manifests; anything else is namespaced).
@@ -283,7 +458,12 @@ pub fn explain(review: &Review, decision: &Decision) -> String {
     for (key, value) in &decision.audit_annotations {
         let _ = writeln!(out, "  audit annotation {key}: {value}");
     }
-    if decision.patch.0.is_empty() {
+    if !decision.allowed() {
+        let _ = writeln!(
+            out,
+            "  patch: none (a denied request is not changed: the apiserver drops every patch)"
+        );
+    } else if decision.patch.0.is_empty() {
         let _ = writeln!(out, "  patch: none");
     } else {
         let _ = writeln!(out, "  patch ({} operations):", decision.patch.0.len());

@@ -5,6 +5,7 @@
 //! [`static_state::StaticState`] (manifests given with `--cluster-state`), and [`Standalone`]
 //! (no cluster: every lookup is "unknown", and policies say what they could not check).
 
+pub mod layered;
 pub mod live;
 pub mod static_state;
 

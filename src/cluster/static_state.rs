@@ -73,6 +73,12 @@ impl StaticState {
         Ok(state)
     }
 
+    /// Adds one already-parsed document (a manifest being reviewed, say); other kinds are
+    /// ignored. Errors name the kind and the field.
+    pub fn add_document(&mut self, doc: Value) -> Result<(), (String, String)> {
+        self.add_object(doc)
+    }
+
     /// Adds the objects of one YAML/JSON text.
     pub fn add_text(&mut self, file: &Path, text: &str) -> Result<(), StateError> {
         let docs = crate::yaml::documents(text).map_err(|message| StateError::Syntax {

@@ -1,0 +1,112 @@
+//! Cluster state in two layers: objects of the reviewed input first (as if the whole stream
+//! were applied), then another state (manifests given with `--cluster-state`, or nothing).
+//! Used by `confgate review` to judge a rendered chart or kustomize overlay as a unit.
+
+use super::static_state::StaticState;
+use super::{ClusterState, Lookup, Resource};
+use k8s_openapi::api::core::v1::LimitRangeSpec;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The input's own objects over `fallback`.
+pub struct Layered {
+    local: StaticState,
+    fallback: Arc<dyn ClusterState>,
+}
+
+impl Layered {
+    /// `local` (objects of the reviewed input) over `fallback`.
+    pub fn new(local: StaticState, fallback: Arc<dyn ClusterState>) -> Self {
+        Self { local, fallback }
+    }
+}
+
+/// Nothing but the reviewed input is known: an object that is not in it is "not checked",
+/// never "missing".
+#[derive(Debug, Default, Clone, Copy)]
+pub struct InputOnly;
+
+const NOT_GIVEN: &str =
+    "not in the reviewed input (give --cluster-state FILE to check it against the cluster)";
+
+impl ClusterState for InputOnly {
+    fn describe(&self) -> String {
+        "the reviewed input only".into()
+    }
+    fn config_map(&self, _: &str, _: &str) -> Lookup {
+        Lookup::Unknown(NOT_GIVEN.into())
+    }
+    fn secret(&self, _: &str, _: &str) -> Lookup {
+        Lookup::Unknown(NOT_GIVEN.into())
+    }
+    fn namespace_labels(&self, _: &str) -> Option<BTreeMap<String, String>> {
+        None
+    }
+    fn limit_ranges(&self, _: &str) -> Option<Vec<Arc<LimitRangeSpec>>> {
+        None
+    }
+}
+
+impl ClusterState for Layered {
+    fn describe(&self) -> String {
+        format!("the reviewed input over {}", self.fallback.describe())
+    }
+    fn config_map(&self, namespace: &str, name: &str) -> Lookup {
+        match self.local.config_map(namespace, name) {
+            Lookup::Found(data) => Lookup::Found(data),
+            _ => self.fallback.config_map(namespace, name),
+        }
+    }
+    fn secret(&self, namespace: &str, name: &str) -> Lookup {
+        match self.local.secret(namespace, name) {
+            Lookup::Found(data) => Lookup::Found(data),
+            _ => self.fallback.secret(namespace, name),
+        }
+    }
+    fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
+        self.local
+            .namespace_labels(namespace)
+            .or_else(|| self.fallback.namespace_labels(namespace))
+    }
+    fn limit_ranges(&self, namespace: &str) -> Option<Vec<Arc<LimitRangeSpec>>> {
+        let local = self.local.limit_ranges(namespace).unwrap_or_default();
+        match self.fallback.limit_ranges(namespace) {
+            Some(mut known) => {
+                known.extend(local);
+                Some(known)
+            }
+            None if local.is_empty() => None,
+            None => Some(local),
+        }
+    }
+    fn counts(&self) -> Vec<(Resource, usize)> {
+        self.local.counts()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn the_input_counts_first_and_unknown_objects_are_not_checked() {
+        let mut local = StaticState::default();
+        local
+            .add_text(
+                Path::new("input"),
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: app, namespace: shop}\ndata: {A: x}\n",
+            )
+            .unwrap();
+        let layered = Layered::new(local, Arc::new(InputOnly));
+        assert!(matches!(
+            layered.config_map("shop", "app"),
+            Lookup::Found(_)
+        ));
+        assert_eq!(
+            layered.config_map("shop", "other"),
+            Lookup::Unknown(NOT_GIVEN.into())
+        );
+        assert_eq!(layered.limit_ranges("shop"), None);
+    }
+}
