@@ -229,6 +229,12 @@ async fn client() -> Result<kube::Client, kube::Error> {
         .await
         .map_err(kube::Error::InferConfig)?;
     config.connect_timeout = Some(Duration::from_secs(4));
+    // Never silently: a kubeconfig left on a laptop may point at production.
+    tracing::warn!(
+        server = %config.cluster_url,
+        "LIVE CLUSTER: reading ConfigMaps, Namespaces and LimitRanges (and Secrets by --secrets) from {}; pass --cluster none to run standalone",
+        config.cluster_url
+    );
     kube::Client::try_from(config)
 }
 
