@@ -468,3 +468,48 @@ fn explain_says_a_denied_request_gets_no_patch() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn the_shipped_policies_pass_their_own_tests() {
+    let out = confgate(&["test", "policies/tests"], None);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "policies/tests/shipped.yaml: shipped-policies\n  PASS  Deployment/shop/web: allow\n  PASS  Deployment/shop/web require-config-refs: pass\n  PASS  Deployment/shop/web config-checksum: pass\n  PASS  Deployment/shop/typo: deny\n  PASS  StatefulSet/shop/cache payments-database-url: warn\n  PASS  Pod/shop/huge container-defaults: deny\n6 expectations: 6 passed, 0 failed\n"
+    );
+}
+
+#[test]
+fn a_test_whose_expectation_fails_exits_1_and_says_which() {
+    let shipped = root().join("policies");
+    let dir = files(&[(
+        "t.yaml",
+        &format!(
+            "apiVersion: confgate.dev/v1alpha1\nkind: Test\nmetadata: {{name: wrong}}\nspec:\n  policies: {policies}\n  resources: [{resources}]\n  clusterState: [{state}]\n  results:\n  - {{resource: Deployment/shop/typo, result: allow}}\n  - {{resource: Deployment/shop/nope, result: allow}}\n  - {{resource: Deployment/shop/web, policy: require-config-refs, result: pass, messages: [hello]}}\n",
+            policies = shipped.display(),
+            resources = shipped.join("tests/resources.yaml").display(),
+            state = shipped.join("tests/cluster-state.yaml").display(),
+        ),
+    )]);
+    let out = confgate(&["test", dir.path().to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    let lines: Vec<&str> = report.lines().skip(1).collect();
+    assert_eq!(
+        lines,
+        vec![
+            "  FAIL  Deployment/shop/typo: expected allow, got deny (require-config-refs: container \"app\": env LOG: configmap \"shop/app-config\" has no key \"LOG_LEVL\")",
+            "  FAIL  Deployment/shop/nope: no such resource (the resources are: Deployment/shop/web, Deployment/shop/typo, StatefulSet/shop/cache, Pod/shop/huge)",
+            "  FAIL  Deployment/shop/web require-config-refs: no message \"hello\" among []",
+            "3 expectations: 0 passed, 3 failed",
+        ]
+    );
+    let out = confgate(&["test", "Cargo.toml"], None);
+    assert_eq!(out.status.code(), Some(2));
+}

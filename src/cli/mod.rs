@@ -1,6 +1,7 @@
-//! The command line: `serve`, `review`, `certs`.
+//! The command line: `serve`, `review`, `test`, `certs`, `webhooks`.
 
 pub mod certs;
+pub mod policy_test;
 pub mod review;
 pub mod serve;
 pub mod webhooks;
@@ -23,6 +24,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Run the policies offline on an AdmissionReview or plain manifests.
     Review(review::ReviewArgs),
+    /// Run policy test files (kind: Test) and check their expected results.
+    Test(policy_test::TestArgs),
     /// Generate a CA and a serving certificate for the webhook Service.
     Certs(certs::CertsArgs),
     /// Print the webhook registration generated from the policy files.

@@ -81,15 +81,32 @@ pub fn run(args: ReviewArgs) -> ExitCode {
 }
 
 /// What came of one review.
-struct Judged {
-    review: Review,
-    decision: Decision,
+pub(crate) struct Judged {
+    /// The review.
+    pub review: Review,
+    /// What the policies decided.
+    pub decision: Decision,
 }
 
 fn review(args: &ReviewArgs) -> Result<bool, String> {
     let registry = Registry::builtin();
     let set = load_dir(&args.policies, &registry).map_err(|e| e.to_string())?;
     let documents = read_inputs(&args.inputs)?;
+    let judged = judge(documents, &args.cluster_state, &set, args.endpoint)?;
+    print!("{}", render(args, &judged)?);
+    let passed =
+        |j: &Judged| j.decision.allowed() && (!args.strict || j.decision.warnings.is_empty());
+    Ok(judged.iter().all(passed))
+}
+
+/// Judges `documents` as a unit with `set`: their config objects over the `cluster_state`
+/// files (or over nothing: then what is not in the input is "not checked").
+pub(crate) fn judge(
+    documents: Vec<(String, Value)>,
+    cluster_state: &[PathBuf],
+    set: &PolicySet,
+    endpoint: EndpointChoice,
+) -> Result<Vec<Judged>, String> {
     // The input's own config objects are cluster state for its workloads, as if applied.
     let mut local = StaticState::default();
     for (source, doc) in &documents {
@@ -99,23 +116,19 @@ fn review(args: &ReviewArgs) -> Result<bool, String> {
                 .map_err(|(kind, message)| format!("{source}: {kind}: {message}"))?;
         }
     }
-    let fallback: Arc<dyn ClusterState> = if args.cluster_state.is_empty() {
+    let fallback: Arc<dyn ClusterState> = if cluster_state.is_empty() {
         Arc::new(InputOnly)
     } else {
-        Arc::new(StaticState::load(&args.cluster_state).map_err(|e| e.to_string())?)
+        Arc::new(StaticState::load(cluster_state).map_err(|e| e.to_string())?)
     };
     let engine = Engine::new(Arc::new(Layered::new(local, fallback)));
-    let reviews = to_reviews(documents)?;
-    let mut judged = Vec::with_capacity(reviews.len());
-    for review in reviews {
-        let decision =
-            evaluate(&engine, &set, &review, args.endpoint).map_err(|e| e.to_string())?;
-        judged.push(Judged { review, decision });
-    }
-    print!("{}", render(args, &judged)?);
-    let passed =
-        |j: &Judged| j.decision.allowed() && (!args.strict || j.decision.warnings.is_empty());
-    Ok(judged.iter().all(passed))
+    to_reviews(documents)?
+        .into_iter()
+        .map(|review| {
+            let decision = evaluate(&engine, set, &review, endpoint).map_err(|e| e.to_string())?;
+            Ok(Judged { review, decision })
+        })
+        .collect()
 }
 
 fn render(args: &ReviewArgs, judged: &[Judged]) -> Result<String, String> {
