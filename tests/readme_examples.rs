@@ -65,3 +65,33 @@ async fn readme_answers_are_what_the_server_answers() {
         assert_eq!(answer, shown, "README example {endpoint} {fixture}");
     }
 }
+
+#[test]
+fn readme_review_example_prints_what_the_readme_shows() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let args = [
+        "review",
+        "--explain",
+        "tests/fixtures/manifests/deployment-api.yaml",
+        "--cluster-state",
+        "tests/fixtures/cluster-state/01-config.yaml",
+    ];
+    let command = "cargo run --release -- review --explain tests/fixtures/manifests/deployment-api.yaml \\\n  --cluster-state tests/fixtures/cluster-state/01-config.yaml";
+    let at = readme
+        .find(command)
+        .expect("the README shows the review command");
+    let shown: String = readme[at..]
+        .lines()
+        .skip_while(|l| !l.starts_with("```text"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("```"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_confgate"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "the example is a denial");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), shown);
+}

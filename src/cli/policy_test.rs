@@ -23,7 +23,7 @@
 //!
 //! Paths are relative to the test file.
 
-use super::review::{EndpointChoice, Judged, judge, read_inputs};
+use super::review::{ClusterSource, EndpointChoice, Judged, judge, read_inputs};
 use crate::engine::Outcome;
 use crate::policy::{Registry, load_dir};
 use clap::Args;
@@ -191,8 +191,13 @@ fn run_file(file: &Path) -> Result<(String, usize, usize), String> {
         .iter()
         .map(|s| base.join(s))
         .collect();
-    let judged = judge(read_inputs(&inputs)?, &state, &set, EndpointChoice::Both)
-        .map_err(|e| format!("{shown}: {e}"))?;
+    let judged = judge(
+        read_inputs(&inputs)?,
+        ClusterSource::Files(&state),
+        &set,
+        EndpointChoice::Both,
+    )
+    .map_err(|e| format!("{shown}: {e}"))?;
     let mut report = format!("{shown}: {}\n", test.metadata.name);
     let (mut ok, mut bad) = (0, 0);
     for expectation in &test.spec.results {

@@ -66,6 +66,18 @@ pub struct ReviewArgs {
     /// Also exit 1 on warnings, which include every reference that could not be checked.
     #[arg(long)]
     pub strict: bool,
+    /// Read cluster state from the live cluster of the current kubeconfig context (KUBECONFIG
+    /// or ~/.kube/config): ConfigMaps, Namespaces and LimitRanges listed, Secrets read by name.
+    #[arg(long, conflicts_with = "cluster_state")]
+    pub cluster: bool,
+}
+
+/// Where the cluster's side of a review comes from.
+pub(crate) enum ClusterSource<'a> {
+    /// Manifests (none: only the input is known).
+    Files(&'a [PathBuf]),
+    /// A live cluster, through a kubeconfig.
+    Live,
 }
 
 /// Runs the review; the exit code says allowed (0), denied (1) or bad input (2).
@@ -92,18 +104,23 @@ fn review(args: &ReviewArgs) -> Result<bool, String> {
     let registry = Registry::builtin();
     let set = load_dir(&args.policies, &registry).map_err(|e| e.to_string())?;
     let documents = read_inputs(&args.inputs)?;
-    let judged = judge(documents, &args.cluster_state, &set, args.endpoint)?;
+    let source = if args.cluster {
+        ClusterSource::Live
+    } else {
+        ClusterSource::Files(&args.cluster_state)
+    };
+    let judged = judge(documents, source, &set, args.endpoint)?;
     print!("{}", render(args, &judged)?);
     let passed =
         |j: &Judged| j.decision.allowed() && (!args.strict || j.decision.warnings.is_empty());
     Ok(judged.iter().all(passed))
 }
 
-/// Judges `documents` as a unit with `set`: their config objects over the `cluster_state`
-/// files (or over nothing: then what is not in the input is "not checked").
+/// Judges `documents` as a unit with `set`: their config objects over the cluster's side (files,
+/// a live cluster, or nothing: then what is not in the input is "not checked").
 pub(crate) fn judge(
     documents: Vec<(String, Value)>,
-    cluster_state: &[PathBuf],
+    source: ClusterSource,
     set: &PolicySet,
     endpoint: EndpointChoice,
 ) -> Result<Vec<Judged>, String> {
@@ -116,19 +133,58 @@ pub(crate) fn judge(
                 .map_err(|(kind, message)| format!("{source}: {kind}: {message}"))?;
         }
     }
-    let fallback: Arc<dyn ClusterState> = if cluster_state.is_empty() {
-        Arc::new(InputOnly)
-    } else {
-        Arc::new(StaticState::load(cluster_state).map_err(|e| e.to_string())?)
+    let mut live = None;
+    let fallback: Arc<dyn ClusterState> = match source {
+        ClusterSource::Files([]) => Arc::new(InputOnly),
+        ClusterSource::Files(files) => {
+            Arc::new(StaticState::load(files).map_err(|e| e.to_string())?)
+        }
+        ClusterSource::Live => {
+            let (runtime, state) = live_state()?;
+            live = Some(runtime);
+            state
+        }
     };
-    let engine = Engine::new(Arc::new(Layered::new(local, fallback)));
+    let engine = Engine::new(Arc::new(Layered::new(local, fallback.clone())));
     to_reviews(documents)?
         .into_iter()
         .map(|review| {
+            if let Some(runtime) = &live {
+                // Secrets are read by name, as the server does (never listed).
+                let names = crate::workload::secret_names(&review);
+                let namespace = review.request.namespace.clone().unwrap_or_default();
+                runtime.block_on(fallback.prefetch_secrets(&namespace, names));
+            }
             let decision = evaluate(&engine, set, &review, endpoint).map_err(|e| e.to_string())?;
             Ok(Judged { review, decision })
         })
         .collect()
+}
+
+/// The live cluster's state through the current kubeconfig, once its caches have synced (at
+/// most 30 s), and the runtime its watchers run on (keep it while reviewing).
+fn live_state() -> Result<(tokio::runtime::Runtime, Arc<dyn ClusterState>), String> {
+    use crate::cluster::live::{LiveState, SecretsMode};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let state = runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| format!("--cluster: cannot configure a Kubernetes client: {e}"))?;
+        let state = LiveState::start(client, SecretsMode::Get);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while let Err(pending) = state.ready() {
+            if std::time::Instant::now() > deadline {
+                return Err(format!("--cluster: {pending} after 30 s"));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Ok::<_, String>(state)
+    })?;
+    Ok((runtime, state))
 }
 
 fn render(args: &ReviewArgs, judged: &[Judged]) -> Result<String, String> {

@@ -345,3 +345,56 @@ pub async fn e2e_secrets_read_by_name_with_the_shipped_rbac(cx: Cx) {
         "an RBAC refusal was logged:\n{log}"
     );
 }
+
+pub async fn e2e_review_reads_a_live_cluster_with_a_kubeconfig(cx: Cx) {
+    let ns = cx.namespace("review-live").await;
+    let kubectl = cx.kubectl();
+    kubectl
+        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+        .await;
+    let review = |manifest: String| {
+        let kubeconfig = cx.plane.kubeconfig.clone();
+        async move {
+            let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_confgate"))
+                .args(["review", "--cluster", "-o", "summary", "-"])
+                .current_dir(root())
+                .env("KUBECONFIG", kubeconfig)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use tokio::io::AsyncWriteExt;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(manifest.as_bytes()).await.unwrap();
+            drop(stdin);
+            let out = child.wait_with_output().await.unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    // Every reference resolves in the cluster (the Secret read by name): allowed.
+    let (code, stdout, stderr) = review(web_deployment(&ns, "web", &[])).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.starts_with(&format!("ALLOWED Deployment {ns}/web\n")),
+        "{stdout}"
+    );
+    // A key the cluster's ConfigMap lacks: denied, as the webhook would.
+    let (code, stdout, _) = review(web_deployment(
+        &ns,
+        "web",
+        &["{name: X, valueFrom: {secretKeyRef: {name: app-secret, key: NOPE}}}"],
+    ))
+    .await;
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "require-config-refs: container \"web\": env X: secret \"{ns}/app-secret\" has no key \"NOPE\""
+        )),
+        "{stdout}"
+    );
+}

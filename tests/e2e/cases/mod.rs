@@ -32,6 +32,7 @@ pub fn all() -> Vec<(&'static str, Case)> {
         cluster_state::e2e_apiserver_loss_serves_last_cache_reports_staleness_and_recovers,
         cluster_state::e2e_readiness_waits_for_cache_sync,
         cluster_state::e2e_secrets_read_by_name_with_the_shipped_rbac,
+        cluster_state::e2e_review_reads_a_live_cluster_with_a_kubeconfig,
         manage_webhooks::e2e_manage_webhooks_applies_the_generated_registration_and_takes_over,
     ]
 }
