@@ -513,3 +513,40 @@ fn a_test_whose_expectation_fails_exits_1_and_says_which() {
     let out = confgate(&["test", "Cargo.toml"], None);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn serve_says_which_cluster_a_kubeconfig_points_it_at() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: prod\n  cluster: {server: \"https://prod.example:6443\"}\nusers:\n- name: u\n  user: {token: t}\ncontexts:\n- name: prod\n  context: {cluster: prod, user: u}\ncurrent-context: prod\n",
+    )
+    .unwrap();
+    let certs = dir.path().join("certs");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_confgate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "text"])
+        .arg(format!("--tls-cert={}", certs.join("tls.crt").display()))
+        .arg(format!("--tls-key={}", certs.join("tls.key").display()))
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .current_dir(root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let line = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("LIVE CLUSTER"));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("a LIVE CLUSTER line");
+    assert!(
+        line.contains("from https://prod.example:6443/; pass --cluster none to run standalone"),
+        "{line}"
+    );
+}
