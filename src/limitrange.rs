@@ -370,30 +370,24 @@ fn check(
 /// as if it were absent.
 pub fn unreadable_quantities(spec: &Value) -> Vec<String> {
     let mut out = Vec::new();
-    for (list, noun) in [
-        ("initContainers", "init container"),
-        ("containers", "container"),
-    ] {
-        for c in spec
-            .get(list)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
-            for field in ["requests", "limits"] {
-                let entries = c
-                    .get("resources")
-                    .and_then(|r| r.get(field))
-                    .and_then(Value::as_object);
-                for (resource, value) in entries.into_iter().flatten() {
-                    let text = match value {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    if let Err(error) = Quantity::parse(&text) {
-                        out.push(format!("{noun} {name:?}: {field}.{resource}: {error}"));
-                    }
+    for c in crate::workload::containers(spec) {
+        for field in ["requests", "limits"] {
+            let entries = c
+                .value
+                .get("resources")
+                .and_then(|r| r.get(field))
+                .and_then(Value::as_object);
+            for (resource, value) in entries.into_iter().flatten() {
+                let text = match value {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                if let Err(error) = Quantity::parse(&text) {
+                    out.push(format!(
+                        "{} {:?}: {field}.{resource}: {error}",
+                        c.kind.noun(),
+                        c.name
+                    ));
                 }
             }
         }

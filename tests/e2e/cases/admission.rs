@@ -197,12 +197,11 @@ pub async fn e2e_reinvoked_after_another_webhook_adds_a_reference(cx: Cx) {
     // Named to sort after confgate's configuration, so the apiserver calls it second: its
     // change to the object makes the apiserver call confgate again.
     let injector = Injector::start("flags", "FLAG").await;
-    let name = format!("zz-injector-{ns}");
-    let registration = json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": name},
-        "webhooks": [{
+    let _cleanup = register_webhook(
+        &cx,
+        "MutatingWebhookConfiguration",
+        &format!("zz-injector-{ns}"),
+        json!({
             "name": "inject.e2e.example",
             "clientConfig": {"url": injector.url, "caBundle": base64(&injector.ca_pem)},
             "rules": [{"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["deployments"]}],
@@ -210,20 +209,9 @@ pub async fn e2e_reinvoked_after_another_webhook_adds_a_reference(cx: Cx) {
             "sideEffects": "None",
             "admissionReviewVersions": ["v1"],
             "failurePolicy": "Fail",
-        }]
-    });
-    kubectl
-        .ok(&["apply", "-f", "-"], Some(&registration.to_string()))
-        .await;
-    let _cleanup = Cleanup(
-        vec![
-            "delete".into(),
-            "mutatingwebhookconfiguration".into(),
-            name.clone(),
-            "--ignore-not-found".into(),
-        ],
-        cx.kubectl(),
-    );
+        }),
+    )
+    .await;
     // The apiserver picks the new configuration up within moments.
     let stored = eventually(Duration::from_secs(20), "the injector is called", || {
         let kubectl = kubectl.clone();
@@ -273,12 +261,11 @@ pub async fn e2e_delete_is_reviewed_and_goes_through(cx: Cx) {
     // No shipped policy judges DELETE, so the generated registration never sends one; a team
     // that registers confgate's /validate for DELETE too (as the fixtures were captured) gets a
     // well-formed answer for a request whose `object` is null.
-    let name = format!("e2e-delete-{ns}");
-    let registration = json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingWebhookConfiguration",
-        "metadata": {"name": name},
-        "webhooks": [{
+    let _cleanup = register_webhook(
+        &cx,
+        "ValidatingWebhookConfiguration",
+        &format!("e2e-delete-{ns}"),
+        json!({
             "name": "delete.e2e.confgate.dev",
             "clientConfig": {"url": format!("{}/validate", confgate.url()), "caBundle": base64(&std::fs::read_to_string(confgate.ca_path()).unwrap())},
             "rules": [{"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["DELETE"], "resources": ["deployments"]}],
@@ -286,20 +273,9 @@ pub async fn e2e_delete_is_reviewed_and_goes_through(cx: Cx) {
             "sideEffects": "None",
             "admissionReviewVersions": ["v1", "v1beta1"],
             "failurePolicy": "Fail",
-        }]
-    });
-    kubectl
-        .ok(&["apply", "-f", "-"], Some(&registration.to_string()))
-        .await;
-    let _cleanup = Cleanup(
-        vec![
-            "delete".into(),
-            "validatingwebhookconfiguration".into(),
-            name,
-            "--ignore-not-found".into(),
-        ],
-        cx.kubectl(),
-    );
+        }),
+    )
+    .await;
     // The ConfigMap goes first: the Deployment now references a missing object, and deleting
     // it must still go through.
     let mut round = 0;
@@ -553,6 +529,29 @@ fn rand_suffix() -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     format!("{:x}", nanos & 0xfffff)
+}
+
+/// Applies a webhook configuration of `kind` with one `webhook`; it is deleted when the
+/// returned guard is dropped.
+async fn register_webhook(cx: &Cx, kind: &str, name: &str, webhook: Value) -> Cleanup {
+    let registration = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": kind,
+        "metadata": {"name": name},
+        "webhooks": [webhook],
+    });
+    cx.kubectl()
+        .ok(&["apply", "-f", "-"], Some(&registration.to_string()))
+        .await;
+    Cleanup(
+        vec![
+            "delete".into(),
+            kind.to_lowercase(),
+            name.into(),
+            "--ignore-not-found".into(),
+        ],
+        cx.kubectl(),
+    )
 }
 
 /// Runs a kubectl command when dropped (removes what a test registered).
