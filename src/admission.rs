@@ -11,7 +11,7 @@ use base64::Engine as _;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// `admission.k8s.io/v1`.
 pub const V1: &str = "admission.k8s.io/v1";
@@ -189,6 +189,95 @@ struct WireResponse<'a> {
     patch_type: Option<&'static str>,
 }
 
+/// Kinds that are not namespaced (for wrapping manifests; anything else is namespaced).
+const CLUSTER_SCOPED: &[&str] = &[
+    "Namespace",
+    "Node",
+    "PersistentVolume",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "StorageClass",
+    "PriorityClass",
+    "CustomResourceDefinition",
+    "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
+    "APIService",
+    "CertificateSigningRequest",
+    "IngressClass",
+    "RuntimeClass",
+    "CSIDriver",
+    "VolumeAttachment",
+];
+
+/// Wraps a plain manifest into an `admission.k8s.io/v1` CREATE review, as the apiserver would
+/// send it (namespace defaulted to `default` for namespaced kinds).
+pub fn wrap_manifest(mut object: Value, index: usize) -> Result<Value, String> {
+    let api_version = object
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .ok_or("missing apiVersion")?
+        .to_owned();
+    let kind = object
+        .get("kind")
+        .and_then(Value::as_str)
+        .ok_or("missing kind")?
+        .to_owned();
+    let (group, version) = api_version
+        .rsplit_once('/')
+        .unwrap_or(("", api_version.as_str()));
+    let name = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let namespaced = !CLUSTER_SCOPED.contains(&kind.as_str());
+    let namespace = if namespaced {
+        let ns = object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_owned();
+        if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("namespace".into(), Value::String(ns.clone()));
+        }
+        Some(ns)
+    } else {
+        None
+    };
+    let gvk = json!({"group": group, "version": version, "kind": kind});
+    let gvr = json!({"group": group, "version": version, "resource": plural(&kind)});
+    Ok(json!({
+        "apiVersion": V1,
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": format!("confgate-review-{index}"),
+            "kind": gvk, "resource": gvr, "requestKind": gvk, "requestResource": gvr,
+            "name": name, "namespace": namespace, "operation": "CREATE",
+            "userInfo": {"username": "confgate-review"},
+            "object": object, "oldObject": null, "dryRun": true,
+        }
+    }))
+}
+
+/// The resource name of a kind, as the API pluralises the built-in ones.
+fn plural(kind: &str) -> String {
+    let lower = kind.to_ascii_lowercase();
+    if lower.ends_with('s')
+        || lower.ends_with("ch")
+        || lower.ends_with("sh")
+        || lower.ends_with('x')
+    {
+        format!("{lower}es")
+    } else if let Some(stem) = lower
+        .strip_suffix('y')
+        .filter(|s| !s.ends_with(['a', 'e', 'i', 'o', 'u']))
+    {
+        format!("{stem}ies")
+    } else {
+        format!("{lower}s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,5 +328,39 @@ mod tests {
             .decode(out["response"]["patch"].as_str().unwrap())
             .unwrap();
         assert_eq!(decoded, br#"[{"op":"add","path":"/a","value":1}]"#);
+    }
+
+    #[test]
+    fn pluralises_like_the_api() {
+        for (kind, resource) in [
+            ("Deployment", "deployments"),
+            ("Ingress", "ingresses"),
+            ("NetworkPolicy", "networkpolicies"),
+            ("Gateway", "gateways"),
+        ] {
+            assert_eq!(plural(kind), resource);
+        }
+    }
+
+    #[test]
+    fn wraps_manifest_into_create_review() {
+        let value = wrap_manifest(
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}}),
+            1,
+        )
+        .unwrap();
+        let review = review_from_value(value).unwrap();
+        assert_eq!(review.request.resource.resource, "deployments");
+        assert_eq!(review.request.resource.group, "apps");
+        assert_eq!(review.request.namespace.as_deref(), Some("default"));
+        assert_eq!(review.object.unwrap()["metadata"]["namespace"], "default");
+    }
+
+    #[test]
+    fn rejects_manifest_without_kind() {
+        assert_eq!(
+            wrap_manifest(json!({"apiVersion": "v1"}), 1).unwrap_err(),
+            "missing kind"
+        );
     }
 }

@@ -5,7 +5,7 @@
 //! a summary line per resource, JSON for machines, or with `--explain` the whole story.
 //! Exit 0: allowed; 1: denied (or, with `--strict`, warned or not checked); 2: bad input.
 
-use crate::admission::{self, Review, operation_str};
+use crate::admission::{self, Review, operation_str, wrap_manifest};
 use crate::cluster::ClusterState;
 use crate::cluster::layered::{InputOnly, Layered};
 use crate::cluster::static_state::StaticState;
@@ -379,95 +379,6 @@ pub fn read_reviews(file: &str) -> Result<Vec<Review>, String> {
     to_reviews(read_inputs(&[file.to_owned()])?)
 }
 
-/// Kinds that are not namespaced (for wrapping manifests; anything else is namespaced).
-const CLUSTER_SCOPED: &[&str] = &[
-    "Namespace",
-    "Node",
-    "PersistentVolume",
-    "ClusterRole",
-    "ClusterRoleBinding",
-    "StorageClass",
-    "PriorityClass",
-    "CustomResourceDefinition",
-    "MutatingWebhookConfiguration",
-    "ValidatingWebhookConfiguration",
-    "APIService",
-    "CertificateSigningRequest",
-    "IngressClass",
-    "RuntimeClass",
-    "CSIDriver",
-    "VolumeAttachment",
-];
-
-/// Wraps a plain manifest into an `admission.k8s.io/v1` CREATE review, as the apiserver would
-/// send it (namespace defaulted to `default` for namespaced kinds).
-pub fn wrap_manifest(mut object: Value, index: usize) -> Result<Value, String> {
-    let api_version = object
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .ok_or("missing apiVersion")?
-        .to_owned();
-    let kind = object
-        .get("kind")
-        .and_then(Value::as_str)
-        .ok_or("missing kind")?
-        .to_owned();
-    let (group, version) = api_version
-        .rsplit_once('/')
-        .unwrap_or(("", api_version.as_str()));
-    let name = object
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let namespaced = !CLUSTER_SCOPED.contains(&kind.as_str());
-    let namespace = if namespaced {
-        let ns = object
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or("default")
-            .to_owned();
-        if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-            meta.insert("namespace".into(), Value::String(ns.clone()));
-        }
-        Some(ns)
-    } else {
-        None
-    };
-    let gvk = json!({"group": group, "version": version, "kind": kind});
-    let gvr = json!({"group": group, "version": version, "resource": plural(&kind)});
-    Ok(json!({
-        "apiVersion": admission::V1,
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": format!("confgate-review-{index}"),
-            "kind": gvk, "resource": gvr, "requestKind": gvk, "requestResource": gvr,
-            "name": name, "namespace": namespace, "operation": "CREATE",
-            "userInfo": {"username": "confgate-review"},
-            "object": object, "oldObject": null, "dryRun": true,
-        }
-    }))
-}
-
-/// The resource name of a kind, as the API pluralises the built-in ones.
-fn plural(kind: &str) -> String {
-    let lower = kind.to_ascii_lowercase();
-    if lower.ends_with('s')
-        || lower.ends_with("ch")
-        || lower.ends_with("sh")
-        || lower.ends_with('x')
-    {
-        format!("{lower}es")
-    } else if let Some(stem) = lower
-        .strip_suffix('y')
-        .filter(|s| !s.ends_with(['a', 'e', 'i', 'o', 'u']))
-    {
-        format!("{stem}ies")
-    } else {
-        format!("{lower}s")
-    }
-}
-
 /// A summary a person can read: decision, each policy's verdict and messages, and the patch.
 pub fn explain(review: &Review, decision: &Decision) -> String {
     let request = &review.request;
@@ -553,44 +464,5 @@ fn describe_op(op: &json_patch::PatchOperation) -> String {
         Op::Move(o) => format!("move    {} -> {}", o.from, o.path),
         Op::Copy(o) => format!("copy    {} -> {}", o.from, o.path),
         Op::Test(o) => format!("test    {} == {}", o.path, value(&o.value)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pluralises_like_the_api() {
-        for (kind, resource) in [
-            ("Deployment", "deployments"),
-            ("Ingress", "ingresses"),
-            ("NetworkPolicy", "networkpolicies"),
-            ("Gateway", "gateways"),
-        ] {
-            assert_eq!(plural(kind), resource);
-        }
-    }
-
-    #[test]
-    fn wraps_manifest_into_create_review() {
-        let value = wrap_manifest(
-            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}}),
-            1,
-        )
-        .unwrap();
-        let review = admission::review_from_value(value).unwrap();
-        assert_eq!(review.request.resource.resource, "deployments");
-        assert_eq!(review.request.resource.group, "apps");
-        assert_eq!(review.request.namespace.as_deref(), Some("default"));
-        assert_eq!(review.object.unwrap()["metadata"]["namespace"], "default");
-    }
-
-    #[test]
-    fn rejects_manifest_without_kind() {
-        assert_eq!(
-            wrap_manifest(json!({"apiVersion": "v1"}), 1).unwrap_err(),
-            "missing kind"
-        );
     }
 }

@@ -156,6 +156,13 @@ pub trait Policy: Send + Sync {
         false
     }
 
+    /// The pod-template annotation this policy keeps in step with the cluster's configuration,
+    /// when the rollout controller should write it as configuration changes (`checksum-config`
+    /// with `rollout: true`); `None` for every other policy.
+    fn rollout_annotation(&self) -> Option<&str> {
+        None
+    }
+
     /// Judges the object. Violations go to `out`.
     fn validate(
         &self,
@@ -253,7 +260,7 @@ pub(crate) mod testing {
 
     /// The manifest as a CREATE review.
     pub fn review(object: Value) -> Review {
-        let wrapped = crate::cli::review::wrap_manifest(object, 1).expect("manifest");
+        let wrapped = crate::admission::wrap_manifest(object, 1).expect("manifest");
         crate::admission::review_from_value(wrapped).expect("review")
     }
 

@@ -145,7 +145,7 @@ pub fn apply(object: &Value, patch: &json_patch::Patch) -> Value {
 
 /// A review of `object` (a Pod or workload manifest) as the apiserver would send on CREATE.
 pub fn create_review(object: Value) -> Review {
-    let wrapped = confgate::cli::review::wrap_manifest(object, 1).unwrap();
+    let wrapped = confgate::admission::wrap_manifest(object, 1).unwrap();
     confgate::admission::review_from_value(wrapped).unwrap()
 }
 
