@@ -13,6 +13,7 @@ pub mod manage_webhooks;
 pub mod metrics;
 pub mod policy;
 pub mod quantity;
+pub mod rollout;
 pub mod server;
 pub mod telemetry;
 pub mod webhooks;

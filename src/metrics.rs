@@ -106,6 +106,12 @@ pub struct Metrics {
     cache_stale: Family<ResourceLabels, Gauge<f64, AtomicU64>>,
     connections_open: Gauge,
     connections_refused: Counter,
+    rollouts: Family<ResultLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
 }
 
 impl Default for Metrics {
@@ -186,6 +192,15 @@ impl Metrics {
             "Connections closed at once because --max-connections were open",
             connections_refused.clone(),
         );
+        let rollouts = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "rollouts",
+            "Workload rollouts for configuration changes, by result (triggered, throttled, skipped, failed)",
+            rollouts.clone(),
+        );
+        for result in ["triggered", "throttled", "skipped", "failed"] {
+            drop(rollouts.get_or_create(&ResultLabels { result }));
+        }
         let cache_stale = Family::<ResourceLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "cache_stale_seconds",
@@ -226,6 +241,7 @@ impl Metrics {
             cache_stale,
             connections_open,
             connections_refused,
+            rollouts,
         }
     }
 
@@ -273,6 +289,11 @@ impl Metrics {
     pub fn set_connections_open(&self, open: usize) {
         self.connections_open
             .set(i64::try_from(open).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a rollout decision of the rollout controller.
+    pub fn rollout(&self, result: &'static str) {
+        self.rollouts.get_or_create(&ResultLabels { result }).inc();
     }
 
     /// Counts a connection closed at the connection limit.

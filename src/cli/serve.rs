@@ -98,6 +98,15 @@ pub struct ServeArgs {
     /// is there).
     #[arg(long)]
     pub allow_policy_removal: bool,
+    /// Rollouts for configuration changes started per minute, cluster-wide, after the burst.
+    #[arg(long, default_value_t = crate::rollout::Settings::default().per_minute)]
+    pub rollout_rate_per_minute: u32,
+    /// Rollouts for configuration changes that may start at once.
+    #[arg(long, default_value_t = crate::rollout::Settings::default().burst)]
+    pub rollout_burst: u32,
+    /// The least time between two configuration rollouts of one workload, in seconds.
+    #[arg(long, default_value_t = crate::rollout::Settings::default().min_interval.as_secs())]
+    pub rollout_min_interval_seconds: u64,
     /// With --manage-webhooks: timeoutSeconds of every webhook.
     #[arg(long, default_value_t = 5)]
     pub webhook_timeout_seconds: i32,
@@ -124,7 +133,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let policies = load_dir(&args.policies, &registry)
         .with_context(|| format!("loading policies from {}", args.policies.display()))?;
     tracing::info!(dir = %args.policies.display(), policies = %policies.policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(","), "policies loaded");
-    let (cluster, client) = cluster_state(&args).await?;
+    let (cluster, client, config_changed) = cluster_state(&args).await?;
     tracing::info!(cluster = %cluster.describe(), "cluster state");
     if args.manage_webhooks && client.is_none() {
         anyhow::bail!(
@@ -161,6 +170,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     let handle = axum_server::Handle::new();
     spawn_shutdown_on_signal(&state, &handle, &options);
+    if let (Some(client), Some(changed)) = (&client, config_changed) {
+        let settings = crate::rollout::Settings {
+            per_minute: args.rollout_rate_per_minute,
+            burst: args.rollout_burst,
+            min_interval: Duration::from_secs(args.rollout_min_interval_seconds),
+            ..crate::rollout::Settings::default()
+        };
+        tokio::spawn(crate::rollout::run(
+            client.clone(),
+            state.clone(),
+            changed,
+            settings,
+        ));
+    }
     if let (true, Some(client)) = (args.manage_webhooks, client) {
         let ca_file = args
             .webhook_ca_bundle
@@ -184,18 +207,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `cluster_state` gives: the state, and with a live cluster its client and the signal
+/// of configuration changes (for the rollout controller).
+type ClusterParts = (
+    Arc<dyn ClusterState>,
+    Option<kube::Client>,
+    Option<Arc<tokio::sync::Notify>>,
+);
+
 /// The cluster state, and the client when there is a live cluster.
-async fn cluster_state(
-    args: &ServeArgs,
-) -> anyhow::Result<(Arc<dyn ClusterState>, Option<kube::Client>)> {
+async fn cluster_state(args: &ServeArgs) -> anyhow::Result<ClusterParts> {
     if !args.cluster_state.is_empty() {
-        return Ok((Arc::new(StaticState::load(&args.cluster_state)?), None));
+        return Ok((
+            Arc::new(StaticState::load(&args.cluster_state)?),
+            None,
+            None,
+        ));
     }
-    let live = |client: kube::Client| -> (Arc<dyn ClusterState>, Option<kube::Client>) {
-        (LiveState::start(client.clone(), args.secrets), Some(client))
+    let live = |client: kube::Client| -> ClusterParts {
+        let state = LiveState::start(client.clone(), args.secrets);
+        let changed = state.config_changed();
+        (state, Some(client), Some(changed))
     };
     match args.cluster {
-        ClusterMode::None => Ok((Arc::new(Standalone), None)),
+        ClusterMode::None => Ok((Arc::new(Standalone), None, None)),
         ClusterMode::Required => {
             let client = client()
                 .await
@@ -207,13 +242,13 @@ async fn cluster_state(
                 tracing::warn!(
                     "no in-cluster config and no kubeconfig: running standalone; references to ConfigMaps, Secrets and LimitRanges are not checked"
                 );
-                return Ok((Arc::new(Standalone), None));
+                return Ok((Arc::new(Standalone), None, None));
             }
             match client().await {
                 Ok(client) => Ok(live(client)),
                 Err(error) => {
                     tracing::warn!(%error, "cannot configure a Kubernetes client: running standalone");
-                    Ok((Arc::new(Standalone), None))
+                    Ok((Arc::new(Standalone), None, None))
                 }
             }
         }

@@ -37,6 +37,7 @@ pub struct Cache<V> {
     map: RwLock<HashMap<Key, Arc<V>>>,
     synced: AtomicBool,
     health: Mutex<WatchHealth>,
+    changed: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// Whether a cache's watch is failing: set by a watch error, cleared by the next event.
@@ -58,12 +59,25 @@ pub const RECOVERED_AFTER: Duration = Duration::from_secs(12);
 impl<V: Send + Sync + 'static> Cache<V> {
     /// An empty, unsynced cache.
     pub fn new(resource: Resource) -> Arc<Self> {
+        Self::notifying(resource, None)
+    }
+
+    /// An empty, unsynced cache that signals `changed` after every change it applies (a
+    /// `Notify` keeps one pending signal, so bursts of changes coalesce).
+    pub fn notifying(resource: Resource, changed: Option<Arc<tokio::sync::Notify>>) -> Arc<Self> {
         Arc::new(Self {
             resource,
             map: RwLock::new(HashMap::new()),
             synced: AtomicBool::new(false),
             health: Mutex::new(WatchHealth::default()),
+            changed,
         })
+    }
+
+    fn signal(&self) {
+        if let Some(changed) = &self.changed {
+            changed.notify_one();
+        }
     }
 
     /// How long the cache has been cut off from the API server (its watch failing), if it is:
@@ -101,6 +115,15 @@ impl<V: Send + Sync + 'static> Cache<V> {
         map.get(&(namespace.to_owned(), name.to_owned())).cloned()
     }
 
+    /// Every entry, in no particular order.
+    pub fn values(&self) -> Vec<Arc<V>> {
+        let map = self
+            .map
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        map.values().cloned().collect()
+    }
+
     /// Number of objects held.
     pub fn len(&self) -> usize {
         self.map.read().map(|m| m.len()).unwrap_or(0)
@@ -124,6 +147,15 @@ impl<V: Send + Sync + 'static> Cache<V> {
         K: KubeResource,
         S: futures::Stream<Item = Result<Event<K>, watcher::Error>>,
     {
+        self.follow_with(events, move |o| Some(convert(o))).await;
+    }
+
+    /// [`Cache::follow`], keeping only the objects `convert` keeps (`None`: not cached).
+    pub async fn follow_with<K, S>(self: Arc<Self>, events: S, convert: impl Fn(&K) -> Option<V>)
+    where
+        K: KubeResource,
+        S: futures::Stream<Item = Result<Event<K>, watcher::Error>>,
+    {
         futures::pin_mut!(events);
         let mut relist: Option<HashMap<Key, Arc<V>>> = None;
         let key = |o: &K| {
@@ -137,14 +169,15 @@ impl<V: Send + Sync + 'static> Cache<V> {
             match event {
                 Ok(Event::Init) => relist = Some(HashMap::new()),
                 Ok(Event::InitApply(o)) => {
-                    if let Some(buffer) = relist.as_mut() {
-                        buffer.insert(key(&o), Arc::new(convert(&o)));
+                    if let (Some(buffer), Some(value)) = (relist.as_mut(), convert(&o)) {
+                        buffer.insert(key(&o), Arc::new(value));
                     }
                 }
                 Ok(Event::InitDone) => {
                     if let Some(buffer) = relist.take() {
                         *self.write() = buffer;
                     }
+                    self.signal();
                     if !self.synced.swap(true, Ordering::AcqRel) {
                         tracing::info!(
                             resource = self.resource.as_str(),
@@ -154,10 +187,15 @@ impl<V: Send + Sync + 'static> Cache<V> {
                     }
                 }
                 Ok(Event::Apply(o)) => {
-                    self.write().insert(key(&o), Arc::new(convert(&o)));
+                    match convert(&o) {
+                        Some(value) => self.write().insert(key(&o), Arc::new(value)),
+                        None => self.write().remove(&key(&o)),
+                    };
+                    self.signal();
                 }
                 Ok(Event::Delete(o)) => {
                     self.write().remove(&key(&o));
+                    self.signal();
                 }
                 Err(e) => {
                     tracing::warn!(resource = self.resource.as_str(), error = %e, "watch error; retrying")
@@ -186,6 +224,7 @@ pub struct LiveState {
     secrets_mode: SecretsMode,
     watched_secrets: Arc<Cache<ConfigData>>,
     fetched_secrets: SecretCache,
+    config_changed: Arc<tokio::sync::Notify>,
 }
 
 /// How long an on-demand Secret read is reused.
@@ -197,14 +236,16 @@ impl LiveState {
     /// Starts the watchers on the current Tokio runtime. The caches fill in the background;
     /// [`ClusterState::ready`] says when they have synced.
     pub fn start(client: Client, secrets_mode: SecretsMode) -> Arc<Self> {
+        let config_changed = Arc::new(tokio::sync::Notify::new());
         let state = Arc::new(Self {
             client: client.clone(),
-            config_maps: Cache::new(Resource::ConfigMaps),
+            config_maps: Cache::notifying(Resource::ConfigMaps, Some(config_changed.clone())),
             namespaces: Cache::new(Resource::Namespaces),
             limit_ranges: Cache::new(Resource::LimitRanges),
             secrets_mode,
-            watched_secrets: Cache::new(Resource::Secrets),
+            watched_secrets: Cache::notifying(Resource::Secrets, Some(config_changed.clone())),
             fetched_secrets: RwLock::new(HashMap::new()),
+            config_changed,
         });
         tokio::spawn(run_watch(
             Api::<ConfigMap>::all(client.clone()),
@@ -233,6 +274,12 @@ impl LiveState {
             ));
         }
         state
+    }
+
+    /// Signalled after every change to cached ConfigMaps (and watched Secrets); changes
+    /// arriving together give one signal.
+    pub fn config_changed(&self) -> Arc<tokio::sync::Notify> {
+        self.config_changed.clone()
     }
 
     fn caches_synced(&self) -> Vec<(Resource, bool)> {

@@ -131,6 +131,8 @@ pub enum Resource {
     Namespaces,
     /// LimitRanges.
     LimitRanges,
+    /// Deployments, StatefulSets, DaemonSets and CronJobs (the rollout controller's index).
+    Workloads,
 }
 
 impl Resource {
@@ -141,6 +143,7 @@ impl Resource {
             Resource::Secrets => "secrets",
             Resource::Namespaces => "namespaces",
             Resource::LimitRanges => "limitranges",
+            Resource::Workloads => "workloads",
         }
     }
 }

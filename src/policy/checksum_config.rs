@@ -56,6 +56,10 @@ pub struct ChecksumConfigSettings {
     /// Include referenced Secrets (default true). Only digests of Secret values are ever kept.
     #[serde(default = "yes")]
     pub include_secrets: bool,
+    /// Roll workloads when the configuration they consume changes, without waiting for their
+    /// next write (default true; `confgate serve` with a live cluster).
+    #[serde(default = "yes")]
+    pub rollout: bool,
 }
 
 /// The policy.
@@ -64,6 +68,7 @@ pub struct ChecksumConfig {
     kinds: Vec<String>,
     annotation: String,
     include_secrets: bool,
+    rollout: bool,
 }
 
 impl ChecksumConfig {
@@ -91,6 +96,7 @@ impl ChecksumConfig {
             kinds,
             annotation: settings.annotation,
             include_secrets: settings.include_secrets,
+            rollout: settings.rollout,
         })
     }
 }
@@ -193,6 +199,10 @@ impl Policy for ChecksumConfig {
 
     fn default_kinds(&self) -> Option<Vec<String>> {
         Some(self.kinds.clone())
+    }
+
+    fn rollout_annotation(&self) -> Option<&str> {
+        self.rollout.then_some(self.annotation.as_str())
     }
 
     fn mutate(

@@ -4,6 +4,7 @@ mod admission;
 mod cluster_state;
 mod limitranger;
 mod manage_webhooks;
+mod rollout;
 
 use crate::Case;
 use std::collections::BTreeMap;
@@ -34,6 +35,9 @@ pub fn all() -> Vec<(&'static str, Case)> {
         cluster_state::e2e_secrets_read_by_name_with_the_shipped_rbac,
         cluster_state::e2e_review_reads_a_live_cluster_with_a_kubeconfig,
         manage_webhooks::e2e_manage_webhooks_applies_the_generated_registration_and_takes_over,
+        rollout::e2e_a_changed_consumed_key_rolls_the_workload_once,
+        rollout::e2e_an_unconsumed_key_or_an_opted_out_workload_rolls_nothing,
+        rollout::e2e_a_restart_rolls_nothing_and_a_change_while_down_rolls_once,
     ]
 }
 

@@ -161,7 +161,11 @@ impl Confgate {
         command
             .args(&self.command)
             .env("KUBECONFIG", &self.kubeconfig)
-            .env("RUST_LOG", "info,kube=warn,hyper=warn,rustls=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("E2E_CONFGATE_LOG")
+                    .unwrap_or_else(|_| "info,kube=warn,hyper=warn,rustls=warn".into()),
+            )
             .env_remove("KUBERNETES_SERVICE_HOST");
         self.daemon = Some(
             Daemon::spawn(
@@ -172,6 +176,14 @@ impl Confgate {
             )
             .expect("confgate starts"),
         );
+    }
+
+    /// Stops the process (SIGTERM) if it runs, and starts it again with the same arguments,
+    /// certificates and port; waits until it is ready.
+    pub async fn restart(&mut self, cx: &Cx) {
+        self.stop();
+        self.spawn(cx);
+        self.wait_ready().await;
     }
 
     /// Stops the process with SIGTERM and returns how it exited.

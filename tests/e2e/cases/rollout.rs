@@ -1,0 +1,224 @@
+//! The rollout controller on a real control plane, with client-side `kubectl` only: a change of
+//! consumed configuration rolls the workload once (a new ReplicaSet), anything else rolls
+//! nothing. There is no kubelet, so the tests mark Pods Ready themselves where a rollout must
+//! finish before the next may start.
+
+use super::{app_config, web_deployment};
+use crate::harness::{Confgate, Cx, Kubectl, Options, eventually};
+use serde_json::Value;
+use std::time::Duration;
+
+/// The ReplicaSets of Deployment `name`.
+async fn replica_sets(kubectl: &Kubectl, ns: &str, name: &str) -> usize {
+    kubectl
+        .get(ns, "replicasets")
+        .await
+        .and_then(|list| {
+            Some(
+                list["items"]
+                    .as_array()?
+                    .iter()
+                    .filter(|rs| {
+                        rs["metadata"]["ownerReferences"][0]["name"].as_str() == Some(name)
+                    })
+                    .count(),
+            )
+        })
+        .unwrap_or(0)
+}
+
+/// Plays the kubelet: every Pod of the namespace Running and Ready.
+async fn pods_ready(kubectl: &Kubectl, ns: &str) {
+    let Some(list) = kubectl.get(ns, "pods").await else {
+        return;
+    };
+    let ready = r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"},{"type":"ContainersReady","status":"True"},{"type":"PodScheduled","status":"True"}]}}"#;
+    for pod in list["items"].as_array().into_iter().flatten() {
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        let _ = kubectl
+            .run(
+                &[
+                    "patch",
+                    "pod",
+                    name,
+                    "-n",
+                    ns,
+                    "--subresource=status",
+                    "--type=merge",
+                    "-p",
+                    ready,
+                ],
+                None,
+            )
+            .await;
+    }
+}
+
+/// Applies the app, and waits until its first rollout is done (Pods made Ready).
+async fn deployed(cx: &Cx, ns: &str, manifest: &str) -> Kubectl {
+    let kubectl = cx.kubectl();
+    kubectl.ok(&["apply", "-f", "-"], Some(manifest)).await;
+    eventually(
+        Duration::from_secs(30),
+        "the first rollout finishes",
+        || {
+            let kubectl = kubectl.clone();
+            let ns = ns.to_owned();
+            async move {
+                pods_ready(&kubectl, &ns).await;
+                let d = kubectl.get(&ns, "deployment/web").await?;
+                (d["status"]["readyReplicas"] == 1 && d["status"]["updatedReplicas"] == 1)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    kubectl
+}
+
+async fn set_config(kubectl: &Kubectl, ns: &str, key: &str, value: &str) {
+    let patch = serde_json::json!({"data": {key: value}}).to_string();
+    kubectl
+        .ok(
+            &[
+                "patch",
+                "configmap",
+                "app-config",
+                "-n",
+                ns,
+                "--type=merge",
+                "-p",
+                &patch,
+            ],
+            None,
+        )
+        .await;
+}
+
+/// Waits `quiet` and asserts the Deployment still has `count` ReplicaSets.
+async fn stays(kubectl: &Kubectl, ns: &str, count: usize, quiet: Duration) {
+    tokio::time::sleep(quiet).await;
+    assert_eq!(replica_sets(kubectl, ns, "web").await, count);
+}
+
+pub async fn e2e_a_changed_consumed_key_rolls_the_workload_once(cx: Cx) {
+    let ns = cx.namespace("rollout-consumed").await;
+    cx.kubectl()
+        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+        .await;
+    let confgate = Confgate::start(&cx, Options::shipped(&ns)).await;
+    let kubectl = deployed(&cx, &ns, &web_deployment(&ns, "web", &[])).await;
+    assert_eq!(replica_sets(&kubectl, &ns, "web").await, 1);
+    let before = kubectl.get(&ns, "deployment/web").await.unwrap();
+    set_config(&kubectl, &ns, "LOG_LEVEL", "debug").await;
+    eventually(Duration::from_secs(10), "a new ReplicaSet", || {
+        let kubectl = kubectl.clone();
+        let ns = ns.clone();
+        async move { (replica_sets(&kubectl, &ns, "web").await == 2).then_some(()) }
+    })
+    .await;
+    let after = kubectl.get(&ns, "deployment/web").await.unwrap();
+    let checksum =
+        |d: &Value| d["spec"]["template"]["metadata"]["annotations"]["checksum/config"].clone();
+    assert_ne!(checksum(&before), checksum(&after));
+    // The write was the controller's (field manager confgate), and nothing else followed.
+    stays(&kubectl, &ns, 2, Duration::from_secs(5)).await;
+    let events = kubectl
+        .ok(
+            &[
+                "get",
+                "events",
+                "-n",
+                &ns,
+                "--field-selector",
+                "reason=ConfigChanged",
+                "-o",
+                "json",
+            ],
+            None,
+        )
+        .await;
+    assert!(
+        events.contains("the configuration it consumes changed: checksum/config"),
+        "{events}"
+    );
+    assert_eq!(
+        confgate
+            .metric("confgate_rollouts_total{result=\"triggered\"}")
+            .await,
+        1.0
+    );
+}
+
+pub async fn e2e_an_unconsumed_key_or_an_opted_out_workload_rolls_nothing(cx: Cx) {
+    let ns = cx.namespace("rollout-unconsumed").await;
+    cx.kubectl()
+        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+        .await;
+    let _confgate = Confgate::start(&cx, Options::shipped(&ns)).await;
+    // Consumes DATABASE_URL only.
+    let manifest = format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers:
+      - name: web
+        image: nginx
+        env:
+        - name: DATABASE_URL
+          valueFrom: {{configMapKeyRef: {{name: app-config, key: DATABASE_URL}}}}
+"#
+    );
+    let kubectl = deployed(&cx, &ns, &manifest).await;
+    set_config(&kubectl, &ns, "LOG_LEVEL", "debug").await;
+    stays(&kubectl, &ns, 1, Duration::from_secs(15)).await;
+    // Opted out: even a consumed key rolls nothing.
+    kubectl
+        .ok(
+            &[
+                "annotate",
+                "deployment",
+                "web",
+                "-n",
+                &ns,
+                "confgate.dev/rollout=false",
+            ],
+            None,
+        )
+        .await;
+    set_config(&kubectl, &ns, "DATABASE_URL", "postgres://other").await;
+    stays(&kubectl, &ns, 1, Duration::from_secs(15)).await;
+}
+
+pub async fn e2e_a_restart_rolls_nothing_and_a_change_while_down_rolls_once(cx: Cx) {
+    let ns = cx.namespace("rollout-restart").await;
+    cx.kubectl()
+        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+        .await;
+    let mut confgate = Confgate::start(&cx, Options::shipped(&ns)).await;
+    let kubectl = deployed(&cx, &ns, &web_deployment(&ns, "web", &[])).await;
+    // A restart with nothing changed: nothing rolls.
+    confgate.restart(&cx).await;
+    stays(&kubectl, &ns, 1, Duration::from_secs(5)).await;
+    // Changed while confgate is down: rolls once it is back.
+    confgate.stop();
+    set_config(&kubectl, &ns, "LOG_LEVEL", "warn").await;
+    stays(&kubectl, &ns, 1, Duration::from_secs(2)).await;
+    confgate.restart(&cx).await;
+    eventually(
+        Duration::from_secs(20),
+        "the rollout after confgate is back",
+        || {
+            let kubectl = kubectl.clone();
+            let ns = ns.clone();
+            async move { (replica_sets(&kubectl, &ns, "web").await == 2).then_some(()) }
+        },
+    )
+    .await;
+    stays(&kubectl, &ns, 2, Duration::from_secs(3)).await;
+}
