@@ -158,9 +158,15 @@ fn rbac_is_least_privilege() {
                         ["get", "list", "watch", "patch"].contains(v)
                             || (resources == ["events"] && *v == "create")
                     });
+                // Leader election: its own Lease (create cannot be limited by name).
+                let lease = role["metadata"]["name"] == "confgate-leader-election"
+                    && resources == ["leases"]
+                    && (rule["resourceNames"] == json!(["confgate-rollout"])
+                        || verbs == ["create"]);
                 assert!(
                     own_webhooks
                         || rollout
+                        || lease
                         || verbs.iter().all(|v| ["get", "list", "watch"].contains(v)),
                     "{overlay}: write verbs in {}",
                     role["metadata"]["name"]

@@ -107,6 +107,12 @@ pub struct ServeArgs {
     /// The least time between two configuration rollouts of one workload, in seconds.
     #[arg(long, default_value_t = crate::rollout::Settings::default().min_interval.as_secs())]
     pub rollout_min_interval_seconds: u64,
+    /// The namespace of the Lease that elects the replica writing rollouts (confgate's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "confgate-system")]
+    pub lease_namespace: String,
+    /// The name of that Lease.
+    #[arg(long, default_value = "confgate-rollout")]
+    pub lease_name: String,
     /// With --manage-webhooks: timeoutSeconds of every webhook.
     #[arg(long, default_value_t = 5)]
     pub webhook_timeout_seconds: i32,
@@ -177,11 +183,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             min_interval: Duration::from_secs(args.rollout_min_interval_seconds),
             ..crate::rollout::Settings::default()
         };
+        let election = crate::rollout::Election {
+            namespace: args.lease_namespace.clone(),
+            lease: args.lease_name.clone(),
+            identity: crate::rollout::Election::identity(),
+        };
         tokio::spawn(crate::rollout::run(
             client.clone(),
             state.clone(),
             changed,
             settings,
+            election,
         ));
     }
     if let (true, Some(client)) = (args.manage_webhooks, client) {

@@ -94,13 +94,62 @@ impl TokenBucket {
     }
 }
 
+/// Which Lease elects the one replica that writes (every replica keeps serving the webhook).
+#[derive(Debug, Clone)]
+pub struct Election {
+    /// The Lease's namespace (confgate's own).
+    pub namespace: String,
+    /// The Lease's name.
+    pub lease: String,
+    /// This replica's identity: its Pod name, or unique per process.
+    pub identity: String,
+}
+
+impl Election {
+    /// The identity of this process: `POD_NAME` (Downward API) when set, otherwise the host
+    /// name, the process id and the start time, unique per process.
+    pub fn identity() -> String {
+        std::env::var("POD_NAME").unwrap_or_else(|_| {
+            let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            format!("{}-{}-{nanos:x}", host.trim(), std::process::id())
+        })
+    }
+}
+
+/// Leadership of the Lease, as a channel that says whether this replica holds it now. Retries
+/// until the Lease can be used (RBAC, namespace); meanwhile this replica does not lead.
+async fn elect(client: &Client, election: &Election) -> tokio::sync::watch::Receiver<bool> {
+    loop {
+        let built = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &election.lease)
+            .with_namespace(&election.namespace)
+            .with_identity(&election.identity)
+            .with_duration(15)
+            .with_grace(5)
+            .with_field_manager("confgate")
+            .build()
+            .await;
+        match built {
+            Ok(manager) => return manager.watch().await.0,
+            Err(error) => {
+                tracing::warn!(%error, lease = %election.lease, namespace = %election.namespace, "cannot use the leader-election Lease; retrying (no rollouts meanwhile)");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    }
+}
+
 /// Runs the controller until the process ends. `changed` is signalled on every change of the
-/// cached ConfigMaps (and watched Secrets).
+/// cached ConfigMaps (and watched Secrets). Only the replica that holds the Lease writes.
 pub async fn run(
     client: Client,
     state: Arc<AppState>,
     changed: Arc<tokio::sync::Notify>,
     settings: Settings,
+    election: Election,
 ) {
     let index = Index::start(client.clone());
     let cluster = state.admission.engine.cluster().clone();
@@ -112,6 +161,7 @@ pub async fn run(
         burst = settings.burst,
         "rollout controller started: workloads roll when the configuration they consume changes"
     );
+    let client_for_lease = client.clone();
     let mut controller = Controller {
         client: client.clone(),
         state,
@@ -126,11 +176,26 @@ pub async fn run(
         last: HashMap::new(),
         settings,
     };
+    let mut leader = elect(&client_for_lease, &election).await;
     loop {
-        controller.reconcile(&index).await;
+        let leading = *leader.borrow_and_update();
+        if leading {
+            controller.reconcile(&index).await;
+        }
         tokio::select! {
             () = changed.notified() => tokio::time::sleep(settings.coalesce).await,
             () = tokio::time::sleep(settings.resync) => {}
+            result = leader.changed() => {
+                match result {
+                    Ok(()) => tracing::info!(
+                        leading = *leader.borrow(),
+                        identity = %election.identity,
+                        "rollout leadership changed"
+                    ),
+                    // The lease task ended: elect again.
+                    Err(_) => leader = elect(&client_for_lease, &election).await,
+                }
+            }
         }
     }
 }

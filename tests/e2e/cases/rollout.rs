@@ -222,3 +222,35 @@ pub async fn e2e_a_restart_rolls_nothing_and_a_change_while_down_rolls_once(cx: 
     .await;
     stays(&kubectl, &ns, 2, Duration::from_secs(3)).await;
 }
+
+pub async fn e2e_two_replicas_write_one_rollout_per_change(cx: Cx) {
+    let ns = cx.namespace("rollout-two-replicas").await;
+    cx.kubectl()
+        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+        .await;
+    // Two replicas on one Lease; the apiserver calls the first (both would answer alike).
+    let first = Confgate::start(&cx, Options::shipped(&ns)).await;
+    let second = Confgate::start(&cx, Options::shipped(&ns).unregistered()).await;
+    let kubectl = deployed(&cx, &ns, &web_deployment(&ns, "web", &[])).await;
+    let lease = eventually(Duration::from_secs(30), "a holder of the Lease", || {
+        let kubectl = kubectl.clone();
+        let ns = ns.clone();
+        async move {
+            let lease = kubectl.get(&ns, "lease/confgate-rollout").await?;
+            lease["spec"]["holderIdentity"].as_str().map(str::to_owned)
+        }
+    })
+    .await;
+    assert!(!lease.is_empty());
+    set_config(&kubectl, &ns, "LOG_LEVEL", "trace").await;
+    eventually(Duration::from_secs(10), "a new ReplicaSet", || {
+        let kubectl = kubectl.clone();
+        let ns = ns.clone();
+        async move { (replica_sets(&kubectl, &ns, "web").await == 2).then_some(()) }
+    })
+    .await;
+    stays(&kubectl, &ns, 2, Duration::from_secs(5)).await;
+    let triggered = "confgate_rollouts_total{result=\"triggered\"}";
+    let writes = first.metric(triggered).await + second.metric(triggered).await;
+    assert_eq!(writes, 1.0, "exactly one replica wrote");
+}

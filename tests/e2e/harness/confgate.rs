@@ -128,6 +128,9 @@ impl Confgate {
             "--log-format=json".into(),
             "--shutdown-delay-seconds=0".into(),
             "--drain-seconds=5".into(),
+            // Tests run side by side: each confgate elects its rollout writer in its own
+            // namespace.
+            format!("--lease-namespace={}", options.namespace),
         ];
         command.extend(options.args.iter().cloned());
         let kubeconfig = options
