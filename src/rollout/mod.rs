@@ -222,13 +222,12 @@ impl Controller {
         }
         let engine = Engine::new(self.state.admission.engine.cluster().clone());
         for workload in index.all() {
+            let object = workload.object();
             for (policy, annotation) in &rolling {
-                let Some(current) =
-                    template_annotation(workload.kind, &workload.object, annotation)
-                else {
+                let Some(current) = template_annotation(workload.kind, &object, annotation) else {
                     continue;
                 };
-                let desired = desired(&engine, &set, &workload, policy, annotation).await;
+                let desired = desired(&engine, &set, &workload, &object, policy, annotation).await;
                 tracing::debug!(kind = workload.kind, namespace = %workload.namespace, name = %workload.name, current, desired = ?desired, "compared");
                 let Some(desired) = desired else {
                     continue;
@@ -346,10 +345,11 @@ async fn desired(
     engine: &Engine,
     set: &PolicySet,
     w: &Workload,
+    object: &Value,
     policy: &str,
     annotation: &str,
 ) -> Option<String> {
-    let review = review_from_value(wrap_manifest(w.object.clone(), 1).ok()?).ok()?;
+    let review = review_from_value(wrap_manifest(object.clone(), 1).ok()?).ok()?;
     let cluster = engine.cluster();
     if cluster.wants_secret_prefetch() {
         let names = crate::workload::secret_names(&review);
@@ -360,8 +360,10 @@ async fn desired(
     let decision = engine
         .evaluate(set, &review, Endpoint::Mutate, Some(policy))
         .ok()?;
-    if decision.patch.0.is_empty() {
-        // Unchanged, or not computable now (an object could not be read): the warnings say.
+    // Unchanged, not computable now (an object could not be read), or a required object is
+    // missing: rolling into a configuration that is not there only makes Pods that cannot
+    // start (the old ones keep running). The warnings say which.
+    if decision.patch.0.is_empty() || !decision.warnings.is_empty() {
         tracing::debug!(kind = w.kind, namespace = %w.namespace, name = %w.name, warnings = ?decision.warnings, "no new annotation");
         return None;
     }

@@ -39,6 +39,7 @@ pub fn all() -> Vec<(&'static str, Case)> {
         rollout::e2e_an_unconsumed_key_or_an_opted_out_workload_rolls_nothing,
         rollout::e2e_a_restart_rolls_nothing_and_a_change_while_down_rolls_once,
         rollout::e2e_two_replicas_write_one_rollout_per_change,
+        rollout::e2e_a_deleted_required_config_map_rolls_nothing,
     ]
 }
 

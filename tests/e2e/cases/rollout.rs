@@ -254,3 +254,17 @@ pub async fn e2e_two_replicas_write_one_rollout_per_change(cx: Cx) {
     let writes = first.metric(triggered).await + second.metric(triggered).await;
     assert_eq!(writes, 1.0, "exactly one replica wrote");
 }
+
+pub async fn e2e_a_deleted_required_config_map_rolls_nothing(cx: Cx) {
+    let ns = cx.namespace("rollout-deleted").await;
+    cx.kubectl()
+        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+        .await;
+    let _confgate = Confgate::start(&cx, Options::shipped(&ns)).await;
+    let kubectl = deployed(&cx, &ns, &web_deployment(&ns, "web", &[])).await;
+    // New Pods could not start without it; the old ones keep running.
+    kubectl
+        .ok(&["delete", "configmap", "app-config", "-n", &ns], None)
+        .await;
+    stays(&kubectl, &ns, 1, Duration::from_secs(15)).await;
+}
