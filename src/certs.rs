@@ -236,18 +236,18 @@ mod tests {
             .iter()
             .map(|n| n.to_string())
             .collect();
-        for expected in [
-            "hook",
-            "hook.ops",
-            "hook.ops.svc",
-            "hook.ops.svc.cluster.local",
-            "extra.example",
-        ] {
-            assert!(
-                sans.iter().any(|s| s.contains(expected)),
-                "{expected} missing from {sans:?}"
-            );
-        }
+        // Exactly these, in this order (a `contains` check let "hook" pass for every name).
+        assert_eq!(
+            sans,
+            vec![
+                "DNSName(hook)",
+                "DNSName(hook.ops)",
+                "DNSName(hook.ops.svc)",
+                "DNSName(hook.ops.svc.cluster.local)",
+                "DNSName(extra.example)",
+                "IPAddress(0a:00:00:01)",
+            ]
+        );
         let (_, ca_pem) = x509_parser::pem::parse_x509_pem(certs.ca_pem.as_bytes()).unwrap();
         let ca = ca_pem.parse_x509().unwrap();
         assert_ne!(ca.subject(), leaf.subject());
