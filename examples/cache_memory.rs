@@ -6,23 +6,14 @@
 //! cargo run --release --example cache_memory [-- COUNT KEYS VALUE_BYTES]
 //! ```
 
+mod support;
+
 use confgate::cluster::live::Cache;
 use confgate::cluster::{ConfigData, Resource};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::Event;
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
+use support::rss_kib;
 
 fn config_map(i: usize, keys: usize, value_bytes: usize) -> ConfigMap {
     let data = (0..keys)

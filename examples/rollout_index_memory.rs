@@ -8,28 +8,19 @@
 //! cargo run --release --example rollout_index_memory [-- COUNT]
 //! ```
 
+mod support;
+
 use confgate::cluster::Resource;
 use confgate::cluster::live::Cache;
 use confgate::rollout::index::{Workload, reduce};
 use kube::api::DynamicObject;
 use kube::runtime::watcher::Event;
 use serde_json::{Value, json};
+use support::rss_kib;
 
 /// As the server binary: the allocator decides how much of what was freed stays resident.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 fn deployment(i: usize) -> Value {
     let container = |c: usize| {

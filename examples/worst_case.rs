@@ -7,9 +7,12 @@
 //! apiserver-shaped 7 MB Deployment UPDATE reviews at once (object and oldObject of 3.4 MB each,
 //! 40 containers with many environment variables). The figures are in BENCHMARKS.md.
 
+mod support;
+
 use serde_json::{Value, json};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::status_kib;
 
 fn review(operation: &str, kind: Value, resource: Value, object: Value, old: Value) -> Vec<u8> {
     serde_json::to_vec(&json!({
@@ -61,21 +64,6 @@ fn big_deployment(bytes: usize) -> Vec<u8> {
         deployment.clone(),
         deployment,
     )
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .trim()
-                .strip_suffix(" kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
 }
 
 struct Server {
@@ -224,9 +212,9 @@ async fn main() {
     for (name, path, body, copies) in scenarios {
         let server = start(&binary).await;
         let pid = server.child.id();
-        let idle = status_kib(pid, "VmRSS:");
+        let idle = status_kib(&pid.to_string(), "VmRSS:");
         let answers = send(&server, path, body, copies).await;
-        let peak = status_kib(pid, "VmHWM:");
+        let peak = status_kib(&pid.to_string(), "VmHWM:");
         let mut distinct = answers.clone();
         distinct.dedup();
         println!(
