@@ -95,6 +95,16 @@ async fn set_config(kubectl: &Kubectl, ns: &str, key: &str, value: &str) {
         .await;
 }
 
+/// Waits (at most `limit`) until Deployment `web` has `count` ReplicaSets.
+async fn reaches(kubectl: &Kubectl, ns: &str, count: usize, limit: Duration, what: &str) {
+    eventually(limit, what, || {
+        let kubectl = kubectl.clone();
+        let ns = ns.to_owned();
+        async move { (replica_sets(&kubectl, &ns, "web").await == count).then_some(()) }
+    })
+    .await;
+}
+
 /// Waits `quiet` and asserts the Deployment still has `count` ReplicaSets.
 async fn stays(kubectl: &Kubectl, ns: &str, count: usize, quiet: Duration) {
     tokio::time::sleep(quiet).await;
@@ -111,11 +121,13 @@ pub async fn e2e_a_changed_consumed_key_rolls_the_workload_once(cx: Cx) {
     assert_eq!(replica_sets(&kubectl, &ns, "web").await, 1);
     let before = kubectl.get(&ns, "deployment/web").await.unwrap();
     set_config(&kubectl, &ns, "LOG_LEVEL", "debug").await;
-    eventually(Duration::from_secs(10), "a new ReplicaSet", || {
-        let kubectl = kubectl.clone();
-        let ns = ns.clone();
-        async move { (replica_sets(&kubectl, &ns, "web").await == 2).then_some(()) }
-    })
+    reaches(
+        &kubectl,
+        &ns,
+        2,
+        Duration::from_secs(10),
+        "a new ReplicaSet",
+    )
     .await;
     let after = kubectl.get(&ns, "deployment/web").await.unwrap();
     let checksum =
@@ -210,14 +222,12 @@ pub async fn e2e_a_restart_rolls_nothing_and_a_change_while_down_rolls_once(cx: 
     set_config(&kubectl, &ns, "LOG_LEVEL", "warn").await;
     stays(&kubectl, &ns, 1, Duration::from_secs(2)).await;
     confgate.restart(&cx).await;
-    eventually(
+    reaches(
+        &kubectl,
+        &ns,
+        2,
         Duration::from_secs(20),
         "the rollout after confgate is back",
-        || {
-            let kubectl = kubectl.clone();
-            let ns = ns.clone();
-            async move { (replica_sets(&kubectl, &ns, "web").await == 2).then_some(()) }
-        },
     )
     .await;
     stays(&kubectl, &ns, 2, Duration::from_secs(3)).await;
@@ -243,11 +253,13 @@ pub async fn e2e_two_replicas_write_one_rollout_per_change(cx: Cx) {
     .await;
     assert!(!lease.is_empty());
     set_config(&kubectl, &ns, "LOG_LEVEL", "trace").await;
-    eventually(Duration::from_secs(10), "a new ReplicaSet", || {
-        let kubectl = kubectl.clone();
-        let ns = ns.clone();
-        async move { (replica_sets(&kubectl, &ns, "web").await == 2).then_some(()) }
-    })
+    reaches(
+        &kubectl,
+        &ns,
+        2,
+        Duration::from_secs(10),
+        "a new ReplicaSet",
+    )
     .await;
     stays(&kubectl, &ns, 2, Duration::from_secs(5)).await;
     let triggered = "confgate_rollouts_total{result=\"triggered\"}";
