@@ -34,10 +34,7 @@ impl Refusal {
     /// A refusal; the message is cut to a bounded length, since parse errors quote the input.
     fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
         let message: String = message.into();
-        let message = match message.char_indices().nth(MESSAGE_CHARS) {
-            None => message,
-            Some((cut, _)) => format!("{}...({} bytes)", &message[..cut], message.len()),
-        };
+        let message = crate::server::service::cap(&message, MESSAGE_CHARS).into_owned();
         Self {
             status,
             reason,

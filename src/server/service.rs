@@ -22,7 +22,12 @@ const LOGGED_CHARS: usize = 253;
 /// `text`, cut to [`LOGGED_CHARS`] characters with the size it had: request fields are echoed
 /// into logs, and a caller controls their length.
 pub fn capped(text: &str) -> std::borrow::Cow<'_, str> {
-    match text.char_indices().nth(LOGGED_CHARS) {
+    cap(text, LOGGED_CHARS)
+}
+
+/// `text`, cut to `max` characters with the size it had.
+pub fn cap(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
         None => std::borrow::Cow::Borrowed(text),
         Some((cut, _)) => {
             std::borrow::Cow::Owned(format!("{}...({} bytes)", &text[..cut], text.len()))
