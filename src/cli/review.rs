@@ -374,11 +374,6 @@ fn to_reviews(documents: Vec<(String, Value)>) -> Result<Vec<Review>, String> {
         .collect()
 }
 
-/// Reads one input (a file or `-`) into reviews.
-pub fn read_reviews(file: &str) -> Result<Vec<Review>, String> {
-    to_reviews(read_inputs(&[file.to_owned()])?)
-}
-
 /// A summary a person can read: decision, each policy's verdict and messages, and the patch.
 pub fn explain(review: &Review, decision: &Decision) -> String {
     let request = &review.request;

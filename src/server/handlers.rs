@@ -113,7 +113,7 @@ async fn admit(
 ) -> Response {
     let answer = async {
         check_content_type(&headers)?;
-        let limit = state.max_body_bytes;
+        let limit = state.admission_limits().max_body_bytes;
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())

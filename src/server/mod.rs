@@ -60,8 +60,6 @@ pub struct ServeOptions {
 pub struct AppState {
     /// The admission pipeline.
     pub admission: Arc<Admission>,
-    /// Largest accepted request body.
-    pub max_body_bytes: usize,
     /// Request bodies in flight, server-wide.
     pub inflight: budget::InFlight,
     limits: budget::Limits,
@@ -106,7 +104,6 @@ impl AppState {
         ));
         Arc::new(Self {
             admission,
-            max_body_bytes: limits.max_body_bytes,
             inflight: budget::InFlight::new(limits.max_inflight_bytes),
             limits,
             require_cluster_sync,
