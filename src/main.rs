@@ -25,7 +25,7 @@ fn main() -> ExitCode {
                 Ok(runtime) => runtime,
                 Err(e) => return report(Err(e.into())),
             };
-            report(runtime.block_on(confgate::cli::serve::run(args)))
+            report(runtime.block_on(confgate::cli::serve::run(*args)))
         }
     }
 }

@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the admission webhooks over HTTPS.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Run the policies offline on an AdmissionReview or plain manifests.
     Review(review::ReviewArgs),
     /// Run policy test files (kind: Test) and check their expected results.

@@ -107,6 +107,14 @@ pub struct ServeArgs {
     /// The least time between two configuration rollouts of one workload, in seconds.
     #[arg(long, default_value_t = crate::rollout::Settings::default().min_interval.as_secs())]
     pub rollout_min_interval_seconds: u64,
+    /// How long configuration changes must be quiet before the controller acts on them, in
+    /// milliseconds: the changes of one `kubectl apply -f dir/` or Helm upgrade roll once.
+    #[arg(long, default_value_t = crate::rollout::Settings::default().coalesce.as_millis() as u64)]
+    pub rollout_coalesce_ms: u64,
+    /// How often every workload is compared even without a change, in seconds (a safety net;
+    /// with `--secrets get`, Secret changes are found here or with the next ConfigMap change).
+    #[arg(long, default_value_t = crate::rollout::Settings::default().resync.as_secs())]
+    pub rollout_resync_seconds: u64,
     /// The namespace of the Lease that elects the replica writing rollouts (confgate's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "confgate-system")]
     pub lease_namespace: String,
@@ -181,7 +189,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             per_minute: args.rollout_rate_per_minute,
             burst: args.rollout_burst,
             min_interval: Duration::from_secs(args.rollout_min_interval_seconds),
-            ..crate::rollout::Settings::default()
+            coalesce: Duration::from_millis(args.rollout_coalesce_ms),
+            resync: Duration::from_secs(args.rollout_resync_seconds.max(1)),
         };
         let election = crate::rollout::Election {
             namespace: args.lease_namespace.clone(),
@@ -224,7 +233,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 type ClusterParts = (
     Arc<dyn ClusterState>,
     Option<kube::Client>,
-    Option<Arc<tokio::sync::Notify>>,
+    Option<Arc<crate::cluster::live::ConfigChanges>>,
 );
 
 /// The cluster state, and the client when there is a live cluster.
@@ -238,7 +247,7 @@ async fn cluster_state(args: &ServeArgs) -> anyhow::Result<ClusterParts> {
     }
     let live = |client: kube::Client| -> ClusterParts {
         let state = LiveState::start(client.clone(), args.secrets);
-        let changed = state.config_changed();
+        let changed = state.config_changes();
         (state, Some(client), Some(changed))
     };
     match args.cluster {

@@ -4,6 +4,7 @@
 //! default: RBAC `get` only) and remembered for a short while.
 
 use super::{ClusterState, ConfigData, Lookup, Resource};
+use crate::workload::Source;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, LimitRangeSpec, Namespace, Secret};
@@ -29,7 +30,8 @@ pub enum SecretsMode {
     None,
 }
 
-type Key = (String, String);
+/// A cached object's namespace and name.
+pub type Key = (String, String);
 
 /// One watch cache: object key (namespace, name) → what policies need of the object.
 pub struct Cache<V> {
@@ -37,7 +39,15 @@ pub struct Cache<V> {
     map: RwLock<HashMap<Key, Arc<V>>>,
     synced: AtomicBool,
     health: Mutex<WatchHealth>,
-    changed: Option<Arc<tokio::sync::Notify>>,
+    observer: Option<Arc<dyn Observer<V>>>,
+}
+
+/// Told of every change a [`Cache`] applies, after it is applied.
+pub trait Observer<V>: Send + Sync {
+    /// The object at `key` was added (`old` is `None`), changed, or removed (`new` is `None`).
+    /// `initial` is set for what the cache's first list brings. Changes that leave the kept
+    /// value equal (a workload's status, say) are not reported.
+    fn changed(&self, key: &Key, old: Option<&Arc<V>>, new: Option<&Arc<V>>, initial: bool);
 }
 
 /// Whether a cache's watch is failing: set by a watch error, cleared by the next event.
@@ -59,25 +69,18 @@ pub const RECOVERED_AFTER: Duration = Duration::from_secs(12);
 impl<V: Send + Sync + 'static> Cache<V> {
     /// An empty, unsynced cache.
     pub fn new(resource: Resource) -> Arc<Self> {
-        Self::notifying(resource, None)
+        Self::observed(resource, None)
     }
 
-    /// An empty, unsynced cache that signals `changed` after every change it applies (a
-    /// `Notify` keeps one pending signal, so bursts of changes coalesce).
-    pub fn notifying(resource: Resource, changed: Option<Arc<tokio::sync::Notify>>) -> Arc<Self> {
+    /// An empty, unsynced cache that tells `observer` of every change it applies.
+    pub fn observed(resource: Resource, observer: Option<Arc<dyn Observer<V>>>) -> Arc<Self> {
         Arc::new(Self {
             resource,
             map: RwLock::new(HashMap::new()),
             synced: AtomicBool::new(false),
             health: Mutex::new(WatchHealth::default()),
-            changed,
+            observer,
         })
-    }
-
-    fn signal(&self) {
-        if let Some(changed) = &self.changed {
-            changed.notify_one();
-        }
     }
 
     /// How long the cache has been cut off from the API server (its watch failing), if it is:
@@ -144,6 +147,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
     /// while disconnected disappear too. Errors are logged; kube's backoff retries.
     pub async fn follow<K, S>(self: Arc<Self>, events: S, convert: fn(&K) -> V)
     where
+        V: PartialEq,
         K: KubeResource,
         S: futures::Stream<Item = Result<Event<K>, watcher::Error>>,
     {
@@ -153,6 +157,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
     /// [`Cache::follow`], keeping only the objects `convert` keeps (`None`: not cached).
     pub async fn follow_with<K, S>(self: Arc<Self>, events: S, convert: impl Fn(&K) -> Option<V>)
     where
+        V: PartialEq,
         K: KubeResource,
         S: futures::Stream<Item = Result<Event<K>, watcher::Error>>,
     {
@@ -174,10 +179,24 @@ impl<V: Send + Sync + 'static> Cache<V> {
                     }
                 }
                 Ok(Event::InitDone) => {
+                    let initial = !self.is_synced();
                     if let Some(buffer) = relist.take() {
-                        *self.write() = buffer;
+                        let old = std::mem::replace(&mut *self.write(), buffer);
+                        if let Some(observer) = &self.observer {
+                            let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+                            for (key, value) in map.iter() {
+                                let before = old.get(key);
+                                if before.is_none_or(|b| b != value) {
+                                    observer.changed(key, before, Some(value), initial);
+                                }
+                            }
+                            for (key, value) in &old {
+                                if !map.contains_key(key) {
+                                    observer.changed(key, Some(value), None, initial);
+                                }
+                            }
+                        }
                     }
-                    self.signal();
                     if !self.synced.swap(true, Ordering::AcqRel) {
                         tracing::info!(
                             resource = self.resource.as_str(),
@@ -187,15 +206,24 @@ impl<V: Send + Sync + 'static> Cache<V> {
                     }
                 }
                 Ok(Event::Apply(o)) => {
-                    match convert(&o) {
-                        Some(value) => self.write().insert(key(&o), Arc::new(value)),
-                        None => self.write().remove(&key(&o)),
+                    let key = key(&o);
+                    let new = convert(&o).map(Arc::new);
+                    let old = match &new {
+                        Some(value) => self.write().insert(key.clone(), value.clone()),
+                        None => self.write().remove(&key),
                     };
-                    self.signal();
+                    if let Some(observer) = &self.observer
+                        && old != new
+                    {
+                        observer.changed(&key, old.as_ref(), new.as_ref(), false);
+                    }
                 }
                 Ok(Event::Delete(o)) => {
-                    self.write().remove(&key(&o));
-                    self.signal();
+                    let key = key(&o);
+                    let old = self.write().remove(&key);
+                    if let (Some(observer), Some(old)) = (&self.observer, old) {
+                        observer.changed(&key, Some(&old), None, false);
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(resource = self.resource.as_str(), error = %e, "watch error; retrying")
@@ -224,7 +252,77 @@ pub struct LiveState {
     secrets_mode: SecretsMode,
     watched_secrets: Arc<Cache<ConfigData>>,
     fetched_secrets: SecretCache,
-    config_changed: Arc<tokio::sync::Notify>,
+    config_changes: Arc<ConfigChanges>,
+}
+
+/// Which ConfigMaps (and watched Secrets) changed since the rollout controller last looked,
+/// each with its keys' digests from before the first of those changes (`None`: it did not
+/// exist), so the controller can name the keys that changed. Changes between two looks merge.
+#[derive(Default)]
+pub struct ConfigChanges {
+    pending: Mutex<Changed>,
+    notify: tokio::sync::Notify,
+    recorded: std::sync::atomic::AtomicU64,
+}
+
+/// Changed objects, by (kind, namespace, name), with the digests they had before.
+pub type Changed = HashMap<(Source, String, String), Option<Arc<ConfigData>>>;
+
+impl ConfigChanges {
+    /// Waits until something changed (returns at once when a change is pending).
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if !self
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+            {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// How many changes have been recorded so far (to tell when a burst has ended).
+    pub fn recorded(&self) -> u64 {
+        self.recorded.load(Ordering::Acquire)
+    }
+
+    /// Takes what changed since the last call.
+    pub fn take(&self) -> Changed {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Records a change (as a watch cache does).
+    pub fn record(&self, source: Source, key: &Key, old: Option<&Arc<ConfigData>>) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((source, key.0.clone(), key.1.clone()))
+            .or_insert_with(|| old.cloned());
+        self.recorded.fetch_add(1, Ordering::AcqRel);
+        self.notify.notify_one();
+    }
+}
+
+/// Feeds one cache's changes into [`ConfigChanges`]. The first list is not a change: the
+/// controller compares every workload when it starts.
+struct Recorder(Source, Arc<ConfigChanges>);
+
+impl Observer<ConfigData> for Recorder {
+    fn changed(
+        &self,
+        key: &Key,
+        old: Option<&Arc<ConfigData>>,
+        _new: Option<&Arc<ConfigData>>,
+        initial: bool,
+    ) {
+        if !initial {
+            self.1.record(self.0, key, old);
+        }
+    }
 }
 
 /// How long an on-demand Secret read is reused.
@@ -236,16 +334,25 @@ impl LiveState {
     /// Starts the watchers on the current Tokio runtime. The caches fill in the background;
     /// [`ClusterState::ready`] says when they have synced.
     pub fn start(client: Client, secrets_mode: SecretsMode) -> Arc<Self> {
-        let config_changed = Arc::new(tokio::sync::Notify::new());
+        let config_changes = Arc::new(ConfigChanges::default());
         let state = Arc::new(Self {
             client: client.clone(),
-            config_maps: Cache::notifying(Resource::ConfigMaps, Some(config_changed.clone())),
+            config_maps: Cache::observed(
+                Resource::ConfigMaps,
+                Some(Arc::new(Recorder(
+                    Source::ConfigMap,
+                    config_changes.clone(),
+                ))),
+            ),
             namespaces: Cache::new(Resource::Namespaces),
             limit_ranges: Cache::new(Resource::LimitRanges),
             secrets_mode,
-            watched_secrets: Cache::notifying(Resource::Secrets, Some(config_changed.clone())),
+            watched_secrets: Cache::observed(
+                Resource::Secrets,
+                Some(Arc::new(Recorder(Source::Secret, config_changes.clone()))),
+            ),
             fetched_secrets: RwLock::new(HashMap::new()),
-            config_changed,
+            config_changes,
         });
         tokio::spawn(run_watch(
             Api::<ConfigMap>::all(client.clone()),
@@ -276,10 +383,9 @@ impl LiveState {
         state
     }
 
-    /// Signalled after every change to cached ConfigMaps (and watched Secrets); changes
-    /// arriving together give one signal.
-    pub fn config_changed(&self) -> Arc<tokio::sync::Notify> {
-        self.config_changed.clone()
+    /// The changes to cached ConfigMaps (and watched Secrets), for the rollout controller.
+    pub fn config_changes(&self) -> Arc<ConfigChanges> {
+        self.config_changes.clone()
     }
 
     fn caches_synced(&self) -> Vec<(Resource, bool)> {
@@ -315,7 +421,7 @@ async fn run_watch<K, V>(api: Api<K>, cache: Arc<Cache<V>>, convert: fn(&K) -> V
 where
     K: KubeResource + Clone + DeserializeOwned + Debug + Send + 'static,
     K::DynamicType: Default,
-    V: Send + Sync + 'static,
+    V: PartialEq + Send + Sync + 'static,
 {
     // kube's default backoff grows to 30 s; a cache cut off from the API server should notice
     // its return within seconds, and a failing watch must keep failing visibly (see

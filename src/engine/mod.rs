@@ -70,6 +70,7 @@ impl Engine {
         let cx = Context {
             request: &review.request,
             old_object: review.old_object.as_ref(),
+            managed_fields: object.pointer("/metadata/managedFields"),
             cluster: self.cluster.as_ref(),
         };
         let mut working: Option<Value> = None;

@@ -21,7 +21,7 @@ use super::{Capabilities, Context, Findings, Policy, PolicyError, SettingsError,
 use crate::cluster::{ConfigData, Lookup};
 use crate::workload::{
     Keys, Source, WORKLOAD_KINDS, pod_spec, references, set_template_annotation,
-    template_annotation,
+    template_annotation, template_annotation_owners,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -32,6 +32,9 @@ use std::sync::Arc;
 
 /// The default annotation key.
 pub const DEFAULT_ANNOTATION: &str = "checksum/config";
+/// Where the checksum goes when the workload's manifest manages the configured annotation
+/// itself (a Helm chart's `checksum/config: {{ sha256sum ... }}`): that value is left alone.
+pub const OWN_ANNOTATION: &str = "confgate.dev/config-checksum";
 /// Kinds stamped by default: the ones that roll their Pods when the template changes.
 pub const DEFAULT_KINDS: [&str; 3] = ["Deployment", "StatefulSet", "DaemonSet"];
 
@@ -188,6 +191,36 @@ fn checksum_text(objects: &Resolved) -> String {
     text
 }
 
+impl ChecksumConfig {
+    /// The annotation to stamp: the configured one, unless another field manager owns it (the
+    /// workload's manifest sets it: a Helm chart's own checksum), in which case its value is
+    /// left alone and [`OWN_ANNOTATION`] carries confgate's checksum, so the workload still
+    /// rolls on configuration changes and the two tools never fight over one field.
+    fn target<'a>(&'a self, cx: &Context, out: &mut Findings) -> Option<&'a str> {
+        let kind = cx.request.kind.kind.as_str();
+        let owners = template_annotation_owners(kind, cx.managed_fields, &self.annotation);
+        if owners.is_empty() {
+            return Some(&self.annotation);
+        }
+        let owners = owners
+            .iter()
+            .map(|o| format!("{o:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if self.annotation == OWN_ANNOTATION {
+            out.warn(format!(
+                "{OWN_ANNOTATION} is managed by {owners}; confgate leaves it alone"
+            ));
+            return None;
+        }
+        out.warn(format!(
+            "{} is managed by {owners} (the manifest sets it); confgate leaves it alone and stamps {OWN_ANNOTATION} instead",
+            self.annotation
+        ));
+        Some(OWN_ANNOTATION)
+    }
+}
+
 impl Policy for ChecksumConfig {
     fn capabilities(&self) -> Capabilities {
         Capabilities::Mutate
@@ -201,8 +234,12 @@ impl Policy for ChecksumConfig {
         Some(self.kinds.clone())
     }
 
-    fn rollout_annotation(&self) -> Option<&str> {
-        self.rollout.then_some(self.annotation.as_str())
+    fn rollout_annotations(&self) -> Vec<&str> {
+        if self.rollout {
+            vec![self.annotation.as_str(), OWN_ANNOTATION]
+        } else {
+            Vec::new()
+        }
     }
 
     fn mutate(
@@ -265,8 +302,11 @@ impl Policy for ChecksumConfig {
             resolved.insert((source, name), (selected, data));
         }
         let checksum = Hex(&Sha256::digest(checksum_text(&resolved).as_bytes())).to_string();
-        if template_annotation(kind, object, &self.annotation) != Some(checksum.as_str()) {
-            set_template_annotation(kind, object, &self.annotation, &checksum);
+        let Some(target) = self.target(cx, out) else {
+            return Ok(());
+        };
+        if template_annotation(kind, object, target) != Some(checksum.as_str()) {
+            set_template_annotation(kind, object, target, &checksum);
         }
         Ok(())
     }

@@ -30,6 +30,9 @@ pub struct Context<'a> {
     pub request: &'a AdmissionRequest<DynamicObject>,
     /// `request.oldObject` (UPDATE and DELETE).
     pub old_object: Option<&'a Value>,
+    /// `metadata.managedFields` of `request.object` as received (mutators work on a copy
+    /// without it): which field manager set which field.
+    pub managed_fields: Option<&'a Value>,
     /// ConfigMaps, Secrets, Namespaces and LimitRanges, from watch caches or static manifests.
     pub cluster: &'a dyn ClusterState,
 }
@@ -156,11 +159,11 @@ pub trait Policy: Send + Sync {
         false
     }
 
-    /// The pod-template annotation this policy keeps in step with the cluster's configuration,
-    /// when the rollout controller should write it as configuration changes (`checksum-config`
-    /// with `rollout: true`); `None` for every other policy.
-    fn rollout_annotation(&self) -> Option<&str> {
-        None
+    /// The pod-template annotations this policy keeps in step with the cluster's
+    /// configuration, when the rollout controller should write them as configuration changes
+    /// (`checksum-config` with `rollout: true`); empty for every other policy.
+    fn rollout_annotations(&self) -> Vec<&str> {
+        Vec::new()
     }
 
     /// Judges the object. Violations go to `out`.
@@ -258,6 +261,10 @@ pub(crate) mod testing {
     use crate::cluster::static_state::StaticState;
     use serde_json::Value;
 
+    fn managed_fields(review: &Review) -> Option<&Value> {
+        review.object.as_ref()?.pointer("/metadata/managedFields")
+    }
+
     /// The manifest as a CREATE review.
     pub fn review(object: Value) -> Review {
         let wrapped = crate::admission::wrap_manifest(object, 1).expect("manifest");
@@ -279,6 +286,7 @@ pub(crate) mod testing {
         let cx = Context {
             request: &review.request,
             old_object: None,
+            managed_fields: managed_fields(&review),
             cluster,
         };
         let mut out = Findings::default();
@@ -298,10 +306,12 @@ pub(crate) mod testing {
         let cx = Context {
             request: &review.request,
             old_object: None,
+            managed_fields: managed_fields(&review),
             cluster,
         };
         let mut out = Findings::default();
-        let mut object = review.object.clone().expect("object");
+        // As the engine hands it over.
+        let mut object = crate::engine::diff::working_copy(review.object.as_ref().expect("object"));
         policy.mutate(&cx, &mut object, &mut out).expect("mutate");
         (object, out)
     }

@@ -4,13 +4,17 @@
 //! it may roll now. Never a value of the configuration itself.
 
 use crate::cluster::Resource;
-use crate::cluster::live::Cache;
-use crate::workload::template_path;
+use crate::cluster::live::{Cache, Key, Observer};
+use crate::workload::{
+    OwnedReference, Source, references, spec_from_references, template_annotation_owners,
+    template_path,
+};
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use serde_json::{Map, Value, json};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 
 /// The kinds that roll (CronJob: its next Job runs with the new configuration).
 pub const KINDS: [&str; 4] = ["Deployment", "StatefulSet", "DaemonSet", "CronJob"];
@@ -26,24 +30,102 @@ pub struct Workload {
     pub name: String,
     /// Its uid (for Events).
     pub uid: String,
+    /// The resourceVersion it was seen at: the controller's write is conditional on it, so a
+    /// workload written since (its own apply, carrying the new checksum already) is compared
+    /// again instead of being patched from a stale copy.
+    pub resource_version: String,
     /// The workload opted out (`confgate.dev/rollout: "false"` on the workload).
     pub opted_out: bool,
     /// A paused Deployment.
     pub paused: bool,
+    /// Being deleted (a deletionTimestamp).
+    pub deleting: bool,
     /// Its last rollout is done: every replica runs the current template and is ready (always
     /// true for a CronJob).
     pub settled: bool,
-    /// The workload reduced to its kind, name, labels, template annotations and the
-    /// ConfigMap/Secret references of its pod spec (what the checksum policy reads), kept as
-    /// JSON text: a tree of small allocations per workload cost 50 KB of resident memory each
-    /// (`examples/rollout_index_memory.rs`), the text a tenth of that.
-    object: Box<str>,
+    /// The ConfigMaps and Secrets it references, by (kind, name), for the reverse index.
+    pub objects: Box<[(Source, Box<str>)]>,
+    /// [`Reduced`] as JSON text (see there).
+    reduced: Box<str>,
+}
+
+/// What the checksum policy reads of a workload: its labels, its pod template's annotations
+/// (and which of them another field manager owns), and the ConfigMap/Secret references of its
+/// pod spec, never a value of the configuration itself. Kept as compact JSON text (arrays, no
+/// field names): a tree of small allocations per workload cost 50 KB of resident memory each
+/// (`examples/rollout_index_memory.rs`), the full template as text 4 KB.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Reduced {
+    /// `metadata.labels`.
+    pub labels: Vec<(String, String)>,
+    /// The pod template's annotations.
+    pub annotations: Vec<(String, String)>,
+    /// For each annotation owned by other field managers, those managers.
+    pub owners: Vec<(String, Vec<String>)>,
+    /// The references, in [`crate::workload::references`] order.
+    pub references: Vec<OwnedReference>,
 }
 
 impl Workload {
-    /// The reduced workload (see the field).
+    /// What the checksum policy reads of the workload.
+    pub fn reduced(&self) -> Reduced {
+        serde_json::from_str(&self.reduced).unwrap_or_default()
+    }
+
+    /// The workload rebuilt from [`Reduced`]: kind, name, labels, the template's annotations,
+    /// `managedFields` for the annotations other managers own, and a pod spec with exactly its
+    /// references. What the webhook would compute for the full object, the engine computes for
+    /// this one.
     pub fn object(&self) -> Value {
-        serde_json::from_str(&self.object).unwrap_or_default()
+        let reduced = self.reduced();
+        let refs: Vec<_> = reduced
+            .references
+            .iter()
+            .map(OwnedReference::borrow)
+            .collect();
+        let path = template_path(self.kind).unwrap_or_default();
+        let annotations: Map<String, Value> = reduced
+            .annotations
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        let mut template = json!({
+            "metadata": {"annotations": annotations},
+            "spec": spec_from_references(&refs),
+        });
+        for key in path.iter().rev() {
+            template = json!({ *key: template });
+        }
+        let managed: Vec<Value> = reduced
+            .owners
+            .iter()
+            .flat_map(|(key, managers)| {
+                let mut fields = json!({ format!("f:{key}"): {} });
+                for segment in path.iter().chain(&["metadata", "annotations"]).rev() {
+                    fields = json!({ format!("f:{segment}"): fields });
+                }
+                managers.iter().map(move |m| {
+                    json!({"manager": m, "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": fields.clone()})
+                })
+            })
+            .collect();
+        let labels: Map<String, Value> = reduced
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        let mut object = json!({
+            "apiVersion": api_resource(self.kind).map(|r| r.api_version).unwrap_or_default(),
+            "kind": self.kind,
+            "metadata": {"name": self.name, "namespace": self.namespace, "labels": labels},
+        });
+        if !managed.is_empty() {
+            object["metadata"]["managedFields"] = Value::Array(managed);
+        }
+        if let (Some(target), Some(source)) = (object.as_object_mut(), template.as_object()) {
+            target.extend(source.clone());
+        }
+        object
     }
 }
 
@@ -66,10 +148,7 @@ pub fn api_resource(kind: &str) -> Option<ApiResource> {
 /// The reduced workload, or `None` for an object without a pod template.
 pub fn reduce(kind: &'static str, object: &Value) -> Option<Workload> {
     let path = template_path(kind)?;
-    let mut template = object;
-    for key in path {
-        template = template.get(*key)?;
-    }
+    let template = path.iter().try_fold(object, |v, key| v.get(*key))?;
     let spec = template.get("spec")?;
     let metadata = object.get("metadata")?;
     let text = |v: &Value, p: &str| {
@@ -78,72 +157,53 @@ pub fn reduce(kind: &'static str, object: &Value) -> Option<Workload> {
             .unwrap_or_default()
             .to_owned()
     };
-    let mut reduced_spec = Map::new();
-    for list in ["initContainers", "containers", "ephemeralContainers"] {
-        let Some(containers) = spec.get(list).and_then(Value::as_array) else {
-            continue;
-        };
-        let kept: Vec<Value> = containers
-            .iter()
-            .map(|c| {
-                let env: Vec<Value> = c
-                    .get("env")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter(|e| e.get("valueFrom").is_some())
-                    .cloned()
-                    .collect();
-                json!({"name": c.get("name"), "env": env, "envFrom": c.get("envFrom").cloned().unwrap_or(json!([]))})
+    let pairs = |v: Option<&Value>| -> Vec<(String, String)> {
+        v.and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+            .collect()
+    };
+    let annotations = pairs(template.pointer("/metadata/annotations"));
+    let owners = annotations
+        .iter()
+        .filter_map(|(key, _)| {
+            let managers =
+                template_annotation_owners(kind, object.pointer("/metadata/managedFields"), key);
+            (!managers.is_empty()).then(|| {
+                (
+                    key.clone(),
+                    managers.into_iter().map(str::to_owned).collect(),
+                )
             })
-            .collect();
-        reduced_spec.insert(list.to_owned(), Value::Array(kept));
-    }
-    let volumes: Vec<Value> = spec
-        .get("volumes")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter(|v| {
-            v.get("configMap").is_some()
-                || v.get("secret").is_some()
-                || v.get("projected").is_some()
         })
-        .cloned()
         .collect();
-    reduced_spec.insert("volumes".into(), Value::Array(volumes));
-    let mut reduced_template = json!({
-        "metadata": {"annotations": template.pointer("/metadata/annotations").cloned().unwrap_or(json!({}))},
-        "spec": Value::Object(reduced_spec),
-    });
-    for key in path.iter().rev() {
-        reduced_template = json!({ *key: reduced_template });
-    }
-    // Listed objects carry no apiVersion/kind (only watched ones do): from the kind.
-    let mut reduced = json!({
-        "apiVersion": api_resource(kind)?.api_version,
-        "kind": kind,
-        "metadata": {
-            "name": metadata.get("name"),
-            "namespace": metadata.get("namespace"),
-            "labels": metadata.get("labels").cloned().unwrap_or(json!({})),
-        },
-    });
-    if let (Some(target), Some(source)) = (reduced.as_object_mut(), reduced_template.as_object()) {
-        target.extend(source.clone());
-    }
+    let refs = references(spec);
+    let mut objects: Vec<(Source, Box<str>)> =
+        refs.iter().map(|r| (r.source, Box::from(r.name))).collect();
+    objects.sort();
+    objects.dedup();
+    let reduced = Reduced {
+        labels: pairs(metadata.get("labels")),
+        annotations,
+        owners,
+        references: refs.iter().map(OwnedReference::from).collect(),
+    };
     Some(Workload {
         kind,
         namespace: text(metadata, "/namespace"),
         name: text(metadata, "/name"),
         uid: text(metadata, "/uid"),
+        resource_version: text(metadata, "/resourceVersion"),
         opted_out: metadata
             .pointer(&format!("/annotations/{}", OPT_OUT.replace('/', "~1")))
             .and_then(Value::as_str)
             == Some("false"),
         paused: object.pointer("/spec/paused").and_then(Value::as_bool) == Some(true),
+        deleting: metadata.get("deletionTimestamp").is_some(),
         settled: settled(kind, object),
-        object: reduced.to_string().into_boxed_str(),
+        objects: objects.into_boxed_slice(),
+        reduced: serde_json::to_string(&reduced).ok()?.into_boxed_str(),
     })
 }
 
@@ -170,9 +230,56 @@ fn settled(kind: &str, object: &Value) -> bool {
     }
 }
 
-/// The watch caches of the rolling kinds.
+/// The watch caches of the rolling kinds, and the reverse index: ConfigMap/Secret → the
+/// workloads that reference it.
 pub struct Index {
-    caches: Vec<Arc<Cache<Workload>>>,
+    caches: Vec<(&'static str, Arc<Cache<Workload>>)>,
+    reverse: Arc<Reverse>,
+}
+
+/// (kind, namespace, name) of a ConfigMap or Secret → the workloads referencing it, by kind and
+/// name. Kept in step by the workload caches (an [`Observer`]).
+/// (kind, namespace, name) of a ConfigMap or Secret.
+type ObjectKey = (Source, String, String);
+
+#[derive(Default)]
+struct Reverse {
+    map: RwLock<HashMap<ObjectKey, HashSet<(&'static str, String)>>>,
+}
+
+impl Observer<Workload> for Reverse {
+    fn changed(
+        &self,
+        key: &Key,
+        old: Option<&Arc<Workload>>,
+        new: Option<&Arc<Workload>>,
+        _initial: bool,
+    ) {
+        let objects = |w: Option<&Arc<Workload>>| w.map(|w| w.objects.clone()).unwrap_or_default();
+        let (before, after) = (objects(old), objects(new));
+        if before == after {
+            return;
+        }
+        let Some(kind) = new.or(old).map(|w| w.kind) else {
+            return;
+        };
+        let (namespace, name) = key;
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        for (source, object) in before.iter() {
+            let entry = (*source, namespace.clone(), object.to_string());
+            if let Some(users) = map.get_mut(&entry) {
+                users.remove(&(kind, name.clone()));
+                if users.is_empty() {
+                    map.remove(&entry);
+                }
+            }
+        }
+        for (source, object) in after.iter() {
+            map.entry((*source, namespace.clone(), object.to_string()))
+                .or_default()
+                .insert((kind, name.clone()));
+        }
+    }
 }
 
 impl Index {
@@ -180,13 +287,17 @@ impl Index {
     /// controller (status updates are constant); a new or edited workload is stamped by the
     /// webhook, and one held back is retried at the next resync.
     pub fn start(client: kube::Client) -> Arc<Self> {
+        let reverse = Arc::new(Reverse::default());
         let mut caches = Vec::new();
         for kind in KINDS {
             let Some(resource) = api_resource(kind) else {
                 continue;
             };
-            let cache = Cache::new(Resource::Workloads);
-            caches.push(cache.clone());
+            let cache = Cache::observed(
+                Resource::Workloads,
+                Some(reverse.clone() as Arc<dyn Observer<Workload>>),
+            );
+            caches.push((kind, cache.clone()));
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
             tokio::spawn(async move {
                 let events = watcher::watcher(api, watcher::Config::default()).default_backoff();
@@ -197,60 +308,132 @@ impl Index {
                     .await;
             });
         }
-        Arc::new(Self { caches })
+        Arc::new(Self { caches, reverse })
+    }
+
+    /// An index fed by hand (benchmarks and tests): `follow` each cache.
+    pub fn detached() -> Arc<Self> {
+        let reverse = Arc::new(Reverse::default());
+        let caches = KINDS
+            .iter()
+            .map(|kind| {
+                (
+                    *kind,
+                    Cache::observed(
+                        Resource::Workloads,
+                        Some(reverse.clone() as Arc<dyn Observer<Workload>>),
+                    ),
+                )
+            })
+            .collect();
+        Arc::new(Self { caches, reverse })
+    }
+
+    /// The cache of `kind`.
+    pub fn cache(&self, kind: &str) -> Option<&Arc<Cache<Workload>>> {
+        self.caches.iter().find(|(k, _)| *k == kind).map(|(_, c)| c)
     }
 
     /// True once every kind has been listed.
     pub fn synced(&self) -> bool {
-        self.caches.iter().all(|c| c.is_synced())
+        self.caches.iter().all(|(_, c)| c.is_synced())
     }
 
     /// Every workload, in no particular order.
     pub fn all(&self) -> Vec<Arc<Workload>> {
-        self.caches.iter().flat_map(|c| c.values()).collect()
+        self.caches.iter().flat_map(|(_, c)| c.values()).collect()
+    }
+
+    /// Number of workloads held.
+    pub fn len(&self) -> usize {
+        self.caches.iter().map(|(_, c)| c.len()).sum()
+    }
+
+    /// True when no workload is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The workloads that reference ConfigMap/Secret `namespace/name`.
+    pub fn consumers(&self, source: Source, namespace: &str, name: &str) -> Vec<Arc<Workload>> {
+        let users: Vec<(&'static str, String)> = self
+            .reverse
+            .map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(source, namespace.to_owned(), name.to_owned()))
+            .map(|users| users.iter().cloned().collect())
+            .unwrap_or_default();
+        users
+            .into_iter()
+            .filter_map(|(kind, workload)| self.cache(kind)?.get(namespace, &workload))
+            .collect()
+    }
+
+    /// The workload `kind` `namespace/name`, as last seen.
+    pub fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<Arc<Workload>> {
+        self.cache(kind)?.get(namespace, name)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::checksum_config::{ChecksumConfig, DEFAULT_ANNOTATION, OWN_ANNOTATION};
+    use crate::policy::testing::{cluster, mutate};
+    use crate::workload::pod_spec;
 
-    #[test]
-    fn reduces_a_listed_workload_to_its_references_and_annotations() {
-        // As a list returns it: no apiVersion, no kind.
-        let listed = json!({
+    /// Every kind of reference, as a list returns it (no apiVersion, no kind).
+    fn listed() -> Value {
+        json!({
             "metadata": {"name": "web", "namespace": "shop", "uid": "u1", "generation": 2,
+                         "resourceVersion": "42", "labels": {"app": "web"},
                          "annotations": {"confgate.dev/rollout": "false"}},
             "spec": {"replicas": 2, "paused": true, "template": {
-                "metadata": {"annotations": {"checksum/config": "abc"}},
+                "metadata": {"annotations": {"checksum/config": "abc", "other": "x"}},
                 "spec": {
+                    "initContainers": [{"name": "proxy", "restartPolicy": "Always",
+                        "envFrom": [{"prefix": "P_", "configMapRef": {"name": "proxy", "optional": true}}]}],
                     "containers": [{"name": "web", "image": "big:1", "args": ["--x"],
                         "env": [{"name": "PLAIN", "value": "v"},
-                                {"name": "A", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "A"}}}],
-                        "envFrom": [{"secretRef": {"name": "s"}}]}],
-                    "volumes": [{"name": "c", "configMap": {"name": "cfg"}}, {"name": "tmp", "emptyDir": {}}]}}},
+                                {"name": "A", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "A"}}},
+                                {"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "token", "optional": true}}}],
+                        "envFrom": [{"secretRef": {"name": "s"}}]},
+                        {"name": "plain", "image": "x"}],
+                    "volumes": [
+                        {"name": "c", "configMap": {"name": "cfg", "items": [{"key": "B", "path": "b.txt"}]}},
+                        {"name": "whole", "secret": {"secretName": "tls", "optional": true}},
+                        {"name": "p", "projected": {"sources": [
+                            {"configMap": {"name": "cfg"}},
+                            {"secret": {"name": "s", "items": [{"key": "ca", "path": "ca"}]}},
+                            {"serviceAccountToken": {"path": "t"}}]}},
+                        {"name": "tmp", "emptyDir": {}}]}}},
             "status": {"observedGeneration": 2, "updatedReplicas": 2, "readyReplicas": 1}
-        });
-        let w = reduce("Deployment", &listed).unwrap();
+        })
+    }
+
+    #[test]
+    fn keeps_what_decides_a_rollout() {
+        let w = reduce("Deployment", &listed()).unwrap();
         assert_eq!(
-            (w.namespace.as_str(), w.name.as_str(), w.uid.as_str()),
-            ("shop", "web", "u1")
+            (
+                w.namespace.as_str(),
+                w.name.as_str(),
+                w.uid.as_str(),
+                w.resource_version.as_str()
+            ),
+            ("shop", "web", "u1", "42")
         );
-        assert!(w.opted_out && w.paused);
+        assert!(w.opted_out && w.paused && !w.deleting);
         assert!(!w.settled, "one of two replicas ready");
         assert_eq!(
-            w.object(),
-            json!({
-                "apiVersion": "apps/v1", "kind": "Deployment",
-                "metadata": {"name": "web", "namespace": "shop", "labels": {}},
-                "spec": {"template": {
-                    "metadata": {"annotations": {"checksum/config": "abc"}},
-                    "spec": {
-                        "containers": [{"name": "web",
-                            "env": [{"name": "A", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "A"}}}],
-                            "envFrom": [{"secretRef": {"name": "s"}}]}],
-                        "volumes": [{"name": "c", "configMap": {"name": "cfg"}}]}}}
-            })
+            w.objects.as_ref(),
+            &[
+                (Source::ConfigMap, "cfg".into()),
+                (Source::ConfigMap, "proxy".into()),
+                (Source::Secret, "s".into()),
+                (Source::Secret, "tls".into()),
+            ]
         );
         // A CronJob's template is in its jobTemplate, and it is always free to change.
         let cron = json!({"metadata": {"name": "c", "namespace": "shop"},
@@ -263,5 +446,111 @@ mod tests {
                 .pointer("/spec/jobTemplate/spec/template/spec")
                 .is_some()
         );
+    }
+
+    #[test]
+    fn the_rebuilt_workload_has_exactly_the_references_and_annotations() {
+        let full = listed();
+        let w = reduce("Deployment", &full).unwrap();
+        let rebuilt = w.object();
+        assert_eq!(rebuilt["apiVersion"], "apps/v1");
+        assert_eq!(rebuilt["metadata"]["labels"], json!({"app": "web"}));
+        assert_eq!(
+            rebuilt["spec"]["template"]["metadata"]["annotations"],
+            json!({"checksum/config": "abc", "other": "x"})
+        );
+        assert_eq!(
+            references(pod_spec("Deployment", &rebuilt).unwrap()),
+            references(pod_spec("Deployment", &full).unwrap())
+        );
+    }
+
+    #[test]
+    fn the_checksum_of_the_rebuilt_workload_is_the_webhooks() {
+        let state = cluster(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg, namespace: shop}\ndata: {A: '1', B: '2'}\n---\n\
+             apiVersion: v1\nkind: ConfigMap\nmetadata: {name: proxy, namespace: shop}\ndata: {X: '1'}\n---\n\
+             apiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: shop}\ndata: {token: YQ==, ca: Yg==}\n",
+        );
+        let policy = ChecksumConfig::from_settings(json!({})).unwrap();
+        let mut full = listed();
+        full["apiVersion"] = json!("apps/v1");
+        full["kind"] = json!("Deployment");
+        let annotations = |o: &Value| o["spec"]["template"]["metadata"]["annotations"].clone();
+        let (from_full, _) = mutate(&policy, full.clone(), &state);
+        let (from_reduced, _) = mutate(
+            &policy,
+            reduce("Deployment", &full).unwrap().object(),
+            &state,
+        );
+        assert_ne!(annotations(&from_full)[DEFAULT_ANNOTATION], "abc");
+        assert_eq!(annotations(&from_full), annotations(&from_reduced));
+        // A chart that sets checksum/config itself: confgate's goes to its own annotation, in
+        // the full object and in the reduced one alike.
+        full["metadata"]["managedFields"] = json!([{"manager": "helm", "operation": "Update",
+            "fieldsV1": {"f:spec": {"f:template": {"f:metadata": {"f:annotations": {"f:checksum/config": {}}}}}}}]);
+        let (from_full, out) = mutate(&policy, full.clone(), &state);
+        let (from_reduced, _) = mutate(
+            &policy,
+            reduce("Deployment", &full).unwrap().object(),
+            &state,
+        );
+        assert_eq!(annotations(&from_full)[DEFAULT_ANNOTATION], "abc");
+        assert!(annotations(&from_full)[OWN_ANNOTATION].is_string());
+        assert_eq!(annotations(&from_full), annotations(&from_reduced));
+        assert_eq!(
+            out.warnings,
+            vec![format!(
+                "checksum/config is managed by \"helm\" (the manifest sets it); confgate leaves it alone and stamps {OWN_ANNOTATION} instead"
+            )]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_reverse_index_follows_the_workloads() {
+        use kube::runtime::watcher::Event;
+        let index = Index::detached();
+        let deployment = |name: &str, config: &str| {
+            let mut d = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": name, "namespace": "shop"},
+                "spec": {"template": {"spec": {"containers": [{"name": "c",
+                    "envFrom": [{"configMapRef": {"name": config}}]}]}}}});
+            d["metadata"]["resourceVersion"] = json!("1");
+            serde_json::from_value::<DynamicObject>(d).unwrap()
+        };
+        let events = futures::stream::iter(vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(deployment("a", "cfg"))),
+            Ok(Event::InitApply(deployment("b", "cfg"))),
+            Ok(Event::InitDone),
+            // b moves to another ConfigMap; a goes away.
+            Ok(Event::Apply(deployment("b", "other"))),
+            Ok(Event::Delete(deployment("a", "cfg"))),
+            Ok(Event::Apply(deployment("c", "cfg"))),
+        ]);
+        index
+            .cache("Deployment")
+            .unwrap()
+            .clone()
+            .follow_with(events, |o: &DynamicObject| {
+                serde_json::to_value(o)
+                    .ok()
+                    .and_then(|v| reduce("Deployment", &v))
+            })
+            .await;
+        let names = |config: &str| {
+            let mut names: Vec<String> = index
+                .consumers(Source::ConfigMap, "shop", config)
+                .iter()
+                .map(|w| w.name.clone())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names("cfg"), vec!["c"]);
+        assert_eq!(names("other"), vec!["b"]);
+        assert!(names("none").is_empty());
+        assert!(index.consumers(Source::Secret, "shop", "cfg").is_empty());
+        assert_eq!(index.len(), 2);
     }
 }

@@ -20,17 +20,19 @@
 pub mod index;
 
 use crate::admission::{review_from_value, wrap_manifest};
+use crate::cluster::live::{Changed, ConfigChanges};
+use crate::cluster::{ConfigData, Lookup};
 use crate::engine::Engine;
 use crate::policy::{Endpoint, PolicySet};
 use crate::server::AppState;
-use crate::workload::{template_annotation, template_path};
+use crate::workload::{FIELD_MANAGER, Keys, Source, template_annotation, template_path};
 use index::{Index, Workload};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use serde_json::{Value, json};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,10 +45,10 @@ pub struct Settings {
     pub burst: u32,
     /// The least time between two rollouts of one workload.
     pub min_interval: Duration,
-    /// How long to let changes that arrive together settle before acting on them.
+    /// How long changes must be quiet before they are acted on (at most twice this in all).
     pub coalesce: Duration,
-    /// How often every workload is compared even without a change (throttled and unfinished
-    /// rollouts are retried then).
+    /// How often every workload is compared even without a change (held-back rollouts are
+    /// retried every 5 s).
     pub resync: Duration,
 }
 
@@ -56,8 +58,8 @@ impl Default for Settings {
             per_minute: 20,
             burst: 5,
             min_interval: Duration::from_secs(60),
-            coalesce: Duration::from_secs(1),
-            resync: Duration::from_secs(15),
+            coalesce: Duration::from_millis(400),
+            resync: Duration::from_secs(300),
         }
     }
 }
@@ -142,12 +144,13 @@ async fn elect(client: &Client, election: &Election) -> tokio::sync::watch::Rece
     }
 }
 
-/// Runs the controller until the process ends. `changed` is signalled on every change of the
-/// cached ConfigMaps (and watched Secrets). Only the replica that holds the Lease writes.
+/// Runs the controller until the process ends. `changes` says which ConfigMaps (and watched
+/// Secrets) changed. Only the replica that holds the Lease writes; the others keep their index
+/// and compare everything when they take over.
 pub async fn run(
     client: Client,
     state: Arc<AppState>,
-    changed: Arc<tokio::sync::Notify>,
+    changes: Arc<ConfigChanges>,
     settings: Settings,
     election: Election,
 ) {
@@ -159,45 +162,75 @@ pub async fn run(
     tracing::info!(
         per_minute = settings.per_minute,
         burst = settings.burst,
+        workloads = index.len(),
         "rollout controller started: workloads roll when the configuration they consume changes"
     );
-    let client_for_lease = client.clone();
-    let mut controller = Controller {
-        client: client.clone(),
-        state,
-        recorder: Recorder::new(
-            client,
-            Reporter {
-                controller: "confgate".into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        ),
-        limiter: TokenBucket::new(&settings),
-        last: HashMap::new(),
-        settings,
-    };
-    let mut leader = elect(&client_for_lease, &election).await;
+    let mut controller = Controller::new(client.clone(), state, settings);
+    let mut leader = elect(&client, &election).await;
+    let mut full_due = true;
+    let mut last_full = Instant::now();
     loop {
         let leading = *leader.borrow_and_update();
-        if leading {
-            controller.reconcile(&index).await;
+        if leading && (full_due || last_full.elapsed() >= settings.resync) {
+            // What changed while this replica was not leading (or confgate was down) is found
+            // by comparing every workload: state, not history.
+            changes.take();
+            controller.reconcile(&index, &Changed::new(), true).await;
+            full_due = false;
+            last_full = Instant::now();
+        } else if leading {
+            controller.retry_held(&index).await;
         }
         tokio::select! {
-            () = changed.notified() => tokio::time::sleep(settings.coalesce).await,
-            () = tokio::time::sleep(settings.resync) => {}
+            () = changes.wait() => {
+                settle(&changes, settings.coalesce).await;
+                let changed = changes.take();
+                if *leader.borrow() {
+                    controller.reconcile(&index, &changed, false).await;
+                }
+            }
+            () = tokio::time::sleep(RETRY) => {}
             result = leader.changed() => {
                 match result {
-                    Ok(()) => tracing::info!(
-                        leading = *leader.borrow(),
-                        identity = %election.identity,
-                        "rollout leadership changed"
-                    ),
+                    Ok(()) => {
+                        let leading = *leader.borrow();
+                        tracing::info!(leading, identity = %election.identity, "rollout leadership changed");
+                        full_due = leading;
+                    }
                     // The lease task ended: elect again.
-                    Err(_) => leader = elect(&client_for_lease, &election).await,
+                    Err(_) => leader = elect(&client, &election).await,
                 }
             }
         }
     }
+}
+
+/// How often held-back rollouts are tried again.
+const RETRY: Duration = Duration::from_secs(5);
+
+/// Waits until no change has arrived for `quiet` (at most `2 * quiet`), so that the changes of
+/// one operation (`kubectl apply -f dir/`, a Helm upgrade) are acted on together, and a
+/// workload applied right after its ConfigMap is seen with its own write.
+async fn settle(changes: &ConfigChanges, quiet: Duration) {
+    let started = Instant::now();
+    loop {
+        let seen = changes.recorded();
+        tokio::time::sleep(quiet).await;
+        if changes.recorded() == seen || started.elapsed() >= quiet * 2 {
+            return;
+        }
+    }
+}
+
+/// (kind, namespace, name) of a workload.
+type WorkloadKey = (&'static str, String, String);
+
+/// One annotation to write: key, the value it has, the value it should have.
+#[derive(Debug, Clone, PartialEq)]
+struct Stamp {
+    annotation: String,
+    current: String,
+    desired: String,
 }
 
 struct Controller {
@@ -205,52 +238,130 @@ struct Controller {
     state: Arc<AppState>,
     recorder: Recorder,
     limiter: TokenBucket,
-    last: HashMap<(&'static str, String, String), Instant>,
+    last: HashMap<WorkloadKey, Instant>,
+    /// Workloads that should roll but were held back (rate, interval, unfinished rollout), with
+    /// what changed for them.
+    held: HashMap<WorkloadKey, Vec<String>>,
     settings: Settings,
 }
 
 impl Controller {
-    async fn reconcile(&mut self, index: &Index) {
+    fn new(client: Client, state: Arc<AppState>, settings: Settings) -> Self {
+        Self {
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: "confgate".into(),
+                    instance: std::env::var("POD_NAME").ok(),
+                },
+            ),
+            client,
+            state,
+            limiter: TokenBucket::new(&settings),
+            last: HashMap::new(),
+            held: HashMap::new(),
+            settings,
+        }
+    }
+
+    /// Compares the workloads that consume what `changed` names (every workload when `all`)
+    /// with the annotations they should have, and rolls those that differ.
+    async fn reconcile(&mut self, index: &Index, changed: &Changed, all: bool) {
         let set = self.state.admission.policies.load_full();
-        let rolling: Vec<(String, String)> = set
+        if !set
             .policies
             .iter()
-            .filter_map(|p| Some((p.name.clone(), p.policy.rollout_annotation()?.to_owned())))
-            .collect();
-        if rolling.is_empty() {
+            .any(|p| !p.policy.rollout_annotations().is_empty())
+        {
             return;
         }
         let engine = Engine::new(self.state.admission.engine.cluster().clone());
-        for workload in index.all() {
-            let object = workload.object();
-            for (policy, annotation) in &rolling {
-                let Some(current) = template_annotation(workload.kind, &object, annotation) else {
-                    continue;
-                };
-                let desired = desired(&engine, &set, &workload, &object, policy, annotation).await;
-                tracing::debug!(kind = workload.kind, namespace = %workload.namespace, name = %workload.name, current, desired = ?desired, "compared");
-                let Some(desired) = desired else {
-                    continue;
-                };
-                if desired != current {
-                    self.roll(&workload, annotation, current, &desired).await;
-                }
+        // Each workload once, with the changed keys it consumes.
+        let mut candidates: HashMap<WorkloadKey, (Arc<Workload>, Vec<String>)> = HashMap::new();
+        if all {
+            for w in index.all() {
+                candidates.insert(key(&w), (w, Vec::new()));
+            }
+        }
+        let cluster = engine.cluster();
+        for ((source, namespace, name), before) in changed {
+            let now = match source {
+                Source::ConfigMap => cluster.config_map(namespace, name),
+                Source::Secret => cluster.secret(namespace, name),
+            };
+            let after = match &now {
+                Lookup::Found(data) => Some(data.clone()),
+                _ => None,
+            };
+            for w in index.consumers(*source, namespace, name) {
+                let what = changed_keys(&w, *source, name, before.as_deref(), after.as_deref());
+                candidates
+                    .entry(key(&w))
+                    .or_insert_with(|| (w.clone(), Vec::new()))
+                    .1
+                    .extend(what);
+            }
+        }
+        if candidates.len() > 1 || !changed.is_empty() {
+            tracing::debug!(
+                workloads = candidates.len(),
+                changed = changed.len(),
+                "comparing"
+            );
+        }
+        for (k, (w, what)) in candidates {
+            let mut what = what;
+            if what.is_empty()
+                && let Some(earlier) = self.held.get(&k)
+            {
+                what = earlier.clone();
+            }
+            self.compare(&engine, &set, &w, what).await;
+        }
+    }
+
+    /// Tries the held-back workloads again.
+    async fn retry_held(&mut self, index: &Index) {
+        if self.held.is_empty() {
+            return;
+        }
+        let set = self.state.admission.policies.load_full();
+        let engine = Engine::new(self.state.admission.engine.cluster().clone());
+        let held: Vec<(WorkloadKey, Vec<String>)> = self.held.drain().collect();
+        for ((kind, namespace, name), what) in held {
+            if let Some(w) = index.get(kind, &namespace, &name) {
+                self.compare(&engine, &set, &w, what).await;
             }
         }
     }
 
-    async fn roll(&mut self, w: &Workload, annotation: &str, current: &str, desired: &str) {
+    async fn compare(&mut self, engine: &Engine, set: &PolicySet, w: &Workload, what: Vec<String>) {
+        let stamps = desired(engine, set, w).await;
+        if stamps.is_empty() {
+            // Already right (its own write carried the new checksum), or not ours to roll.
+            if !what.is_empty() {
+                self.state.admission.metrics.rollout("coalesced");
+            }
+            self.held.remove(&key(w));
+            return;
+        }
+        self.roll(w, &stamps, what).await;
+    }
+
+    async fn roll(&mut self, w: &Workload, stamps: &[Stamp], what: Vec<String>) {
         let metrics = &self.state.admission.metrics;
-        let key = (w.kind, w.namespace.clone(), w.name.clone());
+        let k = key(w);
         let held = if w.opted_out {
             Some(("skipped", "opted out (confgate.dev/rollout: \"false\")"))
         } else if w.paused {
             Some(("skipped", "paused"))
+        } else if w.deleting {
+            Some(("skipped", "being deleted"))
         } else if !w.settled {
             Some(("throttled", "its last rollout has not finished"))
         } else if self
             .last
-            .get(&key)
+            .get(&k)
             .is_some_and(|at| at.elapsed() < self.settings.min_interval)
         {
             Some((
@@ -265,44 +376,65 @@ impl Controller {
         if let Some((result, why)) = held {
             metrics.rollout(result);
             tracing::debug!(kind = w.kind, namespace = %w.namespace, name = %w.name, why, "rollout held");
+            if result == "throttled" {
+                self.held.insert(k, what);
+            }
             return;
         }
-        match self.patch(w, annotation, desired).await {
+        match self.patch(w, stamps).await {
             Ok(()) => {
-                self.last.insert(key, Instant::now());
+                self.last.insert(k.clone(), Instant::now());
+                self.held.remove(&k);
                 metrics.rollout("triggered");
+                let changed = if what.is_empty() {
+                    "changed while confgate was not watching".to_owned()
+                } else {
+                    what.join("; ")
+                };
                 tracing::info!(
                     kind = w.kind,
                     namespace = %w.namespace,
                     name = %w.name,
-                    annotation,
-                    from = current,
-                    to = desired,
+                    changed,
+                    stamps = ?stamps.iter().map(|s| format!("{} {} -> {}", s.annotation, short(&s.current), short(&s.desired))).collect::<Vec<_>>(),
                     "configuration changed: rolling"
                 );
-                self.event(w, annotation, current, desired).await;
+                self.event(w, stamps, &changed).await;
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                // Written since the index saw it (its own apply, usually carrying the new
+                // checksum): compared again from the fresh copy.
+                tracing::debug!(kind = w.kind, namespace = %w.namespace, name = %w.name, "changed since seen; comparing again");
+                self.held.insert(k, what);
             }
             Err(error) => {
                 metrics.rollout("failed");
-                tracing::warn!(kind = w.kind, namespace = %w.namespace, name = %w.name, %error, "rollout failed; retrying at the next resync");
+                tracing::warn!(kind = w.kind, namespace = %w.namespace, name = %w.name, %error, "rollout failed; retrying");
+                self.held.insert(k, what);
             }
         }
     }
 
-    /// Writes the annotation (a merge patch of that one key, field manager `confgate`). The
-    /// mutating webhook computes the same value on this write, so it adds nothing.
-    async fn patch(&self, w: &Workload, annotation: &str, value: &str) -> kube::Result<()> {
+    /// Writes the annotations: a merge patch of those keys, field manager `confgate`,
+    /// conditional on the resourceVersion the index saw. The mutating webhook computes the
+    /// same values on this write, so it adds nothing.
+    async fn patch(&self, w: &Workload, stamps: &[Stamp]) -> kube::Result<()> {
         let Some(resource) = index::api_resource(w.kind) else {
             return Ok(());
         };
-        let mut body = json!({"metadata": {"annotations": {annotation: value}}});
+        let annotations: serde_json::Map<String, Value> = stamps
+            .iter()
+            .map(|s| (s.annotation.clone(), Value::String(s.desired.clone())))
+            .collect();
+        let mut body = json!({"metadata": {"annotations": annotations}});
         for key in template_path(w.kind).unwrap_or_default().iter().rev() {
             body = json!({ *key: body });
         }
+        body["metadata"] = json!({"resourceVersion": w.resource_version});
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &w.namespace, &resource);
         let params = PatchParams {
-            field_manager: Some("confgate".into()),
+            field_manager: Some(FIELD_MANAGER.into()),
             ..PatchParams::default()
         };
         api.patch(&w.name, &params, &Patch::Merge(&body))
@@ -311,7 +443,7 @@ impl Controller {
     }
 
     /// A `ConfigChanged` Event on the workload, so `kubectl describe` says why it rolled.
-    async fn event(&self, w: &Workload, annotation: &str, from: &str, to: &str) {
+    async fn event(&self, w: &Workload, stamps: &[Stamp], changed: &str) {
         let reference = ObjectReference {
             api_version: index::api_resource(w.kind).map(|r| r.api_version),
             kind: Some(w.kind.to_owned()),
@@ -320,15 +452,33 @@ impl Controller {
             uid: Some(w.uid.clone()),
             ..ObjectReference::default()
         };
-        let short = |s: &str| s.chars().take(12).collect::<String>();
+        let stamped = stamps
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {} -> {}",
+                    s.annotation,
+                    short(&s.current),
+                    short(&s.desired)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        // An Event note is at most 1 KiB.
+        let mut note =
+            format!("the configuration it consumes changed ({changed}); rolling: {stamped}");
+        if note.len() > 1000 {
+            let mut end = 1000;
+            while !note.is_char_boundary(end) {
+                end -= 1;
+            }
+            note.truncate(end);
+            note.push('…');
+        }
         let event = Event {
             type_: EventType::Normal,
             reason: "ConfigChanged".into(),
-            note: Some(format!(
-                "the configuration it consumes changed: {annotation} {} -> {}; rolling",
-                short(from),
-                short(to)
-            )),
+            note: Some(note),
             action: "Rollout".into(),
             secondary: None,
         };
@@ -338,38 +488,129 @@ impl Controller {
     }
 }
 
-/// The annotation `policy` gives the workload now, when it can say (every referenced object
-/// readable) and the policy applies to it. Secrets read on demand are fetched first, as the
-/// webhook does for a request (and kept for 30 s).
-async fn desired(
-    engine: &Engine,
-    set: &PolicySet,
+fn key(w: &Workload) -> WorkloadKey {
+    (w.kind, w.namespace.clone(), w.name.clone())
+}
+
+fn short(s: &str) -> String {
+    s.chars().take(12).collect()
+}
+
+/// What `w` consumes of `source` `name` that differs between `before` and `after`, as
+/// `configmap app-config: LOG_LEVEL, PORT` (`created`, `deleted`). Key names only.
+fn changed_keys(
     w: &Workload,
-    object: &Value,
-    policy: &str,
-    annotation: &str,
+    source: Source,
+    name: &str,
+    before: Option<&ConfigData>,
+    after: Option<&ConfigData>,
 ) -> Option<String> {
-    let review = review_from_value(wrap_manifest(object.clone(), 1).ok()?).ok()?;
-    let cluster = engine.cluster();
-    if cluster.wants_secret_prefetch() {
-        let names = crate::workload::secret_names(&review);
-        if !names.is_empty() {
-            cluster.prefetch_secrets(&w.namespace, names).await;
+    let label = format!("{} {name}", source.as_str());
+    let (before, after) = match (before, after) {
+        (None, None) => return None,
+        (None, Some(_)) => return Some(format!("{label}: created")),
+        (Some(_), None) => return Some(format!("{label}: deleted")),
+        (Some(b), Some(a)) => (b, a),
+    };
+    let reduced = w.reduced();
+    let mut all = false;
+    let mut keys: BTreeSet<&str> = BTreeSet::new();
+    for r in &reduced.references {
+        let r = r.borrow();
+        if r.source != source || r.name != name {
+            continue;
+        }
+        match r.keys {
+            Keys::All => all = true,
+            Keys::Some(k) => keys.extend(k),
         }
     }
-    let decision = engine
-        .evaluate(set, &review, Endpoint::Mutate, Some(policy))
-        .ok()?;
-    // Unchanged, not computable now (an object could not be read), or a required object is
-    // missing: rolling into a configuration that is not there only makes Pods that cannot
-    // start (the old ones keep running). The warnings say which.
-    if decision.patch.0.is_empty() || !decision.warnings.is_empty() {
-        tracing::debug!(kind = w.kind, namespace = %w.namespace, name = %w.name, warnings = ?decision.warnings, "no new annotation");
-        return None;
+    if all {
+        keys.extend(before.key_names());
+        keys.extend(after.key_names());
     }
-    let mut patched: Value = review.object?;
-    json_patch::patch(&mut patched, &decision.patch).ok()?;
-    template_annotation(w.kind, &patched, annotation).map(str::to_owned)
+    let differing: Vec<&str> = keys
+        .into_iter()
+        .filter(|k| before.get(k) != after.get(k))
+        .collect();
+    (!differing.is_empty()).then(|| format!("{label}: {}", differing.join(", ")))
+}
+
+/// The annotations the workload's rolling policies give it now and that differ from what it
+/// has, when they can say: every non-optional referenced object is there and readable (rolling
+/// into configuration that is missing only makes Pods that cannot start, while the old ones keep
+/// running), the policy applies to it, and it carries the annotation already (a workload never
+/// stamped is left for its next write: stamping it now would roll it for no change). Secrets
+/// read on demand are fetched first, as the webhook does (and kept for 30 s).
+async fn desired(engine: &Engine, set: &PolicySet, w: &Workload) -> Vec<Stamp> {
+    let rolling: Vec<(&str, Vec<&str>)> = set
+        .policies
+        .iter()
+        .map(|p| (p.name.as_str(), p.policy.rollout_annotations()))
+        .filter(|(_, a)| !a.is_empty())
+        .collect();
+    let object = w.object();
+    let Some(review) = wrap_manifest(object.clone(), 1)
+        .ok()
+        .and_then(|v| review_from_value(v).ok())
+    else {
+        return Vec::new();
+    };
+    let cluster = engine.cluster();
+    let reduced = w.reduced();
+    let secrets: Vec<String> = reduced
+        .references
+        .iter()
+        .filter(|r| r.source() == Source::Secret)
+        .map(|r| r.1.clone())
+        .collect();
+    if cluster.wants_secret_prefetch() && !secrets.is_empty() {
+        cluster.prefetch_secrets(&w.namespace, secrets).await;
+    }
+    let unready = reduced.references.iter().find(|r| {
+        let lookup = match r.source() {
+            Source::ConfigMap => cluster.config_map(&w.namespace, &r.1),
+            Source::Secret => cluster.secret(&w.namespace, &r.1),
+        };
+        match lookup {
+            Lookup::Found(_) => false,
+            Lookup::Missing => !r.3,
+            Lookup::Unknown(_) => true,
+        }
+    });
+    if let Some(r) = unready {
+        tracing::debug!(kind = w.kind, namespace = %w.namespace, name = %w.name, object = %r.1, "a referenced object is missing or unreadable: not rolled");
+        return Vec::new();
+    }
+    let mut stamps = Vec::new();
+    for (policy, annotations) in rolling {
+        let Ok(decision) = engine.evaluate(set, &review, Endpoint::Mutate, Some(policy)) else {
+            continue;
+        };
+        if decision.patch.0.is_empty() {
+            continue;
+        }
+        let mut patched = object.clone();
+        if json_patch::patch(&mut patched, &decision.patch).is_err() {
+            continue;
+        }
+        for annotation in annotations {
+            let (Some(current), Some(desired)) = (
+                template_annotation(w.kind, &object, annotation),
+                template_annotation(w.kind, &patched, annotation),
+            ) else {
+                continue;
+            };
+            if current != desired && !stamps.iter().any(|s: &Stamp| s.annotation == annotation) {
+                stamps.push(Stamp {
+                    annotation: annotation.to_owned(),
+                    current: current.to_owned(),
+                    desired: desired.to_owned(),
+                });
+            }
+        }
+    }
+    stamps
 }
 
 #[cfg(test)]
