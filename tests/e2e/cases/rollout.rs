@@ -150,8 +150,9 @@ pub async fn e2e_a_changed_consumed_key_rolls_the_workload_once(cx: Cx) {
             None,
         )
         .await;
+    // The Event names what changed: the init container takes every key (envFrom).
     assert!(
-        events.contains("the configuration it consumes changed: checksum/config"),
+        events.contains("the configuration it consumes changed (configmap app-config: LOG_LEVEL); rolling: checksum/config "),
         "{events}"
     );
     assert_eq!(
@@ -279,4 +280,182 @@ pub async fn e2e_a_deleted_required_config_map_rolls_nothing(cx: Cx) {
         .ok(&["delete", "configmap", "app-config", "-n", &ns], None)
         .await;
     stays(&kubectl, &ns, 1, Duration::from_secs(15)).await;
+}
+
+/// The Event notes of `reason` in the namespace.
+async fn event_notes(kubectl: &Kubectl, ns: &str, reason: &str) -> Vec<String> {
+    let selector = format!("reason={reason}");
+    let events = kubectl
+        .ok(
+            &[
+                "get",
+                "events",
+                "-n",
+                ns,
+                "--field-selector",
+                &selector,
+                "-o",
+                "json",
+            ],
+            None,
+        )
+        .await;
+    let events: Value = serde_json::from_str(&events).unwrap_or_default();
+    events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["message"].as_str().or(e["note"].as_str()))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn template_annotation(d: &Value, key: &str) -> Value {
+    d["spec"]["template"]["metadata"]["annotations"][key].clone()
+}
+
+pub async fn e2e_a_config_map_and_its_deployment_applied_together_roll_once(cx: Cx) {
+    let ns = cx.namespace("rollout-together").await;
+    cx.kubectl()
+        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+        .await;
+    let confgate = Confgate::start(&cx, Options::shipped(&ns)).await;
+    let kubectl = deployed(&cx, &ns, &web_deployment(&ns, "web", &[])).await;
+    // One directory, the ConfigMap's file sorting first: kubectl writes it, then the
+    // Deployment (a changed consumed key, and a changed template).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a-config.yaml"),
+        app_config(&ns).replace("LOG_LEVEL: info", "LOG_LEVEL: debug"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("b-deployment.yaml"),
+        web_deployment(&ns, "web", &["{name: FEATURE_X, value: \"on\"}"]),
+    )
+    .unwrap();
+    kubectl
+        .ok(&["apply", "-f", &dir.path().to_string_lossy()], None)
+        .await;
+    reaches(
+        &kubectl,
+        &ns,
+        2,
+        Duration::from_secs(10),
+        "the new ReplicaSet",
+    )
+    .await;
+    stays(&kubectl, &ns, 2, Duration::from_secs(8)).await;
+    // The Deployment's own write carried the new checksum; the controller wrote nothing.
+    assert_eq!(
+        confgate
+            .metric("confgate_rollouts_total{result=\"triggered\"}")
+            .await,
+        0.0
+    );
+}
+
+pub async fn e2e_a_chart_managed_checksum_is_left_alone_and_confgate_stamps_its_own(cx: Cx) {
+    let ns = cx.namespace("rollout-chart").await;
+    cx.kubectl()
+        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+        .await;
+    let _confgate = Confgate::start(&cx, Options::shipped(&ns)).await;
+    // As a Helm chart renders it: `checksum/config: {{ include ... | sha256sum }}`.
+    let chart = web_deployment(&ns, "web", &[]).replace(
+        "    metadata: {labels: {app: web}}",
+        "    metadata: {labels: {app: web}, annotations: {checksum/config: chart-1111}}",
+    );
+    assert!(chart.contains("chart-1111"));
+    let applied = cx.kubectl().run(&["apply", "-f", "-"], Some(&chart)).await;
+    assert!(
+        applied.stderr.contains("config-checksum: checksum/config is managed by \"kubectl-client-side-apply\" (the manifest sets it); confgate leaves it alone and stamps confgate.dev/config-checksum instead"),
+        "{}",
+        applied.stderr
+    );
+    let kubectl = deployed(&cx, &ns, &chart).await;
+    let before = kubectl.get(&ns, "deployment/web").await.unwrap();
+    assert_eq!(
+        template_annotation(&before, "checksum/config"),
+        "chart-1111"
+    );
+    let own = template_annotation(&before, "confgate.dev/config-checksum");
+    assert_eq!(own.as_str().map(str::len), Some(64), "{before}");
+    set_config(&kubectl, &ns, "LOG_LEVEL", "debug").await;
+    reaches(
+        &kubectl,
+        &ns,
+        2,
+        Duration::from_secs(10),
+        "a new ReplicaSet",
+    )
+    .await;
+    let after = kubectl.get(&ns, "deployment/web").await.unwrap();
+    assert_eq!(template_annotation(&after, "checksum/config"), "chart-1111");
+    assert_ne!(
+        template_annotation(&after, "confgate.dev/config-checksum"),
+        own
+    );
+    // Re-applying the chart's manifest changes nothing: no fight over either annotation.
+    let reapplied = kubectl.ok(&["apply", "-f", "-"], Some(&chart)).await;
+    assert!(reapplied.contains("unchanged"), "{reapplied}");
+    stays(&kubectl, &ns, 2, Duration::from_secs(3)).await;
+}
+
+pub async fn e2e_a_secret_change_rolls_when_secrets_are_watched(cx: Cx) {
+    let ns = cx.namespace("rollout-secret").await;
+    cx.kubectl()
+        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+        .await;
+    let _confgate = Confgate::start(&cx, Options::shipped(&ns).arg("--secrets=watch")).await;
+    let kubectl = deployed(&cx, &ns, &web_deployment(&ns, "web", &[])).await;
+    // A key the Deployment does not consume: nothing.
+    let patch =
+        |key: &str, value: &str| serde_json::json!({"stringData": {key: value}}).to_string();
+    kubectl
+        .ok(
+            &[
+                "patch",
+                "secret",
+                "app-secret",
+                "-n",
+                &ns,
+                "--type=merge",
+                "-p",
+                &patch("magicWord", "plugh"),
+            ],
+            None,
+        )
+        .await;
+    stays(&kubectl, &ns, 1, Duration::from_secs(5)).await;
+    kubectl
+        .ok(
+            &[
+                "patch",
+                "secret",
+                "app-secret",
+                "-n",
+                &ns,
+                "--type=merge",
+                "-p",
+                &patch("API_KEY", "rotated"),
+            ],
+            None,
+        )
+        .await;
+    reaches(
+        &kubectl,
+        &ns,
+        2,
+        Duration::from_secs(10),
+        "a new ReplicaSet",
+    )
+    .await;
+    let notes = event_notes(&kubectl, &ns, "ConfigChanged").await;
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0].starts_with("the configuration it consumes changed (secret app-secret: API_KEY); rolling: checksum/config "),
+        "{notes:?}"
+    );
+    assert!(!notes[0].contains("rotated") && !notes[0].contains("s3cr3t"));
 }
