@@ -163,15 +163,24 @@ fn rbac_is_least_privilege() {
                     && resources == ["leases"]
                     && (rule["resourceNames"] == json!(["confgate-rollout"])
                         || verbs == ["create"]);
+                // The checksum key: read by name, created once (in confgate's own namespace).
+                let key = role["metadata"]["name"] == "confgate-checksum-key"
+                    && role["kind"] == "Role"
+                    && role["metadata"]["namespace"] == "confgate-system"
+                    && resources == ["secrets"]
+                    && ((rule["resourceNames"] == json!(["confgate-checksum-key"])
+                        && verbs == ["get"])
+                        || (rule.get("resourceNames").is_none() && verbs == ["create"]));
                 assert!(
                     own_webhooks
                         || rollout
                         || lease
+                        || key
                         || verbs.iter().all(|v| ["get", "list", "watch"].contains(v)),
                     "{overlay}: write verbs in {}",
                     role["metadata"]["name"]
                 );
-                if resources.contains(&"secrets") {
+                if resources.contains(&"secrets") && !key {
                     assert_eq!(verbs, vec!["get"], "Secrets: get only");
                 }
             }

@@ -70,14 +70,20 @@ pub struct ReviewArgs {
     /// or ~/.kube/config): ConfigMaps, Namespaces and LimitRanges listed, Secrets read by name.
     #[arg(long, conflicts_with = "cluster_state")]
     pub cluster: bool,
+    /// With --cluster: confgate's namespace and checksum key Secret, read (never created) so
+    /// checksums of workloads that use Secrets come out as the cluster's confgate computes
+    /// them.
+    #[arg(long, default_value = "confgate-system/confgate-checksum-key")]
+    pub checksum_key_secret: String,
 }
 
 /// Where the cluster's side of a review comes from.
 pub(crate) enum ClusterSource<'a> {
     /// Manifests (none: only the input is known).
     Files(&'a [PathBuf]),
-    /// A live cluster, through a kubeconfig.
-    Live,
+    /// A live cluster, through a kubeconfig, and confgate's checksum key Secret there
+    /// (`NAMESPACE/NAME`).
+    Live(&'a str),
 }
 
 /// Runs the review; the exit code says allowed (0), denied (1) or bad input (2).
@@ -105,7 +111,7 @@ fn review(args: &ReviewArgs) -> Result<bool, String> {
     let set = load_dir(&args.policies, &registry).map_err(|e| e.to_string())?;
     let documents = read_inputs(&args.inputs)?;
     let source = if args.cluster {
-        ClusterSource::Live
+        ClusterSource::Live(&args.checksum_key_secret)
     } else {
         ClusterSource::Files(&args.cluster_state)
     };
@@ -139,8 +145,8 @@ pub(crate) fn judge(
         ClusterSource::Files(files) => {
             Arc::new(StaticState::load(files).map_err(|e| e.to_string())?)
         }
-        ClusterSource::Live => {
-            let (runtime, state) = live_state()?;
+        ClusterSource::Live(key_secret) => {
+            let (runtime, state) = live_state(key_secret)?;
             live = Some(runtime);
             state
         }
@@ -163,8 +169,18 @@ pub(crate) fn judge(
 
 /// The live cluster's state through the current kubeconfig, once its caches have synced (at
 /// most 30 s), and the runtime its watchers run on (keep it while reviewing).
-fn live_state() -> Result<(tokio::runtime::Runtime, Arc<dyn ClusterState>), String> {
-    use crate::cluster::live::{LiveState, SecretsMode};
+fn live_state(
+    key_secret: &str,
+) -> Result<(tokio::runtime::Runtime, Arc<dyn ClusterState>), String> {
+    use crate::cluster::live::{KeySecret, LiveState, SecretsMode};
+    let (namespace, name) = key_secret
+        .split_once('/')
+        .ok_or_else(|| format!("--checksum-key-secret {key_secret:?}: expected NAMESPACE/NAME"))?;
+    let key = KeySecret {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        create: false,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -174,13 +190,18 @@ fn live_state() -> Result<(tokio::runtime::Runtime, Arc<dyn ClusterState>), Stri
         let client = kube::Client::try_default()
             .await
             .map_err(|e| format!("--cluster: cannot configure a Kubernetes client: {e}"))?;
-        let state = LiveState::start(client, SecretsMode::Get);
+        let state = LiveState::start(client, SecretsMode::Get, key);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while let Err(pending) = state.ready() {
             if std::time::Instant::now() > deadline {
                 return Err(format!("--cluster: {pending} after 30 s"));
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        if matches!(state.checksum_key(), Ok(None)) {
+            eprintln!(
+                "note: confgate's checksum key Secret {key_secret} cannot be read: checksums of workloads that use Secrets are computed without it and differ from the ones confgate stamps in this cluster"
+            );
         }
         Ok::<_, String>(state)
     })?;

@@ -115,9 +115,20 @@ pub struct ServeArgs {
     /// with `--secrets get`, Secret changes are found here or with the next ConfigMap change).
     #[arg(long, default_value_t = crate::rollout::Settings::default().resync.as_secs())]
     pub rollout_resync_seconds: u64,
-    /// The namespace of the Lease that elects the replica writing rollouts (confgate's own).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "confgate-system")]
-    pub lease_namespace: String,
+    /// confgate's own namespace: the Lease that elects the replica writing rollouts, and the
+    /// checksum key Secret, live here.
+    #[arg(
+        long,
+        alias = "lease-namespace",
+        env = "POD_NAMESPACE",
+        default_value = "confgate-system"
+    )]
+    pub namespace: String,
+    /// The Secret (in --namespace) holding the key for the Secret part of checksums: created
+    /// with a random key when absent, shared by every replica. Deleting it changes the
+    /// checksum of every workload that uses a Secret.
+    #[arg(long, default_value = "confgate-checksum-key")]
+    pub checksum_key_secret: String,
     /// The name of that Lease.
     #[arg(long, default_value = "confgate-rollout")]
     pub lease_name: String,
@@ -193,7 +204,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             resync: Duration::from_secs(args.rollout_resync_seconds.max(1)),
         };
         let election = crate::rollout::Election {
-            namespace: args.lease_namespace.clone(),
+            namespace: args.namespace.clone(),
             lease: args.lease_name.clone(),
             identity: crate::rollout::Election::identity(),
         };
@@ -246,7 +257,12 @@ async fn cluster_state(args: &ServeArgs) -> anyhow::Result<ClusterParts> {
         ));
     }
     let live = |client: kube::Client| -> ClusterParts {
-        let state = LiveState::start(client.clone(), args.secrets);
+        let key = crate::cluster::live::KeySecret {
+            namespace: args.namespace.clone(),
+            name: args.checksum_key_secret.clone(),
+            create: true,
+        };
+        let state = LiveState::start(client.clone(), args.secrets, key);
         let changed = state.config_changes();
         (state, Some(client), Some(changed))
     };

@@ -2,6 +2,7 @@
 //! were applied), then another state (manifests given with `--cluster-state`, or nothing).
 //! Used by `confgate review` to judge a rendered chart or kustomize overlay as a unit.
 
+use super::ChecksumKey;
 use super::static_state::StaticState;
 use super::{ClusterState, Lookup, Resource};
 use k8s_openapi::api::core::v1::LimitRangeSpec;
@@ -81,6 +82,9 @@ impl ClusterState for Layered {
     }
     fn counts(&self) -> Vec<(Resource, usize)> {
         self.local.counts()
+    }
+    fn checksum_key(&self) -> Result<Option<Arc<ChecksumKey>>, String> {
+        self.fallback.checksum_key()
     }
 }
 

@@ -3,7 +3,7 @@
 //! (`--secrets watch`) or fetched by name when a request references them (`--secrets get`, the
 //! default: RBAC `get` only) and remembered for a short while.
 
-use super::{ClusterState, ConfigData, Lookup, Resource};
+use super::{ChecksumKey, ClusterState, ConfigData, Lookup, Resource};
 use crate::workload::Source;
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -253,7 +253,25 @@ pub struct LiveState {
     watched_secrets: Arc<Cache<ConfigData>>,
     fetched_secrets: SecretCache,
     config_changes: Arc<ConfigChanges>,
+    checksum_key: RwLock<Result<Option<Arc<ChecksumKey>>, String>>,
+    /// The first attempt to load the key is done (readiness waits for it, not for success: a
+    /// key that cannot be read only keeps Secret-consuming checksums from being updated).
+    key_attempted: AtomicBool,
 }
+
+/// Where a live cluster's [`ChecksumKey`] is kept: a Secret confgate owns, in its own namespace.
+#[derive(Debug, Clone)]
+pub struct KeySecret {
+    /// confgate's namespace.
+    pub namespace: String,
+    /// The Secret's name.
+    pub name: String,
+    /// Create it (with a random key) when it does not exist; otherwise only read it.
+    pub create: bool,
+}
+
+/// The data key of the key Secret.
+const KEY_FIELD: &str = "key";
 
 /// Which ConfigMaps (and watched Secrets) changed since the rollout controller last looked,
 /// each with its keys' digests from before the first of those changes (`None`: it did not
@@ -333,7 +351,7 @@ const SECRET_FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 impl LiveState {
     /// Starts the watchers on the current Tokio runtime. The caches fill in the background;
     /// [`ClusterState::ready`] says when they have synced.
-    pub fn start(client: Client, secrets_mode: SecretsMode) -> Arc<Self> {
+    pub fn start(client: Client, secrets_mode: SecretsMode, key: KeySecret) -> Arc<Self> {
         let config_changes = Arc::new(ConfigChanges::default());
         let state = Arc::new(Self {
             client: client.clone(),
@@ -353,7 +371,12 @@ impl LiveState {
             ),
             fetched_secrets: RwLock::new(HashMap::new()),
             config_changes,
+            checksum_key: RwLock::new(Err("the checksum key is not loaded yet".into())),
+            key_attempted: AtomicBool::new(secrets_mode == SecretsMode::None),
         });
+        if secrets_mode != SecretsMode::None {
+            tokio::spawn(load_key(client.clone(), Arc::downgrade(&state), key));
+        }
         tokio::spawn(run_watch(
             Api::<ConfigMap>::all(client.clone()),
             state.config_maps.clone(),
@@ -413,6 +436,97 @@ impl LiveState {
             Ok(Err(e)) => Lookup::Unknown(format!("cannot read secret: {e}")),
             Err(_) => Lookup::Unknown("reading the secret timed out".into()),
         }
+    }
+}
+
+/// Reads (or creates) the checksum key Secret until it succeeds, retrying every 5 s.
+async fn load_key(client: Client, state: std::sync::Weak<LiveState>, key: KeySecret) {
+    let api: Api<Secret> = Api::namespaced(client, &key.namespace);
+    loop {
+        let result = read_or_create_key(&api, &key).await;
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        let secret = format!("{}/{}", key.namespace, key.name);
+        let loaded = result.is_ok();
+        let value = match result {
+            Ok(loaded) => {
+                tracing::info!(%secret, "checksum key loaded");
+                Ok(Some(Arc::new(loaded)))
+            }
+            // Read-only (`confgate review --cluster`): go on without it; the caller says so.
+            Err(why) if !key.create => {
+                tracing::debug!(%secret, why, "no checksum key");
+                Ok(None)
+            }
+            Err(why) => {
+                tracing::warn!(%secret, why, "cannot load the checksum key; retrying (checksums of workloads that use Secrets are not updated meanwhile)");
+                Err(format!(
+                    "the checksum key Secret {secret} cannot be loaded: {why}"
+                ))
+            }
+        };
+        *state
+            .checksum_key
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = value;
+        state.key_attempted.store(true, Ordering::Release);
+        if loaded || !key.create {
+            return;
+        }
+        drop(state);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+async fn read_or_create_key(api: &Api<Secret>, key: &KeySecret) -> Result<ChecksumKey, String> {
+    let parse = |secret: &Secret| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(KEY_FIELD))
+            .and_then(|v| ChecksumKey::new(&v.0))
+            .ok_or_else(|| format!("it has no data.{KEY_FIELD} of at least 16 bytes"))
+    };
+    match api.get_opt(&key.name).await {
+        Ok(Some(secret)) => return parse(&secret),
+        Ok(None) if !key.create => return Err("it does not exist".into()),
+        Ok(None) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let bytes = ChecksumKey::generate()?;
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(key.name.clone()),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/managed-by".to_owned(),
+                "confgate".to_owned(),
+            )])),
+            annotations: Some(BTreeMap::from([(
+                "confgate.dev/purpose".to_owned(),
+                "HMAC key for the Secret part of checksum/config; deleting it changes the checksum of every workload that uses a Secret (they roll once)".to_owned(),
+            )])),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            KEY_FIELD.to_owned(),
+            k8s_openapi::ByteString(bytes.to_vec()),
+        )])),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    };
+    let params = kube::api::PostParams {
+        field_manager: Some(crate::workload::FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match api.create(&params, &secret).await {
+        Ok(created) => parse(&created),
+        // Another replica created it first: use theirs.
+        Err(kube::Error::Api(status)) if status.code == 409 => match api.get(&key.name).await {
+            Ok(secret) => parse(&secret),
+            Err(e) => Err(e.to_string()),
+        },
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -510,6 +624,16 @@ impl ClusterState for LiveState {
         Some(found.into_iter().map(|(_, spec)| spec.clone()).collect())
     }
 
+    fn checksum_key(&self) -> Result<Option<Arc<ChecksumKey>>, String> {
+        if self.secrets_mode == SecretsMode::None {
+            return Ok(None);
+        }
+        self.checksum_key
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     fn ready(&self) -> Result<(), String> {
         let pending: Vec<&str> = self
             .caches_synced()
@@ -517,14 +641,16 @@ impl ClusterState for LiveState {
             .filter(|(_, synced)| !synced)
             .map(|(r, _)| r.as_str())
             .collect();
-        if pending.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
+        if !pending.is_empty() {
+            return Err(format!(
                 "waiting for caches to sync: {}",
                 pending.join(", ")
-            ))
+            ));
         }
+        if !self.key_attempted.load(Ordering::Acquire) {
+            return Err("loading the checksum key".into());
+        }
+        Ok(())
     }
 
     fn staleness(&self) -> Vec<(Resource, Option<Duration>)> {

@@ -104,6 +104,45 @@ impl ConfigData {
     }
 }
 
+/// The per-installation key that makes the Secret part of a checksum unguessable: a checksum
+/// line for a Secret key carries HMAC-SHA256(key, SHA-256 of the value) instead of the bare
+/// SHA-256, so someone who can read a Deployment and its ConfigMaps cannot test guesses of a
+/// Secret's value against its `checksum/config` offline. Kept in a Secret confgate owns.
+#[derive(Clone)]
+pub struct ChecksumKey(ring::hmac::Key);
+
+impl ChecksumKey {
+    /// The number of key bytes.
+    pub const LEN: usize = 32;
+
+    /// From key bytes (at least 16).
+    pub fn new(bytes: &[u8]) -> Option<Self> {
+        (bytes.len() >= 16).then(|| Self(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, bytes)))
+    }
+
+    /// A new random key's bytes.
+    pub fn generate() -> Result<[u8; Self::LEN], String> {
+        let mut bytes = [0u8; Self::LEN];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+            .map_err(|_| "the system random number generator failed".to_owned())?;
+        Ok(bytes)
+    }
+
+    /// HMAC-SHA256 of a value's digest.
+    pub fn keyed(&self, digest: &Digest) -> Digest {
+        let tag = ring::hmac::sign(&self.0, digest);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+}
+
+impl std::fmt::Debug for ChecksumKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChecksumKey(..)")
+    }
+}
+
 /// SHA-256 of bytes.
 pub fn sha256(bytes: &[u8]) -> Digest {
     Sha256::digest(bytes).into()
@@ -184,6 +223,12 @@ pub trait ClusterState: Send + Sync {
     /// Object counts per cache, for metrics.
     fn counts(&self) -> Vec<(Resource, usize)> {
         Vec::new()
+    }
+
+    /// The key for the Secret part of checksums: `Ok(None)` when there is none (offline
+    /// states: the bare SHA-256 is used), `Err(why)` while a live cluster's key is not loaded.
+    fn checksum_key(&self) -> Result<Option<Arc<ChecksumKey>>, String> {
+        Ok(None)
     }
 
     /// True when [`ClusterState::prefetch_secrets`] does anything (Secrets read on demand), so

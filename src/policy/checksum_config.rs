@@ -14,11 +14,18 @@
 //!
 //! each ending in `\n`. Names and keys cannot contain spaces or newlines, so the framing is
 //! unambiguous. A key reference or volume `items` selects those keys; `envFrom` or a volume
-//! without `items` selects every key (ConfigMap `data` and `binaryData`, Secret `data`). This
-//! encoding is stable across releases: changing it would roll every workload.
+//! without `items` selects every key (ConfigMap `data` and `binaryData`, Secret `data`).
+//!
+//! With a live cluster, a Secret line's digest is HMAC-SHA256 of the value's SHA-256 under the
+//! installation's key ([`ChecksumKey`], kept in a Secret confgate owns), so the annotation
+//! cannot be used to test guesses of a Secret's value offline; offline (`confgate review`
+//! with files) the bare SHA-256 is used.
+//!
+//! This encoding is stable across releases (a golden test pins it): changing it would roll
+//! every workload.
 
 use super::{Capabilities, Context, Findings, Policy, PolicyError, SettingsError, parse_settings};
-use crate::cluster::{ConfigData, Lookup};
+use crate::cluster::{ChecksumKey, ConfigData, Lookup};
 use crate::workload::{
     Keys, Source, WORKLOAD_KINDS, pod_spec, references, set_template_annotation,
     template_annotation, template_annotation_owners,
@@ -164,7 +171,7 @@ impl std::fmt::Display for Hex<'_> {
     }
 }
 
-fn checksum_text(objects: &Resolved) -> String {
+fn checksum_text(objects: &Resolved, secret_key: Option<&ChecksumKey>) -> String {
     let mut text = String::new();
     for ((source, name), (selected, data)) in objects {
         let kind = source.as_str();
@@ -179,9 +186,18 @@ fn checksum_text(objects: &Resolved) -> String {
         };
         for key in keys {
             match data.get(key) {
-                Some(digest) => {
-                    let _ = writeln!(text, "{kind} {name} {key} {}", Hex(digest));
-                }
+                Some(digest) => match (source, secret_key) {
+                    (Source::Secret, Some(secret_key)) => {
+                        let _ = writeln!(
+                            text,
+                            "{kind} {name} {key} {}",
+                            Hex(&secret_key.keyed(digest))
+                        );
+                    }
+                    _ => {
+                        let _ = writeln!(text, "{kind} {name} {key} {}", Hex(digest));
+                    }
+                },
                 None => {
                     let _ = writeln!(text, "{kind} {name} {key} missing");
                 }
@@ -301,7 +317,19 @@ impl Policy for ChecksumConfig {
             };
             resolved.insert((source, name), (selected, data));
         }
-        let checksum = Hex(&Sha256::digest(checksum_text(&resolved).as_bytes())).to_string();
+        let secret_key = if resolved.keys().any(|(source, _)| *source == Source::Secret) {
+            match cx.cluster.checksum_key() {
+                Ok(key) => key,
+                Err(reason) => {
+                    out.warn(format!("{} not updated: {reason}", self.annotation));
+                    return Ok(());
+                }
+            }
+        } else {
+            None
+        };
+        let text = checksum_text(&resolved, secret_key.as_deref());
+        let checksum = Hex(&Sha256::digest(text.as_bytes())).to_string();
         let Some(target) = self.target(cx, out) else {
             return Ok(());
         };
@@ -315,6 +343,8 @@ impl Policy for ChecksumConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::ClusterState;
+    use crate::cluster::static_state::StaticState;
     use crate::policy::testing::{cluster, mutate};
     use serde_json::json;
 
@@ -338,6 +368,77 @@ mod tests {
         assert_eq!(
             object["spec"]["template"]["metadata"]["annotations"][DEFAULT_ANNOTATION],
             hex::encode(Sha256::digest(text.as_bytes()))
+        );
+    }
+
+    /// A cluster with (or failing to load) a checksum key.
+    struct Keyed(StaticState, Result<Option<Arc<ChecksumKey>>, String>);
+
+    impl ClusterState for Keyed {
+        fn describe(&self) -> String {
+            "keyed".into()
+        }
+        fn config_map(&self, namespace: &str, name: &str) -> Lookup {
+            self.0.config_map(namespace, name)
+        }
+        fn secret(&self, namespace: &str, name: &str) -> Lookup {
+            self.0.secret(namespace, name)
+        }
+        fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
+            self.0.namespace_labels(namespace)
+        }
+        fn limit_ranges(
+            &self,
+            namespace: &str,
+        ) -> Option<Vec<Arc<k8s_openapi::api::core::v1::LimitRangeSpec>>> {
+            self.0.limit_ranges(namespace)
+        }
+        fn checksum_key(&self) -> Result<Option<Arc<ChecksumKey>>, String> {
+            self.1.clone()
+        }
+    }
+
+    #[test]
+    fn keys_the_secret_lines_with_the_installation_key() {
+        let state = cluster(
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: default}\nstringData: {token: hunter2}\n",
+        );
+        let env =
+            json!([{"name": "T", "valueFrom": {"secretKeyRef": {"name": "s", "key": "token"}}}]);
+        let key_bytes = [7u8; 32];
+        let key = ChecksumKey::new(&key_bytes).unwrap();
+        let keyed = Keyed(state, Ok(Some(Arc::new(key))));
+        let (object, out) = mutate(&policy(), deployment(env.clone()), &keyed);
+        assert!(out.is_empty());
+        let hmac = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key_bytes),
+            &Sha256::digest(b"hunter2"),
+        );
+        let text = format!("secret s token {}\n", hex::encode(hmac));
+        assert_eq!(
+            object["spec"]["template"]["metadata"]["annotations"][DEFAULT_ANNOTATION],
+            hex::encode(Sha256::digest(text.as_bytes()))
+        );
+        // The bare digest would let anyone who reads the Deployment test guesses offline.
+        let bare = format!(
+            "secret s token {}\n",
+            hex::encode(Sha256::digest(b"hunter2"))
+        );
+        assert_ne!(
+            object["spec"]["template"]["metadata"]["annotations"][DEFAULT_ANNOTATION],
+            hex::encode(Sha256::digest(bare.as_bytes()))
+        );
+        // No key yet: nothing stamped, and the warning says why.
+        let unloaded = Keyed(keyed.0, Err("the key is not loaded yet".into()));
+        let (object, out) = mutate(&policy(), deployment(env), &unloaded);
+        assert!(
+            object["spec"]["template"]["metadata"]
+                .get("annotations")
+                .is_none()
+        );
+        assert_eq!(
+            out.warnings,
+            vec!["checksum/config not updated: the key is not loaded yet"]
         );
     }
 

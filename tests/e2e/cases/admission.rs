@@ -1,7 +1,7 @@
 //! The admission loop through a real apiserver: registration, denials, patches applied by the
 //! apiserver, dry-run, reinvocation, DELETE, and controller-made objects.
 
-use super::{app_config, expected_checksum, web_consumes, web_deployment};
+use super::{app_config, checksum_key, expected_checksum, web_consumes, web_deployment};
 use crate::harness::webhook::Injector;
 use crate::harness::{Confgate, Cx, Options, eventually};
 use serde_json::{Value, json};
@@ -104,7 +104,7 @@ pub async fn e2e_stored_deployment_carries_defaults_and_checksum(cx: Cx) {
     let template = &stored["spec"]["template"];
     assert_eq!(
         template["metadata"]["annotations"]["checksum/config"],
-        expected_checksum(&web_consumes())
+        expected_checksum(&web_consumes(), &checksum_key(&kubectl, &ns).await)
     );
     assert_eq!(
         template["metadata"]["annotations"]["confgate.dev/limitrange-defaults"],
@@ -150,7 +150,7 @@ pub async fn e2e_server_side_dry_run_is_judged_and_leaves_nothing(cx: Cx) {
     let answered: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         answered["spec"]["template"]["metadata"]["annotations"]["checksum/config"],
-        expected_checksum(&web_consumes())
+        expected_checksum(&web_consumes(), &checksum_key(&kubectl, &ns).await)
     );
     let stderr = kubectl
         .fails(
@@ -234,7 +234,7 @@ pub async fn e2e_reinvoked_after_another_webhook_adds_a_reference(cx: Cx) {
     consumed.push(("configmap", "flags", "FLAG", "on"));
     assert_eq!(
         stored["spec"]["template"]["metadata"]["annotations"]["checksum/config"],
-        expected_checksum(&consumed),
+        expected_checksum(&consumed, &checksum_key(&kubectl, &ns).await),
         "the checksum covers the reference the other webhook added"
     );
     let object = format!("{ns}/{}", stored["metadata"]["name"].as_str().unwrap());
@@ -361,7 +361,7 @@ pub async fn e2e_controller_created_pods_pass(cx: Cx) {
         );
         assert_eq!(
             pod["metadata"]["annotations"]["checksum/config"],
-            expected_checksum(&web_consumes())
+            expected_checksum(&web_consumes(), &checksum_key(&kubectl, &ns).await)
         );
     }
     // The ReplicaSet and its Pods were made by controllers whose templates confgate judged (the

@@ -116,20 +116,50 @@ spec:
 /// The `checksum/config` value for these items, computed here from the README's encoding (not
 /// with confgate's code): one line `<kind> <name> <key> <hex sha256 of value>` per consumed key,
 /// sorted, the whole text hashed.
-pub fn expected_checksum(items: &[(&str, &str, &str, &str)]) -> String {
+///
+/// Secret lines carry HMAC-SHA256 of the value's SHA-256 under `secret_key`, the installation's
+/// key (see [`checksum_key`]).
+pub fn expected_checksum(items: &[(&str, &str, &str, &str)], secret_key: &[u8]) -> String {
     use sha2::{Digest, Sha256};
+    let hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret_key);
     let mut lines: BTreeMap<(String, String, String), String> = BTreeMap::new();
     for (kind, name, key, value) in items {
-        lines.insert(
-            ((*kind).into(), (*name).into(), (*key).into()),
-            hex::encode(Sha256::digest(value.as_bytes())),
-        );
+        let digest = Sha256::digest(value.as_bytes());
+        let digest = if *kind == "secret" {
+            hex::encode(ring::hmac::sign(&hmac, &digest))
+        } else {
+            hex::encode(digest)
+        };
+        lines.insert(((*kind).into(), (*name).into(), (*key).into()), digest);
     }
     let text: String = lines
         .iter()
         .map(|((kind, name, key), digest)| format!("{kind} {name} {key} {digest}\n"))
         .collect();
     hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// The checksum key confgate created in `namespace` (its own, in the tests), as bytes.
+pub async fn checksum_key(kubectl: &crate::harness::Kubectl, namespace: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let secret = crate::harness::eventually(
+        std::time::Duration::from_secs(10),
+        "the checksum key Secret",
+        || {
+            let kubectl = kubectl.clone();
+            let namespace = namespace.to_owned();
+            async move {
+                kubectl
+                    .get(&namespace, "secret/confgate-checksum-key")
+                    .await
+            }
+        },
+    )
+    .await;
+    let key = secret["data"]["key"].as_str().unwrap_or_default();
+    base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .expect("base64 key")
 }
 
 /// What `web_deployment` consumes of `app_config`: every key of `app-config` (the init
