@@ -13,7 +13,7 @@ use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use serde_json::{Map, Value, json};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 /// The kinds that roll (CronJob: its next Job runs with the new configuration).
@@ -45,31 +45,22 @@ pub struct Workload {
     pub settled: bool,
     /// The ConfigMaps and Secrets it references, by (kind, name), for the reverse index.
     pub objects: Box<[(Source, Box<str>)]>,
-    /// [`Reduced`] as JSON text (see there).
+    /// [`Reduced`], as compact text ([`super::compact`]).
     reduced: Box<str>,
 }
 
-/// What the checksum policy reads of a workload: its labels, its pod template's annotations
-/// (and which of them another field manager owns), and the ConfigMap/Secret references of its
-/// pod spec, never a value of the configuration itself. Kept as compact JSON text (arrays, no
-/// field names): a tree of small allocations per workload cost 50 KB of resident memory each
-/// (`examples/rollout_index_memory.rs`), the full template as text 4 KB.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Reduced {
-    /// `metadata.labels`.
-    pub labels: Vec<(String, String)>,
-    /// The pod template's annotations.
-    pub annotations: Vec<(String, String)>,
-    /// For each annotation owned by other field managers, those managers.
-    pub owners: Vec<(String, Vec<String>)>,
-    /// The references, in [`crate::workload::references`] order.
-    pub references: Vec<OwnedReference>,
-}
+pub use super::compact::Reduced;
+use super::compact::{MAX_ANNOTATION, decode, encode};
 
 impl Workload {
+    /// Bytes of the kept text (for the memory benchmark).
+    pub fn kept_bytes(&self) -> usize {
+        self.reduced.len()
+    }
+
     /// What the checksum policy reads of the workload.
     pub fn reduced(&self) -> Reduced {
-        serde_json::from_str(&self.reduced).unwrap_or_default()
+        decode(&self.reduced, &self.objects)
     }
 
     /// The workload rebuilt from [`Reduced`]: kind, name, labels, the template's annotations,
@@ -164,7 +155,9 @@ pub fn reduce(kind: &'static str, object: &Value) -> Option<Workload> {
             .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
             .collect()
     };
-    let annotations = pairs(template.pointer("/metadata/annotations"));
+    // A checksum is short; long values (some tools keep JSON in template annotations) are not.
+    let mut annotations = pairs(template.pointer("/metadata/annotations"));
+    annotations.retain(|(_, v)| v.len() <= MAX_ANNOTATION && !v.chars().any(char::is_control));
     let owners = annotations
         .iter()
         .filter_map(|(key, _)| {
@@ -202,8 +195,8 @@ pub fn reduce(kind: &'static str, object: &Value) -> Option<Workload> {
         paused: object.pointer("/spec/paused").and_then(Value::as_bool) == Some(true),
         deleting: metadata.get("deletionTimestamp").is_some(),
         settled: settled(kind, object),
+        reduced: encode(&reduced, &objects),
         objects: objects.into_boxed_slice(),
-        reduced: serde_json::to_string(&reduced).ok()?.into_boxed_str(),
     })
 }
 
@@ -237,14 +230,23 @@ pub struct Index {
     reverse: Arc<Reverse>,
 }
 
-/// (kind, namespace, name) of a ConfigMap or Secret → the workloads referencing it, by kind and
-/// name. Kept in step by the workload caches (an [`Observer`]).
-/// (kind, namespace, name) of a ConfigMap or Secret.
-type ObjectKey = (Source, String, String);
-
+/// ConfigMap/Secret → the workloads referencing it, kept in step by the workload caches (an
+/// [`Observer`]). Keyed by a hash of (kind, namespace, name) with the workloads' kinds and
+/// names (a multiset): a third of the memory of keeping the names twice. A collision only adds
+/// candidates, which [`Index::consumers`] drops by checking what each workload references.
 #[derive(Default)]
 struct Reverse {
-    map: RwLock<HashMap<ObjectKey, HashSet<(&'static str, String)>>>,
+    map: RwLock<HashMap<u64, Vec<Consumer>>>,
+}
+
+/// A consuming workload's kind and name (its namespace is the object's).
+type Consumer = (&'static str, Box<str>);
+
+fn object_hash(source: Source, namespace: &str, name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (source, namespace, name).hash(&mut hasher);
+    hasher.finish()
 }
 
 impl Observer<Workload> for Reverse {
@@ -266,18 +268,20 @@ impl Observer<Workload> for Reverse {
         let (namespace, name) = key;
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         for (source, object) in before.iter() {
-            let entry = (*source, namespace.clone(), object.to_string());
-            if let Some(users) = map.get_mut(&entry) {
-                users.remove(&(kind, name.clone()));
+            let hash = object_hash(*source, namespace, object);
+            if let Some(users) = map.get_mut(&hash) {
+                if let Some(at) = users.iter().position(|(k, n)| *k == kind && **n == **name) {
+                    users.swap_remove(at);
+                }
                 if users.is_empty() {
-                    map.remove(&entry);
+                    map.remove(&hash);
                 }
             }
         }
         for (source, object) in after.iter() {
-            map.entry((*source, namespace.clone(), object.to_string()))
+            map.entry(object_hash(*source, namespace, object))
                 .or_default()
-                .insert((kind, name.clone()));
+                .push((kind, name.as_str().into()));
         }
     }
 }
@@ -356,18 +360,22 @@ impl Index {
 
     /// The workloads that reference ConfigMap/Secret `namespace/name`.
     pub fn consumers(&self, source: Source, namespace: &str, name: &str) -> Vec<Arc<Workload>> {
-        let users: Vec<(&'static str, String)> = self
+        let users: Vec<Consumer> = self
             .reverse
             .map
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&(source, namespace.to_owned(), name.to_owned()))
-            .map(|users| users.iter().cloned().collect())
+            .get(&object_hash(source, namespace, name))
+            .cloned()
             .unwrap_or_default();
-        users
+        let mut found: Vec<Arc<Workload>> = users
             .into_iter()
             .filter_map(|(kind, workload)| self.cache(kind)?.get(namespace, &workload))
-            .collect()
+            .filter(|w| w.objects.iter().any(|(s, n)| *s == source && **n == *name))
+            .collect();
+        found.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+        found.dedup_by(|a, b| a.kind == b.kind && a.name == b.name);
+        found
     }
 
     /// The workload `kind` `namespace/name`, as last seen.

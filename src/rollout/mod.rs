@@ -17,6 +17,7 @@
 //! `confgate.dev/rollout: "false"` are left alone; a `checksum-config` policy with
 //! `rollout: false` stamps at admission only. Changes arriving together coalesce.
 
+pub mod compact;
 pub mod index;
 
 use crate::admission::{review_from_value, wrap_manifest};
