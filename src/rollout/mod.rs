@@ -223,6 +223,27 @@ async fn settle(changes: &ConfigChanges, quiet: Duration) {
     }
 }
 
+/// How many rollout writes are in flight at once.
+const PARALLEL_WRITES: usize = 16;
+
+/// A rollout to write.
+struct Write {
+    workload: Arc<Workload>,
+    stamps: Vec<Stamp>,
+    /// What changed, as `configmap app-config: LOG_LEVEL` (empty: found by comparison).
+    what: Vec<String>,
+}
+
+impl Write {
+    fn changed(&self) -> String {
+        if self.what.is_empty() {
+            "changed while confgate was not watching".to_owned()
+        } else {
+            self.what.join("; ")
+        }
+    }
+}
+
 /// (kind, namespace, name) of a workload.
 type WorkloadKey = (&'static str, String, String);
 
@@ -310,6 +331,7 @@ impl Controller {
                 "comparing"
             );
         }
+        let mut writes = Vec::new();
         for (k, (w, what)) in candidates {
             let mut what = what;
             if what.is_empty()
@@ -317,8 +339,9 @@ impl Controller {
             {
                 what = earlier.clone();
             }
-            self.compare(&engine, &set, &w, what).await;
+            writes.extend(self.plan(&engine, &set, w, what).await);
         }
+        self.write_all(writes).await;
     }
 
     /// Tries the held-back workloads again.
@@ -329,29 +352,35 @@ impl Controller {
         let set = self.state.admission.policies.load_full();
         let engine = Engine::new(self.state.admission.engine.cluster().clone());
         let held: Vec<(WorkloadKey, Vec<String>)> = self.held.drain().collect();
+        let mut writes = Vec::new();
         for ((kind, namespace, name), what) in held {
             if let Some(w) = index.get(kind, &namespace, &name) {
-                self.compare(&engine, &set, &w, what).await;
+                writes.extend(self.plan(&engine, &set, w, what).await);
             }
         }
+        self.write_all(writes).await;
     }
 
-    async fn compare(&mut self, engine: &Engine, set: &PolicySet, w: &Workload, what: Vec<String>) {
-        let stamps = desired(engine, set, w).await;
+    /// What to write to `w`, if anything may be written now; what is held back is counted
+    /// and remembered for the retry.
+    async fn plan(
+        &mut self,
+        engine: &Engine,
+        set: &PolicySet,
+        w: Arc<Workload>,
+        what: Vec<String>,
+    ) -> Option<Write> {
+        let stamps = desired(engine, set, &w).await;
+        let metrics = &self.state.admission.metrics;
+        let k = key(&w);
         if stamps.is_empty() {
             // Already right (its own write carried the new checksum), or not ours to roll.
             if !what.is_empty() {
-                self.state.admission.metrics.rollout("coalesced");
+                metrics.rollout("coalesced");
             }
-            self.held.remove(&key(w));
-            return;
+            self.held.remove(&k);
+            return None;
         }
-        self.roll(w, &stamps, what).await;
-    }
-
-    async fn roll(&mut self, w: &Workload, stamps: &[Stamp], what: Vec<String>) {
-        let metrics = &self.state.admission.metrics;
-        let k = key(w);
         let held = if w.opted_out {
             Some(("skipped", "opted out (confgate.dev/rollout: \"false\")"))
         } else if w.paused {
@@ -380,38 +409,61 @@ impl Controller {
             if result == "throttled" {
                 self.held.insert(k, what);
             }
-            return;
+            return None;
         }
-        match self.patch(w, stamps).await {
-            Ok(()) => {
-                self.last.insert(k.clone(), Instant::now());
-                self.held.remove(&k);
-                metrics.rollout("triggered");
-                let changed = if what.is_empty() {
-                    "changed while confgate was not watching".to_owned()
-                } else {
-                    what.join("; ")
-                };
-                tracing::info!(
-                    kind = w.kind,
-                    namespace = %w.namespace,
-                    name = %w.name,
-                    changed,
-                    stamps = ?stamps.iter().map(|s| format!("{} {} -> {}", s.annotation, short(&s.current), short(&s.desired))).collect::<Vec<_>>(),
-                    "configuration changed: rolling"
-                );
-                self.event(w, stamps, &changed).await;
-            }
-            Err(kube::Error::Api(status)) if status.code == 409 => {
-                // Written since the index saw it (its own apply, usually carrying the new
-                // checksum): compared again from the fresh copy.
-                tracing::debug!(kind = w.kind, namespace = %w.namespace, name = %w.name, "changed since seen; comparing again");
-                self.held.insert(k, what);
-            }
-            Err(error) => {
-                metrics.rollout("failed");
-                tracing::warn!(kind = w.kind, namespace = %w.namespace, name = %w.name, %error, "rollout failed; retrying");
-                self.held.insert(k, what);
+        Some(Write {
+            workload: w,
+            stamps,
+            what,
+        })
+    }
+
+    /// Writes the planned rollouts, [`PARALLEL_WRITES`] at a time (each is a round trip through
+    /// the apiserver and its webhooks), then records how each went.
+    async fn write_all(&mut self, writes: Vec<Write>) {
+        use futures::StreamExt;
+        let this = &*self;
+        let results: Vec<(Write, kube::Result<()>)> = futures::stream::iter(writes)
+            .map(|write| async move {
+                let result = this.patch(&write.workload, &write.stamps).await;
+                if result.is_ok() {
+                    this.event(&write.workload, &write.stamps, &write.changed())
+                        .await;
+                }
+                (write, result)
+            })
+            .buffer_unordered(PARALLEL_WRITES)
+            .collect()
+            .await;
+        let metrics = self.state.admission.metrics.clone();
+        for (write, result) in results {
+            let w = &write.workload;
+            let k = key(w);
+            match result {
+                Ok(()) => {
+                    self.last.insert(k.clone(), Instant::now());
+                    self.held.remove(&k);
+                    metrics.rollout("triggered");
+                    tracing::info!(
+                        kind = w.kind,
+                        namespace = %w.namespace,
+                        name = %w.name,
+                        changed = write.changed(),
+                        stamps = ?write.stamps.iter().map(|s| format!("{} {} -> {}", s.annotation, short(&s.current), short(&s.desired))).collect::<Vec<_>>(),
+                        "configuration changed: rolling"
+                    );
+                }
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    // Written since the index saw it (its own apply, usually carrying the new
+                    // checksum): compared again from the fresh copy.
+                    tracing::debug!(kind = w.kind, namespace = %w.namespace, name = %w.name, "changed since seen; comparing again");
+                    self.held.insert(k, write.what);
+                }
+                Err(error) => {
+                    metrics.rollout("failed");
+                    tracing::warn!(kind = w.kind, namespace = %w.namespace, name = %w.name, %error, "rollout failed; retrying");
+                    self.held.insert(k, write.what);
+                }
             }
         }
     }

@@ -61,12 +61,16 @@ fn main() -> std::process::ExitCode {
     // The tests mostly wait on the control plane; a few at a time keep two cores busy.
     args.test_threads.get_or_insert(4);
     let binaries = Binaries::from_env();
+    let benches = cases::benches().into_iter().map(|(n, c)| (n, c, true));
     let trials: Vec<Trial> = cases::all()
         .into_iter()
-        .map(|(name, case)| match &binaries {
+        .map(|(n, c)| (n, c, false))
+        .chain(benches)
+        .map(|(name, case, bench)| match &binaries {
+            // Benchmarks run only with --ignored.
             Ok(binaries) => {
                 let binaries = binaries.clone();
-                Trial::test(name, move || run_case(&binaries, case))
+                Trial::test(name, move || run_case(&binaries, case)).with_ignored_flag(bench)
             }
             Err(_) => Trial::test(name, || {
                 Err("no control plane binaries: see the banner above".into())

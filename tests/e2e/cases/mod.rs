@@ -1,6 +1,7 @@
 //! The e2e cases, by what they exercise.
 
 mod admission;
+mod bench;
 mod cluster_state;
 mod limitranger;
 mod manage_webhooks;
@@ -43,6 +44,14 @@ pub fn all() -> Vec<(&'static str, Case)> {
         rollout::e2e_a_config_map_and_its_deployment_applied_together_roll_once,
         rollout::e2e_a_chart_managed_checksum_is_left_alone_and_confgate_stamps_its_own,
         rollout::e2e_a_secret_change_rolls_when_secrets_are_watched,
+    ]
+}
+
+/// Benchmarks: run only when asked (`cargo test --test e2e -- --ignored bench_`).
+pub fn benches() -> Vec<(&'static str, Case)> {
+    cases![
+        bench::bench_rollout_200_deployments_at_the_configured_rate,
+        bench::bench_rollout_latency_from_change_to_write,
     ]
 }
 
