@@ -426,9 +426,18 @@ impl Controller {
         let results: Vec<(Write, kube::Result<()>)> = futures::stream::iter(writes)
             .map(|write| async move {
                 let result = this.patch(&write.workload, &write.stamps).await;
+                let w = &write.workload;
                 if result.is_ok() {
-                    this.event(&write.workload, &write.stamps, &write.changed())
-                        .await;
+                    this.state.admission.metrics.rollout("triggered");
+                    tracing::info!(
+                        kind = w.kind,
+                        namespace = %w.namespace,
+                        name = %w.name,
+                        changed = write.changed(),
+                        stamps = ?write.stamps.iter().map(|s| format!("{} {} -> {}", s.annotation, short(&s.current), short(&s.desired))).collect::<Vec<_>>(),
+                        "configuration changed: rolling"
+                    );
+                    this.event(w, &write.stamps, &write.changed()).await;
                 }
                 (write, result)
             })
@@ -443,15 +452,6 @@ impl Controller {
                 Ok(()) => {
                     self.last.insert(k.clone(), Instant::now());
                     self.held.remove(&k);
-                    metrics.rollout("triggered");
-                    tracing::info!(
-                        kind = w.kind,
-                        namespace = %w.namespace,
-                        name = %w.name,
-                        changed = write.changed(),
-                        stamps = ?write.stamps.iter().map(|s| format!("{} {} -> {}", s.annotation, short(&s.current), short(&s.desired))).collect::<Vec<_>>(),
-                        "configuration changed: rolling"
-                    );
                 }
                 Err(kube::Error::Api(status)) if status.code == 409 => {
                     // Written since the index saw it (its own apply, usually carrying the new

@@ -11,32 +11,41 @@ const DEPLOYMENTS: usize = 200;
 
 /// `count` Deployments with 0 replicas (settled at once: no kubelet needed) that read key
 /// `LEVEL` of ConfigMap `shared`.
+/// Plus ConfigMap `solo`, read by Deployment `solo` alone.
 fn manifests(ns: &str, count: usize) -> String {
     let mut out = format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: shared, namespace: {ns}}}\ndata: {{LEVEL: '0', OTHER: x}}\n"
     );
+    out.push_str(&format!(
+        "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: solo, namespace: {ns}}}\ndata: {{LEVEL: '0'}}\n"
+    ));
+    out.push_str(&deployment(ns, "solo", "solo"));
     for i in 0..count {
-        out.push_str(&format!(
-            r#"---
+        out.push_str(&deployment(ns, &format!("app-{i:03}"), "shared"));
+    }
+    out
+}
+
+fn deployment(ns: &str, name: &str, config: &str) -> String {
+    format!(
+        r#"---
 apiVersion: apps/v1
 kind: Deployment
-metadata: {{name: app-{i:03}, namespace: {ns}}}
+metadata: {{name: {name}, namespace: {ns}}}
 spec:
   replicas: 0
-  selector: {{matchLabels: {{app: app-{i:03}}}}}
+  selector: {{matchLabels: {{app: {name}}}}}
   template:
-    metadata: {{labels: {{app: app-{i:03}}}}}
+    metadata: {{labels: {{app: {name}}}}}
     spec:
       containers:
       - name: app
         image: registry.example/app:1
         env:
         - name: LEVEL
-          valueFrom: {{configMapKeyRef: {{name: shared, key: LEVEL}}}}
+          valueFrom: {{configMapKeyRef: {{name: {config}, key: LEVEL}}}}
 "#
-        ));
-    }
-    out
+    )
 }
 
 /// Deployments of the namespace whose checksum differs from `before` (by name).
@@ -85,7 +94,7 @@ async fn settled(kubectl: &Kubectl, ns: &str) {
             async move {
                 let list = kubectl.get(&ns, "deployments").await?;
                 let items = list["items"].as_array()?;
-                let done = items.len() == DEPLOYMENTS
+                let done = items.len() == DEPLOYMENTS + 1
                     && items.iter().all(|d| {
                         d["status"]["observedGeneration"] == d["metadata"]["generation"]
                             && d["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
@@ -98,7 +107,7 @@ async fn settled(kubectl: &Kubectl, ns: &str) {
     .await;
 }
 
-async fn set_level(kubectl: &Kubectl, ns: &str, level: usize) -> f64 {
+async fn set_level(kubectl: &Kubectl, ns: &str, config: &str, level: usize) -> f64 {
     let patch = serde_json::json!({"data": {"LEVEL": level.to_string()}}).to_string();
     let sent = unix_now();
     kubectl
@@ -106,7 +115,7 @@ async fn set_level(kubectl: &Kubectl, ns: &str, level: usize) -> f64 {
             &[
                 "patch",
                 "configmap",
-                "shared",
+                config,
                 "-n",
                 ns,
                 "--type=merge",
@@ -183,7 +192,7 @@ pub async fn bench_rollout_200_deployments_at_the_configured_rate(cx: Cx) {
     .await;
     let kubectl = deploy(&cx, &ns).await;
     let before = checksums(&kubectl, &ns).await;
-    let sent = set_level(&kubectl, &ns, 1).await;
+    let sent = set_level(&kubectl, &ns, "shared", 1).await;
     let limit = Duration::from_secs_f64(60.0 * DEPLOYMENTS as f64 / per_minute + 60.0);
     eventually(limit, "every Deployment rolled", || {
         let kubectl = kubectl.clone();
@@ -237,31 +246,49 @@ pub async fn bench_rollout_latency_from_change_to_write(cx: Cx) {
     )
     .await;
     let kubectl = deploy(&cx, &ns).await;
-    let mut latencies = Vec::new();
-    let rounds = 5;
-    for round in 1..=rounds {
-        let seen = writes(&confgate).len();
-        let sent = set_level(&kubectl, &ns, round).await;
-        eventually(Duration::from_secs(60), "every Deployment written", || {
-            let confgate = &confgate;
-            async move { (writes(confgate).len() >= seen + DEPLOYMENTS).then_some(()) }
-        })
-        .await;
-        latencies.extend(writes(&confgate)[seen..].iter().map(|t| t - sent));
-        // The next change once the Deployment controller has caught up.
-        settled(&kubectl, &ns).await;
-    }
-    latencies.sort_by(f64::total_cmp);
+    // One workload per change, then all 200 at once.
+    let solo = latencies(&confgate, &kubectl, &ns, "solo", 20, 1).await;
+    let shared = latencies(&confgate, &kubectl, &ns, "shared", 5, DEPLOYMENTS).await;
     if let Ok(path) = std::env::var("BENCH_KEEP_LOG") {
         let _ = std::fs::copy(confgate.dir.path().join("confgate.log"), path);
     }
-    assert_eq!(latencies.len(), rounds * DEPLOYMENTS);
-    eprintln!(
-        "bench: change -> write for {} writes ({rounds} changes x {DEPLOYMENTS} Deployments, not throttled): p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-        latencies.len(),
-        percentile(&latencies, 50.0) * 1000.0,
-        percentile(&latencies, 90.0) * 1000.0,
-        percentile(&latencies, 99.0) * 1000.0,
-        latencies.last().copied().unwrap_or(f64::NAN) * 1000.0,
-    );
+    for (what, l) in [("1 consumer", &solo), ("200 consumers", &shared)] {
+        eprintln!(
+            "bench: change -> write, {what}, not throttled, {} writes: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            l.len(),
+            percentile(l, 50.0) * 1000.0,
+            percentile(l, 90.0) * 1000.0,
+            percentile(l, 99.0) * 1000.0,
+            l.last().copied().unwrap_or(f64::NAN) * 1000.0,
+        );
+    }
+}
+
+/// `rounds` changes of ConfigMap `config`, each awaited until its `consumers` are written:
+/// the time from each change to each write, sorted.
+async fn latencies(
+    confgate: &Confgate,
+    kubectl: &Kubectl,
+    ns: &str,
+    config: &str,
+    rounds: usize,
+    consumers: usize,
+) -> Vec<f64> {
+    let mut out = Vec::new();
+    for round in 1..=rounds {
+        let seen = writes(confgate).len();
+        let sent = set_level(kubectl, ns, config, 100 + round).await;
+        eventually(
+            Duration::from_secs(60),
+            "every consumer written",
+            || async move { (writes(confgate).len() >= seen + consumers).then_some(()) },
+        )
+        .await;
+        out.extend(writes(confgate)[seen..].iter().map(|t| t - sent));
+        // The next change once the Deployment controller has caught up.
+        settled(kubectl, ns).await;
+    }
+    out.sort_by(f64::total_cmp);
+    assert_eq!(out.len(), rounds * consumers);
+    out
 }
