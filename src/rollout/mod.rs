@@ -11,11 +11,18 @@
 //! rolls as soon as its caches have synced. A workload that has never been stamped is left for
 //! its next write (stamping it would roll it for no change).
 //!
+//! **What changed.** The ConfigMap (and watched Secret) caches report each change with the key
+//! digests the object had before; the reverse index of [`index::Index`] names the workloads
+//! that consume it, and only those are compared. Changes are acted on once they have been
+//! quiet for `--rollout-coalesce-ms`, so a ConfigMap and the workload applied after it in one
+//! operation roll once (by the workload's own write, which the webhook stamped), and the write
+//! is conditional on the resourceVersion the index saw.
+//!
 //! **Storm protection.** A global token bucket (`--rollout-rate-per-minute`, `--rollout-burst`),
 //! a minimum interval per workload, and no new roll of a workload whose last rollout has not
 //! finished (every replica updated and ready). Paused Deployments and workloads annotated
 //! `confgate.dev/rollout: "false"` are left alone; a `checksum-config` policy with
-//! `rollout: false` stamps at admission only. Changes arriving together coalesce.
+//! `rollout: false` stamps at admission only.
 
 pub mod compact;
 pub mod index;
