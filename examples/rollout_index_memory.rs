@@ -12,8 +12,8 @@
 mod support;
 
 use confgate::cluster::live::Cache;
+use confgate::cluster::workloads::{Index, reduce};
 use confgate::cluster::{ConfigData, Resource};
-use confgate::rollout::index::{Index, reduce};
 use confgate::workload::Source;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::DynamicObject;

@@ -190,7 +190,7 @@ fn live_state(
         let client = kube::Client::try_default()
             .await
             .map_err(|e| format!("--cluster: cannot configure a Kubernetes client: {e}"))?;
-        let state = LiveState::start(client, SecretsMode::Get, key);
+        let state = LiveState::start(client, SecretsMode::Get, key, false);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while let Err(pending) = state.ready() {
             if std::time::Instant::now() > deadline {

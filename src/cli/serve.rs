@@ -195,7 +195,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     let handle = axum_server::Handle::new();
     spawn_shutdown_on_signal(&state, &handle, &options);
-    if let (Some(client), Some(changed)) = (&client, config_changed) {
+    if let (Some(client), Some((changed, workloads))) = (&client, config_changed) {
         let settings = crate::rollout::Settings {
             per_minute: args.rollout_rate_per_minute,
             burst: args.rollout_burst,
@@ -211,6 +211,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(crate::rollout::run(
             client.clone(),
             state.clone(),
+            workloads,
             changed,
             settings,
             election,
@@ -244,7 +245,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 type ClusterParts = (
     Arc<dyn ClusterState>,
     Option<kube::Client>,
-    Option<Arc<crate::cluster::live::ConfigChanges>>,
+    Option<(
+        Arc<crate::cluster::live::ConfigChanges>,
+        Arc<crate::cluster::workloads::Index>,
+    )>,
 );
 
 /// The cluster state, and the client when there is a live cluster.
@@ -262,9 +266,9 @@ async fn cluster_state(args: &ServeArgs) -> anyhow::Result<ClusterParts> {
             name: args.checksum_key_secret.clone(),
             create: true,
         };
-        let state = LiveState::start(client.clone(), args.secrets, key);
-        let changed = state.config_changes();
-        (state, Some(client), Some(changed))
+        let state = LiveState::start(client.clone(), args.secrets, key, true);
+        let rollout = state.workloads().map(|w| (state.config_changes(), w));
+        (state, Some(client), rollout)
     };
     match args.cluster {
         ClusterMode::None => Ok((Arc::new(Standalone), None, None)),

@@ -86,6 +86,28 @@ impl ClusterState for Layered {
     fn checksum_key(&self) -> Result<Option<Arc<ChecksumKey>>, String> {
         self.fallback.checksum_key()
     }
+    fn consumers(
+        &self,
+        source: crate::workload::Source,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Vec<Arc<super::workloads::Workload>>> {
+        // The input's workloads, then the cluster's that the input does not replace.
+        let mut found = self
+            .local
+            .consumers(source, namespace, name)
+            .unwrap_or_default();
+        let known = self.fallback.consumers(source, namespace, name);
+        if known.is_none() && found.is_empty() {
+            return None;
+        }
+        for w in known.into_iter().flatten() {
+            if !found.iter().any(|f| f.kind == w.kind && f.name == w.name) {
+                found.push(w);
+            }
+        }
+        Some(found)
+    }
 }
 
 #[cfg(test)]

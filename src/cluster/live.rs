@@ -254,6 +254,9 @@ pub struct LiveState {
     fetched_secrets: SecretCache,
     config_changes: Arc<ConfigChanges>,
     checksum_key: RwLock<Result<Option<Arc<ChecksumKey>>, String>>,
+    /// Deployments, StatefulSets, DaemonSets and CronJobs and what they reference (the rollout
+    /// controller and `protect-config-keys`); `None` when not watched.
+    workloads: Option<Arc<super::workloads::Index>>,
     /// The first attempt to load the key is done (readiness waits for it, not for success: a
     /// key that cannot be read only keeps Secret-consuming checksums from being updated).
     key_attempted: AtomicBool,
@@ -351,7 +354,14 @@ const SECRET_FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 impl LiveState {
     /// Starts the watchers on the current Tokio runtime. The caches fill in the background;
     /// [`ClusterState::ready`] says when they have synced.
-    pub fn start(client: Client, secrets_mode: SecretsMode, key: KeySecret) -> Arc<Self> {
+    /// `workloads`: also watch the workloads (RBAC: list/watch of Deployments, StatefulSets,
+    /// DaemonSets, CronJobs).
+    pub fn start(
+        client: Client,
+        secrets_mode: SecretsMode,
+        key: KeySecret,
+        workloads: bool,
+    ) -> Arc<Self> {
         let config_changes = Arc::new(ConfigChanges::default());
         let state = Arc::new(Self {
             client: client.clone(),
@@ -373,6 +383,7 @@ impl LiveState {
             config_changes,
             checksum_key: RwLock::new(Err("the checksum key is not loaded yet".into())),
             key_attempted: AtomicBool::new(secrets_mode == SecretsMode::None),
+            workloads: workloads.then(|| super::workloads::Index::start(client.clone())),
         });
         if secrets_mode != SecretsMode::None {
             tokio::spawn(load_key(client.clone(), Arc::downgrade(&state), key));
@@ -404,6 +415,11 @@ impl LiveState {
             ));
         }
         state
+    }
+
+    /// The workload index, when watched.
+    pub fn workloads(&self) -> Option<Arc<super::workloads::Index>> {
+        self.workloads.clone()
     }
 
     /// The changes to cached ConfigMaps (and watched Secrets), for the rollout controller.
@@ -624,6 +640,16 @@ impl ClusterState for LiveState {
         Some(found.into_iter().map(|(_, spec)| spec.clone()).collect())
     }
 
+    fn consumers(
+        &self,
+        source: Source,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Vec<Arc<super::workloads::Workload>>> {
+        let index = self.workloads.as_ref().filter(|w| w.synced())?;
+        Some(index.consumers(source, namespace, name))
+    }
+
     fn checksum_key(&self) -> Result<Option<Arc<ChecksumKey>>, String> {
         if self.secrets_mode == SecretsMode::None {
             return Ok(None);
@@ -646,6 +672,9 @@ impl ClusterState for LiveState {
                 "waiting for caches to sync: {}",
                 pending.join(", ")
             ));
+        }
+        if self.workloads.as_ref().is_some_and(|w| !w.synced()) {
+            return Err("waiting for caches to sync: workloads".into());
         }
         if !self.key_attempted.load(Ordering::Acquire) {
             return Err("loading the checksum key".into());

@@ -8,6 +8,7 @@
 pub mod layered;
 pub mod live;
 pub mod static_state;
+pub mod workloads;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ConfigMap, LimitRangeSpec, Secret};
@@ -223,6 +224,17 @@ pub trait ClusterState: Send + Sync {
     /// Object counts per cache, for metrics.
     fn counts(&self) -> Vec<(Resource, usize)> {
         Vec::new()
+    }
+
+    /// The workloads (Deployments, StatefulSets, DaemonSets, CronJobs) that reference
+    /// ConfigMap or Secret `namespace/name`; `None` when not known (no workload index).
+    fn consumers(
+        &self,
+        _source: crate::workload::Source,
+        _namespace: &str,
+        _name: &str,
+    ) -> Option<Vec<Arc<workloads::Workload>>> {
+        None
     }
 
     /// The key for the Secret part of checksums: `Ok(None)` when there is none (offline

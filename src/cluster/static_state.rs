@@ -53,6 +53,7 @@ pub struct StaticState {
     secrets: HashMap<Key, Arc<ConfigData>>,
     namespaces: HashMap<String, BTreeMap<String, String>>,
     limit_ranges: BTreeMap<Key, Arc<LimitRangeSpec>>,
+    workloads: Vec<Arc<super::workloads::Workload>>,
 }
 
 impl StaticState {
@@ -107,6 +108,21 @@ impl StaticState {
             .get("apiVersion")
             .and_then(Value::as_str)
             .unwrap_or_default();
+        if let Some(kind) = super::workloads::KINDS.iter().find(|k| **k == kind) {
+            let mut doc = doc;
+            if doc.pointer("/metadata/namespace").is_none()
+                && let Some(meta) = doc.get_mut("metadata").and_then(Value::as_object_mut)
+            {
+                meta.insert("namespace".into(), Value::String("default".into()));
+            }
+            if let Some(w) = super::workloads::reduce(kind, &doc) {
+                self.workloads.retain(|o| {
+                    !(o.kind == w.kind && o.namespace == w.namespace && o.name == w.name)
+                });
+                self.workloads.push(Arc::new(w));
+            }
+            return Ok(());
+        }
         if api_version != "v1" {
             return Ok(());
         }
@@ -162,6 +178,24 @@ fn lookup(map: &HashMap<Key, Arc<ConfigData>>, namespace: &str, name: &str) -> L
 }
 
 impl ClusterState for StaticState {
+    fn consumers(
+        &self,
+        source: crate::workload::Source,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Vec<Arc<super::workloads::Workload>>> {
+        Some(
+            self.workloads
+                .iter()
+                .filter(|w| {
+                    w.namespace == namespace
+                        && w.objects.iter().any(|(s, n)| *s == source && **n == *name)
+                })
+                .cloned()
+                .collect(),
+        )
+    }
+
     fn describe(&self) -> String {
         format!("static: {} file(s)", self.files)
     }

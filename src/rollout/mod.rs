@@ -12,7 +12,7 @@
 //! its next write (stamping it would roll it for no change).
 //!
 //! **What changed.** The ConfigMap (and watched Secret) caches report each change with the key
-//! digests the object had before; the reverse index of [`index::Index`] names the workloads
+//! digests the object had before; the reverse index of [`Index`] names the workloads
 //! that consume it, and only those are compared. Changes are acted on once they have been
 //! quiet for `--rollout-coalesce-ms`, so a ConfigMap and the workload applied after it in one
 //! operation roll once (by the workload's own write, which the webhook stamped), and the write
@@ -24,17 +24,14 @@
 //! `confgate.dev/rollout: "false"` are left alone; a `checksum-config` policy with
 //! `rollout: false` stamps at admission only.
 
-pub mod compact;
-pub mod index;
-
 use crate::admission::{review_from_value, wrap_manifest};
 use crate::cluster::live::{Changed, ConfigChanges};
+use crate::cluster::workloads::{self as index, Index, Workload};
 use crate::cluster::{ConfigData, Lookup};
 use crate::engine::Engine;
 use crate::policy::{Endpoint, PolicySet};
 use crate::server::AppState;
 use crate::workload::{FIELD_MANAGER, Keys, Source, template_annotation, template_path};
-use index::{Index, Workload};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
@@ -158,11 +155,11 @@ async fn elect(client: &Client, election: &Election) -> tokio::sync::watch::Rece
 pub async fn run(
     client: Client,
     state: Arc<AppState>,
+    index: Arc<Index>,
     changes: Arc<ConfigChanges>,
     settings: Settings,
     election: Election,
 ) {
-    let index = Index::start(client.clone());
     let cluster = state.admission.engine.cluster().clone();
     while !(index.synced() && cluster.ready().is_ok()) {
         tokio::time::sleep(Duration::from_millis(200)).await;

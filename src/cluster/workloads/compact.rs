@@ -1,4 +1,4 @@
-//! The text a [`super::index::Workload`] keeps of itself: [`Reduced`] in a compact line format,
+//! The text a [`super::Workload`] keeps of itself: [`Reduced`] in a compact line format,
 //! a third of its JSON. 10,000 workloads with 23 references each kept 19 MB as JSON arrays;
 //! object names are written once (references point into the workload's object list) and
 //! container names once.

@@ -1,4 +1,5 @@
-//! The workloads the rollout controller keeps in step: Deployments, StatefulSets, DaemonSets
+//! The workloads that consume configuration, from watch caches (the rollout controller keeps
+//! them in step, the config guard protects what they read): Deployments, StatefulSets, DaemonSets
 //! and CronJobs from watch caches, each reduced to what the checksum needs (the configuration
 //! references of its pod template, and the template's annotations) plus what decides whether
 //! it may roll now. Never a value of the configuration itself.
@@ -45,12 +46,14 @@ pub struct Workload {
     pub settled: bool,
     /// The ConfigMaps and Secrets it references, by (kind, name), for the reverse index.
     pub objects: Box<[(Source, Box<str>)]>,
-    /// [`Reduced`], as compact text ([`super::compact`]).
+    /// [`Reduced`], as compact text ([`compact`]).
     reduced: Box<str>,
 }
 
-pub use super::compact::Reduced;
-use super::compact::{MAX_ANNOTATION, decode, encode};
+pub mod compact;
+
+pub use compact::Reduced;
+use compact::{MAX_ANNOTATION, decode, encode};
 
 impl Workload {
     /// Bytes of the kept text (for the memory benchmark).
