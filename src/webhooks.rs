@@ -299,6 +299,20 @@ fn match_conditions(policy: &LoadedPolicy) -> Vec<MatchCondition> {
         name: "not-being-deleted".into(),
         expression: "oldObject == null || !has(oldObject.metadata.deletionTimestamp)".into(),
     }];
+    if policy
+        .matcher
+        .operations()
+        .contains(&kube::core::admission::Operation::Delete)
+    {
+        let users: Vec<String> = crate::policy::protect_config_keys::CLEANUP_USERS
+            .iter()
+            .map(|u| format!("'{u}'"))
+            .collect();
+        conditions.push(MatchCondition {
+            name: "not-cleanup-by-the-control-plane".into(),
+            expression: format!("!(request.userInfo.username in [{}])", users.join(", ")),
+        });
+    }
     let controllers = policy.matcher.judged_controllers();
     if !controllers.is_empty() {
         let kinds: Vec<String> = controllers.iter().map(|k| format!("'{k}'")).collect();

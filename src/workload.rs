@@ -17,10 +17,13 @@ pub const WORKLOAD_KINDS: &[&str] = &[
     "CronJob",
 ];
 
-/// The API group and resource of a workload kind (for webhook rules). Every workload kind is
-/// namespaced; `CronJob` is served as `batch/v1` (and `batch/v1beta1` on old clusters).
+/// The API group and resource of a kind policies judge (for webhook rules): the workload kinds
+/// and the configuration they read. Every one is namespaced; `CronJob` is served as `batch/v1`
+/// (and `batch/v1beta1` on old clusters).
 pub fn api_resource(kind: &str) -> Option<(&'static str, &'static str)> {
     match kind {
+        "ConfigMap" => Some(("", "configmaps")),
+        "Secret" => Some(("", "secrets")),
         "Pod" => Some(("", "pods")),
         "ReplicationController" => Some(("", "replicationcontrollers")),
         "Deployment" => Some(("apps", "deployments")),

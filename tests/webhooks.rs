@@ -53,6 +53,7 @@ fn one_webhook_per_policy_and_endpoint_at_its_own_path() {
         names(&v),
         vec![
             "container-defaults.validate.confgate.dev",
+            "protect-config-refs.validate.confgate.dev",
             "require-config-refs.validate.confgate.dev",
             "payments-database-url.validate.confgate.dev"
         ]
@@ -106,6 +107,18 @@ fn rules_name_groups_and_resources_correctly() {
     assert_eq!(
         payments["rules"][0]["resources"],
         json!(["deployments", "statefulsets"])
+    );
+    // The config guard: ConfigMap and Secret updates and deletions, never blocking them when
+    // confgate is down, and never sent the control plane's own cleanup.
+    let guard = by_name(&v, "protect-config-refs.validate.confgate.dev");
+    assert_eq!(
+        guard["rules"],
+        json!([{"apiGroups": [""], "apiVersions": ["*"], "operations": ["UPDATE", "DELETE"], "resources": ["configmaps", "secrets"], "scope": "Namespaced"}])
+    );
+    assert_eq!(guard["failurePolicy"], "Ignore");
+    assert_eq!(
+        guard["matchConditions"][1],
+        json!({"name": "not-cleanup-by-the-control-plane", "expression": "!(request.userInfo.username in ['system:serviceaccount:kube-system:namespace-controller', 'system:serviceaccount:kube-system:generic-garbage-collector', 'system:kube-controller-manager'])"})
     );
 }
 

@@ -315,6 +315,7 @@ fn compile(
         policy.kinds(),
         policy.default_kinds(),
         policy.extra_operations(),
+        policy.default_operations(),
     )
     .map_err(|(field, message)| (format!("spec.match.{field}"), message))?;
     Ok(LoadedPolicy {

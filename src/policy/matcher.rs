@@ -56,7 +56,8 @@ pub struct MatchInput<'a> {
     pub objects: [Option<&'a Value>; 2],
 }
 
-const DEFAULT_OPERATIONS: [Operation; 2] = [Operation::Create, Operation::Update];
+/// The operations every policy type may evaluate, and most evaluate by default.
+pub const DEFAULT_OPERATIONS: [Operation; 2] = [Operation::Create, Operation::Update];
 
 impl Match {
     /// Compiles and checks `spec.match` against what the policy type supports. Errors name the
@@ -66,6 +67,7 @@ impl Match {
         type_kinds: Option<&[&str]>,
         default_kinds: Option<Vec<String>>,
         extra_operations: &[Operation],
+        default_operations: &[Operation],
     ) -> Result<Self, (String, String)> {
         for (i, kind) in spec.kinds.iter().enumerate() {
             if let Some(known) = type_kinds
@@ -103,7 +105,7 @@ impl Match {
             operations.push(parsed);
         }
         if operations.is_empty() {
-            operations.extend(DEFAULT_OPERATIONS);
+            operations.extend(default_operations.iter().cloned());
         }
         let namespace_selector = compile_selector(&spec.namespace_selector, "namespaceSelector")?;
         let object_selector = compile_selector(&spec.object_selector, "objectSelector")?;
@@ -301,6 +303,7 @@ mod tests {
             Some(&["Deployment", "Pod"]),
             Some(vec!["Deployment".into(), "Pod".into()]),
             &[],
+            &DEFAULT_OPERATIONS,
         )
         .unwrap()
     }
@@ -338,6 +341,7 @@ mod tests {
             Some(&["Pod"]),
             None,
             &[],
+            &DEFAULT_OPERATIONS,
         )
         .unwrap_err();
         assert_eq!(err.0, "kinds[0]");
@@ -346,8 +350,10 @@ mod tests {
     #[test]
     fn rejects_delete_unless_the_type_handles_it() {
         let spec: MatchSpec = serde_json::from_value(json!({"operations": ["DELETE"]})).unwrap();
-        assert!(Match::compile(spec.clone(), None, None, &[]).is_err());
-        assert!(Match::compile(spec, None, None, &[Operation::Delete]).is_ok());
+        assert!(Match::compile(spec.clone(), None, None, &[], &DEFAULT_OPERATIONS).is_err());
+        assert!(
+            Match::compile(spec, None, None, &[Operation::Delete], &DEFAULT_OPERATIONS).is_ok()
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod checksum_config;
 mod file;
 pub mod limitrange_defaults;
 mod matcher;
+pub mod protect_config_keys;
 mod registry;
 pub mod require_config_keys;
 
@@ -152,6 +153,11 @@ pub trait Policy: Send + Sync {
     /// Operations beyond CREATE and UPDATE this policy evaluates (DELETE, CONNECT).
     fn extra_operations(&self) -> &'static [Operation] {
         &[]
+    }
+
+    /// The operations it evaluates when `match.operations` is empty.
+    fn default_operations(&self) -> &'static [Operation] {
+        &matcher::DEFAULT_OPERATIONS
     }
 
     /// Subresources (`scale`, `status`, ...) this policy evaluates; by default none.

@@ -76,6 +76,11 @@ impl Registry {
                 Ok(Box::new(
                     super::checksum_config::ChecksumConfig::from_settings(s)?,
                 ))
+            })
+            .register("protect-config-keys", |s| {
+                Ok(Box::new(
+                    super::protect_config_keys::ProtectConfigKeys::from_settings(s)?,
+                ))
             });
         registry
     }

@@ -32,7 +32,7 @@ pub async fn e2e_generated_registration_applies_and_every_webhook_is_called(cx: 
         .collect();
     assert_eq!(
         webhooks.len(),
-        5,
+        6,
         "one webhook per policy and endpoint: {webhooks:?}"
     );
     kubectl
@@ -41,11 +41,28 @@ pub async fn e2e_generated_registration_applies_and_every_webhook_is_called(cx: 
             Some(&web_deployment(&ns, "web", &[])),
         )
         .await;
-    let reviews = confgate.reviews_of(&format!("{ns}/web"));
+    // The config guard judges ConfigMap updates.
+    kubectl
+        .ok(
+            &[
+                "patch",
+                "configmap",
+                "app-config",
+                "-n",
+                &ns,
+                "--type=merge",
+                "-p",
+                r#"{"data":{"NEW":"1"}}"#,
+            ],
+            None,
+        )
+        .await;
+    let mut reviews = confgate.reviews_of(&format!("{ns}/web"));
+    reviews.extend(confgate.reviews_of(&format!("{ns}/app-config")));
     for (policy, endpoint) in &webhooks {
         assert!(
             reviews.iter().any(|r| r["endpoint"] == endpoint.as_str()
-                && r["operation"] == "CREATE"
+                && (r["operation"] == "CREATE" || r["kind"] == "ConfigMap")
                 && r["policies"]
                     .as_str()
                     .unwrap_or("")
@@ -257,8 +274,14 @@ pub async fn e2e_delete_is_reviewed_and_goes_through(cx: Cx) {
     kubectl
         .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
         .await;
-    let confgate = Confgate::start(&cx, Options::shipped(&ns)).await;
-    // No shipped policy judges DELETE, so the generated registration never sends one; a team
+    // The ConfigMap is deleted while a Deployment reads it, as in a cluster without the config
+    // guard (or from before it was installed).
+    let confgate = Confgate::start(
+        &cx,
+        Options::shipped(&ns).without("protect-config-keys.yaml"),
+    )
+    .await;
+    // No shipped workload policy judges DELETE, so the generated registration never sends one; a team
     // that registers confgate's /validate for DELETE too (as the fixtures were captured) gets a
     // well-formed answer for a request whose `object` is null.
     let _cleanup = register_webhook(

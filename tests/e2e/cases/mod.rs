@@ -3,6 +3,7 @@
 mod admission;
 mod bench;
 mod cluster_state;
+mod config_guard;
 mod limitranger;
 mod manage_webhooks;
 mod rollout;
@@ -36,6 +37,8 @@ pub fn all() -> Vec<(&'static str, Case)> {
         cluster_state::e2e_secrets_read_by_name_with_the_shipped_rbac,
         cluster_state::e2e_review_reads_a_live_cluster_with_a_kubeconfig,
         manage_webhooks::e2e_manage_webhooks_applies_the_generated_registration_and_takes_over,
+        config_guard::e2e_consumed_config_cannot_be_deleted_or_lose_a_read_key,
+        config_guard::e2e_deleting_the_app_or_its_namespace_goes_through,
         rollout::e2e_a_changed_consumed_key_rolls_the_workload_once,
         rollout::e2e_an_unconsumed_key_or_an_opted_out_workload_rolls_nothing,
         rollout::e2e_a_restart_rolls_nothing_and_a_change_while_down_rolls_once,
@@ -44,6 +47,7 @@ pub fn all() -> Vec<(&'static str, Case)> {
         rollout::e2e_a_config_map_and_its_deployment_applied_together_roll_once,
         rollout::e2e_a_chart_managed_checksum_is_left_alone_and_confgate_stamps_its_own,
         rollout::e2e_a_secret_change_rolls_when_secrets_are_watched,
+        rollout::e2e_a_statefulset_rolls_and_a_cronjob_stamps_its_next_job,
     ]
 }
 

@@ -273,7 +273,12 @@ pub async fn e2e_a_deleted_required_config_map_rolls_nothing(cx: Cx) {
     cx.kubectl()
         .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
         .await;
-    let _confgate = Confgate::start(&cx, Options::shipped(&ns)).await;
+    // Deleted while a Deployment reads it: as in a cluster without the config guard.
+    let _confgate = Confgate::start(
+        &cx,
+        Options::shipped(&ns).without("protect-config-keys.yaml"),
+    )
+    .await;
     let kubectl = deployed(&cx, &ns, &web_deployment(&ns, "web", &[])).await;
     // New Pods could not start without it; the old ones keep running.
     kubectl
@@ -458,4 +463,103 @@ pub async fn e2e_a_secret_change_rolls_when_secrets_are_watched(cx: Cx) {
         "{notes:?}"
     );
     assert!(!notes[0].contains("rotated") && !notes[0].contains("s3cr3t"));
+}
+
+pub async fn e2e_a_statefulset_rolls_and_a_cronjob_stamps_its_next_job(cx: Cx) {
+    let ns = cx.namespace("rollout-kinds").await;
+    cx.kubectl()
+        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+        .await;
+    // The shipped checksum policy, stamping CronJobs too.
+    let policy =
+        std::fs::read_to_string(crate::harness::root().join("policies/checksum-config.yaml"))
+            .unwrap()
+            .replace("    # kinds: [Job, CronJob]", "    kinds: [CronJob]");
+    assert!(policy.contains("    kinds: [CronJob]"));
+    let _confgate = Confgate::start(&cx, Options::with_policies(&ns, &policy)).await;
+    let kubectl = cx.kubectl();
+    let manifests = format!(
+        r#"apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: cache, namespace: {ns}}}
+spec:
+  replicas: 0
+  serviceName: cache
+  selector: {{matchLabels: {{app: cache}}}}
+  template:
+    metadata: {{labels: {{app: cache}}}}
+    spec:
+      containers:
+      - name: cache
+        image: registry.example/cache:1
+        envFrom: [{{configMapRef: {{name: app-config}}}}]
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {{name: report, namespace: {ns}}}
+spec:
+  schedule: "0 3 * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers:
+          - name: report
+            image: registry.example/report:1
+            env:
+            - name: LOG_LEVEL
+              valueFrom: {{configMapKeyRef: {{name: app-config, key: LOG_LEVEL}}}}
+"#
+    );
+    kubectl.ok(&["apply", "-f", "-"], Some(&manifests)).await;
+    let stamped = |kind: &'static str| {
+        let kubectl = kubectl.clone();
+        let ns = ns.clone();
+        async move {
+            let o = kubectl.get(&ns, kind).await?;
+            let template = if kind.starts_with("cronjob") {
+                &o["spec"]["jobTemplate"]["spec"]["template"]
+            } else {
+                &o["spec"]["template"]
+            };
+            template["metadata"]["annotations"]["checksum/config"]
+                .as_str()
+                .map(str::to_owned)
+        }
+    };
+    let (sts, cron) = (
+        stamped("statefulset/cache").await.expect("stamped"),
+        stamped("cronjob/report").await.expect("stamped"),
+    );
+    // Wait until the StatefulSet controller has seen it (0 replicas: at once).
+    eventually(Duration::from_secs(20), "the StatefulSet observed", || {
+        let kubectl = kubectl.clone();
+        let ns = ns.clone();
+        async move {
+            let s = kubectl.get(&ns, "statefulset/cache").await?;
+            (s["status"]["observedGeneration"] == s["metadata"]["generation"]).then_some(())
+        }
+    })
+    .await;
+    set_config(&kubectl, &ns, "LOG_LEVEL", "debug").await;
+    eventually(Duration::from_secs(10), "both written", || {
+        let (sts, cron) = (sts.clone(), cron.clone());
+        async move {
+            let now = (
+                stamped("statefulset/cache").await?,
+                stamped("cronjob/report").await?,
+            );
+            (now.0 != sts && now.1 != cron).then_some(())
+        }
+    })
+    .await;
+    let notes = event_notes(&kubectl, &ns, "ConfigChanged").await;
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    for note in notes {
+        assert!(
+            note.starts_with("the configuration it consumes changed (configmap app-config: LOG_LEVEL); rolling: checksum/config "),
+            "{note}"
+        );
+    }
 }

@@ -55,6 +55,15 @@ impl Options {
         }
     }
 
+    /// Without the shipped policy file `file` (say, to delete a ConfigMap a workload reads, as
+    /// in a cluster without the config guard).
+    pub fn without(mut self, file: &str) -> Self {
+        let before = self.policies.len();
+        self.policies.retain(|(name, _)| name != file);
+        assert_eq!(self.policies.len() + 1, before, "no policy file {file}");
+        self
+    }
+
     /// An extra `confgate serve` argument.
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.args.push(arg.into());

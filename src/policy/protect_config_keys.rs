@@ -1,0 +1,459 @@
+//! `protect-config-keys`: the config side of `require-config-keys`. Deleting a ConfigMap or
+//! Secret, or removing a key from it, is accepted by the apiserver even while running workloads
+//! read it, and their next Pod restart fails with CreateContainerConfigError, often hours later.
+//! On UPDATE and DELETE of a ConfigMap or Secret this policy finds the live workloads
+//! (Deployments, StatefulSets, DaemonSets, CronJobs, from the workload index) that would break:
+//!
+//! - UPDATE: a key the change removes that a workload reads by name, without `optional: true`
+//!   (`configMapKeyRef`/`secretKeyRef`, or volume `items`). A whole-object reference (`envFrom`,
+//!   a volume without `items`) does not break when a key goes: the Pod gets one variable or
+//!   file fewer.
+//! - DELETE: any reference without `optional: true`.
+//!
+//! Only key names are read, never values; messages name workloads and keys only.
+//!
+//! Never in the way of cleaning up: the namespace controller and the garbage collector are
+//! never judged (also excluded in the registration), workloads being deleted do not count, and
+//! deleting an object whose every consumer belongs to the same application instance (equal
+//! `sameAppLabels` values, by default `app.kubernetes.io/instance`: Helm charts, Argo CD and
+//! kustomize set it) is allowed with a warning, so removing a whole app at once
+//! (`kubectl delete -f dir/`, `helm uninstall`) goes through in any order.
+
+use super::{Capabilities, Context, Findings, Policy, PolicyError, SettingsError, parse_settings};
+use crate::cluster::workloads::Workload;
+use crate::workload::{ContainerKind, Keys, Site, Source};
+use kube::core::admission::Operation;
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// Users whose deletions are cleanup and are never judged: the namespace controller (namespace
+/// deletion) and the garbage collector, with and without per-controller credentials.
+pub const CLEANUP_USERS: [&str; 3] = [
+    "system:serviceaccount:kube-system:namespace-controller",
+    "system:serviceaccount:kube-system:generic-garbage-collector",
+    "system:kube-controller-manager",
+];
+
+fn default_max_named() -> usize {
+    3
+}
+
+fn default_same_app_labels() -> Vec<String> {
+    vec!["app.kubernetes.io/instance".into()]
+}
+
+/// `spec.settings` of a `protect-config-keys` policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProtectConfigKeysSettings {
+    /// How many workloads a message names before "and N more" (default 3).
+    #[serde(default = "default_max_named")]
+    pub max_named: usize,
+    /// Labels that tie an object to its consumers as one application instance: deleting it
+    /// together with them is allowed (default `[app.kubernetes.io/instance]`; `[]`: never).
+    #[serde(default = "default_same_app_labels")]
+    pub same_app_labels: Vec<String>,
+}
+
+/// The policy.
+#[derive(Debug)]
+pub struct ProtectConfigKeys {
+    max_named: usize,
+    same_app_labels: Vec<String>,
+}
+
+impl ProtectConfigKeys {
+    /// Validates settings.
+    pub fn from_settings(settings: Value) -> Result<Self, SettingsError> {
+        let settings: ProtectConfigKeysSettings = parse_settings(settings)?;
+        if settings.max_named == 0 {
+            return Err(SettingsError::at("maxNamed", "must be at least 1"));
+        }
+        Ok(Self {
+            max_named: settings.max_named,
+            same_app_labels: settings.same_app_labels,
+        })
+    }
+}
+
+/// The key names of a ConfigMap (`data`, `binaryData`) or Secret (`data`, `stringData`).
+fn key_names(object: Option<&Value>) -> BTreeSet<&str> {
+    let mut keys = BTreeSet::new();
+    for field in ["data", "binaryData", "stringData"] {
+        if let Some(map) = object.and_then(|o| o.get(field)).and_then(Value::as_object) {
+            keys.extend(map.keys().map(String::as_str));
+        }
+    }
+    keys
+}
+
+/// `container web, env REGION`, `init container migrate, envFrom`, `volume config`.
+fn describe(site: Site<'_>) -> String {
+    let container = |name: &str, kind: ContainerKind| match kind {
+        ContainerKind::Init => format!("init container {name}"),
+        ContainerKind::Regular => format!("container {name}"),
+        ContainerKind::Ephemeral => format!("ephemeral container {name}"),
+    };
+    match site {
+        Site::Env {
+            container: c,
+            kind,
+            var,
+        } => format!("{}, env {var}", container(c, kind)),
+        Site::EnvFrom {
+            container: c, kind, ..
+        } => format!("{}, envFrom", container(c, kind)),
+        Site::Volume { volume, .. } => format!("volume {volume}"),
+    }
+}
+
+impl ProtectConfigKeys {
+    /// `deployment shop/web (container web, env REGION), ... and 2 more`: each workload with the
+    /// places where it reads what `uses` selects.
+    fn name_users(&self, users: &[(&Workload, Vec<String>)], namespace: &str) -> String {
+        let named: Vec<String> = users
+            .iter()
+            .take(self.max_named)
+            .map(|(w, sites)| {
+                format!(
+                    "{} {namespace}/{} ({})",
+                    w.kind.to_lowercase(),
+                    w.name,
+                    sites.join("; ")
+                )
+            })
+            .collect();
+        let more = users.len().saturating_sub(self.max_named);
+        match (named.split_last(), more) {
+            (Some((last, [])), 0) => last.clone(),
+            (Some((last, rest)), 0) => format!("{} and {last}", rest.join(", ")),
+            _ => format!("{} and {more} more", named.join(", ")),
+        }
+    }
+
+    /// True when every consumer shares one of the app labels' values with the object.
+    fn same_app(&self, object: &Value, consumers: &[&Workload]) -> Option<String> {
+        self.same_app_labels.iter().find_map(|label| {
+            let value = object
+                .pointer("/metadata/labels")
+                .and_then(|l| l.get(label))
+                .and_then(Value::as_str)
+                .filter(|v| !v.is_empty())?;
+            consumers
+                .iter()
+                .all(|w| {
+                    w.reduced()
+                        .labels
+                        .iter()
+                        .any(|(k, v)| k == label && v == value)
+                })
+                .then(|| format!("{label}={value}"))
+        })
+    }
+}
+
+impl Policy for ProtectConfigKeys {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::Validate
+    }
+
+    fn kinds(&self) -> Option<&'static [&'static str]> {
+        Some(&["ConfigMap", "Secret"])
+    }
+
+    fn extra_operations(&self) -> &'static [Operation] {
+        &[Operation::Delete]
+    }
+
+    fn default_operations(&self) -> &'static [Operation] {
+        &[Operation::Update, Operation::Delete]
+    }
+
+    fn validate(
+        &self,
+        cx: &Context,
+        object: &Value,
+        out: &mut Findings,
+    ) -> Result<(), PolicyError> {
+        let request = cx.request;
+        let source = match request.kind.kind.as_str() {
+            "ConfigMap" => Source::ConfigMap,
+            "Secret" => Source::Secret,
+            _ => return Ok(()),
+        };
+        if request
+            .user_info
+            .username
+            .as_deref()
+            .is_some_and(|u| CLEANUP_USERS.contains(&u))
+        {
+            return Ok(());
+        }
+        let (namespace, name) = (cx.namespace(), request.name.as_str());
+        let label = format!("{} {:?}", source.as_str(), format!("{namespace}/{name}"));
+        let Some(consumers) = cx.cluster.consumers(source, namespace, name) else {
+            out.warn(format!(
+                "{label}: its consumers were not checked: no workload index (standalone, or the workload caches have not synced)"
+            ));
+            return Ok(());
+        };
+        let mut consumers: Vec<Arc<Workload>> =
+            consumers.into_iter().filter(|w| !w.deleting).collect();
+        consumers.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+        // What each consumer reads of this object, without `optional: true`.
+        let reads: Vec<(&Workload, Vec<crate::workload::OwnedReference>)> = consumers
+            .iter()
+            .map(|w| {
+                let refs = w
+                    .reduced()
+                    .references
+                    .into_iter()
+                    .filter(|r| r.source() == source && r.1 == name && !r.3)
+                    .collect();
+                (w.as_ref(), refs)
+            })
+            .filter(|(_, refs): &(_, Vec<_>)| !refs.is_empty())
+            .collect();
+        match request.operation {
+            Operation::Delete => {
+                if reads.is_empty() {
+                    return Ok(());
+                }
+                let users: Vec<(&Workload, Vec<String>)> = reads
+                    .iter()
+                    .map(|(w, refs)| (*w, refs.iter().map(|r| describe(r.borrow().site)).collect()))
+                    .collect();
+                let users_text = self.name_users(&users, namespace);
+                let readers: Vec<&Workload> = reads.iter().map(|(w, _)| *w).collect();
+                if let Some(app) = self.same_app(object, &readers) {
+                    out.warn(format!(
+                        "{label} is used by {users_text}; deleted anyway: they belong to the same application ({app}) and are expected to go with it"
+                    ));
+                } else {
+                    out.violation(format!("{label} is used by {users_text}"));
+                }
+            }
+            Operation::Update => {
+                let before = key_names(cx.old_object);
+                let after = key_names(Some(object));
+                for key in before.difference(&after) {
+                    let users: Vec<(&Workload, Vec<String>)> = reads
+                        .iter()
+                        .filter_map(|(w, refs)| {
+                            let sites: Vec<String> = refs
+                                .iter()
+                                .map(|r| r.borrow())
+                                .filter(|r| matches!(&r.keys, Keys::Some(k) if k.contains(key)))
+                                .map(|r| describe(r.site))
+                                .collect();
+                            (!sites.is_empty()).then_some((*w, sites))
+                        })
+                        .collect();
+                    if !users.is_empty() {
+                        out.violation(format!(
+                            "{label}: key {key} is used by {}",
+                            self.name_users(&users, namespace)
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::{Review, review_from_value};
+    use crate::policy::testing::cluster;
+    use serde_json::json;
+
+    const STATE: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop, labels: {app.kubernetes.io/instance: shop}}
+spec:
+  template:
+    spec:
+      containers:
+      - name: web
+        env:
+        - {name: REGION, valueFrom: {configMapKeyRef: {name: app-config, key: REGION}}}
+        - {name: MAYBE, valueFrom: {configMapKeyRef: {name: app-config, key: MAYBE, optional: true}}}
+        envFrom: [{configMapRef: {name: app-config}}]
+      volumes:
+      - {name: files, configMap: {name: app-config, items: [{key: app.yaml, path: app.yaml}]}}
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: report, namespace: shop}
+spec:
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          initContainers:
+          - name: fetch
+            env: [{name: REGION, valueFrom: {configMapKeyRef: {name: app-config, key: REGION}}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: other, namespace: elsewhere}
+spec:
+  template:
+    spec:
+      containers:
+      - name: c
+        env: [{name: REGION, valueFrom: {configMapKeyRef: {name: app-config, key: REGION}}}]
+"#;
+
+    fn config_map(keys: &[&str], labels: Value) -> Value {
+        let data: serde_json::Map<String, Value> =
+            keys.iter().map(|k| ((*k).to_owned(), json!("v"))).collect();
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "app-config", "namespace": "shop", "labels": labels},
+               "data": data})
+    }
+
+    fn review(operation: &str, object: Option<Value>, old: Option<Value>, user: &str) -> Review {
+        review_from_value(json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "u", "name": "app-config", "namespace": "shop", "operation": operation,
+                "kind": {"group": "", "version": "v1", "kind": "ConfigMap"},
+                "resource": {"group": "", "version": "v1", "resource": "configmaps"},
+                "requestKind": {"group": "", "version": "v1", "kind": "ConfigMap"},
+                "requestResource": {"group": "", "version": "v1", "resource": "configmaps"},
+                "userInfo": {"username": user},
+                "object": object, "oldObject": old, "dryRun": false
+            }
+        }))
+        .unwrap()
+    }
+
+    fn judge(policy: &ProtectConfigKeys, review: &Review, state: &str) -> Findings {
+        let state = cluster(state);
+        let cx = Context {
+            request: &review.request,
+            old_object: review.old_object.as_ref(),
+            managed_fields: None,
+            cluster: &state,
+        };
+        let subject = review
+            .object
+            .as_ref()
+            .or(review.old_object.as_ref())
+            .unwrap();
+        let mut out = Findings::default();
+        policy.validate(&cx, subject, &mut out).unwrap();
+        out
+    }
+
+    fn policy(settings: Value) -> ProtectConfigKeys {
+        ProtectConfigKeys::from_settings(settings).unwrap()
+    }
+
+    #[test]
+    fn removing_a_key_read_by_name_is_a_violation_naming_every_reader() {
+        let old = config_map(&["REGION", "MAYBE", "app.yaml", "UNUSED"], json!({}));
+        let new = config_map(&["UNUSED"], json!({}));
+        let out = judge(
+            &policy(json!({})),
+            &review("UPDATE", Some(new), Some(old), "alice"),
+            STATE,
+        );
+        assert_eq!(
+            out.violations,
+            vec![
+                r#"configmap "shop/app-config": key REGION is used by cronjob shop/report (init container fetch, env REGION) and deployment shop/web (container web, env REGION)"#,
+                r#"configmap "shop/app-config": key app.yaml is used by deployment shop/web (volume files)"#,
+            ]
+        );
+        // MAYBE is optional; the envFrom reads every key but does not break without one.
+        assert!(out.warnings.is_empty());
+    }
+
+    #[test]
+    fn removing_an_unread_key_or_adding_one_is_fine() {
+        let old = config_map(&["REGION", "app.yaml", "UNUSED"], json!({}));
+        let new = config_map(&["REGION", "app.yaml", "NEW"], json!({}));
+        let out = judge(
+            &policy(json!({})),
+            &review("UPDATE", Some(new), Some(old), "alice"),
+            STATE,
+        );
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn deleting_a_consumed_object_names_the_first_few_and_counts_the_rest() {
+        let old = config_map(&["REGION"], json!({}));
+        let out = judge(
+            &policy(json!({"maxNamed": 1})),
+            &review("DELETE", None, Some(old.clone()), "alice"),
+            STATE,
+        );
+        assert_eq!(
+            out.violations,
+            vec![
+                r#"configmap "shop/app-config" is used by cronjob shop/report (init container fetch, env REGION) and 1 more"#
+            ]
+        );
+        // The namespace controller and the garbage collector are never judged.
+        for user in CLEANUP_USERS {
+            let out = judge(
+                &policy(json!({})),
+                &review("DELETE", None, Some(old.clone()), user),
+                STATE,
+            );
+            assert!(out.is_empty(), "{user}: {out:?}");
+        }
+    }
+
+    #[test]
+    fn deleting_it_with_its_whole_app_warns_instead() {
+        // Only web reads it here, and both carry the app's instance label.
+        let state = STATE.split("---").next().unwrap();
+        let labelled = config_map(&["REGION"], json!({"app.kubernetes.io/instance": "shop"}));
+        let out = judge(
+            &policy(json!({})),
+            &review("DELETE", None, Some(labelled.clone()), "alice"),
+            state,
+        );
+        assert!(out.violations.is_empty());
+        assert_eq!(
+            out.warnings,
+            vec![
+                r#"configmap "shop/app-config" is used by deployment shop/web (container web, env REGION; container web, envFrom; volume files); deleted anyway: they belong to the same application (app.kubernetes.io/instance=shop) and are expected to go with it"#
+            ]
+        );
+        // Another instance, or no such label setting: denied.
+        let other = config_map(&["REGION"], json!({"app.kubernetes.io/instance": "other"}));
+        let out = judge(
+            &policy(json!({})),
+            &review("DELETE", None, Some(other), "alice"),
+            state,
+        );
+        assert_eq!(out.violations.len(), 1);
+        let out = judge(
+            &policy(json!({"sameAppLabels": []})),
+            &review("DELETE", None, Some(labelled), "alice"),
+            state,
+        );
+        assert_eq!(out.violations.len(), 1);
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        assert_eq!(
+            ProtectConfigKeys::from_settings(json!({"maxNamed": 0}))
+                .unwrap_err()
+                .path,
+            "maxNamed"
+        );
+    }
+}
