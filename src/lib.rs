@@ -4,6 +4,7 @@
 //! [`policy`] implementations against an [`admission::Review`] and the [`cluster`] state.
 
 pub mod admission;
+pub mod audit;
 pub mod certs;
 pub mod cli;
 pub mod cluster;

@@ -15,6 +15,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Review(args) => confgate::cli::review::run(args),
         Command::Test(args) => confgate::cli::policy_test::run(args),
+        Command::Audit(args) => confgate::cli::audit::run(args),
         Command::Certs(args) => report(confgate::cli::certs::run(args)),
         Command::Webhooks(args) => report(confgate::cli::webhooks::run(args)),
         Command::Serve(args) => {

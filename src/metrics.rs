@@ -107,6 +107,13 @@ pub struct Metrics {
     connections_open: Gauge,
     connections_refused: Counter,
     rollouts: Family<ResultLabels, Counter>,
+    audit_violations: Family<AuditLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuditLabels {
+    policy: String,
+    namespace: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -195,10 +202,16 @@ impl Metrics {
         let rollouts = Family::<ResultLabels, Counter>::default();
         registry.register(
             "rollouts",
-            "Workload rollouts for configuration changes, by result (triggered, throttled, skipped, failed)",
+            "Workload rollouts for configuration changes, by result (triggered, coalesced, throttled, skipped, failed)",
             rollouts.clone(),
         );
-        for result in ["triggered", "throttled", "skipped", "failed"] {
+        let audit_violations = Family::<AuditLabels, Gauge>::default();
+        registry.register(
+            "audit_violations",
+            "Violations the last background audit found in existing workloads, by policy and namespace",
+            audit_violations.clone(),
+        );
+        for result in ["triggered", "coalesced", "throttled", "skipped", "failed"] {
             drop(rollouts.get_or_create(&ResultLabels { result }));
         }
         let cache_stale = Family::<ResourceLabels, Gauge<f64, AtomicU64>>::default();
@@ -242,6 +255,7 @@ impl Metrics {
             connections_open,
             connections_refused,
             rollouts,
+            audit_violations,
         }
     }
 
@@ -294,6 +308,23 @@ impl Metrics {
     /// Counts a rollout decision of the rollout controller.
     pub fn rollout(&self, result: &'static str) {
         self.rollouts.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// Replaces the audit figures with those of the last audit: violations by (policy,
+    /// namespace). Pairs no longer found go away.
+    pub fn set_audit_violations(
+        &self,
+        counts: &std::collections::BTreeMap<(String, String), usize>,
+    ) {
+        self.audit_violations.clear();
+        for ((policy, namespace), count) in counts {
+            self.audit_violations
+                .get_or_create(&AuditLabels {
+                    policy: policy.clone(),
+                    namespace: namespace.clone(),
+                })
+                .set(i64::try_from(*count).unwrap_or(i64::MAX));
+        }
     }
 
     /// Counts a connection closed at the connection limit.

@@ -171,11 +171,16 @@ fn rbac_is_least_privilege() {
                     && ((rule["resourceNames"] == json!(["confgate-checksum-key"])
                         && verbs == ["get"])
                         || (rule.get("resourceNames").is_none() && verbs == ["create"]));
+                // The audit writes its own PolicyReports.
+                let reports = role["metadata"]["name"] == "confgate-audit"
+                    && resources == ["policyreports"]
+                    && rule["apiGroups"] == json!(["wgpolicyk8s.io"]);
                 assert!(
                     own_webhooks
                         || rollout
                         || lease
                         || key
+                        || reports
                         || verbs.iter().all(|v| ["get", "list", "watch"].contains(v)),
                     "{overlay}: write verbs in {}",
                     role["metadata"]["name"]

@@ -1,5 +1,6 @@
-//! The command line: `serve`, `review`, `test`, `certs`, `webhooks`.
+//! The command line: `serve`, `review`, `test`, `audit`, `certs`, `webhooks`.
 
+pub mod audit;
 pub mod certs;
 pub mod policy_test;
 pub mod review;
@@ -26,6 +27,8 @@ pub enum Command {
     Review(review::ReviewArgs),
     /// Run policy test files (kind: Test) and check their expected results.
     Test(policy_test::TestArgs),
+    /// Judge the workloads already in the cluster (current kubeconfig context) by the policies.
+    Audit(audit::AuditArgs),
     /// Generate a CA and a serving certificate for the webhook Service.
     Certs(certs::CertsArgs),
     /// Print the webhook registration generated from the policy files.

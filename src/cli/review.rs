@@ -169,7 +169,7 @@ pub(crate) fn judge(
 
 /// The live cluster's state through the current kubeconfig, once its caches have synced (at
 /// most 30 s), and the runtime its watchers run on (keep it while reviewing).
-fn live_state(
+pub(crate) fn live_state(
     key_secret: &str,
 ) -> Result<(tokio::runtime::Runtime, Arc<dyn ClusterState>), String> {
     use crate::cluster::live::{KeySecret, LiveState, SecretsMode};

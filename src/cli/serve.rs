@@ -129,6 +129,10 @@ pub struct ServeArgs {
     /// checksum of every workload that uses a Secret.
     #[arg(long, default_value = "confgate-checksum-key")]
     pub checksum_key_secret: String,
+    /// How often existing workloads are audited (`30s`, `10m`, `1h`; `off`: never), by the
+    /// replica that holds the Lease: PolicyReports, `confgate_audit_violations`, Warning Events.
+    #[arg(long, default_value = "10m")]
+    pub audit_interval: Interval,
     /// The name of that Lease.
     #[arg(long, default_value = "confgate-rollout")]
     pub lease_name: String,
@@ -208,14 +212,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             lease: args.lease_name.clone(),
             identity: crate::rollout::Election::identity(),
         };
+        let leader = crate::rollout::leadership(client.clone(), election);
         tokio::spawn(crate::rollout::run(
             client.clone(),
             state.clone(),
             workloads,
             changed,
             settings,
-            election,
+            leader.clone(),
         ));
+        if let Some(interval) = args.audit_interval.0 {
+            tokio::spawn(crate::audit::run(
+                client.clone(),
+                state.clone(),
+                leader,
+                interval,
+            ));
+        }
     }
     if let (true, Some(client)) = (args.manage_webhooks, client) {
         let ca_file = args
@@ -322,4 +335,31 @@ fn cluster_configured() -> bool {
         .map(|h| PathBuf::from(h).join(".kube/config"))
         .is_some_and(|p| p.exists());
     in_cluster || kubeconfig || home_config
+}
+
+/// A duration flag: a number with `s`, `m` or `h`, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interval(pub Option<Duration>);
+
+impl std::str::FromStr for Interval {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "off" {
+            return Ok(Self(None));
+        }
+        let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+        let n: u64 = number.parse().map_err(|_| {
+            format!("{s:?}: expected a number with s, m or h (30s, 10m, 1h), or off")
+        })?;
+        let seconds = match unit {
+            "s" => n,
+            "m" => n * 60,
+            "h" => n * 3600,
+            _ => return Err(format!("{s:?}: the unit must be s, m or h (30s, 10m, 1h)")),
+        };
+        if seconds == 0 {
+            return Err(format!("{s:?}: must be more than 0 (or off)"));
+        }
+        Ok(Self(Some(Duration::from_secs(seconds))))
+    }
 }

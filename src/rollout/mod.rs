@@ -149,16 +149,39 @@ async fn elect(client: &Client, election: &Election) -> tokio::sync::watch::Rece
     }
 }
 
+/// Whether this replica holds the Lease, kept up for the life of the process (elected again
+/// whenever the lease task ends). The rollout controller and the audit write only while it is
+/// true; every replica serves the webhook.
+pub fn leadership(client: Client, election: Election) -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        loop {
+            let mut lease = elect(&client, &election).await;
+            loop {
+                let leading = *lease.borrow_and_update();
+                if tx.send_replace(leading) != leading {
+                    tracing::info!(leading, identity = %election.identity, "leadership changed");
+                }
+                if lease.changed().await.is_err() {
+                    break;
+                }
+            }
+            tx.send_replace(false);
+        }
+    });
+    rx
+}
+
 /// Runs the controller until the process ends. `changes` says which ConfigMaps (and watched
-/// Secrets) changed. Only the replica that holds the Lease writes; the others keep their index
-/// and compare everything when they take over.
+/// Secrets) changed. Only the replica that holds the Lease (`leader`) writes; the others keep
+/// their index and compare everything when they take over.
 pub async fn run(
     client: Client,
     state: Arc<AppState>,
     index: Arc<Index>,
     changes: Arc<ConfigChanges>,
     settings: Settings,
-    election: Election,
+    mut leader: tokio::sync::watch::Receiver<bool>,
 ) {
     let cluster = state.admission.engine.cluster().clone();
     while !(index.synced() && cluster.ready().is_ok()) {
@@ -171,7 +194,6 @@ pub async fn run(
         "rollout controller started: workloads roll when the configuration they consume changes"
     );
     let mut controller = Controller::new(client.clone(), state, settings);
-    let mut leader = elect(&client, &election).await;
     let mut full_due = true;
     let mut last_full = Instant::now();
     loop {
@@ -196,15 +218,10 @@ pub async fn run(
             }
             () = tokio::time::sleep(RETRY) => {}
             result = leader.changed() => {
-                match result {
-                    Ok(()) => {
-                        let leading = *leader.borrow();
-                        tracing::info!(leading, identity = %election.identity, "rollout leadership changed");
-                        full_due = leading;
-                    }
-                    // The lease task ended: elect again.
-                    Err(_) => leader = elect(&client, &election).await,
+                if result.is_err() {
+                    return;
                 }
+                full_due = *leader.borrow();
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The e2e cases, by what they exercise.
 
 mod admission;
+mod audit;
 mod bench;
 mod cluster_state;
 mod config_guard;
@@ -39,6 +40,7 @@ pub fn all() -> Vec<(&'static str, Case)> {
         manage_webhooks::e2e_manage_webhooks_applies_the_generated_registration_and_takes_over,
         config_guard::e2e_consumed_config_cannot_be_deleted_or_lose_a_read_key,
         config_guard::e2e_deleting_the_app_or_its_namespace_goes_through,
+        audit::e2e_audit_reports_a_workload_broken_while_confgate_was_down,
         rollout::e2e_a_changed_consumed_key_rolls_the_workload_once,
         rollout::e2e_an_unconsumed_key_or_an_opted_out_workload_rolls_nothing,
         rollout::e2e_a_restart_rolls_nothing_and_a_change_while_down_rolls_once,

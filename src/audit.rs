@@ -1,0 +1,439 @@
+//! The background audit: existing workloads judged by the validating policies, as if they were
+//! created now (missing ConfigMaps, Secrets and keys; required keys; LimitRange min/max). Finds
+//! what was admitted before confgate was installed, or broke later (a key removed while confgate
+//! was down). Results go to wg-policy `PolicyReport`s (`wgpolicyk8s.io/v1alpha2`, one per
+//! namespace, the format Policy Reporter, Kyverno and Kubewarden use), the metric
+//! `confgate_audit_violations{policy,namespace}`, a Warning Event on each broken workload (at
+//! most once an hour each), and `confgate audit`.
+//!
+//! Workloads are listed page by page (500 at a time), so memory stays bounded however many
+//! there are; only the findings are kept.
+
+use crate::admission::{review_from_value, wrap_manifest};
+use crate::cluster::workloads::{KINDS, api_resource};
+use crate::engine::Engine;
+use crate::engine::Outcome;
+use crate::policy::{Endpoint, PolicySet};
+use kube::Client;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+/// The PolicyReport every namespace gets, named so.
+pub const REPORT_NAME: &str = "confgate-audit";
+/// The most results one PolicyReport carries (the summary still counts them all).
+pub const MAX_RESULTS: usize = 500;
+
+/// One violation found in an existing workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// `Deployment`, `StatefulSet`, `DaemonSet` or `CronJob`.
+    pub kind: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its uid.
+    pub uid: String,
+    /// The policy.
+    pub policy: String,
+    /// `fail` (the policy denies) or `warn` (it warns or audits), or `error`.
+    pub result: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// What one audit found.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Audit {
+    /// Workloads judged.
+    pub workloads: usize,
+    /// Violations, sorted by namespace, kind, name, policy.
+    pub findings: Vec<Finding>,
+    /// Per namespace, the policy verdicts that passed.
+    pub passed: BTreeMap<String, usize>,
+}
+
+impl Audit {
+    /// Violations by (policy, namespace).
+    pub fn counts(&self) -> BTreeMap<(String, String), usize> {
+        let mut counts = BTreeMap::new();
+        for f in &self.findings {
+            *counts
+                .entry((f.policy.clone(), f.namespace.clone()))
+                .or_default() += 1;
+        }
+        counts
+    }
+}
+
+/// Judges one workload object (as listed) with the validating policies.
+pub async fn judge(
+    engine: &Engine,
+    set: &PolicySet,
+    kind: &str,
+    object: Value,
+) -> Vec<(String, &'static str, String)> {
+    let mut object = object;
+    if let Some(resource) = api_resource(kind) {
+        // Listed objects carry no apiVersion or kind.
+        object["apiVersion"] = json!(resource.api_version);
+        object["kind"] = json!(kind);
+    }
+    let Some(review) = wrap_manifest(object, 1)
+        .ok()
+        .and_then(|v| review_from_value(v).ok())
+    else {
+        return Vec::new();
+    };
+    let cluster = engine.cluster();
+    if cluster.wants_secret_prefetch() {
+        let names = crate::workload::secret_names(&review);
+        if !names.is_empty() {
+            cluster
+                .prefetch_secrets(
+                    review.request.namespace.as_deref().unwrap_or_default(),
+                    names,
+                )
+                .await;
+        }
+    }
+    let Ok(decision) = engine.evaluate(set, &review, Endpoint::Validate, None) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for verdict in decision.verdicts {
+        let result = match verdict.outcome {
+            Outcome::Denied => "fail",
+            Outcome::Warned | Outcome::Audited => "warn",
+            Outcome::Error { .. } => "error",
+            Outcome::Passed => "pass",
+            Outcome::Skipped => continue,
+        };
+        if result == "pass" {
+            out.push((verdict.policy.clone(), result, String::new()));
+        }
+        for message in verdict.violations {
+            out.push((verdict.policy.clone(), result, message));
+        }
+    }
+    out
+}
+
+/// Lists every workload of the rolling kinds, page by page, and judges each.
+pub async fn scan(client: &Client, engine: &Engine, set: &PolicySet) -> Result<Audit, kube::Error> {
+    let mut audit = Audit::default();
+    for kind in KINDS {
+        let Some(resource) = api_resource(kind) else {
+            continue;
+        };
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        let mut params = ListParams::default().limit(500);
+        loop {
+            let page = api.list(&params).await?;
+            for object in page.items {
+                let meta = &object.metadata;
+                if meta.deletion_timestamp.is_some() {
+                    continue;
+                }
+                let (namespace, name, uid) = (
+                    meta.namespace.clone().unwrap_or_default(),
+                    meta.name.clone().unwrap_or_default(),
+                    meta.uid.clone().unwrap_or_default(),
+                );
+                let Ok(value) = serde_json::to_value(&object) else {
+                    continue;
+                };
+                audit.workloads += 1;
+                for (policy, result, message) in judge(engine, set, kind, value).await {
+                    if result == "pass" {
+                        *audit.passed.entry(namespace.clone()).or_default() += 1;
+                        continue;
+                    }
+                    audit.findings.push(Finding {
+                        kind: kind.to_owned(),
+                        namespace: namespace.clone(),
+                        name: name.clone(),
+                        uid: uid.clone(),
+                        policy,
+                        result,
+                        message,
+                    });
+                }
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
+            }
+        }
+    }
+    audit.findings.sort_by(|a, b| {
+        (&a.namespace, &a.kind, &a.name, &a.policy).cmp(&(
+            &b.namespace,
+            &b.kind,
+            &b.name,
+            &b.policy,
+        ))
+    });
+    Ok(audit)
+}
+
+/// The PolicyReport of `namespace`: its findings (at most [`MAX_RESULTS`]) and a summary.
+pub fn policy_report(audit: &Audit, namespace: &str, now: &str) -> Value {
+    let findings: Vec<&Finding> = audit
+        .findings
+        .iter()
+        .filter(|f| f.namespace == namespace)
+        .collect();
+    let count = |r: &str| findings.iter().filter(|f| f.result == r).count();
+    let seconds = time::OffsetDateTime::now_utc().unix_timestamp();
+    let results: Vec<Value> = findings
+        .iter()
+        .take(MAX_RESULTS)
+        .map(|f| {
+            json!({
+                "source": "confgate",
+                "policy": f.policy,
+                "result": f.result,
+                "scored": true,
+                "severity": if f.result == "fail" { "high" } else { "medium" },
+                "timestamp": {"seconds": seconds, "nanos": 0},
+                "message": f.message,
+                "resources": [{
+                    "apiVersion": api_resource(&f.kind).map(|r| r.api_version).unwrap_or_default(),
+                    "kind": f.kind, "namespace": f.namespace, "name": f.name, "uid": f.uid,
+                }],
+            })
+        })
+        .collect();
+    let mut properties = json!({"lastAudit": now});
+    if findings.len() > MAX_RESULTS {
+        properties["truncated"] = json!(format!(
+            "{} results, the first {MAX_RESULTS} listed",
+            findings.len()
+        ));
+    }
+    json!({
+        "apiVersion": "wgpolicyk8s.io/v1alpha2",
+        "kind": "PolicyReport",
+        "metadata": {
+            "name": REPORT_NAME,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": "confgate"},
+            "annotations": {"confgate.dev/last-audit": now},
+        },
+        "summary": {
+            "pass": audit.passed.get(namespace).copied().unwrap_or(0),
+            "fail": count("fail"),
+            "warn": count("warn"),
+            "error": count("error"),
+            "skip": 0,
+        },
+        "results": results,
+    })
+}
+
+fn report_resource() -> kube::api::ApiResource {
+    kube::api::ApiResource {
+        group: "wgpolicyk8s.io".into(),
+        version: "v1alpha2".into(),
+        api_version: "wgpolicyk8s.io/v1alpha2".into(),
+        kind: "PolicyReport".into(),
+        plural: "policyreports".into(),
+    }
+}
+
+/// Writes one PolicyReport per namespace with workloads (server-side apply, field manager
+/// confgate) and deletes confgate's reports in namespaces that have none now. `Ok(false)` when
+/// the PolicyReport CRD is not installed.
+pub async fn write_reports(client: &Client, audit: &Audit) -> Result<bool, kube::Error> {
+    let resource = report_resource();
+    let all: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    let existing = match all
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=confgate"))
+        .await
+    {
+        Ok(list) => list.items,
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let mut namespaces: Vec<&String> = audit.passed.keys().collect();
+    namespaces.extend(audit.findings.iter().map(|f| &f.namespace));
+    namespaces.sort();
+    namespaces.dedup();
+    let params = PatchParams::apply(crate::workload::FIELD_MANAGER).force();
+    for namespace in &namespaces {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+        let report = policy_report(audit, namespace, &now);
+        api.patch(REPORT_NAME, &params, &Patch::Apply(&report))
+            .await?;
+    }
+    for old in existing {
+        let namespace = old.metadata.namespace.clone().unwrap_or_default();
+        if !namespaces.iter().any(|n| **n == namespace) {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), &namespace, &resource);
+            let _ = api
+                .delete(&old.metadata.name.unwrap_or_default(), &Default::default())
+                .await;
+        }
+    }
+    Ok(true)
+}
+
+/// Runs the audit every `interval` while this replica leads (`leading`), until the process ends.
+pub async fn run(
+    client: Client,
+    state: std::sync::Arc<crate::server::AppState>,
+    mut leading: tokio::sync::watch::Receiver<bool>,
+    interval: Duration,
+) {
+    let recorder = kube::runtime::events::Recorder::new(
+        client.clone(),
+        kube::runtime::events::Reporter {
+            controller: "confgate".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
+    let mut warned: HashMap<(String, String, String), Instant> = HashMap::new();
+    let mut crd_missing_logged = false;
+    loop {
+        while !*leading.borrow_and_update() {
+            if leading.changed().await.is_err() {
+                return;
+            }
+        }
+        let cluster = state.admission.engine.cluster().clone();
+        if cluster.ready().is_ok() {
+            let started = Instant::now();
+            let set = state.admission.policies.load_full();
+            let engine = Engine::new(cluster);
+            match scan(&client, &engine, &set).await {
+                Ok(audit) => {
+                    state
+                        .admission
+                        .metrics
+                        .set_audit_violations(&audit.counts());
+                    let written = write_reports(&client, &audit).await;
+                    match &written {
+                        Ok(false) if !crd_missing_logged => {
+                            crd_missing_logged = true;
+                            tracing::warn!(
+                                "the PolicyReport CRD (wgpolicyk8s.io/v1alpha2) is not installed: audit results go to metrics, Events and logs only (deploy/crds/)"
+                            );
+                        }
+                        Err(error) => tracing::warn!(%error, "cannot write PolicyReports"),
+                        _ => {}
+                    }
+                    warn_broken(&recorder, &audit, &mut warned).await;
+                    tracing::info!(
+                        workloads = audit.workloads,
+                        violations = audit.findings.len(),
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "audit done"
+                    );
+                }
+                Err(error) => tracing::warn!(%error, "audit failed; retrying at the next interval"),
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            result = leading.changed() => if result.is_err() { return; },
+        }
+    }
+}
+
+/// A Warning Event `ConfigBroken` on each broken workload, at most once an hour each.
+async fn warn_broken(
+    recorder: &kube::runtime::events::Recorder,
+    audit: &Audit,
+    warned: &mut HashMap<(String, String, String), Instant>,
+) {
+    use kube::runtime::events::{Event, EventType};
+    const EVERY: Duration = Duration::from_secs(3600);
+    let mut by_workload: BTreeMap<(String, String, String), (&Finding, Vec<&str>)> =
+        BTreeMap::new();
+    for f in audit.findings.iter().filter(|f| f.result == "fail") {
+        by_workload
+            .entry((f.kind.clone(), f.namespace.clone(), f.name.clone()))
+            .or_insert_with(|| (f, Vec::new()))
+            .1
+            .push(&f.message);
+    }
+    warned.retain(|k, at| by_workload.contains_key(k) && at.elapsed() < EVERY);
+    for (key, (f, messages)) in by_workload {
+        if warned.contains_key(&key) {
+            continue;
+        }
+        let reference = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: api_resource(&f.kind).map(|r| r.api_version),
+            kind: Some(f.kind.clone()),
+            name: Some(f.name.clone()),
+            namespace: Some(f.namespace.clone()),
+            uid: Some(f.uid.clone()),
+            ..Default::default()
+        };
+        let mut note = format!("its next Pods would not start: {}", messages.join("; "));
+        if note.len() > 1000 {
+            let mut end = 1000;
+            while !note.is_char_boundary(end) {
+                end -= 1;
+            }
+            note.truncate(end);
+        }
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "ConfigBroken".into(),
+            note: Some(note),
+            action: "Audit".into(),
+            secondary: None,
+        };
+        if recorder.publish(&event, &reference).await.is_ok() {
+            warned.insert(key, Instant::now());
+        }
+    }
+}
+
+/// The findings as a table: NAMESPACE, KIND, NAME, POLICY, RESULT, MESSAGE.
+pub fn table(audit: &Audit) -> String {
+    let mut rows = vec![[
+        "NAMESPACE".to_owned(),
+        "KIND".into(),
+        "NAME".into(),
+        "POLICY".into(),
+        "RESULT".into(),
+        "MESSAGE".into(),
+    ]];
+    for f in &audit.findings {
+        rows.push([
+            f.namespace.clone(),
+            f.kind.clone(),
+            f.name.clone(),
+            f.policy.clone(),
+            f.result.to_owned(),
+            f.message.clone(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        for (i, width) in widths.iter().enumerate() {
+            out.push_str(&format!("{:<width$}  ", row[i]));
+        }
+        out.push_str(&row[5]);
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "{} workloads audited, {} violations\n",
+        audit.workloads,
+        audit.findings.len()
+    ));
+    out
+}

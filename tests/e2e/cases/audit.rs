@@ -1,0 +1,165 @@
+//! The background audit on a real control plane: a workload broken while confgate was down shows
+//! up in its namespace's PolicyReport, the metric, a Warning Event and `confgate audit`, and
+//! leaves them once fixed.
+
+use super::{app_config, web_deployment};
+use crate::harness::{Confgate, Cx, Kubectl, Options, eventually, root};
+use serde_json::Value;
+use std::time::Duration;
+
+/// Installs the PolicyReport CRD shipped in deploy/crds (once for the shared control plane).
+async fn install_crd(kubectl: &Kubectl) {
+    let crd = root().join("deploy/crds/wgpolicyk8s.io_policyreports.yaml");
+    kubectl
+        .ok(&["apply", "-f", &crd.to_string_lossy()], None)
+        .await;
+    kubectl
+        .ok(
+            &[
+                "wait",
+                "--for=condition=established",
+                "--timeout=30s",
+                "crd/policyreports.wgpolicyk8s.io",
+            ],
+            None,
+        )
+        .await;
+}
+
+async fn report(kubectl: &Kubectl, ns: &str) -> Option<Value> {
+    kubectl.get(ns, "policyreport/confgate-audit").await
+}
+
+pub async fn e2e_audit_reports_a_workload_broken_while_confgate_was_down(cx: Cx) {
+    let ns = cx.namespace("audit").await;
+    let kubectl = cx.kubectl();
+    install_crd(&kubectl).await;
+    kubectl
+        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+        .await;
+    let mut confgate = Confgate::start(&cx, Options::shipped(&ns).arg("--audit-interval=3s")).await;
+    kubectl
+        .ok(
+            &["apply", "-f", "-"],
+            Some(&web_deployment(&ns, "web", &[])),
+        )
+        .await;
+    // Clean: a report with passes and no failures.
+    eventually(Duration::from_secs(20), "a clean report", || {
+        let kubectl = kubectl.clone();
+        let ns = ns.clone();
+        async move {
+            let r = report(&kubectl, &ns).await?;
+            (r["summary"]["fail"] == 0 && r["summary"]["pass"].as_i64()? > 0).then_some(())
+        }
+    })
+    .await;
+    // The key goes while confgate is down (its guard registers with failurePolicy Ignore).
+    confgate.stop();
+    kubectl
+        .ok(
+            &[
+                "patch",
+                "configmap",
+                "app-config",
+                "-n",
+                &ns,
+                "--type=json",
+                "-p",
+                r#"[{"op": "remove", "path": "/data/DATABASE_URL"}]"#,
+            ],
+            None,
+        )
+        .await;
+    confgate.restart(&cx).await;
+    let message = format!(
+        "container \"web\": env DATABASE_URL: configmap \"{ns}/app-config\" has no key \"DATABASE_URL\""
+    );
+    let found = eventually(Duration::from_secs(20), "the failure reported", || {
+        let kubectl = kubectl.clone();
+        let ns = ns.clone();
+        async move {
+            let r = report(&kubectl, &ns).await?;
+            (r["summary"]["fail"] == 1).then_some(r)
+        }
+    })
+    .await;
+    let result = &found["results"][0];
+    assert_eq!(result["policy"], "require-config-refs");
+    assert_eq!(result["result"], "fail");
+    assert_eq!(result["message"], message.as_str());
+    assert_eq!(result["resources"][0]["kind"], "Deployment");
+    assert_eq!(result["resources"][0]["name"], "web");
+    let sample =
+        format!("confgate_audit_violations{{policy=\"require-config-refs\",namespace=\"{ns}\"}}");
+    assert_eq!(confgate.metric(&sample).await, 1.0);
+    // A Warning Event on the Deployment.
+    let events = kubectl
+        .ok(
+            &[
+                "get",
+                "events",
+                "-n",
+                &ns,
+                "--field-selector",
+                "reason=ConfigBroken",
+                "-o",
+                "json",
+            ],
+            None,
+        )
+        .await;
+    assert!(events.contains(&message.replace('"', "\\\"")), "{events}");
+    // `confgate audit` lists it, and exits 1.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_confgate"))
+        .args(["audit"])
+        .current_dir(root())
+        .env("KUBECONFIG", &cx.plane.kubeconfig)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("{ns} ")))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let columns: Vec<&str> = line.split_whitespace().take(5).collect();
+    assert_eq!(
+        columns,
+        vec![
+            ns.as_str(),
+            "Deployment",
+            "web",
+            "require-config-refs",
+            "fail"
+        ]
+    );
+    assert!(line.ends_with(&message), "{line}");
+    // Fixed: the failure leaves the report and the metric.
+    kubectl
+        .ok(
+            &[
+                "patch",
+                "configmap",
+                "app-config",
+                "-n",
+                &ns,
+                "--type=merge",
+                "-p",
+                r#"{"data": {"DATABASE_URL": "postgres://db:5432/shop"}}"#,
+            ],
+            None,
+        )
+        .await;
+    eventually(Duration::from_secs(20), "the failure gone", || {
+        let kubectl = kubectl.clone();
+        let ns = ns.clone();
+        async move {
+            let r = report(&kubectl, &ns).await?;
+            (r["summary"]["fail"] == 0).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(confgate.metric(&sample).await, 0.0);
+}
