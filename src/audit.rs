@@ -6,8 +6,8 @@
 //! `confgate_audit_violations{policy,namespace}`, a Warning Event on each broken workload (at
 //! most once an hour each), and `confgate audit`.
 //!
-//! Workloads are listed page by page (500 at a time), so memory stays bounded however many
-//! there are; only the findings are kept.
+//! Workloads are listed page by page ([`PAGE`] at a time), so memory stays bounded however
+//! many there are; only the findings are kept.
 
 use crate::admission::{review_from_value, wrap_manifest};
 use crate::cluster::workloads::{KINDS, api_resource};
@@ -21,6 +21,9 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+/// Workloads listed (and held, parsed) at a time: a parsed workload takes about ten times its
+/// JSON, so a page of 100 real Deployments is about 5 MB.
+pub const PAGE: u32 = 100;
 /// The PolicyReport every namespace gets, named so.
 pub const REPORT_NAME: &str = "confgate-audit";
 /// The most results one PolicyReport carries (the summary still counts them all).
@@ -130,7 +133,7 @@ pub async fn scan(client: &Client, engine: &Engine, set: &PolicySet) -> Result<A
             continue;
         };
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-        let mut params = ListParams::default().limit(500);
+        let mut params = ListParams::default().limit(PAGE);
         loop {
             let page = api.list(&params).await?;
             for object in page.items {
