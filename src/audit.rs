@@ -289,13 +289,20 @@ pub async fn write_reports(client: &Client, audit: &Audit) -> Result<bool, kube:
     Ok(true)
 }
 
-/// Runs the audit every `interval` while this replica leads (`leading`), until the process ends.
+/// The least time between two audits started by configuration changes.
+const MIN_GAP: Duration = Duration::from_secs(30);
+
+/// Runs the audit every `interval` while this replica leads (`leading`), until the process
+/// ends; also when cached configuration changed (`changes`), at most every [`MIN_GAP`], so a
+/// key removed from a ConfigMap shows in the reports within seconds, not at the next interval.
 pub async fn run(
     client: Client,
     state: std::sync::Arc<crate::server::AppState>,
     mut leading: tokio::sync::watch::Receiver<bool>,
     interval: Duration,
+    changes: Option<std::sync::Arc<crate::cluster::live::ConfigChanges>>,
 ) {
+    let recorded = || changes.as_ref().map_or(0, |c| c.recorded());
     let recorder = kube::runtime::events::Recorder::new(
         client.clone(),
         kube::runtime::events::Reporter {
@@ -312,6 +319,8 @@ pub async fn run(
             }
         }
         let cluster = state.admission.engine.cluster().clone();
+        let seen = recorded();
+        let last = Instant::now();
         if cluster.ready().is_ok() {
             let started = Instant::now();
             let set = state.admission.policies.load_full();
@@ -344,8 +353,23 @@ pub async fn run(
                 Err(error) => tracing::warn!(%error, "audit failed; retrying at the next interval"),
             }
         }
+        // The next audit: at the interval, or once configuration changed (and has been quiet
+        // for a second), but not within MIN_GAP of the last.
+        let changed = async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let now = recorded();
+                if now != seen && last.elapsed() >= MIN_GAP {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if recorded() == now {
+                        return;
+                    }
+                }
+            }
+        };
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
+            () = changed => {}
             result = leading.changed() => if result.is_err() { return; },
         }
     }

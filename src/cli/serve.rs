@@ -217,7 +217,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             client.clone(),
             state.clone(),
             workloads,
-            changed,
+            changed.clone(),
             settings,
             leader.clone(),
         ));
@@ -227,6 +227,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 state.clone(),
                 leader,
                 interval,
+                Some(changed),
             ));
         }
     }
