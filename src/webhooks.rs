@@ -124,6 +124,9 @@ pub fn default_failure_policy(endpoint: Endpoint) -> FailurePolicy {
 /// endpoint's default for the rest.
 pub fn failure_policy(policy: &LoadedPolicy, endpoint: Endpoint) -> FailurePolicy {
     policy.failure_policy.unwrap_or(match policy.action {
+        // A type can ask never to block when confgate is down (the config guard: a confgate
+        // that is down must never block ConfigMap and Secret writes cluster-wide).
+        _ if policy.policy.fails_open() => FailurePolicy::Ignore,
         crate::policy::Action::Deny => default_failure_policy(endpoint),
         crate::policy::Action::Warn | crate::policy::Action::Audit => FailurePolicy::Ignore,
     })

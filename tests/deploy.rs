@@ -432,3 +432,38 @@ async fn monitoring_uses_metrics_confgate_exports() {
         assert!(rules.contains(alert), "{alert}");
     }
 }
+
+#[test]
+fn the_secrets_watch_component_switches_mode_and_rbac_together() {
+    // An overlay of the base with the component, rendered from a scratch directory.
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("secrets-watch-overlay");
+    std::fs::create_dir_all(&dir).unwrap();
+    let up = dir
+        .strip_prefix(root())
+        .expect("the target directory is inside the repository")
+        .components()
+        .map(|_| "..")
+        .collect::<Vec<_>>()
+        .join("/");
+    std::fs::write(
+        dir.join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [{up}/deploy/base]\ncomponents: [{up}/deploy/components/secrets-watch]\n"
+        ),
+    )
+    .unwrap();
+    let docs = render(&dir.strip_prefix(root()).unwrap().to_string_lossy());
+    let args =
+        &find(&docs, "Deployment", "confgate")["spec"]["template"]["spec"]["containers"][0]["args"];
+    let secrets: Vec<&Value> = args
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a.as_str().is_some_and(|a| a.starts_with("--secrets")))
+        .collect();
+    assert_eq!(secrets, vec![&json!("--secrets=watch")]);
+    assert_eq!(
+        find(&docs, "ClusterRole", "confgate-secrets-reader")["rules"],
+        json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]}])
+    );
+}

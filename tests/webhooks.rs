@@ -116,6 +116,18 @@ fn rules_name_groups_and_resources_correctly() {
         json!([{"apiGroups": [""], "apiVersions": ["*"], "operations": ["UPDATE", "DELETE"], "resources": ["configmaps", "secrets"], "scope": "Namespaced"}])
     );
     assert_eq!(guard["failurePolicy"], "Ignore");
+    // Also when the policy file does not say (and its action is Deny).
+    let set = confgate::policy::load_str(
+        "guard.yaml",
+        "apiVersion: confgate.dev/v1alpha1\nkind: Policy\nmetadata: {name: guard}\nspec: {type: protect-config-keys}\n",
+        &confgate::policy::Registry::builtin(),
+    )
+    .unwrap();
+    let (_, v) = confgate::webhooks::generate(&set, &options()).unwrap();
+    assert_eq!(
+        serde_json::to_value(v).unwrap()["webhooks"][0]["failurePolicy"],
+        "Ignore"
+    );
     assert_eq!(
         guard["matchConditions"][1],
         json!({"name": "not-cleanup-by-the-control-plane", "expression": "!(request.userInfo.username in ['system:serviceaccount:kube-system:namespace-controller', 'system:serviceaccount:kube-system:generic-garbage-collector', 'system:kube-controller-manager'])"})

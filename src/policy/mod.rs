@@ -155,6 +155,12 @@ pub trait Policy: Send + Sync {
         &[]
     }
 
+    /// True when its webhooks register with `failurePolicy: Ignore` unless the policy file says
+    /// otherwise (what it protects must stay writable while confgate is down).
+    fn fails_open(&self) -> bool {
+        false
+    }
+
     /// The operations it evaluates when `match.operations` is empty.
     fn default_operations(&self) -> &'static [Operation] {
         &matcher::DEFAULT_OPERATIONS

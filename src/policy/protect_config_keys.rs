@@ -167,6 +167,10 @@ impl Policy for ProtectConfigKeys {
         &[Operation::Delete]
     }
 
+    fn fails_open(&self) -> bool {
+        true
+    }
+
     fn default_operations(&self) -> &'static [Operation] {
         &[Operation::Update, Operation::Delete]
     }
