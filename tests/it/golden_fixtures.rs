@@ -2,11 +2,9 @@
 //! policies and the fixture cluster: the response echoes version and uid, the decision is the
 //! documented one, every patch applies and is idempotent.
 
-mod common;
-
+use crate::common::*;
 use axum::body::Body;
 use base64::Engine as _;
-use common::*;
 use confgate::policy::Endpoint;
 use confgate::server::router;
 use http_body_util::BodyExt;

@@ -1,11 +1,9 @@
 //! The HTTP API through the router (no socket): bad input gets a clear 4xx JSON answer, the
 //! per-policy endpoints, probes and metrics.
 
-mod common;
-
+use crate::common::*;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::*;
 use confgate::server::{AppState, router};
 use http_body_util::BodyExt;
 use serde_json::Value;
@@ -236,7 +234,7 @@ async fn probes_and_shutdown() {
     assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
     let (status, body) = send(&s, Request::get("/readyz").body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::OK);
-    let shipped = common::shipped_policies().policies.len();
+    let shipped = crate::common::shipped_policies().policies.len();
     assert_eq!(body, format!("ok: {shipped} policies; static: 4 file(s)\n"));
     s.begin_shutdown();
     let (status, body) = send(&s, Request::get("/readyz").body(Body::empty()).unwrap()).await;
@@ -266,7 +264,7 @@ async fn metrics_count_requests_policies_and_refusals() {
     assert_eq!(status, StatusCode::OK);
     let loaded = format!(
         "confgate_policies_loaded {}",
-        common::shipped_policies().policies.len()
+        crate::common::shipped_policies().policies.len()
     );
     for expected in [
         r#"confgate_admission_requests_total{endpoint="validate",kind="Deployment",operation="CREATE",decision="allow"} 1"#,

@@ -1,9 +1,7 @@
 //! `checksum-config`: the documented encoding, computed here independently from the raw cluster
 //! values; the checksum changes exactly when referenced configuration changes.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use confgate::policy::Endpoint;
 use serde_json::json;
 use sha2::{Digest, Sha256};

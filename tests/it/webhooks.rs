@@ -1,9 +1,7 @@
 //! The webhook registration generated from the policies: one webhook per policy and endpoint,
 //! correct rules, safe exclusions, failure policies.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use confgate::webhooks::{Options, Target, generate};
 use serde_json::{Value, json};
 

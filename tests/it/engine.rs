@@ -1,9 +1,7 @@
 //! The engine with small policies defined here: aggregation, actions, onError, panics, and one
 //! patch for several mutators.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use confgate::cluster::Standalone;
 use confgate::engine::{Engine, Outcome};
 use confgate::policy::{
@@ -294,7 +292,7 @@ fn skip_reasons(decision: &confgate::engine::Decision) -> Vec<(String, String)> 
 
 #[test]
 fn objects_made_by_a_judged_controller_are_not_judged_again() {
-    let engine = common::engine(fixture_cluster());
+    let engine = crate::common::engine(fixture_cluster());
     let pod = fixture("create-pod-generatename-from-replicaset");
     let owner = pod.object.as_ref().unwrap()["metadata"]["ownerReferences"][0]["name"]
         .as_str()
@@ -324,7 +322,7 @@ fn objects_made_by_a_judged_controller_are_not_judged_again() {
 #[test]
 fn updates_of_an_object_being_deleted_are_never_judged() {
     // A terminating Pod whose ConfigMap is gone: removing its finalizer must go through.
-    let engine = common::engine(fixture_cluster());
+    let engine = crate::common::engine(fixture_cluster());
     let set = policies(
         "apiVersion: confgate.dev/v1alpha1\nkind: Policy\nmetadata: {name: refs}\nspec: {type: require-config-keys, settings: {onlyNewViolations: false}}\n",
     );

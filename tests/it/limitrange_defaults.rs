@@ -1,9 +1,7 @@
 //! `limitrange-defaults`: fidelity to the built-in LimitRanger on the captured Pods, templates
 //! that end up like their Pods, validation messages, and settings checks.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use confgate::policy::Endpoint;
 use serde_json::{Value, json};
 

@@ -1,9 +1,7 @@
 //! A real TLS socket: HTTP/1.1 and HTTP/2 through ALPN, a certificate swapped while serving, and
 //! policies reloaded (a bad reload keeps the last good set).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use confgate::certs::CertRequest;
 use confgate::cluster::Standalone;
 use confgate::policy::{Registry, load_dir};

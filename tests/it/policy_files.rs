@@ -1,7 +1,5 @@
 //! Policy files: every problem is reported with file, document and field; the shipped examples load.
 
-mod common;
-
 use confgate::policy::{Registry, load_dir, load_str};
 
 fn errors(text: &str) -> Vec<String> {
@@ -17,7 +15,11 @@ const HEAD: &str = "apiVersion: confgate.dev/v1alpha1\nkind: Policy\n";
 
 #[test]
 fn shipped_examples_load() {
-    let set = load_dir(&common::root().join("policies"), &Registry::builtin()).unwrap();
+    let set = load_dir(
+        &crate::common::root().join("policies"),
+        &Registry::builtin(),
+    )
+    .unwrap();
     let names: Vec<&str> = set.policies.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(
         names,

@@ -1,5 +1,4 @@
 //! Helpers shared by the integration tests: fixtures, cluster state, policies, patches.
-#![allow(dead_code)]
 
 use confgate::admission::{Review, parse_review};
 use confgate::cluster::static_state::StaticState;

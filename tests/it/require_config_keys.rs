@@ -1,8 +1,6 @@
 //! `require-config-keys` on the captured reviews, with the fixture cluster and variations of it.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use confgate::cluster::Standalone;
 use confgate::engine::Engine;
 use confgate::policy::Endpoint;

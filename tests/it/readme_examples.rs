@@ -2,10 +2,8 @@
 //! `<!-- example: ENDPOINT FIXTURE -->` is compared with the server's answer on embedded
 //! defaults (the shipped policies, no cluster).
 
-mod common;
-
+use crate::common::*;
 use axum::body::Body;
-use common::*;
 use confgate::cluster::Standalone;
 use confgate::server::{AppState, router};
 use http_body_util::BodyExt;

@@ -1,10 +1,8 @@
 //! The `confgate` binary: `review` (exit 0 allowed, 1 denied, 2 bad input), `certs`, and start-up
 //! errors for invalid policy files.
 
-mod common;
-
+use crate::common::*;
 use base64::Engine as _;
-use common::*;
 use serde_json::Value;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};

@@ -2,10 +2,8 @@
 //! policies (the registration is generated from them; the deployed policies are the shipped ones).
 //! Renders with `kubectl kustomize`, which works offline.
 
-mod common;
-
+use crate::common::*;
 use axum::body::Body;
-use common::*;
 use confgate::policy::{Registry, load_dir};
 use serde_json::{Value, json};
 use std::process::Command;

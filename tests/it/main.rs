@@ -1,0 +1,19 @@
+//! The integration tests, as one test binary (one link instead of one per file): the engine on
+//! real fixtures, each policy type, policy files, the HTTP API, TLS, the CLI, the generated
+//! webhooks and the deploy manifests. The end-to-end suite on a real control plane is its own
+//! binary (`tests/e2e/`). `cargo test --test it NAME` runs some of them.
+
+mod common;
+
+mod checksum_config;
+mod cli;
+mod deploy;
+mod engine;
+mod golden_fixtures;
+mod http_api;
+mod limitrange_defaults;
+mod policy_files;
+mod readme_examples;
+mod require_config_keys;
+mod tls;
+mod webhooks;
