@@ -212,7 +212,7 @@ pub enum Keys<'a> {
     /// Every key (`envFrom`, a volume without `items`).
     All,
     /// These keys (`configMapKeyRef.key`, volume `items[].key`).
-    Some(Vec<&'a str>),
+    Named(Vec<&'a str>),
 }
 
 /// Where in the pod spec a reference is.
@@ -286,7 +286,7 @@ fn optional(v: &Value) -> bool {
 fn item_keys(v: &Value) -> Keys<'_> {
     match v.get("items").and_then(Value::as_array) {
         Some(items) if !items.is_empty() => {
-            Keys::Some(items.iter().map(|i| str_at(i, "key")).collect())
+            Keys::Named(items.iter().map(|i| str_at(i, "key")).collect())
         }
         _ => Keys::All,
     }
@@ -317,7 +317,7 @@ pub fn references(spec: &Value) -> Vec<Reference<'_>> {
                     out.push(Reference {
                         source,
                         name: str_at(r, "name"),
-                        keys: Keys::Some(vec![str_at(r, "key")]),
+                        keys: Keys::Named(vec![str_at(r, "key")]),
                         optional: optional(r),
                         site,
                     });
@@ -450,9 +450,9 @@ mod tests {
             summary,
             vec![
                 (Source::ConfigMap, "a", Keys::All, false),
-                (Source::ConfigMap, "a", Keys::Some(vec!["x"]), false),
-                (Source::Secret, "s", Keys::Some(vec!["y"]), true),
-                (Source::ConfigMap, "a", Keys::Some(vec!["k"]), false),
+                (Source::ConfigMap, "a", Keys::Named(vec!["x"]), false),
+                (Source::Secret, "s", Keys::Named(vec!["y"]), true),
+                (Source::ConfigMap, "a", Keys::Named(vec!["k"]), false),
                 (Source::Secret, "s", Keys::All, false),
                 (Source::ConfigMap, "b", Keys::All, false),
             ]
@@ -567,7 +567,7 @@ impl From<&Reference<'_>> for OwnedReference {
             r.name.to_owned(),
             match &r.keys {
                 Keys::All => None,
-                Keys::Some(keys) => Some(keys.iter().map(|k| (*k).to_owned()).collect()),
+                Keys::Named(keys) => Some(keys.iter().map(|k| (*k).to_owned()).collect()),
             },
             r.optional,
             site.into_iter().map(str::to_owned).collect(),
@@ -609,7 +609,7 @@ impl OwnedReference {
             name: &self.1,
             keys: match &self.2 {
                 None => Keys::All,
-                Some(keys) => Keys::Some(keys.iter().map(String::as_str).collect()),
+                Some(keys) => Keys::Named(keys.iter().map(String::as_str).collect()),
             },
             optional: self.3,
             site,
@@ -628,7 +628,7 @@ pub fn spec_from_references(refs: &[Reference<'_>]) -> Value {
         }
     };
     let items = |v: &mut Value, keys: &Keys| {
-        if let Keys::Some(keys) = keys {
+        if let Keys::Named(keys) = keys {
             v["items"] = keys.iter().map(|k| json!({"key": k, "path": k})).collect();
         }
     };
@@ -660,7 +660,7 @@ pub fn spec_from_references(refs: &[Reference<'_>]) -> Value {
             match r.site {
                 Site::Env { var, .. } => {
                     let key = match &r.keys {
-                        Keys::Some(keys) => keys.first().copied().unwrap_or_default(),
+                        Keys::Named(keys) => keys.first().copied().unwrap_or_default(),
                         Keys::All => "",
                     };
                     let mut source = json!({"name": r.name, "key": key});

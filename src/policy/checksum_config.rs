@@ -284,7 +284,7 @@ impl Policy for ChecksumConfig {
             entry.required |= !r.optional;
             match &r.keys {
                 Keys::All => entry.all = true,
-                Keys::Some(keys) => entry.keys.extend(keys.iter().copied()),
+                Keys::Named(keys) => entry.keys.extend(keys.iter().copied()),
             }
         }
         let mut resolved: Resolved = BTreeMap::new();

@@ -249,7 +249,7 @@ impl Policy for ProtectConfigKeys {
                             let sites: Vec<String> = refs
                                 .iter()
                                 .map(|r| r.borrow())
-                                .filter(|r| matches!(&r.keys, Keys::Some(k) if k.contains(key)))
+                                .filter(|r| matches!(&r.keys, Keys::Named(k) if k.contains(key)))
                                 .map(|r| describe(r.site))
                                 .collect();
                             (!sites.is_empty()).then_some((*w, sites))

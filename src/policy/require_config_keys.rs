@@ -182,7 +182,7 @@ impl RequireConfigKeys {
         }
         match lookup(cx, r.source, r.name) {
             Lookup::Found(data) => {
-                if let Keys::Some(keys) = &r.keys {
+                if let Keys::Named(keys) = &r.keys {
                     for key in keys.iter().filter(|k| !data.has(k)) {
                         out.violation(format!("{site}: {object} has no key {key:?}"));
                     }

@@ -596,7 +596,7 @@ fn changed_keys(
         }
         match r.keys {
             Keys::All => all = true,
-            Keys::Some(k) => keys.extend(k),
+            Keys::Named(k) => keys.extend(k),
         }
     }
     if all {
