@@ -9,7 +9,7 @@
 mod support;
 
 use confgate::cluster::live::Cache;
-use confgate::cluster::{ConfigData, Resource};
+use confgate::cluster::{CacheKind, ConfigData};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::Event;
@@ -46,7 +46,7 @@ async fn main() {
         args.get(2).copied().unwrap_or(1024),
     );
     let before = rss_kib();
-    let cache = Cache::<ConfigData>::new(Resource::ConfigMaps);
+    let cache = Cache::<ConfigData>::new(CacheKind::ConfigMaps);
     // One initial list, as a watcher delivers it; each object is built lazily and dropped once
     // digested, as the watcher's deserialised objects are.
     let listed = (0..count).map(|i| Ok(Event::InitApply(config_map(i, keys, value_bytes))));

@@ -13,7 +13,7 @@ mod support;
 
 use confgate::cluster::live::Cache;
 use confgate::cluster::workloads::{Index, reduce};
-use confgate::cluster::{ConfigData, Resource};
+use confgate::cluster::{CacheKind, ConfigData};
 use confgate::workload::Source;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::DynamicObject;
@@ -57,7 +57,7 @@ async fn main() {
         / count.min(100);
     let before = rss_kib();
     let live_before = live_mib();
-    let config_maps = Cache::<ConfigData>::new(Resource::ConfigMaps);
+    let config_maps = Cache::<ConfigData>::new(CacheKind::ConfigMaps);
     let listed = (0..count).map(|i| {
         let data = (0..10)
             .map(|k| {

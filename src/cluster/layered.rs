@@ -4,7 +4,7 @@
 
 use super::ChecksumKey;
 use super::static_state::StaticState;
-use super::{ClusterState, Lookup, Resource};
+use super::{CacheKind, ClusterState, Lookup};
 use k8s_openapi::api::core::v1::LimitRangeSpec;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -80,7 +80,7 @@ impl ClusterState for Layered {
             None => Some(local),
         }
     }
-    fn counts(&self) -> Vec<(Resource, usize)> {
+    fn counts(&self) -> Vec<(CacheKind, usize)> {
         self.local.counts()
     }
     fn checksum_key(&self) -> Result<Option<Arc<ChecksumKey>>, String> {

@@ -3,7 +3,7 @@
 //! (`--secrets watch`) or fetched by name when a request references them (`--secrets get`, the
 //! default: RBAC `get` only) and remembered for a short while.
 
-use super::{ChecksumKey, ClusterState, ConfigData, Lookup, Resource};
+use super::{CacheKind, ChecksumKey, ClusterState, ConfigData, Lookup};
 use crate::workload::Source;
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -35,7 +35,7 @@ pub type Key = (String, String);
 
 /// One watch cache: object key (namespace, name) → what policies need of the object.
 pub struct Cache<V> {
-    resource: Resource,
+    resource: CacheKind,
     map: RwLock<HashMap<Key, Arc<V>>>,
     synced: AtomicBool,
     health: Mutex<WatchHealth>,
@@ -68,12 +68,12 @@ pub const RECOVERED_AFTER: Duration = Duration::from_secs(12);
 
 impl<V: Send + Sync + 'static> Cache<V> {
     /// An empty, unsynced cache.
-    pub fn new(resource: Resource) -> Arc<Self> {
+    pub fn new(resource: CacheKind) -> Arc<Self> {
         Self::observed(resource, None)
     }
 
     /// An empty, unsynced cache that tells `observer` of every change it applies.
-    pub fn observed(resource: Resource, observer: Option<Arc<dyn Observer<V>>>) -> Arc<Self> {
+    pub fn observed(resource: CacheKind, observer: Option<Arc<dyn Observer<V>>>) -> Arc<Self> {
         Arc::new(Self {
             resource,
             map: RwLock::new(HashMap::new()),
@@ -366,17 +366,17 @@ impl LiveState {
         let state = Arc::new(Self {
             client: client.clone(),
             config_maps: Cache::observed(
-                Resource::ConfigMaps,
+                CacheKind::ConfigMaps,
                 Some(Arc::new(Recorder(
                     Source::ConfigMap,
                     config_changes.clone(),
                 ))),
             ),
-            namespaces: Cache::new(Resource::Namespaces),
-            limit_ranges: Cache::new(Resource::LimitRanges),
+            namespaces: Cache::new(CacheKind::Namespaces),
+            limit_ranges: Cache::new(CacheKind::LimitRanges),
             secrets_mode,
             watched_secrets: Cache::observed(
-                Resource::Secrets,
+                CacheKind::Secrets,
                 Some(Arc::new(Recorder(Source::Secret, config_changes.clone()))),
             ),
             fetched_secrets: RwLock::new(HashMap::new()),
@@ -427,19 +427,19 @@ impl LiveState {
         self.config_changes.clone()
     }
 
-    fn caches_synced(&self) -> Vec<(Resource, bool)> {
+    fn caches_synced(&self) -> Vec<(CacheKind, bool)> {
         let mut out = vec![
-            (Resource::ConfigMaps, self.config_maps.is_synced()),
-            (Resource::Namespaces, self.namespaces.is_synced()),
-            (Resource::LimitRanges, self.limit_ranges.is_synced()),
+            (CacheKind::ConfigMaps, self.config_maps.is_synced()),
+            (CacheKind::Namespaces, self.namespaces.is_synced()),
+            (CacheKind::LimitRanges, self.limit_ranges.is_synced()),
         ];
         if self.secrets_mode == SecretsMode::Watch {
-            out.push((Resource::Secrets, self.watched_secrets.is_synced()));
+            out.push((CacheKind::Secrets, self.watched_secrets.is_synced()));
         }
         out
     }
 
-    fn unsynced(&self, cache_synced: bool, resource: Resource) -> Option<Lookup> {
+    fn unsynced(&self, cache_synced: bool, resource: CacheKind) -> Option<Lookup> {
         (!cache_synced)
             .then(|| Lookup::Unknown(format!("{} cache not synced yet", resource.as_str())))
     }
@@ -582,7 +582,7 @@ impl ClusterState for LiveState {
     }
 
     fn config_map(&self, namespace: &str, name: &str) -> Lookup {
-        if let Some(unknown) = self.unsynced(self.config_maps.is_synced(), Resource::ConfigMaps) {
+        if let Some(unknown) = self.unsynced(self.config_maps.is_synced(), CacheKind::ConfigMaps) {
             return unknown;
         }
         self.config_maps
@@ -595,7 +595,7 @@ impl ClusterState for LiveState {
             SecretsMode::None => Lookup::Unknown("secrets are not read (--secrets none)".into()),
             SecretsMode::Watch => {
                 if let Some(unknown) =
-                    self.unsynced(self.watched_secrets.is_synced(), Resource::Secrets)
+                    self.unsynced(self.watched_secrets.is_synced(), CacheKind::Secrets)
                 {
                     return unknown;
                 }
@@ -682,29 +682,29 @@ impl ClusterState for LiveState {
         Ok(())
     }
 
-    fn staleness(&self) -> Vec<(Resource, Option<Duration>)> {
+    fn staleness(&self) -> Vec<(CacheKind, Option<Duration>)> {
         let now = Instant::now();
         let mut out = vec![
-            (Resource::ConfigMaps, self.config_maps.stale_for(now)),
-            (Resource::Namespaces, self.namespaces.stale_for(now)),
-            (Resource::LimitRanges, self.limit_ranges.stale_for(now)),
+            (CacheKind::ConfigMaps, self.config_maps.stale_for(now)),
+            (CacheKind::Namespaces, self.namespaces.stale_for(now)),
+            (CacheKind::LimitRanges, self.limit_ranges.stale_for(now)),
         ];
         if self.secrets_mode == SecretsMode::Watch {
-            out.push((Resource::Secrets, self.watched_secrets.stale_for(now)));
+            out.push((CacheKind::Secrets, self.watched_secrets.stale_for(now)));
         }
         out
     }
 
-    fn counts(&self) -> Vec<(Resource, usize)> {
+    fn counts(&self) -> Vec<(CacheKind, usize)> {
         let secrets = match self.secrets_mode {
             SecretsMode::Watch => self.watched_secrets.len(),
             _ => self.fetched_secrets.read().map(|m| m.len()).unwrap_or(0),
         };
         vec![
-            (Resource::ConfigMaps, self.config_maps.len()),
-            (Resource::Secrets, secrets),
-            (Resource::Namespaces, self.namespaces.len()),
-            (Resource::LimitRanges, self.limit_ranges.len()),
+            (CacheKind::ConfigMaps, self.config_maps.len()),
+            (CacheKind::Secrets, secrets),
+            (CacheKind::Namespaces, self.namespaces.len()),
+            (CacheKind::LimitRanges, self.limit_ranges.len()),
         ]
     }
 
@@ -766,7 +766,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_watch_error_marks_the_cache_stale_until_an_event_or_a_quiet_spell() {
-        let cache = Cache::<ConfigData>::new(Resource::ConfigMaps);
+        let cache = Cache::<ConfigData>::new(CacheKind::ConfigMaps);
         let error = || -> Result<Event<ConfigMap>, watcher::Error> {
             Err(watcher::Error::NoResourceVersion)
         };
@@ -806,7 +806,7 @@ mod tests {
 
     #[tokio::test]
     async fn follows_applies_deletes_and_relists() {
-        let cache = Cache::<ConfigData>::new(Resource::ConfigMaps);
+        let cache = Cache::<ConfigData>::new(CacheKind::ConfigMaps);
         let mut events: Vec<Result<Event<ConfigMap>, watcher::Error>> = vec![
             Ok(Event::Init),
             Ok(Event::InitApply(cm("a", "1"))),

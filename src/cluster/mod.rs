@@ -162,7 +162,7 @@ pub enum Lookup {
 
 /// Which objects a cache holds, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Resource {
+pub enum CacheKind {
     /// ConfigMaps.
     ConfigMaps,
     /// Secrets.
@@ -175,15 +175,15 @@ pub enum Resource {
     Workloads,
 }
 
-impl Resource {
+impl CacheKind {
     /// The API resource name.
     pub fn as_str(self) -> &'static str {
         match self {
-            Resource::ConfigMaps => "configmaps",
-            Resource::Secrets => "secrets",
-            Resource::Namespaces => "namespaces",
-            Resource::LimitRanges => "limitranges",
-            Resource::Workloads => "workloads",
+            CacheKind::ConfigMaps => "configmaps",
+            CacheKind::Secrets => "secrets",
+            CacheKind::Namespaces => "namespaces",
+            CacheKind::LimitRanges => "limitranges",
+            CacheKind::Workloads => "workloads",
         }
     }
 }
@@ -217,12 +217,12 @@ pub trait ClusterState: Send + Sync {
 
     /// Per watch cache, how long it has been cut off from the API server (`None`: healthy).
     /// A stale cache still answers, from the last state it saw.
-    fn staleness(&self) -> Vec<(Resource, Option<std::time::Duration>)> {
+    fn staleness(&self) -> Vec<(CacheKind, Option<std::time::Duration>)> {
         Vec::new()
     }
 
     /// Object counts per cache, for metrics.
-    fn counts(&self) -> Vec<(Resource, usize)> {
+    fn counts(&self) -> Vec<(CacheKind, usize)> {
         Vec::new()
     }
 

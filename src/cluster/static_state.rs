@@ -1,7 +1,7 @@
 //! Cluster state from manifests (`--cluster-state FILE...`): what `kubectl apply` of those files
 //! would have created. Used by the CLI, the tests, and servers run without a cluster.
 
-use super::{ClusterState, ConfigData, Lookup, Resource};
+use super::{CacheKind, ClusterState, ConfigData, Lookup};
 use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, LimitRangeSpec, Namespace, Secret};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -217,12 +217,12 @@ impl ClusterState for StaticState {
                 .collect(),
         )
     }
-    fn counts(&self) -> Vec<(Resource, usize)> {
+    fn counts(&self) -> Vec<(CacheKind, usize)> {
         vec![
-            (Resource::ConfigMaps, self.config_maps.len()),
-            (Resource::Secrets, self.secrets.len()),
-            (Resource::Namespaces, self.namespaces.len()),
-            (Resource::LimitRanges, self.limit_ranges.len()),
+            (CacheKind::ConfigMaps, self.config_maps.len()),
+            (CacheKind::Secrets, self.secrets.len()),
+            (CacheKind::Namespaces, self.namespaces.len()),
+            (CacheKind::LimitRanges, self.limit_ranges.len()),
         ]
     }
 }

@@ -4,7 +4,7 @@
 //! references of its pod template, and the template's annotations) plus what decides whether
 //! it may roll now. Never a value of the configuration itself.
 
-use crate::cluster::Resource;
+use crate::cluster::CacheKind;
 use crate::cluster::live::{Cache, Key, Observer};
 use crate::workload::{
     OwnedReference, Source, references, spec_from_references, template_annotation_owners,
@@ -301,7 +301,7 @@ impl Index {
                 continue;
             };
             let cache = Cache::observed(
-                Resource::Workloads,
+                CacheKind::Workloads,
                 Some(reverse.clone() as Arc<dyn Observer<Workload>>),
             );
             caches.push((kind, cache.clone()));
@@ -327,7 +327,7 @@ impl Index {
                 (
                     *kind,
                     Cache::observed(
-                        Resource::Workloads,
+                        CacheKind::Workloads,
                         Some(reverse.clone() as Arc<dyn Observer<Workload>>),
                     ),
                 )
