@@ -135,25 +135,12 @@ pub async fn e2e_a_changed_consumed_key_rolls_the_workload_once(cx: Cx) {
     assert_ne!(checksum(&before), checksum(&after));
     // The write was the controller's (field manager confgate), and nothing else followed.
     stays(&kubectl, &ns, 2, Duration::from_secs(5)).await;
-    let events = kubectl
-        .ok(
-            &[
-                "get",
-                "events",
-                "-n",
-                &ns,
-                "--field-selector",
-                "reason=ConfigChanged",
-                "-o",
-                "json",
-            ],
-            None,
-        )
-        .await;
     // The Event names what changed: the init container takes every key (envFrom).
+    let notes = event_notes(&kubectl, &ns, "ConfigChanged").await;
+    assert_eq!(notes.len(), 1, "{notes:?}");
     assert!(
-        events.contains("the configuration it consumes changed (configmap app-config: LOG_LEVEL); rolling: checksum/config "),
-        "{events}"
+        notes[0].starts_with("the configuration it consumes changed (configmap app-config: LOG_LEVEL); rolling: checksum/config "),
+        "{notes:?}"
     );
     assert_eq!(
         confgate
