@@ -319,9 +319,14 @@ pub async fn run(
             }
         }
         let cluster = state.admission.engine.cluster().clone();
+        // Judging with caches still syncing would report every reference as unchecked; the
+        // Lease can be won before they have synced (at start), so wait for them.
+        while cluster.ready().is_err() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let seen = recorded();
         let last = Instant::now();
-        if cluster.ready().is_ok() {
+        {
             let started = Instant::now();
             let set = state.admission.policies.load_full();
             let engine = Engine::new(cluster);
