@@ -546,11 +546,23 @@ async fn read_or_create_key(api: &Api<Secret>, key: &KeySecret) -> Result<Checks
     }
 }
 
-/// Runs one watcher forever (with kube's default backoff), keeping `cache` in step.
+/// Runs one watcher forever, keeping `cache` in step.
 async fn run_watch<K, V>(api: Api<K>, cache: Arc<Cache<V>>, convert: fn(&K) -> V)
 where
     K: KubeResource + Clone + DeserializeOwned + Debug + Send + 'static,
-    K::DynamicType: Default,
+    V: PartialEq + Send + Sync + 'static,
+{
+    watch_into(api, cache, move |o| Some(convert(o))).await;
+}
+
+/// Runs one watcher forever, keeping in `cache` what `convert` keeps of each object (`None`:
+/// not cached). Every watch cache runs through here, so they all retry alike.
+pub async fn watch_into<K, V>(
+    api: Api<K>,
+    cache: Arc<Cache<V>>,
+    convert: impl Fn(&K) -> Option<V> + Send,
+) where
+    K: KubeResource + Clone + DeserializeOwned + Debug + Send + 'static,
     V: PartialEq + Send + Sync + 'static,
 {
     // kube's default backoff grows to 30 s; a cache cut off from the API server should notice
@@ -568,7 +580,7 @@ where
         Duration::from_secs(60),
     );
     let events = watcher::watcher(api, watcher::Config::default()).backoff(backoff);
-    cache.follow(events, convert).await;
+    cache.follow_with(events, convert).await;
 }
 
 impl ClusterState for LiveState {

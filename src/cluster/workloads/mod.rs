@@ -5,14 +5,12 @@
 //! it may roll now. Never a value of the configuration itself.
 
 use crate::cluster::CacheKind;
-use crate::cluster::live::{Cache, Key, Observer};
+use crate::cluster::live::{Cache, Key, Observer, watch_into};
 use crate::workload::{
     OwnedReference, Source, references, spec_from_references, template_annotation_owners,
     template_path,
 };
 use kube::api::{Api, ApiResource, DynamicObject};
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -290,32 +288,23 @@ impl Observer<Workload> for Reverse {
 }
 
 impl Index {
-    /// Starts one watcher per kind on the current runtime. Their changes do not wake the
-    /// controller (status updates are constant); a new or edited workload is stamped by the
-    /// webhook, and one held back is retried at the next resync.
+    /// Starts one watcher per kind on the current runtime, through the same watch loop as the
+    /// other caches ([`watch_into`]: retries capped at 5 s, staleness tracked). Their changes
+    /// do not wake the rollout controller (status updates are constant); a new or edited
+    /// workload is stamped by the webhook.
     pub fn start(client: kube::Client) -> Arc<Self> {
-        let reverse = Arc::new(Reverse::default());
-        let mut caches = Vec::new();
-        for kind in KINDS {
+        let index = Self::detached();
+        for (kind, cache) in &index.caches {
+            let (kind, cache) = (*kind, cache.clone());
             let Some(resource) = api_resource(kind) else {
                 continue;
             };
-            let cache = Cache::observed(
-                CacheKind::Workloads,
-                Some(reverse.clone() as Arc<dyn Observer<Workload>>),
-            );
-            caches.push((kind, cache.clone()));
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-            tokio::spawn(async move {
-                let events = watcher::watcher(api, watcher::Config::default()).default_backoff();
-                cache
-                    .follow_with(events, move |o: &DynamicObject| {
-                        serde_json::to_value(o).ok().and_then(|v| reduce(kind, &v))
-                    })
-                    .await;
-            });
+            tokio::spawn(watch_into(api, cache, move |o: &DynamicObject| {
+                serde_json::to_value(o).ok().and_then(|v| reduce(kind, &v))
+            }));
         }
-        Arc::new(Self { caches, reverse })
+        index
     }
 
     /// An index fed by hand (benchmarks and tests): `follow` each cache.
