@@ -204,6 +204,14 @@ pub trait ClusterState: Send + Sync {
     /// A Secret by namespace and name (digests only).
     fn secret(&self, namespace: &str, name: &str) -> Lookup;
 
+    /// A ConfigMap or Secret by kind, namespace and name.
+    fn lookup(&self, source: crate::workload::Source, namespace: &str, name: &str) -> Lookup {
+        match source {
+            crate::workload::Source::ConfigMap => self.config_map(namespace, name),
+            crate::workload::Source::Secret => self.secret(namespace, name),
+        }
+    }
+
     /// The labels of a namespace; `None` when unknown.
     fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>>;
 

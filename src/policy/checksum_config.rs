@@ -289,11 +289,7 @@ impl Policy for ChecksumConfig {
         }
         let mut resolved: Resolved = BTreeMap::new();
         for ((source, name), selected) in wanted {
-            let lookup = match source {
-                Source::ConfigMap => cx.cluster.config_map(cx.namespace(), name),
-                Source::Secret => cx.cluster.secret(cx.namespace(), name),
-            };
-            let data = match lookup {
+            let data = match cx.cluster.lookup(source, cx.namespace(), name) {
                 Lookup::Found(data) => Some(data),
                 Lookup::Missing => {
                     if selected.required {

@@ -394,10 +394,7 @@ fn warn_sub_paths(spec: &Value, out: &mut Findings) {
 }
 
 fn lookup(cx: &Context, source: Source, name: &str) -> Lookup {
-    match source {
-        Source::ConfigMap => cx.cluster.config_map(cx.namespace(), name),
-        Source::Secret => cx.cluster.secret(cx.namespace(), name),
-    }
+    cx.cluster.lookup(source, cx.namespace(), name)
 }
 
 fn qualified(cx: &Context, name: &str) -> String {

@@ -328,12 +328,8 @@ impl Controller {
         }
         let cluster = engine.cluster();
         for ((source, namespace, name), before) in changed {
-            let now = match source {
-                Source::ConfigMap => cluster.config_map(namespace, name),
-                Source::Secret => cluster.secret(namespace, name),
-            };
-            let after = match &now {
-                Lookup::Found(data) => Some(data.clone()),
+            let after = match cluster.lookup(*source, namespace, name) {
+                Lookup::Found(data) => Some(data),
                 _ => None,
             };
             for w in index.consumers(*source, namespace, name) {
@@ -641,17 +637,15 @@ async fn desired(engine: &Engine, set: &PolicySet, w: &Workload) -> Vec<Stamp> {
     if cluster.wants_secret_prefetch() && !secrets.is_empty() {
         cluster.prefetch_secrets(&w.namespace, secrets).await;
     }
-    let unready = reduced.references.iter().find(|r| {
-        let lookup = match r.source() {
-            Source::ConfigMap => cluster.config_map(&w.namespace, &r.1),
-            Source::Secret => cluster.secret(&w.namespace, &r.1),
-        };
-        match lookup {
-            Lookup::Found(_) => false,
-            Lookup::Missing => !r.3,
-            Lookup::Unknown(_) => true,
-        }
-    });
+    let unready =
+        reduced
+            .references
+            .iter()
+            .find(|r| match cluster.lookup(r.source(), &w.namespace, &r.1) {
+                Lookup::Found(_) => false,
+                Lookup::Missing => !r.3,
+                Lookup::Unknown(_) => true,
+            });
     if let Some(r) = unready {
         tracing::debug!(kind = w.kind, namespace = %w.namespace, name = %w.name, object = %r.1, "a referenced object is missing or unreadable: not rolled");
         return Vec::new();
