@@ -91,18 +91,7 @@ pub async fn judge(
     else {
         return Vec::new();
     };
-    let cluster = engine.cluster();
-    if cluster.wants_secret_prefetch() {
-        let names = crate::workload::secret_names(&review);
-        if !names.is_empty() {
-            cluster
-                .prefetch_secrets(
-                    review.request.namespace.as_deref().unwrap_or_default(),
-                    names,
-                )
-                .await;
-        }
-    }
+    engine.prefetch(&review).await;
     let Ok(decision) = engine.evaluate(set, &review, Endpoint::Validate, None) else {
         return Vec::new();
     };

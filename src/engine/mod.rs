@@ -53,6 +53,20 @@ impl Engine {
         &self.cluster
     }
 
+    /// Reads the Secrets the review's object references when the cluster state reads Secrets
+    /// on demand (`--secrets get`), so that evaluation finds them in memory. Call it before
+    /// [`Engine::evaluate`], which never waits on the API server.
+    pub async fn prefetch(&self, review: &Review) {
+        if !self.cluster.wants_secret_prefetch() {
+            return;
+        }
+        let names = crate::workload::secret_names(review);
+        if !names.is_empty() {
+            let namespace = review.request.namespace.as_deref().unwrap_or_default();
+            self.cluster.prefetch_secrets(namespace, names).await;
+        }
+    }
+
     /// Evaluates `review` at `endpoint` with every policy of `set` serving it, or only `only`.
     pub fn evaluate(
         &self,

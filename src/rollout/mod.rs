@@ -626,17 +626,9 @@ async fn desired(engine: &Engine, set: &PolicySet, w: &Workload) -> Vec<Stamp> {
     else {
         return Vec::new();
     };
+    engine.prefetch(&review).await;
     let cluster = engine.cluster();
     let reduced = w.reduced();
-    let secrets: Vec<String> = reduced
-        .references
-        .iter()
-        .filter(|r| r.source() == Source::Secret)
-        .map(|r| r.1.clone())
-        .collect();
-    if cluster.wants_secret_prefetch() && !secrets.is_empty() {
-        cluster.prefetch_secrets(&w.namespace, secrets).await;
-    }
     let unready =
         reduced
             .references

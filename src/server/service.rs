@@ -143,14 +143,7 @@ impl Admission {
             return self.over_budget(&review, endpoint, only.as_deref(), &what);
         }
         let costly = large || containers > OFFLOAD_CONTAINERS;
-        let cluster = self.engine.cluster();
-        if cluster.wants_secret_prefetch() {
-            let secrets = crate::workload::secret_names(&review);
-            if !secrets.is_empty() {
-                let namespace = review.request.namespace.clone().unwrap_or_default();
-                cluster.prefetch_secrets(&namespace, secrets).await;
-            }
-        }
+        self.engine.prefetch(&review).await;
         let this = self.clone();
         let run = move || this.decide(review, endpoint, only.as_deref(), started);
         if costly {
