@@ -200,9 +200,9 @@ pub fn policy_report(audit: &Audit, namespace: &str, now: &str) -> Value {
             })
         })
         .collect();
-    let mut properties = json!({"lastAudit": now});
+    let mut annotations = json!({"confgate.dev/last-audit": now});
     if findings.len() > MAX_RESULTS {
-        properties["truncated"] = json!(format!(
+        annotations["confgate.dev/results-truncated"] = json!(format!(
             "{} results, the first {MAX_RESULTS} listed",
             findings.len()
         ));
@@ -214,7 +214,7 @@ pub fn policy_report(audit: &Audit, namespace: &str, now: &str) -> Value {
             "name": REPORT_NAME,
             "namespace": namespace,
             "labels": {"app.kubernetes.io/managed-by": "confgate"},
-            "annotations": {"confgate.dev/last-audit": now},
+            "annotations": annotations,
         },
         "summary": {
             "pass": audit.passed.get(namespace).copied().unwrap_or(0),
@@ -292,13 +292,7 @@ pub async fn run(
     changes: Option<std::sync::Arc<crate::cluster::live::ConfigChanges>>,
 ) {
     let recorded = || changes.as_ref().map_or(0, |c| c.recorded());
-    let recorder = kube::runtime::events::Recorder::new(
-        client.clone(),
-        kube::runtime::events::Reporter {
-            controller: "confgate".into(),
-            instance: std::env::var("POD_NAME").ok(),
-        },
-    );
+    let recorder = crate::events::recorder(client.clone());
     let mut warned: HashMap<(String, String, String), Instant> = HashMap::new();
     let mut crd_missing_logged = false;
     loop {
@@ -314,38 +308,35 @@ pub async fn run(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let seen = recorded();
-        let last = Instant::now();
-        {
-            let started = Instant::now();
-            let set = state.admission.policies.load_full();
-            let engine = Engine::new(cluster);
-            match scan(&client, &engine, &set).await {
-                Ok(audit) => {
-                    state
-                        .admission
-                        .metrics
-                        .set_audit_violations(&audit.counts());
-                    let written = write_reports(&client, &audit).await;
-                    match &written {
-                        Ok(false) if !crd_missing_logged => {
-                            crd_missing_logged = true;
-                            tracing::warn!(
-                                "the PolicyReport CRD (wgpolicyk8s.io/v1alpha2) is not installed: audit results go to metrics, Events and logs only (deploy/crds/)"
-                            );
-                        }
-                        Err(error) => tracing::warn!(%error, "cannot write PolicyReports"),
-                        _ => {}
+        let started = Instant::now();
+        let set = state.admission.policies.load_full();
+        let engine = Engine::new(cluster);
+        match scan(&client, &engine, &set).await {
+            Ok(audit) => {
+                state
+                    .admission
+                    .metrics
+                    .set_audit_violations(&audit.counts());
+                let written = write_reports(&client, &audit).await;
+                match &written {
+                    Ok(false) if !crd_missing_logged => {
+                        crd_missing_logged = true;
+                        tracing::warn!(
+                            "the PolicyReport CRD (wgpolicyk8s.io/v1alpha2) is not installed: audit results go to metrics, Events and logs only (deploy/crds/)"
+                        );
                     }
-                    warn_broken(&recorder, &audit, &mut warned).await;
-                    tracing::info!(
-                        workloads = audit.workloads,
-                        violations = audit.findings.len(),
-                        took_ms = started.elapsed().as_millis() as u64,
-                        "audit done"
-                    );
+                    Err(error) => tracing::warn!(%error, "cannot write PolicyReports"),
+                    _ => {}
                 }
-                Err(error) => tracing::warn!(%error, "audit failed; retrying at the next interval"),
+                warn_broken(&recorder, &audit, &mut warned).await;
+                tracing::info!(
+                    workloads = audit.workloads,
+                    violations = audit.findings.len(),
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "audit done"
+                );
             }
+            Err(error) => tracing::warn!(%error, "audit failed; retrying at the next interval"),
         }
         // The next audit: at the interval, or once configuration changed (and has been quiet
         // for a second), but not within MIN_GAP of the last.
@@ -353,7 +344,7 @@ pub async fn run(
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let now = recorded();
-                if now != seen && last.elapsed() >= MIN_GAP {
+                if now != seen && started.elapsed() >= MIN_GAP {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     if recorded() == now {
                         return;
@@ -375,7 +366,7 @@ async fn warn_broken(
     audit: &Audit,
     warned: &mut HashMap<(String, String, String), Instant>,
 ) {
-    use kube::runtime::events::{Event, EventType};
+    use kube::runtime::events::EventType;
     const EVERY: Duration = Duration::from_secs(3600);
     let mut by_workload: BTreeMap<(String, String, String), (&Finding, Vec<&str>)> =
         BTreeMap::new();
@@ -391,30 +382,23 @@ async fn warn_broken(
         if warned.contains_key(&key) {
             continue;
         }
-        let reference = k8s_openapi::api::core::v1::ObjectReference {
-            api_version: api_resource(&f.kind).map(|r| r.api_version),
-            kind: Some(f.kind.clone()),
-            name: Some(f.name.clone()),
-            namespace: Some(f.namespace.clone()),
-            uid: Some(f.uid.clone()),
-            ..Default::default()
+        let on = crate::events::On {
+            kind: &f.kind,
+            namespace: &f.namespace,
+            name: &f.name,
+            uid: &f.uid,
         };
-        let mut note = format!("its next Pods would not start: {}", messages.join("; "));
-        if note.len() > 1000 {
-            let mut end = 1000;
-            while !note.is_char_boundary(end) {
-                end -= 1;
-            }
-            note.truncate(end);
-        }
-        let event = Event {
-            type_: EventType::Warning,
-            reason: "ConfigBroken".into(),
-            note: Some(note),
-            action: "Audit".into(),
-            secondary: None,
-        };
-        if recorder.publish(&event, &reference).await.is_ok() {
+        let note = format!("its next Pods would not start: {}", messages.join("; "));
+        let published = crate::events::publish(
+            recorder,
+            on,
+            EventType::Warning,
+            "ConfigBroken",
+            "Audit",
+            note,
+        )
+        .await;
+        if published.is_ok() {
             warned.insert(key, Instant::now());
         }
     }
@@ -457,4 +441,61 @@ pub fn table(audit: &Audit) -> String {
         audit.findings.len()
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finding(namespace: &str, name: String, result: &'static str) -> Finding {
+        Finding {
+            kind: "Deployment".into(),
+            namespace: namespace.into(),
+            name,
+            uid: "u".into(),
+            policy: "require-config-refs".into(),
+            result,
+            message: "m".into(),
+        }
+    }
+
+    #[test]
+    fn a_report_lists_at_most_max_results_and_counts_them_all() {
+        let mut audit = Audit::default();
+        audit.passed.insert("shop".into(), 7);
+        for i in 0..=MAX_RESULTS {
+            audit
+                .findings
+                .push(finding("shop", format!("w{i}"), "fail"));
+        }
+        audit.findings.push(finding("shop", "x".into(), "warn"));
+        audit.findings.push(finding("other", "y".into(), "fail"));
+        let report = policy_report(&audit, "shop", "2026-11-23T00:00:00Z");
+        assert_eq!(
+            report["summary"],
+            json!({"pass": 7, "fail": MAX_RESULTS + 1, "warn": 1, "error": 0, "skip": 0})
+        );
+        assert_eq!(
+            report["results"].as_array().map(Vec::len),
+            Some(MAX_RESULTS)
+        );
+        assert_eq!(
+            report["metadata"]["annotations"],
+            json!({
+                "confgate.dev/last-audit": "2026-11-23T00:00:00Z",
+                "confgate.dev/results-truncated": format!("{} results, the first {MAX_RESULTS} listed", MAX_RESULTS + 2),
+            })
+        );
+        assert_eq!(
+            report["results"][0]["resources"][0]["apiVersion"],
+            "apps/v1"
+        );
+        // A namespace within the bound says nothing of truncation.
+        let other = policy_report(&audit, "other", "t");
+        assert_eq!(
+            other["metadata"]["annotations"],
+            json!({"confgate.dev/last-audit": "t"})
+        );
+        assert_eq!(other["summary"]["fail"], 1);
+    }
 }

@@ -9,6 +9,7 @@ pub mod certs;
 pub mod cli;
 pub mod cluster;
 pub mod engine;
+pub mod events;
 pub mod limitrange;
 pub mod manage_webhooks;
 pub mod metrics;

@@ -32,10 +32,9 @@ use crate::engine::Engine;
 use crate::policy::{Endpoint, PolicySet};
 use crate::server::AppState;
 use crate::workload::{FIELD_MANAGER, Keys, Source, template_annotation, template_path};
-use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder};
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -276,6 +275,21 @@ struct Stamp {
     desired: String,
 }
 
+/// `checksum/config 1f2e3d4c5b6a -> 9ab0c1d2e3f4`: the annotation, and the first 12
+/// characters of each value, for logs and Events.
+impl std::fmt::Display for Stamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let short = |s: &str| s.chars().take(12).collect::<String>();
+        write!(
+            f,
+            "{} {} -> {}",
+            self.annotation,
+            short(&self.current),
+            short(&self.desired)
+        )
+    }
+}
+
 struct Controller {
     client: Client,
     state: Arc<AppState>,
@@ -291,13 +305,7 @@ struct Controller {
 impl Controller {
     fn new(client: Client, state: Arc<AppState>, settings: Settings) -> Self {
         Self {
-            recorder: Recorder::new(
-                client.clone(),
-                Reporter {
-                    controller: "confgate".into(),
-                    instance: std::env::var("POD_NAME").ok(),
-                },
-            ),
+            recorder: crate::events::recorder(client.clone()),
             client,
             state,
             limiter: TokenBucket::new(&settings),
@@ -451,7 +459,7 @@ impl Controller {
                         namespace = %w.namespace,
                         name = %w.name,
                         changed = write.changed(),
-                        stamps = ?write.stamps.iter().map(|s| format!("{} {} -> {}", s.annotation, short(&s.current), short(&s.desired))).collect::<Vec<_>>(),
+                        stamps = ?write.stamps.iter().map(Stamp::to_string).collect::<Vec<_>>(),
                         "configuration changed: rolling"
                     );
                     this.event(w, &write.stamps, &write.changed()).await;
@@ -514,45 +522,28 @@ impl Controller {
 
     /// A `ConfigChanged` Event on the workload, so `kubectl describe` says why it rolled.
     async fn event(&self, w: &Workload, stamps: &[Stamp], changed: &str) {
-        let reference = ObjectReference {
-            api_version: index::api_resource(w.kind).map(|r| r.api_version),
-            kind: Some(w.kind.to_owned()),
-            name: Some(w.name.clone()),
-            namespace: Some(w.namespace.clone()),
-            uid: Some(w.uid.clone()),
-            ..ObjectReference::default()
-        };
         let stamped = stamps
             .iter()
-            .map(|s| {
-                format!(
-                    "{} {} -> {}",
-                    s.annotation,
-                    short(&s.current),
-                    short(&s.desired)
-                )
-            })
+            .map(Stamp::to_string)
             .collect::<Vec<_>>()
             .join(", ");
-        // An Event note is at most 1 KiB.
-        let mut note =
-            format!("the configuration it consumes changed ({changed}); rolling: {stamped}");
-        if note.len() > 1000 {
-            let mut end = 1000;
-            while !note.is_char_boundary(end) {
-                end -= 1;
-            }
-            note.truncate(end);
-            note.push('…');
-        }
-        let event = Event {
-            type_: EventType::Normal,
-            reason: "ConfigChanged".into(),
-            note: Some(note),
-            action: "Rollout".into(),
-            secondary: None,
+        let on = crate::events::On {
+            kind: w.kind,
+            namespace: &w.namespace,
+            name: &w.name,
+            uid: &w.uid,
         };
-        if let Err(error) = self.recorder.publish(&event, &reference).await {
+        let note = format!("the configuration it consumes changed ({changed}); rolling: {stamped}");
+        let published = crate::events::publish(
+            &self.recorder,
+            on,
+            EventType::Normal,
+            "ConfigChanged",
+            "Rollout",
+            note,
+        )
+        .await;
+        if let Err(error) = published {
             tracing::warn!(%error, "cannot publish the ConfigChanged event");
         }
     }
@@ -560,10 +551,6 @@ impl Controller {
 
 fn key(w: &Workload) -> WorkloadKey {
     (w.kind, w.namespace.clone(), w.name.clone())
-}
-
-fn short(s: &str) -> String {
-    s.chars().take(12).collect()
 }
 
 /// What `w` consumes of `source` `name` that differs between `before` and `after`, as
