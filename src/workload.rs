@@ -52,6 +52,21 @@ pub fn template_path(kind: &str) -> Option<&'static [&'static str]> {
     }
 }
 
+/// `leaf` under the keys of `path`, outermost first: `nested(["spec", "template"], v)` is
+/// `{"spec": {"template": v}}`.
+pub fn nested<I>(path: I, leaf: Value) -> Value
+where
+    I: IntoIterator,
+    I::Item: AsRef<str>,
+    I::IntoIter: DoubleEndedIterator,
+{
+    path.into_iter().rev().fold(leaf, |inner, key| {
+        let mut outer = serde_json::Map::new();
+        outer.insert(key.as_ref().to_owned(), inner);
+        Value::Object(outer)
+    })
+}
+
 /// The value at `path` (object keys) below `value`. A fixed path of keys, so no JSON Pointer is
 /// parsed and unescaped per request.
 fn at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a Value> {

@@ -31,7 +31,7 @@ use crate::cluster::{ConfigData, Lookup};
 use crate::engine::Engine;
 use crate::policy::{Endpoint, PolicySet};
 use crate::server::AppState;
-use crate::workload::{FIELD_MANAGER, Keys, Source, template_annotation, template_path};
+use crate::workload::{FIELD_MANAGER, Keys, Source, nested, template_annotation, template_path};
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{EventType, Recorder};
@@ -504,10 +504,10 @@ impl Controller {
             .iter()
             .map(|s| (s.annotation.clone(), Value::String(s.desired.clone())))
             .collect();
-        let mut body = json!({"metadata": {"annotations": annotations}});
-        for key in template_path(w.kind).unwrap_or_default().iter().rev() {
-            body = json!({ *key: body });
-        }
+        let mut body = nested(
+            template_path(w.kind).unwrap_or_default().iter(),
+            json!({"metadata": {"annotations": annotations}}),
+        );
         body["metadata"] = json!({"resourceVersion": w.resource_version});
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &w.namespace, &resource);

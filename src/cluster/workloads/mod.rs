@@ -7,7 +7,7 @@
 use crate::cluster::CacheKind;
 use crate::cluster::live::{Cache, Key, Observer, watch_into};
 use crate::workload::{
-    OwnedReference, Source, references, spec_from_references, template_annotation_owners,
+    OwnedReference, Source, nested, references, spec_from_references, template_annotation_owners,
     template_path,
 };
 use kube::api::{Api, ApiResource, DynamicObject};
@@ -81,21 +81,23 @@ impl Workload {
             .iter()
             .map(|(k, v)| (k.clone(), Value::String(v.clone())))
             .collect();
-        let mut template = json!({
-            "metadata": {"annotations": annotations},
-            "spec": spec_from_references(&refs),
-        });
-        for key in path.iter().rev() {
-            template = json!({ *key: template });
-        }
+        let template = nested(
+            path.iter(),
+            json!({
+                "metadata": {"annotations": annotations},
+                "spec": spec_from_references(&refs),
+            }),
+        );
         let managed: Vec<Value> = reduced
             .owners
             .iter()
             .flat_map(|(key, managers)| {
-                let mut fields = json!({ format!("f:{key}"): {} });
-                for segment in path.iter().chain(&["metadata", "annotations"]).rev() {
-                    fields = json!({ format!("f:{segment}"): fields });
-                }
+                let fields = nested(
+                    path.iter()
+                        .chain(&["metadata", "annotations"])
+                        .map(|segment| format!("f:{segment}")),
+                    json!({ format!("f:{key}"): {} }),
+                );
                 managers.iter().map(move |m| {
                     json!({"manager": m, "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": fields.clone()})
                 })
@@ -114,8 +116,8 @@ impl Workload {
         if !managed.is_empty() {
             object["metadata"]["managedFields"] = Value::Array(managed);
         }
-        if let (Some(target), Some(source)) = (object.as_object_mut(), template.as_object()) {
-            target.extend(source.clone());
+        if let (Some(target), Value::Object(source)) = (object.as_object_mut(), template) {
+            target.extend(source);
         }
         object
     }
