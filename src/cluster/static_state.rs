@@ -187,10 +187,7 @@ impl ClusterState for StaticState {
         Some(
             self.workloads
                 .iter()
-                .filter(|w| {
-                    w.namespace == namespace
-                        && w.objects.iter().any(|(s, n)| *s == source && **n == *name)
-                })
+                .filter(|w| w.namespace == namespace && w.references(source, name))
                 .cloned()
                 .collect(),
         )

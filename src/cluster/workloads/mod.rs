@@ -54,6 +54,13 @@ pub use compact::Reduced;
 use compact::{MAX_ANNOTATION, decode, encode};
 
 impl Workload {
+    /// True when it references ConfigMap or Secret `name` (in its own namespace).
+    pub fn references(&self, source: Source, name: &str) -> bool {
+        self.objects
+            .iter()
+            .any(|(s, n)| *s == source && **n == *name)
+    }
+
     /// Bytes of the kept text (for the memory benchmark).
     pub fn kept_bytes(&self) -> usize {
         self.reduced.len()
@@ -365,7 +372,7 @@ impl Index {
         let mut found: Vec<Arc<Workload>> = users
             .into_iter()
             .filter_map(|(kind, workload)| self.cache(kind)?.get(namespace, &workload))
-            .filter(|w| w.objects.iter().any(|(s, n)| *s == source && **n == *name))
+            .filter(|w| w.references(source, name))
             .collect();
         found.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
         found.dedup_by(|a, b| a.kind == b.kind && a.name == b.name);
