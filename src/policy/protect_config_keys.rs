@@ -28,6 +28,10 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+/// A workload that reads the object, with its reduced form, references narrowed to those
+/// that read the object without `optional: true`.
+type Reader<'a> = (&'a Workload, crate::cluster::workloads::Reduced);
+
 /// Users whose deletions are cleanup and are never judged: the namespace controller (namespace
 /// deletion) and the garbage collector, with and without per-controller credentials.
 pub const CLEANUP_USERS: [&str; 3] = [
@@ -133,22 +137,17 @@ impl ProtectConfigKeys {
         }
     }
 
-    /// True when every consumer shares one of the app labels' values with the object.
-    fn same_app(&self, object: &Value, consumers: &[&Workload]) -> Option<String> {
+    /// True when every reader shares one of the app labels' values with the object.
+    fn same_app(&self, object: &Value, readers: &[Reader]) -> Option<String> {
         self.same_app_labels.iter().find_map(|label| {
             let value = object
                 .pointer("/metadata/labels")
                 .and_then(|l| l.get(label))
                 .and_then(Value::as_str)
                 .filter(|v| !v.is_empty())?;
-            consumers
+            readers
                 .iter()
-                .all(|w| {
-                    w.reduced()
-                        .labels
-                        .iter()
-                        .any(|(k, v)| k == label && v == value)
-                })
+                .all(|(_, reduced)| reduced.labels.iter().any(|(k, v)| k == label && v == value))
                 .then(|| format!("{label}={value}"))
         })
     }
@@ -203,67 +202,77 @@ impl Policy for ProtectConfigKeys {
             ));
             return Ok(());
         };
+        // On UPDATE, only the removed keys matter: most updates remove none, and then no
+        // reader needs to be looked at.
+        let removed: Vec<&str> = match request.operation {
+            Operation::Update => {
+                let after = key_names(Some(object));
+                key_names(cx.old_object)
+                    .into_iter()
+                    .filter(|k| !after.contains(k))
+                    .collect()
+            }
+            Operation::Delete => Vec::new(),
+            _ => return Ok(()),
+        };
+        if request.operation == Operation::Update && removed.is_empty() {
+            return Ok(());
+        }
         let mut consumers: Vec<Arc<Workload>> =
             consumers.into_iter().filter(|w| !w.deleting).collect();
         consumers.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
-        // What each consumer reads of this object, without `optional: true`.
-        let reads: Vec<(&Workload, Vec<crate::workload::OwnedReference>)> = consumers
+        // Each consumer with what it reads of this object without `optional: true`.
+        let readers: Vec<Reader> = consumers
             .iter()
-            .map(|w| {
-                let refs = w
-                    .reduced()
+            .filter_map(|w| {
+                let mut reduced = w.reduced();
+                reduced
                     .references
-                    .into_iter()
-                    .filter(|r| r.source() == source && r.1 == name && !r.3)
-                    .collect();
-                (w.as_ref(), refs)
+                    .retain(|r| r.source() == source && r.1 == name && !r.3);
+                (!reduced.references.is_empty()).then_some((w.as_ref(), reduced))
             })
-            .filter(|(_, refs): &(_, Vec<_>)| !refs.is_empty())
             .collect();
-        match request.operation {
-            Operation::Delete => {
-                if reads.is_empty() {
-                    return Ok(());
-                }
-                let users: Vec<(&Workload, Vec<String>)> = reads
-                    .iter()
-                    .map(|(w, refs)| (*w, refs.iter().map(|r| describe(r.borrow().site)).collect()))
-                    .collect();
-                let users_text = self.name_users(&users, namespace);
-                let readers: Vec<&Workload> = reads.iter().map(|(w, _)| *w).collect();
-                if let Some(app) = self.same_app(object, &readers) {
-                    out.warn(format!(
-                        "{label} is used by {users_text}; deleted anyway: they belong to the same application ({app}) and are expected to go with it"
-                    ));
-                } else {
-                    out.violation(format!("{label} is used by {users_text}"));
-                }
+        if request.operation == Operation::Delete {
+            if readers.is_empty() {
+                return Ok(());
             }
-            Operation::Update => {
-                let before = key_names(cx.old_object);
-                let after = key_names(Some(object));
-                for key in before.difference(&after) {
-                    let users: Vec<(&Workload, Vec<String>)> = reads
+            let users: Vec<(&Workload, Vec<String>)> = readers
+                .iter()
+                .map(|(w, reduced)| {
+                    let sites = reduced.references.iter().map(|r| describe(r.borrow().site));
+                    (*w, sites.collect())
+                })
+                .collect();
+            let users_text = self.name_users(&users, namespace);
+            if let Some(app) = self.same_app(object, &readers) {
+                out.warn(format!(
+                    "{label} is used by {users_text}; deleted anyway: they belong to the same application ({app}) and are expected to go with it"
+                ));
+            } else {
+                out.violation(format!("{label} is used by {users_text}"));
+            }
+            return Ok(());
+        }
+        for key in removed {
+            let users: Vec<(&Workload, Vec<String>)> = readers
+                .iter()
+                .filter_map(|(w, reduced)| {
+                    let sites: Vec<String> = reduced
+                        .references
                         .iter()
-                        .filter_map(|(w, refs)| {
-                            let sites: Vec<String> = refs
-                                .iter()
-                                .map(|r| r.borrow())
-                                .filter(|r| matches!(&r.keys, Keys::Named(k) if k.contains(key)))
-                                .map(|r| describe(r.site))
-                                .collect();
-                            (!sites.is_empty()).then_some((*w, sites))
-                        })
+                        .map(|r| r.borrow())
+                        .filter(|r| matches!(&r.keys, Keys::Named(k) if k.contains(&key)))
+                        .map(|r| describe(r.site))
                         .collect();
-                    if !users.is_empty() {
-                        out.violation(format!(
-                            "{label}: key {key} is used by {}",
-                            self.name_users(&users, namespace)
-                        ));
-                    }
-                }
+                    (!sites.is_empty()).then_some((*w, sites))
+                })
+                .collect();
+            if !users.is_empty() {
+                out.violation(format!(
+                    "{label}: key {key} is used by {}",
+                    self.name_users(&users, namespace)
+                ));
             }
-            _ => {}
         }
         Ok(())
     }
