@@ -1,7 +1,9 @@
 //! The admission loop through a real apiserver: registration, denials, patches applied by the
 //! apiserver, dry-run, reinvocation, DELETE, and controller-made objects.
 
-use super::{app_config, checksum_key, expected_checksum, web_consumes, web_deployment};
+use super::{
+    app_config, checksum_key, expected_checksum, set_config_key, web_consumes, web_deployment,
+};
 use crate::harness::webhook::Injector;
 use crate::harness::{Confgate, Cx, Options, eventually};
 use serde_json::{Value, json};
@@ -42,21 +44,7 @@ pub async fn e2e_generated_registration_applies_and_every_webhook_is_called(cx: 
         )
         .await;
     // The config guard judges ConfigMap updates.
-    kubectl
-        .ok(
-            &[
-                "patch",
-                "configmap",
-                "app-config",
-                "-n",
-                &ns,
-                "--type=merge",
-                "-p",
-                r#"{"data":{"NEW":"1"}}"#,
-            ],
-            None,
-        )
-        .await;
+    set_config_key(&kubectl, &ns, "app-config", "NEW", "1").await;
     let mut reviews = confgate.reviews_of(&format!("{ns}/web"));
     reviews.extend(confgate.reviews_of(&format!("{ns}/app-config")));
     for (policy, endpoint) in &webhooks {

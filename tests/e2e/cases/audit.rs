@@ -2,7 +2,7 @@
 //! up in its namespace's PolicyReport, the metric, a Warning Event and `confgate audit`, and
 //! leaves them once fixed (an audit started by the change, not by the interval).
 
-use super::{app_config, web_deployment};
+use super::{app_config, remove_config_key, set_config_key, web_deployment};
 use crate::harness::{Confgate, Cx, Kubectl, Options, eventually, root};
 use serde_json::Value;
 use std::time::Duration;
@@ -59,21 +59,8 @@ pub async fn e2e_audit_reports_a_workload_broken_while_confgate_was_down(cx: Cx)
     .await;
     // The key goes while confgate is down (its guard registers with failurePolicy Ignore).
     confgate.stop();
-    kubectl
-        .ok(
-            &[
-                "patch",
-                "configmap",
-                "app-config",
-                "-n",
-                &ns,
-                "--type=json",
-                "-p",
-                r#"[{"op": "remove", "path": "/data/DATABASE_URL"}]"#,
-            ],
-            None,
-        )
-        .await;
+    let removed = remove_config_key(&kubectl, &ns, "DATABASE_URL").await;
+    assert!(removed.success, "{}", removed.stderr);
     confgate.restart(&cx).await;
     let message = format!(
         "container \"web\": env DATABASE_URL: configmap \"{ns}/app-config\" has no key \"DATABASE_URL\""
@@ -140,21 +127,14 @@ pub async fn e2e_audit_reports_a_workload_broken_while_confgate_was_down(cx: Cx)
     );
     assert!(line.ends_with(&message), "{line}");
     // Fixed: the failure leaves the report and the metric.
-    kubectl
-        .ok(
-            &[
-                "patch",
-                "configmap",
-                "app-config",
-                "-n",
-                &ns,
-                "--type=merge",
-                "-p",
-                r#"{"data": {"DATABASE_URL": "postgres://db:5432/shop"}}"#,
-            ],
-            None,
-        )
-        .await;
+    set_config_key(
+        &kubectl,
+        &ns,
+        "app-config",
+        "DATABASE_URL",
+        "postgres://db:5432/shop",
+    )
+    .await;
     eventually(Duration::from_secs(45), "the failure gone", || {
         let kubectl = kubectl.clone();
         let ns = ns.clone();

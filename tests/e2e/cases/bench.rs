@@ -108,23 +108,8 @@ async fn settled(kubectl: &Kubectl, ns: &str) {
 }
 
 async fn set_level(kubectl: &Kubectl, ns: &str, config: &str, level: usize) -> f64 {
-    let patch = serde_json::json!({"data": {"LEVEL": level.to_string()}}).to_string();
     let sent = unix_now();
-    kubectl
-        .ok(
-            &[
-                "patch",
-                "configmap",
-                config,
-                "-n",
-                ns,
-                "--type=merge",
-                "-p",
-                &patch,
-            ],
-            None,
-        )
-        .await;
+    super::set_config_key(kubectl, ns, config, "LEVEL", &level.to_string()).await;
     sent
 }
 

@@ -1,7 +1,7 @@
 //! The config guard (`protect-config-keys`) on a real control plane: the config side of a
 //! workload is protected, and cleaning up is never in the way.
 
-use super::{app_config, web_deployment};
+use super::{app_config, remove_config_key, web_deployment};
 use crate::harness::{Confgate, Cx, Options, eventually};
 use std::time::Duration;
 
@@ -38,37 +38,11 @@ pub async fn e2e_consumed_config_cannot_be_deleted_or_lose_a_read_key(cx: Cx) {
     );
     // A key only the init container's envFrom reads may go (the Pod just gets one variable
     // fewer); a key read by name may not.
-    let remove = |key: &str| format!("[{{\"op\": \"remove\", \"path\": \"/data/{key}\"}}]");
-    kubectl
-        .ok(
-            &[
-                "patch",
-                "configmap",
-                "app-config",
-                "-n",
-                &ns,
-                "--type=json",
-                "-p",
-                &remove("LOG_LEVEL"),
-            ],
-            None,
-        )
-        .await;
-    let denied = kubectl
-        .fails(
-            &[
-                "patch",
-                "configmap",
-                "app-config",
-                "-n",
-                &ns,
-                "--type=json",
-                "-p",
-                &remove("DATABASE_URL"),
-            ],
-            None,
-        )
-        .await;
+    let removed = remove_config_key(&kubectl, &ns, "LOG_LEVEL").await;
+    assert!(removed.success, "{}", removed.stderr);
+    let denied = remove_config_key(&kubectl, &ns, "DATABASE_URL").await;
+    assert!(!denied.success);
+    let denied = denied.stderr;
     assert!(
         denied.contains(&format!(
             "protect-config-refs: configmap \"{ns}/app-config\": key DATABASE_URL is used by deployment {ns}/web (container web, env DATABASE_URL)"

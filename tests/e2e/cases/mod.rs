@@ -154,6 +154,57 @@ pub fn expected_checksum(items: &[(&str, &str, &str, &str)], secret_key: &[u8]) 
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
+/// Sets `key` of ConfigMap `name` to `value` (a merge patch, as a user types it).
+pub async fn set_config_key(
+    kubectl: &crate::harness::Kubectl,
+    ns: &str,
+    name: &str,
+    key: &str,
+    value: &str,
+) {
+    let patch = serde_json::json!({"data": {key: value}}).to_string();
+    kubectl
+        .ok(
+            &[
+                "patch",
+                "configmap",
+                name,
+                "-n",
+                ns,
+                "--type=merge",
+                "-p",
+                &patch,
+            ],
+            None,
+        )
+        .await;
+}
+
+/// Removes `key` from ConfigMap `app-config` (a JSON patch); the run, which the config guard
+/// may deny.
+pub async fn remove_config_key(
+    kubectl: &crate::harness::Kubectl,
+    ns: &str,
+    key: &str,
+) -> crate::harness::Run {
+    let patch = format!("[{{\"op\": \"remove\", \"path\": \"/data/{key}\"}}]");
+    kubectl
+        .run(
+            &[
+                "patch",
+                "configmap",
+                "app-config",
+                "-n",
+                ns,
+                "--type=json",
+                "-p",
+                &patch,
+            ],
+            None,
+        )
+        .await
+}
+
 /// The checksum key confgate created in `namespace` (its own, in the tests), as bytes.
 pub async fn checksum_key(kubectl: &crate::harness::Kubectl, namespace: &str) -> Vec<u8> {
     use base64::Engine as _;

@@ -3,7 +3,7 @@
 //! nothing. There is no kubelet, so the tests mark Pods Ready themselves where a rollout must
 //! finish before the next may start.
 
-use super::{app_config, web_deployment};
+use super::{app_config, set_config_key, web_deployment};
 use crate::harness::{Confgate, Cx, Kubectl, Options, eventually};
 use serde_json::Value;
 use std::time::Duration;
@@ -76,25 +76,6 @@ async fn deployed(cx: &Cx, ns: &str, manifest: &str) -> Kubectl {
     kubectl
 }
 
-async fn set_config(kubectl: &Kubectl, ns: &str, key: &str, value: &str) {
-    let patch = serde_json::json!({"data": {key: value}}).to_string();
-    kubectl
-        .ok(
-            &[
-                "patch",
-                "configmap",
-                "app-config",
-                "-n",
-                ns,
-                "--type=merge",
-                "-p",
-                &patch,
-            ],
-            None,
-        )
-        .await;
-}
-
 /// Waits (at most `limit`) until Deployment `web` has `count` ReplicaSets.
 async fn reaches(kubectl: &Kubectl, ns: &str, count: usize, limit: Duration, what: &str) {
     eventually(limit, what, || {
@@ -120,7 +101,7 @@ pub async fn e2e_a_changed_consumed_key_rolls_the_workload_once(cx: Cx) {
     let kubectl = deployed(&cx, &ns, &web_deployment(&ns, "web", &[])).await;
     assert_eq!(replica_sets(&kubectl, &ns, "web").await, 1);
     let before = kubectl.get(&ns, "deployment/web").await.unwrap();
-    set_config(&kubectl, &ns, "LOG_LEVEL", "debug").await;
+    set_config_key(&kubectl, &ns, "app-config", "LOG_LEVEL", "debug").await;
     reaches(
         &kubectl,
         &ns,
@@ -175,7 +156,7 @@ spec:
 "#
     );
     let kubectl = deployed(&cx, &ns, &manifest).await;
-    set_config(&kubectl, &ns, "LOG_LEVEL", "debug").await;
+    set_config_key(&kubectl, &ns, "app-config", "LOG_LEVEL", "debug").await;
     stays(&kubectl, &ns, 1, Duration::from_secs(15)).await;
     // Opted out: even a consumed key rolls nothing.
     kubectl
@@ -191,7 +172,14 @@ spec:
             None,
         )
         .await;
-    set_config(&kubectl, &ns, "DATABASE_URL", "postgres://other").await;
+    set_config_key(
+        &kubectl,
+        &ns,
+        "app-config",
+        "DATABASE_URL",
+        "postgres://other",
+    )
+    .await;
     stays(&kubectl, &ns, 1, Duration::from_secs(15)).await;
 }
 
@@ -207,7 +195,7 @@ pub async fn e2e_a_restart_rolls_nothing_and_a_change_while_down_rolls_once(cx: 
     stays(&kubectl, &ns, 1, Duration::from_secs(5)).await;
     // Changed while confgate is down: rolls once it is back.
     confgate.stop();
-    set_config(&kubectl, &ns, "LOG_LEVEL", "warn").await;
+    set_config_key(&kubectl, &ns, "app-config", "LOG_LEVEL", "warn").await;
     stays(&kubectl, &ns, 1, Duration::from_secs(2)).await;
     confgate.restart(&cx).await;
     reaches(
@@ -240,7 +228,7 @@ pub async fn e2e_two_replicas_write_one_rollout_per_change(cx: Cx) {
     })
     .await;
     assert!(!lease.is_empty());
-    set_config(&kubectl, &ns, "LOG_LEVEL", "trace").await;
+    set_config_key(&kubectl, &ns, "app-config", "LOG_LEVEL", "trace").await;
     reaches(
         &kubectl,
         &ns,
@@ -373,7 +361,7 @@ pub async fn e2e_a_chart_managed_checksum_is_left_alone_and_confgate_stamps_its_
     );
     let own = template_annotation(&before, "confgate.dev/config-checksum");
     assert_eq!(own.as_str().map(str::len), Some(64), "{before}");
-    set_config(&kubectl, &ns, "LOG_LEVEL", "debug").await;
+    set_config_key(&kubectl, &ns, "app-config", "LOG_LEVEL", "debug").await;
     reaches(
         &kubectl,
         &ns,
@@ -529,7 +517,7 @@ spec:
         }
     })
     .await;
-    set_config(&kubectl, &ns, "LOG_LEVEL", "debug").await;
+    set_config_key(&kubectl, &ns, "app-config", "LOG_LEVEL", "debug").await;
     eventually(Duration::from_secs(10), "both written", || {
         let (sts, cron) = (sts.clone(), cron.clone());
         async move {
