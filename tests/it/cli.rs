@@ -485,7 +485,7 @@ fn the_shipped_policies_pass_their_own_tests() {
     );
     assert_eq!(
         text(&out.stdout),
-        "policies/tests/shipped.yaml: shipped-policies\n  PASS  Deployment/shop/web: allow\n  PASS  Deployment/shop/web require-config-refs: pass\n  PASS  Deployment/shop/web config-checksum: pass\n  PASS  Deployment/shop/typo: deny\n  PASS  StatefulSet/shop/cache payments-database-url: warn\n  PASS  Pod/shop/huge container-defaults: deny\n6 expectations: 6 passed, 0 failed\n"
+        "policies/tests/shipped.yaml: shipped-policies\n  PASS  Deployment/shop/web: allow\n  PASS  Deployment/shop/web require-config-refs: pass\n  PASS  Deployment/shop/web config-checksum: pass\n  PASS  Deployment/shop/typo: deny\n  PASS  StatefulSet/shop/cache payments-database-url: warn\n  PASS  Pod/shop/huge container-defaults: deny\n  PASS  ConfigMap/shop/app-config protect-config-refs: deny\n7 expectations: 7 passed, 0 failed\n"
     );
 }
 
