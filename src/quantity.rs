@@ -6,7 +6,8 @@
 //! A value is never wrapped or clipped: one whose magnitude is above [`MAX_UNITS`] (10^24, a
 //! yottabyte or a septillion cores; upstream's arbitrary-precision decimals accept more) is
 //! refused with [`QuantityError::OutOfRange`], so a policy judges it as an error, never as a
-//! small number. Every exponent computation is done in 64 bits from a 32-bit exponent, so it
+//! small number. The one cap is upstream's own: a binary-suffixed value (`Ki`..`Ei`) above
+//! 2^63-1 units *is* 2^63-1 to the apiserver, so it is to confgate too. Every exponent computation is done in 64 bits from a 32-bit exponent, so it
 //! cannot overflow.
 
 use std::cmp::Ordering;
@@ -46,6 +47,8 @@ pub const MAX_UNITS: i128 = 1_000_000_000_000_000_000_000_000;
 
 const NANO: i128 = 1_000_000_000;
 const MAX_NANOS: i128 = MAX_UNITS * NANO;
+/// Upstream's cap for binary-suffixed quantities (`maxAllowed`, 2^63-1 units), in nanos.
+const MAX_BINARY_NANOS: i128 = i64::MAX as i128 * NANO;
 /// Above this, upstream compares at unit rather than milli precision.
 const MAX_MILLI_VALUE: i128 = (i64::MAX / 1000) as i128;
 
@@ -75,6 +78,34 @@ fn pow10(exp: u32) -> Option<i128> {
 pub fn ratio_exceeds(limit: i128, request: i128, ratio: i128) -> bool {
     use num_bigint::BigInt;
     BigInt::from(limit) > BigInt::from(ratio) * BigInt::from(request)
+}
+
+/// Current upstream's `ratioString`: `|limit| / |request|` rounded half to even to six
+/// decimals, printed with all six (`4.000000`). `request` must not be zero. Every quantity in
+/// range is at most 10^33 nanos, so the ratio never needs upstream's exponent form (used past
+/// a scale difference of 40).
+pub fn ratio_string(limit: &Quantity, request: &Quantity) -> String {
+    use num_bigint::BigInt;
+    let (l, r) = (
+        BigInt::from(limit.nanos.abs()),
+        BigInt::from(request.nanos.abs()),
+    );
+    let scaled = l * BigInt::from(1_000_000);
+    let (mut q, rem) = (&scaled / &r, &scaled % &r);
+    let twice = rem * 2;
+    if twice > r || (twice == r && &q % 2 == BigInt::from(1)) {
+        q += 1;
+    }
+    let micro = BigInt::from(1_000_000);
+    format!("{}.{:06}", &q / &micro, &q % &micro)
+}
+
+/// Current upstream's `exceedsAllowed`: `|limit| > |request| × ratio`, exactly.
+pub fn exceeds_ratio(limit: &Quantity, request: &Quantity, ratio: &Quantity) -> bool {
+    use num_bigint::BigInt;
+    // In nanos: l > r × q / 10^9  ⇔  l × 10^9 > r × q.
+    BigInt::from(limit.nanos.abs()) * BigInt::from(NANO)
+        > BigInt::from(request.nanos.abs()) * BigInt::from(ratio.nanos)
 }
 
 /// Divides rounding away from zero (Go's `inf.RoundUp`).
@@ -108,20 +139,24 @@ impl Quantity {
         let (base2, exponent, format) = parse_suffix(suffix).ok_or_else(err)?;
         let digits = format!("{int_part}{frac_part}");
         let digits = digits.trim_start_matches('0');
-        let mut nanos = if digits.is_empty() {
-            0
+        let frac = i64::try_from(frac_part.len()).map_err(|_| err())?;
+        let scaled = if digits.is_empty() {
+            Some(0)
         } else if digits.len() > 38 {
             // More digits than 128 bits hold: exactly, in big integers (rare, so off the fast path).
-            let frac = i64::try_from(frac_part.len()).map_err(|_| err())?;
-            big_scale_to_nanos(digits, base2, exponent, frac).ok_or_else(too_large)?
+            big_scale_to_nanos(digits, base2, exponent, frac)
         } else {
             let mantissa: i128 = digits.parse().map_err(|_| err())?;
-            let frac = i64::try_from(frac_part.len()).map_err(|_| err())?;
-            scale_to_nanos(mantissa, base2, exponent, frac).ok_or_else(too_large)?
+            scale_to_nanos(mantissa, base2, exponent, frac)
         };
-        if nanos > MAX_NANOS {
-            return Err(too_large());
-        }
+        let mut nanos = match scaled {
+            // Upstream caps a binary-suffixed value at 2^63-1 units (`maxAllowed`), so that is
+            // its exact value, however large it was written.
+            Some(n) if base2 => n.min(MAX_BINARY_NANOS),
+            None if base2 => MAX_BINARY_NANOS,
+            Some(n) if n <= MAX_NANOS => n,
+            _ => return Err(too_large()),
+        };
         if negative {
             nanos = -nanos;
         }
@@ -160,6 +195,11 @@ impl Quantity {
             nanos: self.nanos.saturating_add(other.nanos),
             format,
         }
+    }
+
+    /// The exact value in nano-units.
+    pub fn nanos(&self) -> i128 {
+        self.nanos
     }
 
     /// `ceil(value)`, as upstream's `Value()`.
@@ -427,7 +467,6 @@ mod tests {
             "10e2146483646",
             "1E2147483647",
             "1e25",
-            "900000Ei",
             "1000000000000000000000000001",
             "123456789012345678901234567890123456789012",
             "1234567890123456789012345678901234567890e-5",
@@ -458,6 +497,51 @@ mod tests {
             "1e-9"
         );
         assert_eq!(Quantity::parse("-1e24").unwrap().value(), -MAX_UNITS);
+    }
+
+    #[test]
+    fn binary_quantities_are_capped_at_2_pow_63_like_upstream() {
+        // Upstream's ParseQuantity caps binary-suffixed values at maxAllowed (2^63-1), so the
+        // apiserver stores and sends 9223372036854775807 for these.
+        for big in [
+            "900000Ei",
+            "9000000000000000000Ki",
+            "1000000000000000000000000000000Ki",
+        ] {
+            assert_eq!(
+                Quantity::parse(big).unwrap().value(),
+                i128::from(i64::MAX),
+                "{big}"
+            );
+        }
+        assert_eq!(
+            Quantity::parse("-900000Ei").unwrap().value(),
+            -i128::from(i64::MAX)
+        );
+        assert_eq!(
+            Quantity::parse("7Ei").unwrap().value(),
+            7 * (1i128 << 60),
+            "below the cap: exact"
+        );
+    }
+
+    #[test]
+    fn ratio_strings_round_half_to_even_at_six_decimals() {
+        let q = |s| Quantity::parse(s).unwrap();
+        assert_eq!(ratio_string(&q("1"), &q("250m")), "4.000000");
+        assert_eq!(ratio_string(&q("2"), &q("3")), "0.666667");
+        assert_eq!(ratio_string(&q("1"), &q("3")), "0.333333");
+        // 0.5000005 and 0.5000015: exactly half way at the sixth decimal, so to even.
+        assert_eq!(ratio_string(&q("1000001u"), &q("2")), "0.500000");
+        assert_eq!(ratio_string(&q("1000003u"), &q("2")), "0.500002");
+        assert_eq!(
+            ratio_string(&q("1e24"), &q("1n")),
+            format!("1{}.000000", "0".repeat(33))
+        );
+        assert_eq!(ratio_string(&q("-3"), &q("2")), "1.500000");
+        assert!(exceeds_ratio(&q("1000000001n"), &q("1"), &q("1")));
+        assert!(!exceeds_ratio(&q("1"), &q("1"), &q("1")));
+        assert!(exceeds_ratio(&q("1e22"), &q("1e20"), &q("10")));
     }
 
     #[test]
@@ -537,6 +621,12 @@ mod tests {
                 quotient
             } else {
                 quotient + 1
+            };
+            let rounded = if two > 0 {
+                // Upstream caps binary-suffixed values at 2^63-1 units.
+                rounded.min(BigInt::from(MAX_BINARY_NANOS))
+            } else {
+                rounded
             };
             if rounded > BigInt::from(MAX_NANOS) {
                 return None;

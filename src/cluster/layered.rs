@@ -83,6 +83,9 @@ impl ClusterState for Layered {
     fn counts(&self) -> Vec<(CacheKind, usize)> {
         self.local.counts()
     }
+    fn server_minor_version(&self) -> Option<u32> {
+        self.fallback.server_minor_version()
+    }
     fn checksum_key(&self) -> Result<Option<Arc<ChecksumKey>>, String> {
         self.fallback.checksum_key()
     }

@@ -15,7 +15,7 @@ use kube::{Api, Client, Resource as KubeResource, ResourceExt};
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -260,6 +260,8 @@ pub struct LiveState {
     /// The first attempt to load the key is done (readiness waits for it, not for success: a
     /// key that cannot be read only keeps Secret-consuming checksums from being updated).
     key_attempted: AtomicBool,
+    /// The apiserver's minor version, from discovery (0 until known).
+    minor_version: AtomicU32,
 }
 
 /// Where a live cluster's [`ChecksumKey`] is kept: a Secret confgate owns, in its own namespace.
@@ -384,7 +386,9 @@ impl LiveState {
             checksum_key: RwLock::new(Err("the checksum key is not loaded yet".into())),
             key_attempted: AtomicBool::new(secrets_mode == SecretsMode::None),
             workloads: workloads.then(|| super::workloads::Index::start(client.clone())),
+            minor_version: AtomicU32::new(0),
         });
+        tokio::spawn(discover_version(client.clone(), Arc::downgrade(&state)));
         if secrets_mode != SecretsMode::None {
             tokio::spawn(load_key(client.clone(), Arc::downgrade(&state), key));
         }
@@ -451,6 +455,31 @@ impl LiveState {
             Ok(Ok(None)) => Lookup::Missing,
             Ok(Err(e)) => Lookup::Unknown(format!("cannot read secret: {e}")),
             Err(_) => Lookup::Unknown("reading the secret timed out".into()),
+        }
+    }
+}
+
+/// Asks discovery for the apiserver's version until it answers, retrying every 5 s (policies
+/// whose judgement differs between Kubernetes releases follow it).
+async fn discover_version(client: Client, state: std::sync::Weak<LiveState>) {
+    loop {
+        match client.apiserver_version().await {
+            Ok(info) => {
+                let minor =
+                    crate::webhooks::minor_version(&format!("{}.{}", info.major, info.minor));
+                if let (Some(minor), Some(state)) = (minor, state.upgrade()) {
+                    state.minor_version.store(minor, Ordering::Release);
+                    tracing::info!(version = %info.git_version, "the cluster's Kubernetes version");
+                }
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not read the cluster's version; retrying in 5s");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+        if state.strong_count() == 0 {
+            return;
         }
     }
 }
@@ -634,6 +663,9 @@ impl ClusterState for LiveState {
             .map(|labels| (*labels).clone())
     }
 
+    fn server_minor_version(&self) -> Option<u32> {
+        Some(self.minor_version.load(Ordering::Acquire)).filter(|m| *m > 0)
+    }
     fn limit_ranges(&self, namespace: &str) -> Option<Vec<Arc<LimitRangeSpec>>> {
         if !self.limit_ranges.is_synced() {
             return None;

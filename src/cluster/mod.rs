@@ -218,6 +218,12 @@ pub trait ClusterState: Send + Sync {
     /// The LimitRanges of a namespace (sorted by name); `None` when unknown.
     fn limit_ranges(&self, namespace: &str) -> Option<Vec<Arc<LimitRangeSpec>>>;
 
+    /// The minor version of the cluster's Kubernetes (from discovery); `None` when not known
+    /// (no cluster, or not asked yet).
+    fn server_minor_version(&self) -> Option<u32> {
+        None
+    }
+
     /// `Err(reason)` while the state is not usable yet (caches not synced).
     fn ready(&self) -> Result<(), String> {
         Ok(())

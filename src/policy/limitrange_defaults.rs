@@ -12,8 +12,8 @@
 
 use super::{Capabilities, Context, Findings, Policy, PolicyError, SettingsError, parse_settings};
 use crate::limitrange::{
-    ANNOTATION_PREFIX, Item, LimitRange, copy_limits_to_requests, merge_defaults,
-    unreadable_quantities, validate_spec,
+    ANNOTATION_PREFIX, Comparison, Item, LimitRange, Semantics, copy_limits_to_requests,
+    merge_defaults, unreadable_quantities, validate_spec,
 };
 use crate::quantity::Quantity;
 use crate::workload::{WORKLOAD_KINDS, pod_spec, pod_spec_mut, set_template_annotation};
@@ -35,7 +35,46 @@ pub struct LimitRangeDefaultsSettings {
     /// Also apply the LimitRange objects of the object's namespace (from the cluster cache).
     #[serde(default)]
     pub from_namespace_limit_ranges: bool,
+    /// How min, max and ratio compare quantities: `auto` (the connected cluster's release, the
+    /// newest upstream offline), `exact` or `milli`.
+    #[serde(default)]
+    pub quantity_comparison: ComparisonSetting,
+    /// Whether pod-level `spec.resources` count for `type: Pod` items: `auto` (when the object
+    /// carries them: the apiserver drops them before validation where the feature gate is off),
+    /// `enabled` or `disabled`.
+    #[serde(default)]
+    pub pod_level_resources: PodLevelSetting,
 }
+
+/// `settings.quantityComparison`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ComparisonSetting {
+    /// Follow the cluster's Kubernetes version; the newest upstream when it is not known.
+    #[default]
+    Auto,
+    /// Exact, as upstream from [`EXACT_COMPARISON_SINCE`].
+    Exact,
+    /// Milli-unit rounding, as upstream before it.
+    Milli,
+}
+
+/// `settings.podLevelResources`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PodLevelSetting {
+    /// Pod-level resources count when the object has them.
+    #[default]
+    Auto,
+    /// Always count them (a cluster with the `PodLevelResources` gate on).
+    Enabled,
+    /// Never count them (a cluster with the gate off, for objects it kept them on).
+    Disabled,
+}
+
+/// The first Kubernetes minor release whose LimitRanger compares quantities exactly
+/// (kubernetes/kubernetes#141348, merged 2026-08-13 after the 1.37 code freeze).
+pub const EXACT_COMPARISON_SINCE: u32 = 38;
 
 /// One item of `settings.limits`, as `LimitRangeItem`.
 #[derive(Debug, Clone, Deserialize)]
@@ -66,6 +105,8 @@ pub struct LimitItemSettings {
 pub struct LimitRangeDefaults {
     configured: Option<LimitRange>,
     from_namespace: bool,
+    comparison: ComparisonSetting,
+    pod_level: PodLevelSetting,
 }
 
 impl LimitRangeDefaults {
@@ -86,7 +127,30 @@ impl LimitRangeDefaults {
         Ok(Self {
             configured,
             from_namespace: settings.from_namespace_limit_ranges,
+            comparison: settings.quantity_comparison,
+            pod_level: settings.pod_level_resources,
         })
+    }
+
+    /// How this request is judged: the settings, the cluster's version, and the object.
+    fn semantics(&self, cx: &Context, spec: &Value) -> Semantics {
+        let comparison = match self.comparison {
+            ComparisonSetting::Exact => Comparison::Exact,
+            ComparisonSetting::Milli => Comparison::Milli,
+            ComparisonSetting::Auto => match cx.cluster.server_minor_version() {
+                Some(minor) if minor < EXACT_COMPARISON_SINCE => Comparison::Milli,
+                _ => Comparison::Exact,
+            },
+        };
+        let pod_level_resources = match self.pod_level {
+            PodLevelSetting::Enabled => true,
+            PodLevelSetting::Disabled => false,
+            PodLevelSetting::Auto => spec.get("resources").is_some_and(|r| !r.is_null()),
+        };
+        Semantics {
+            comparison,
+            pod_level_resources,
+        }
     }
 
     /// The LimitRanges that apply in the request's namespace, in order; what could not be
@@ -202,8 +266,8 @@ fn skipped(cx: &Context) -> bool {
 
 /// Copies limits into requests, then merges each range's defaults; the annotation text when
 /// anything was set.
-fn apply(spec: &mut Value, ranges: &[LimitRange]) -> Option<String> {
-    copy_limits_to_requests(spec);
+fn apply(spec: &mut Value, ranges: &[LimitRange], semantics: Semantics) -> Option<String> {
+    copy_limits_to_requests(spec, semantics);
     let mut annotation = None;
     for range in ranges {
         let (requests, limits) = range.default_requirements();
@@ -250,7 +314,8 @@ impl Policy for LimitRangeDefaults {
         let Some(spec) = pod_spec_mut(kind, object) else {
             return Ok(());
         };
-        if let Some(text) = apply(spec, &ranges) {
+        let semantics = self.semantics(cx, spec);
+        if let Some(text) = apply(spec, &ranges, semantics) {
             set_template_annotation(kind, object, ANNOTATION, &text);
         }
         Ok(())
@@ -274,10 +339,11 @@ impl Policy for LimitRangeDefaults {
                 out.violation(message);
             }
         }
+        let semantics = self.semantics(cx, spec);
         let mut as_pod = spec.clone();
-        apply(&mut as_pod, &ranges);
+        apply(&mut as_pod, &ranges, semantics);
         for range in &ranges {
-            for message in validate_spec(range, &as_pod) {
+            for message in validate_spec(range, &as_pod, semantics) {
                 out.violation(message);
             }
         }

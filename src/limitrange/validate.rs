@@ -1,0 +1,271 @@
+//! Upstream's `PodValidateLimitFunc`: min, max and maxLimitRequestRatio of each item against
+//! every container (type `Container`) or the pod's effective requests and limits (type `Pod`),
+//! with upstream's messages, compared as the [`Semantics`] say.
+
+use super::{Comparison, Item, LimitRange, POD_LEVEL_RESOURCES, ResourceList, Semantics};
+use super::{quantity_of, resource_list};
+use crate::quantity::{
+    Quantity, comparable, exceeds_ratio, fits_milli, ratio_exceeds, ratio_string,
+};
+use crate::workload::{ContainerKind, containers};
+use serde_json::Value;
+
+/// The request, limit and enforced value as the comparison sees them: exact nanos, or
+/// upstream's older milli (or unit) rounding.
+fn observed(
+    comparison: Comparison,
+    request: Option<&Quantity>,
+    limit: Option<&Quantity>,
+    enforced: &Quantity,
+) -> (i128, i128, i128) {
+    let zero = Quantity::zero(crate::quantity::Format::DecimalSI);
+    let (request, limit) = (request.unwrap_or(&zero), limit.unwrap_or(&zero));
+    match comparison {
+        Comparison::Exact => (request.nanos(), limit.nanos(), enforced.nanos()),
+        Comparison::Milli => comparable(request, limit, enforced),
+    }
+}
+
+/// One constraint of one item on one resource.
+struct Check<'a> {
+    kind: &'a str,
+    name: &'a str,
+    enforced: &'a Quantity,
+    request: Option<&'a Quantity>,
+    limit: Option<&'a Quantity>,
+    comparison: Comparison,
+}
+
+impl Check<'_> {
+    fn min(&self) -> Option<String> {
+        let Check {
+            kind,
+            name,
+            enforced,
+            ..
+        } = *self;
+        let (r, l, e) = observed(self.comparison, self.request, self.limit, enforced);
+        match (self.request, self.limit) {
+            (None, _) => Some(format!(
+                "minimum {name} usage per {kind} is {enforced}.  No request is specified"
+            )),
+            (Some(req), _) if r < e => Some(format!(
+                "minimum {name} usage per {kind} is {enforced}, but request is {req}"
+            )),
+            (_, Some(lim)) if l < e => Some(format!(
+                "minimum {name} usage per {kind} is {enforced}, but limit is {lim}"
+            )),
+            _ => None,
+        }
+    }
+
+    fn max(&self) -> Option<String> {
+        let Check {
+            kind,
+            name,
+            enforced,
+            ..
+        } = *self;
+        let (r, l, e) = observed(self.comparison, self.request, self.limit, enforced);
+        match (self.request, self.limit) {
+            (_, None) => Some(format!(
+                "maximum {name} usage per {kind} is {enforced}.  No limit is specified"
+            )),
+            (_, Some(lim)) if l > e => Some(format!(
+                "maximum {name} usage per {kind} is {enforced}, but limit is {lim}"
+            )),
+            (Some(req), _) if r > e => Some(format!(
+                "maximum {name} usage per {kind} is {enforced}, but request is {req}"
+            )),
+            _ => None,
+        }
+    }
+
+    fn ratio(&self) -> Option<String> {
+        let Check {
+            kind,
+            name,
+            enforced,
+            ..
+        } = *self;
+        let (r, l, _) = observed(self.comparison, self.request, self.limit, enforced);
+        let prefix = format!("{name} max limit to request ratio per {kind} is {enforced}, but");
+        let Some(req) = self.request.filter(|_| r != 0) else {
+            return Some(format!("{prefix} no request is specified or request is 0"));
+        };
+        let Some(lim) = self.limit.filter(|_| l != 0) else {
+            return Some(format!("{prefix} no limit is specified or limit is 0"));
+        };
+        match self.comparison {
+            Comparison::Exact => exceeds_ratio(lim, req, enforced)
+                .then(|| format!("{prefix} provided ratio is {}", ratio_string(lim, req))),
+            Comparison::Milli => {
+                // Those releases divide the rounded values as floats and print them with %f.
+                let observed = l as f64 / r as f64;
+                // l / r > max, exactly: at milli precision `l * 1000 > max_milli * r`.
+                let exceeds = if fits_milli(enforced) {
+                    ratio_exceeds(l * 1000, r, enforced.milli_value())
+                } else {
+                    ratio_exceeds(l, r, enforced.value())
+                };
+                exceeds.then(|| format!("{prefix} provided ratio is {observed:.6}"))
+            }
+        }
+    }
+}
+
+/// Upstream's checks of one item against one requests/limits pair.
+fn check<'a>(
+    item: &'a Item,
+    requests: &'a ResourceList,
+    limits: &'a ResourceList,
+    comparison: Comparison,
+    out: &mut Vec<String>,
+    context: &str,
+) {
+    let check = |resource: &'a str, enforced: &'a Quantity| Check {
+        kind: &item.kind,
+        name: resource,
+        enforced,
+        request: requests.get(resource),
+        limit: limits.get(resource),
+        comparison,
+    };
+    let found = (item.min.iter().filter_map(|(r, e)| check(r, e).min()))
+        .chain(item.max.iter().filter_map(|(r, e)| check(r, e).max()))
+        .chain(
+            item.max_limit_request_ratio
+                .iter()
+                .filter_map(|(r, e)| check(r, e).ratio()),
+        );
+    out.extend(found.map(|m| format!("{context}{m}")));
+}
+
+/// Quantities in the pod spec's `resources` (the containers' and the pod's own) that cannot be
+/// judged (malformed, or too large to judge exactly): each is a violation, so a value confgate
+/// cannot read is never let through as if it were absent.
+pub fn unreadable_quantities(spec: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut scan = |resources: Option<&Value>, context: &str| {
+        for field in ["requests", "limits"] {
+            let entries = resources
+                .and_then(|r| r.get(field))
+                .and_then(Value::as_object);
+            for (resource, value) in entries.into_iter().flatten() {
+                let text = match value {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                if let Err(error) = Quantity::parse(&text) {
+                    out.push(format!("{context}: {field}.{resource}: {error}"));
+                }
+            }
+        }
+    };
+    scan(spec.get("resources"), "pod resources");
+    for c in containers(spec) {
+        scan(
+            c.value.get("resources"),
+            &format!("{} {:?}", c.kind.noun(), c.name),
+        );
+    }
+    out
+}
+
+/// Upstream's `PodValidateLimitFunc` over a pod spec: Container items against every container
+/// and init container (ephemeral containers have no resources to judge), Pod items against the
+/// pod's effective requests and limits.
+pub fn validate_spec(range: &LimitRange, spec: &Value, semantics: Semantics) -> Vec<String> {
+    let mut out = Vec::new();
+    let comparison = semantics.comparison;
+    for item in &range.items {
+        match item.kind.as_str() {
+            "Container" => {
+                // Upstream judges the containers, then the init containers.
+                for kind in [ContainerKind::Regular, ContainerKind::Init] {
+                    for c in containers(spec).into_iter().filter(|c| c.kind == kind) {
+                        check(
+                            item,
+                            &resource_list(c.value, "requests"),
+                            &resource_list(c.value, "limits"),
+                            comparison,
+                            &mut out,
+                            &format!("{} {:?}: ", kind.noun(), c.name),
+                        );
+                    }
+                }
+            }
+            "Pod" => check(
+                item,
+                &pod_total(spec, "requests", semantics),
+                &pod_total(spec, "limits", semantics),
+                comparison,
+                &mut out,
+                "",
+            ),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Upstream's `podRequests`/`podLimits`: the sum over containers and sidecars (init containers
+/// with `restartPolicy: Always`), or the largest init container (plus the sidecars started
+/// before it), whichever is larger, per resource; then, with pod-level resources, the pod's own
+/// CPU and memory in place of those sums.
+pub fn pod_total(spec: &Value, field: &str, semantics: Semantics) -> ResourceList {
+    let mut total = ResourceList::new();
+    let all = containers(spec);
+    for c in all.iter().filter(|c| c.kind == ContainerKind::Regular) {
+        add_list(&mut total, &resource_list(c.value, field));
+    }
+    let mut sidecars = ResourceList::new();
+    let mut init_max = ResourceList::new();
+    for c in all.iter().filter(|c| c.kind == ContainerKind::Init) {
+        let own = resource_list(c.value, field);
+        let effective = if c.value.get("restartPolicy").and_then(Value::as_str) == Some("Always") {
+            add_list(&mut total, &own);
+            add_list(&mut sidecars, &own);
+            sidecars.clone()
+        } else {
+            let mut tmp = own;
+            add_list(&mut tmp, &sidecars);
+            tmp
+        };
+        max_list(&mut init_max, &effective);
+    }
+    max_list(&mut total, &init_max);
+    if semantics.pod_level_resources {
+        let pod = spec
+            .get("resources")
+            .and_then(|r| r.get(field))
+            .and_then(Value::as_object);
+        for (name, value) in pod.into_iter().flatten() {
+            if POD_LEVEL_RESOURCES.contains(&name.as_str())
+                && let Some(q) = quantity_of(value)
+            {
+                total.insert(name.clone(), q);
+            }
+        }
+    }
+    total
+}
+
+fn add_list(list: &mut ResourceList, other: &ResourceList) {
+    for (k, v) in other {
+        list.entry(k.clone())
+            .and_modify(|q| *q = q.add(v))
+            .or_insert(*v);
+    }
+}
+
+fn max_list(list: &mut ResourceList, other: &ResourceList) {
+    for (k, v) in other {
+        match list.get(k) {
+            Some(existing) if v <= existing => {}
+            _ => {
+                list.insert(k.clone(), *v);
+            }
+        }
+    }
+}
