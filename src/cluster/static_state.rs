@@ -156,8 +156,10 @@ impl StaticState {
             }
             "LimitRange" => {
                 let lr: LimitRange = typed(&kind, doc)?;
-                self.limit_ranges
-                    .insert(key(&lr.metadata), Arc::new(lr.spec.unwrap_or_default()));
+                // Stored as the apiserver would store it: defaulted.
+                let mut spec = lr.spec.unwrap_or_default();
+                crate::limitrange::default_spec(&mut spec);
+                self.limit_ranges.insert(key(&lr.metadata), Arc::new(spec));
             }
             _ => {}
         }

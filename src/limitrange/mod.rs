@@ -91,7 +91,8 @@ impl Item {
         self
     }
 
-    /// Parses a LimitRange item from the API (already validated by the apiserver).
+    /// Parses a LimitRange item as stored (the apiserver validated and defaulted it; a manifest
+    /// from a file goes through [`default_spec`] first).
     pub fn from_api(item: &LimitRangeItem) -> Result<Self, QuantityError> {
         let list = |m: &Option<
             BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
@@ -109,8 +110,29 @@ impl Item {
             max: list(&item.max)?,
             min: list(&item.min)?,
             max_limit_request_ratio: list(&item.max_limit_request_ratio)?,
+        })
+    }
+}
+
+/// The apiserver's `SetDefaults_LimitRangeItem` on a LimitRange as written in a manifest (the
+/// API stores it defaulted, so a watched object needs none): see [`Item::with_defaults`].
+pub fn default_spec(spec: &mut LimitRangeSpec) {
+    for item in spec.limits.iter_mut().filter(|i| i.type_ == "Container") {
+        for (k, v) in item.max.clone().into_iter().flatten() {
+            item.default.get_or_insert_default().entry(k).or_insert(v);
         }
-        .with_defaults())
+        for (k, v) in item.default.clone().into_iter().flatten() {
+            item.default_request
+                .get_or_insert_default()
+                .entry(k)
+                .or_insert(v);
+        }
+        for (k, v) in item.min.clone().into_iter().flatten() {
+            item.default_request
+                .get_or_insert_default()
+                .entry(k)
+                .or_insert(v);
+        }
     }
 }
 

@@ -333,11 +333,14 @@ impl Policy for LimitRangeDefaults {
         let Some(spec) = pod_spec(&cx.request.kind.kind, object) else {
             return Ok(());
         };
-        // Only judged when some LimitRange applies, as the built-in plugin does.
-        if !ranges.is_empty() {
-            for message in unreadable_quantities(spec) {
+        // A quantity that cannot be read is the violation; judging the rest as if it were
+        // absent would only add misleading "no request is specified" lines.
+        let unreadable = unreadable_quantities(spec);
+        if !unreadable.is_empty() {
+            for message in unreadable {
                 out.violation(message);
             }
+            return Ok(());
         }
         let semantics = self.semantics(cx, spec);
         let mut as_pod = spec.clone();
@@ -375,15 +378,12 @@ mod tests {
                 deployment(json!({"limits": {"memory": huge}})),
                 &Standalone,
             );
-            // Unreadable, the limit also counts as absent for `max`: denied either way.
+            // Unreadable: that is the violation, and nothing else is judged.
             assert_eq!(
                 out.violations,
-                vec![
-                    format!(
-                        "container \"app\": limits.memory: \"{huge}\" is too large to judge exactly: quantities up to 1e24 in magnitude are"
-                    ),
-                    "container \"app\": maximum memory usage per Container is 1Gi.  No limit is specified".to_owned(),
-                ],
+                vec![format!(
+                    "container \"app\": limits.memory: \"{huge}\" is too large to judge exactly: quantities up to 1e24 in magnitude are"
+                )],
                 "{huge}"
             );
         }

@@ -16,4 +16,5 @@ mod policy_files;
 mod readme_examples;
 mod require_config_keys;
 mod tls;
+mod upstream_limitranger;
 mod webhooks;
