@@ -176,6 +176,22 @@ impl Quantity {
         }
     }
 
+    /// `units` (DecimalSI), saturating past the range as [`Quantity::add`] does.
+    pub fn from_units_i128(units: i128) -> Self {
+        Self {
+            nanos: units.saturating_mul(NANO),
+            format: Format::DecimalSI,
+        }
+    }
+
+    /// `milli / 1000` (DecimalSI), saturating past the range.
+    pub fn from_milli(milli: i128) -> Self {
+        Self {
+            nanos: milli.saturating_mul(1_000_000),
+            format: Format::DecimalSI,
+        }
+    }
+
     /// Zero in `format`.
     pub fn zero(format: Format) -> Self {
         Self { nanos: 0, format }

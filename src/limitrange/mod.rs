@@ -30,23 +30,63 @@ pub enum Comparison {
     Milli,
 }
 
+/// How a `type: Pod` item totals the containers: another behaviour that changed between releases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PodTotals {
+    /// 1.27 and later (`podRequests`/`podLimits`): every container's values added exactly in
+    /// the first one's format, sidecars counted, then the larger of that and each init
+    /// container (plus the sidecars before it).
+    #[default]
+    Aggregate,
+    /// 1.26 and before (`sum`): a resource only when every container sets it, added in
+    /// milli-CPU or whole units (rounded up) and printed plainly (`3221225472`), then replaced
+    /// by any init container's larger value.
+    Sum,
+}
+
 /// The Kubernetes version or feature gate dependent parts of LimitRanger's judgement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Semantics {
     /// How quantities are compared.
     pub comparison: Comparison,
+    /// How `type: Pod` items total the containers.
+    pub pod_totals: PodTotals,
     /// Whether pod-level `spec.resources` (KEP-2837, the `PodLevelResources` feature gate)
     /// take the place of the containers' sum for `type: Pod` items.
     pub pod_level_resources: bool,
 }
 
+/// The first minor release whose LimitRanger compares quantities exactly
+/// (kubernetes/kubernetes#141348, merged 2026-08-13, after the 1.37 code freeze).
+pub const EXACT_COMPARISON_SINCE: u32 = 38;
+/// The first minor release whose LimitRanger totals a pod with `podRequests`/`podLimits`.
+pub const AGGREGATE_POD_TOTALS_SINCE: u32 = 27;
+
+impl Semantics {
+    /// LimitRanger as released in Kubernetes `1.<minor>`; the newest release when `None`.
+    /// Pod-level resources are decided by the caller (a feature gate, not a version).
+    pub fn of_release(minor: Option<u32>, pod_level_resources: bool) -> Self {
+        let before = |since: u32| minor.is_some_and(|m| m < since);
+        Self {
+            comparison: if before(EXACT_COMPARISON_SINCE) {
+                Comparison::Milli
+            } else {
+                Comparison::Exact
+            },
+            pod_totals: if before(AGGREGATE_POD_TOTALS_SINCE) {
+                PodTotals::Sum
+            } else {
+                PodTotals::Aggregate
+            },
+            pod_level_resources,
+        }
+    }
+}
+
 impl Default for Semantics {
     /// The newest upstream: exact comparisons, pod-level resources on (beta since 1.34).
     fn default() -> Self {
-        Self {
-            comparison: Comparison::Exact,
-            pod_level_resources: true,
-        }
+        Self::of_release(None, true)
     }
 }
 
@@ -287,8 +327,38 @@ mod tests {
 
     const MILLI: Semantics = Semantics {
         comparison: Comparison::Milli,
+        pod_totals: PodTotals::Aggregate,
         pod_level_resources: false,
     };
+
+    #[test]
+    fn releases_before_1_27_total_a_pod_with_sum() {
+        let v126 = Semantics::of_release(Some(26), false);
+        assert_eq!(v126.comparison, Comparison::Milli);
+        let spec = json!({
+            "initContainers": [{"name": "init", "resources": {"requests": {"cpu": "250m"}, "limits": {"memory": "2Gi"}}}],
+            "containers": [
+                {"name": "a", "resources": {"requests": {"cpu": "100m", "memory": "1Gi"}, "limits": {"memory": "1Gi"}}},
+                {"name": "b", "resources": {"requests": {"cpu": "0.1"}, "limits": {"memory": "999999999n"}}}]
+        });
+        let requests = pod_total(&spec, "requests", v126);
+        // memory is not set by every container: left out; cpu summed in milli-CPU, then the
+        // init container's larger value taken as it is.
+        assert_eq!(requests.keys().collect::<Vec<_>>(), vec!["cpu"]);
+        assert_eq!(requests["cpu"].to_string(), "250m");
+        let limits = pod_total(&spec, "limits", v126);
+        // 1Gi + 0.999999999 rounded up to 1: plain units; the init container's 2Gi is larger.
+        assert_eq!(limits["memory"].to_string(), "2Gi");
+        let no_init = json!({"containers": spec["containers"].clone()});
+        assert_eq!(
+            pod_total(&no_init, "limits", v126)["memory"].to_string(),
+            "1073741825"
+        );
+        assert_eq!(
+            pod_total(&no_init, "limits", Semantics::default())["memory"].to_string(),
+            "1073741824999999999n"
+        );
+    }
 
     #[test]
     fn exact_comparisons_see_overruns_below_a_milli_unit_and_milli_ones_do_not() {

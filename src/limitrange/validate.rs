@@ -2,7 +2,9 @@
 //! every container (type `Container`) or the pod's effective requests and limits (type `Pod`),
 //! with upstream's messages, compared as the [`Semantics`] say.
 
-use super::{Comparison, Item, LimitRange, POD_LEVEL_RESOURCES, ResourceList, Semantics};
+use super::{
+    Comparison, Item, LimitRange, POD_LEVEL_RESOURCES, PodTotals, ResourceList, Semantics,
+};
 use super::{quantity_of, resource_list};
 use crate::quantity::{
     Quantity, comparable, exceeds_ratio, fits_milli, ratio_exceeds, ratio_string,
@@ -214,27 +216,41 @@ pub fn validate_spec(range: &LimitRange, spec: &Value, semantics: Semantics) -> 
 /// before it), whichever is larger, per resource; then, with pod-level resources, the pod's own
 /// CPU and memory in place of those sums.
 pub fn pod_total(spec: &Value, field: &str, semantics: Semantics) -> ResourceList {
-    let mut total = ResourceList::new();
     let all = containers(spec);
-    for c in all.iter().filter(|c| c.kind == ContainerKind::Regular) {
-        add_list(&mut total, &resource_list(c.value, field));
+    let regular = all.iter().filter(|c| c.kind == ContainerKind::Regular);
+    let init = all.iter().filter(|c| c.kind == ContainerKind::Init);
+    let mut total = ResourceList::new();
+    match semantics.pod_totals {
+        PodTotals::Aggregate => {
+            for c in regular {
+                add_list(&mut total, &resource_list(c.value, field));
+            }
+            let mut sidecars = ResourceList::new();
+            let mut init_max = ResourceList::new();
+            for c in init {
+                let own = resource_list(c.value, field);
+                let effective =
+                    if c.value.get("restartPolicy").and_then(Value::as_str) == Some("Always") {
+                        add_list(&mut total, &own);
+                        add_list(&mut sidecars, &own);
+                        sidecars.clone()
+                    } else {
+                        let mut tmp = own;
+                        add_list(&mut tmp, &sidecars);
+                        tmp
+                    };
+                max_list(&mut init_max, &effective);
+            }
+            max_list(&mut total, &init_max);
+        }
+        PodTotals::Sum => {
+            let lists: Vec<ResourceList> = regular.map(|c| resource_list(c.value, field)).collect();
+            total = legacy_sum(&lists);
+            for c in init {
+                max_list(&mut total, &resource_list(c.value, field));
+            }
+        }
     }
-    let mut sidecars = ResourceList::new();
-    let mut init_max = ResourceList::new();
-    for c in all.iter().filter(|c| c.kind == ContainerKind::Init) {
-        let own = resource_list(c.value, field);
-        let effective = if c.value.get("restartPolicy").and_then(Value::as_str) == Some("Always") {
-            add_list(&mut total, &own);
-            add_list(&mut sidecars, &own);
-            sidecars.clone()
-        } else {
-            let mut tmp = own;
-            add_list(&mut tmp, &sidecars);
-            tmp
-        };
-        max_list(&mut init_max, &effective);
-    }
-    max_list(&mut total, &init_max);
     if semantics.pod_level_resources {
         let pod = spec
             .get("resources")
@@ -247,6 +263,26 @@ pub fn pod_total(spec: &Value, field: &str, semantics: Semantics) -> ResourceLis
                 total.insert(name.clone(), q);
             }
         }
+    }
+    total
+}
+
+/// 1.26's `sum`: a resource only when every list has it; CPU added in milli-units, the rest
+/// in whole units (each rounded up), as plain decimal quantities.
+fn legacy_sum(lists: &[ResourceList]) -> ResourceList {
+    let mut total = ResourceList::new();
+    let Some(first) = lists.first() else {
+        return total;
+    };
+    for name in first.keys() {
+        let values: Option<Vec<&Quantity>> = lists.iter().map(|l| l.get(name)).collect();
+        let Some(values) = values else { continue };
+        let sum = if name == "cpu" {
+            Quantity::from_milli(values.iter().map(|v| v.milli_value()).sum())
+        } else {
+            Quantity::from_units_i128(values.iter().map(|v| v.value()).sum())
+        };
+        total.insert(name.clone(), sum);
     }
     total
 }

@@ -12,8 +12,8 @@
 
 use super::{Capabilities, Context, Findings, Policy, PolicyError, SettingsError, parse_settings};
 use crate::limitrange::{
-    ANNOTATION_PREFIX, Comparison, Item, LimitRange, Semantics, copy_limits_to_requests,
-    merge_defaults, unreadable_quantities, validate_spec,
+    ANNOTATION_PREFIX, Item, LimitRange, Semantics, copy_limits_to_requests, merge_defaults,
+    unreadable_quantities, validate_spec,
 };
 use crate::quantity::Quantity;
 use crate::workload::{WORKLOAD_KINDS, pod_spec, pod_spec_mut, set_template_annotation};
@@ -35,28 +35,15 @@ pub struct LimitRangeDefaultsSettings {
     /// Also apply the LimitRange objects of the object's namespace (from the cluster cache).
     #[serde(default)]
     pub from_namespace_limit_ranges: bool,
-    /// How min, max and ratio compare quantities: `auto` (the connected cluster's release, the
-    /// newest upstream offline), `exact` or `milli`.
+    /// Whose LimitRanger to match where releases differ (comparisons, pod totals): `auto` (the
+    /// connected cluster's, from discovery; the newest release offline) or a release, `"1.33"`.
     #[serde(default)]
-    pub quantity_comparison: ComparisonSetting,
+    pub kubernetes_version: Option<String>,
     /// Whether pod-level `spec.resources` count for `type: Pod` items: `auto` (when the object
     /// carries them: the apiserver drops them before validation where the feature gate is off),
     /// `enabled` or `disabled`.
     #[serde(default)]
     pub pod_level_resources: PodLevelSetting,
-}
-
-/// `settings.quantityComparison`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum ComparisonSetting {
-    /// Follow the cluster's Kubernetes version; the newest upstream when it is not known.
-    #[default]
-    Auto,
-    /// Exact, as upstream from [`EXACT_COMPARISON_SINCE`].
-    Exact,
-    /// Milli-unit rounding, as upstream before it.
-    Milli,
 }
 
 /// `settings.podLevelResources`.
@@ -71,10 +58,6 @@ pub enum PodLevelSetting {
     /// Never count them (a cluster with the gate off, for objects it kept them on).
     Disabled,
 }
-
-/// The first Kubernetes minor release whose LimitRanger compares quantities exactly
-/// (kubernetes/kubernetes#141348, merged 2026-08-13 after the 1.37 code freeze).
-pub const EXACT_COMPARISON_SINCE: u32 = 38;
 
 /// One item of `settings.limits`, as `LimitRangeItem`.
 #[derive(Debug, Clone, Deserialize)]
@@ -105,7 +88,8 @@ pub struct LimitItemSettings {
 pub struct LimitRangeDefaults {
     configured: Option<LimitRange>,
     from_namespace: bool,
-    comparison: ComparisonSetting,
+    /// The pinned release's minor version; `None`: follow the cluster.
+    release: Option<u32>,
     pod_level: PodLevelSetting,
 }
 
@@ -119,6 +103,17 @@ impl LimitRangeDefaults {
                 "set `limits`, `fromNamespaceLimitRanges: true`, or both",
             ));
         }
+        let release = match settings.kubernetes_version.as_deref() {
+            None | Some("auto") => None,
+            Some(version) => Some(crate::webhooks::minor_version(version).ok_or_else(|| {
+                SettingsError::at(
+                    "kubernetesVersion",
+                    format!(
+                        "{version:?} is not a Kubernetes version: use auto, or one such as \"1.33\""
+                    ),
+                )
+            })?),
+        };
         let mut items = Vec::new();
         for (i, item) in settings.limits.into_iter().enumerate() {
             items.push(validate_item(i, item)?);
@@ -127,30 +122,20 @@ impl LimitRangeDefaults {
         Ok(Self {
             configured,
             from_namespace: settings.from_namespace_limit_ranges,
-            comparison: settings.quantity_comparison,
+            release,
             pod_level: settings.pod_level_resources,
         })
     }
 
     /// How this request is judged: the settings, the cluster's version, and the object.
     fn semantics(&self, cx: &Context, spec: &Value) -> Semantics {
-        let comparison = match self.comparison {
-            ComparisonSetting::Exact => Comparison::Exact,
-            ComparisonSetting::Milli => Comparison::Milli,
-            ComparisonSetting::Auto => match cx.cluster.server_minor_version() {
-                Some(minor) if minor < EXACT_COMPARISON_SINCE => Comparison::Milli,
-                _ => Comparison::Exact,
-            },
-        };
+        let release = self.release.or_else(|| cx.cluster.server_minor_version());
         let pod_level_resources = match self.pod_level {
             PodLevelSetting::Enabled => true,
             PodLevelSetting::Disabled => false,
             PodLevelSetting::Auto => spec.get("resources").is_some_and(|r| !r.is_null()),
         };
-        Semantics {
-            comparison,
-            pod_level_resources,
-        }
+        Semantics::of_release(release, pod_level_resources)
     }
 
     /// The LimitRanges that apply in the request's namespace, in order; what could not be

@@ -1,6 +1,6 @@
 //! Upstream LimitRanger's own test tables (`data/upstream-limitranger.yaml`), each case run through
-//! the engine as a Pod and as a Deployment's pod template, under both the current exact
-//! comparison and the older releases' milli-unit one.
+//! the engine as a Pod and as a Deployment's pod template, as the newest release's
+//! LimitRanger and as those of 1.33 and 1.26.
 
 use crate::common::*;
 use confgate::admission::Review;
@@ -105,8 +105,10 @@ struct ValidateCase {
     ranges: Option<Vec<Value>>,
     #[serde(default)]
     deny: Vec<String>,
-    /// Where the older milli comparison differs: `allow`, or its violations.
+    /// Where releases before 1.38 (milli-unit comparisons) differ: `allow`, or the violations.
     milli: Option<Milli>,
+    /// Where 1.26 (also `sum` for pod totals) differs from those.
+    v126: Option<Milli>,
     pod_level: Option<String>,
 }
 
@@ -179,9 +181,9 @@ fn pod_spec(kind: Kind, object: &Value) -> &Value {
     }
 }
 
-fn policy(comparison: &str, pod_level: &str) -> confgate::policy::PolicySet {
+fn policy(version: &str, pod_level: &str) -> confgate::policy::PolicySet {
     policies(&format!(
-        "apiVersion: confgate.dev/v1alpha1\nkind: Policy\nmetadata: {{name: lr}}\nspec:\n  type: limitrange-defaults\n  settings: {{fromNamespaceLimitRanges: true, quantityComparison: {comparison}, podLevelResources: {pod_level}}}\n"
+        "apiVersion: confgate.dev/v1alpha1\nkind: Policy\nmetadata: {{name: lr}}\nspec:\n  type: limitrange-defaults\n  settings: {{fromNamespaceLimitRanges: true, kubernetesVersion: {version:?}, podLevelResources: {pod_level}}}\n"
     ))
 }
 
@@ -212,7 +214,7 @@ fn admit(
 }
 
 #[test]
-fn upstream_validation_tables_as_pods_and_templates_under_both_comparisons() {
+fn upstream_validation_tables_as_pods_and_templates_as_three_releases() {
     let mut checked = 0;
     for case in table().validate {
         let items = case
@@ -221,29 +223,35 @@ fn upstream_validation_tables_as_pods_and_templates_under_both_comparisons() {
             .or_else(|| case.range.clone().map(|r| vec![r]))
             .unwrap();
         let pod_level = case.pod_level.as_deref().unwrap_or("auto");
-        for comparison in ["exact", "milli"] {
-            let set = policy(comparison, pod_level);
-            let expected = match (comparison, &case.milli) {
-                ("milli", Some(Milli::Outcome(outcome))) => {
+        for version in ["1.38", "1.33", "1.26"] {
+            let set = policy(version, pod_level);
+            let older = |o: &Option<Milli>| match o {
+                Some(Milli::Outcome(outcome)) => {
                     assert_eq!(outcome, "allow", "{}", case.pod.name);
-                    Vec::new()
+                    Some(Vec::new())
                 }
-                ("milli", Some(Milli::Deny(violations))) => violations.clone(),
-                _ => case.deny.clone(),
+                Some(Milli::Deny(violations)) => Some(violations.clone()),
+                None => None,
             };
+            let expected = match version {
+                "1.26" => older(&case.v126).or_else(|| older(&case.milli)),
+                "1.33" => older(&case.milli),
+                _ => None,
+            }
+            .unwrap_or_else(|| case.deny.clone());
             for kind in [Kind::Pod, Kind::Deployment] {
                 let review = create_review(object(kind, &case.pod.name, case.pod.spec()));
                 let (_, violations) = admit(ranges(items.clone()), &set, &review);
                 assert_eq!(
                     violations, expected,
-                    "{} ({kind:?}, {comparison})",
+                    "{} ({kind:?}, {version})",
                     case.pod.name
                 );
                 checked += 1;
             }
         }
     }
-    assert!(checked > 400, "{checked} runs");
+    assert!(checked > 600, "{checked} runs");
 }
 
 #[test]

@@ -130,3 +130,177 @@ pub async fn e2e_builtin_limitranger_plus_confgate_equals_builtin_alone(cx: Cx) 
         );
     }
 }
+
+/// One LimitRange, as a namespace object for the built-in plugin and as confgate's settings.
+const VERDICT_LIMITS: &str = r#"
+  - type: Container
+    max: {cpu: "1", memory: 1Gi}
+    min: {cpu: 10m, memory: "1"}
+    maxLimitRequestRatio: {cpu: "4"}
+  - type: Pod
+    max: {cpu: "2", memory: 2Gi}
+    min: {cpu: 50m}
+"#;
+
+/// Pods for the verdict comparison: within, over each constraint, a ratio to print, a request
+/// that only the newest (exact) comparison finds below a minimum, sidecars, and pod-level
+/// resources where the apiserver has them.
+fn verdict_pods(minor: u32) -> Vec<(&'static str, Value)> {
+    let c = |name: &str, requests: Value, limits: Value| json!({"name": name, "image": "nginx", "resources": {"requests": requests, "limits": limits}});
+    let one = |requests: Value, limits: Value| json!({"containers": [c("app", requests, limits)]});
+    let mut pods = vec![
+        (
+            "within",
+            one(
+                json!({"cpu": "100m", "memory": "64Mi"}),
+                json!({"cpu": "200m", "memory": "128Mi"}),
+            ),
+        ),
+        ("defaults-only", one(json!({}), json!({}))),
+        (
+            "over-container-max",
+            one(json!({"cpu": "100m"}), json!({"cpu": "1500m"})),
+        ),
+        (
+            "over-ratio",
+            one(json!({"cpu": "240m"}), json!({"cpu": "1"})),
+        ),
+        (
+            "below-container-min",
+            one(json!({"cpu": "5m"}), json!({"cpu": "10m"})),
+        ),
+        (
+            "below-pod-min",
+            one(json!({"cpu": "20m"}), json!({"cpu": "40m"})),
+        ),
+        (
+            "over-pod-max",
+            json!({"containers": [
+                c("a", json!({"cpu": "100m"}), json!({"cpu": "800m"})),
+                c("b", json!({"cpu": "100m"}), json!({"cpu": "800m"})),
+                c("c", json!({"cpu": "100m"}), json!({"cpu": "800m"}))]}),
+        ),
+        // 0.999999999 bytes: milli-rounded (1.26, 1.33) it meets the minimum of 1.
+        (
+            "sub-milli-request",
+            one(json!({"memory": "999999999n"}), json!({})),
+        ),
+    ];
+    if minor >= 28 {
+        pods.push((
+            "sidecar-over-pod-max",
+            json!({
+                "initContainers": [{"name": "proxy", "image": "envoy", "restartPolicy": "Always",
+                    "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "1"}}}],
+                "containers": [c("app", json!({"cpu": "100m"}), json!({"cpu": "1"})),
+                    c("second", json!({"cpu": "100m"}), json!({"cpu": "500m"}))]
+            }),
+        ));
+    }
+    if minor >= 32 {
+        let mut pod_min = one(json!({"cpu": "20m"}), json!({"cpu": "40m"}));
+        // 1.33 validates pod-level CPU and memory against the containers' sums, so both are set.
+        pod_min["resources"] = json!({"requests": {"cpu": "100m", "memory": "2Gi"}, "limits": {"cpu": "100m", "memory": "2Gi"}});
+        pods.push(("pod-level-meets-pod-min", pod_min));
+        let mut pod_max = one(json!({"memory": "64Mi"}), json!({"memory": "128Mi"}));
+        pod_max["resources"] = json!({"limits": {"cpu": "2", "memory": "3Gi"}});
+        pods.push(("pod-level-over-pod-max", pod_max));
+    }
+    pods
+}
+
+/// What the apiserver made of a Pod: stored resources and the defaults annotation, or the
+/// refusal as LimitRanger's own sentences (confgate's container prefix left out).
+async fn verdict(cx: &Cx, ns: &str, name: &str, spec: &Value) -> Value {
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns}, "spec": spec});
+    let run = cx
+        .kubectl()
+        .run(&["create", "-o", "json", "-f", "-"], Some(&pod.to_string()))
+        .await;
+    if !run.success {
+        let text = run.stderr.trim().to_owned();
+        let sentences: Vec<String> =
+            if let Some((_, ours)) = text.split_once("denied the request: ") {
+                ours.lines()
+                    .map(|l| l.trim().trim_start_matches("limits: "))
+                    .map(|l| match l.split_once("\": ") {
+                        Some((prefix, rest)) if prefix.contains("container \"") => rest.to_owned(),
+                        _ => l.to_owned(),
+                    })
+                    .collect()
+            } else {
+                let (_, builtin) = text.split_once("is forbidden: ").expect(&text);
+                let builtin = builtin.trim_start_matches('[').trim_end_matches(']');
+                // The plugin joins its errors with ", "; each starts with a resource or "m".
+                let mut out: Vec<String> = Vec::new();
+                for part in builtin.split(", ") {
+                    match out.last_mut() {
+                        Some(last) if part.starts_with("but ") => {
+                            last.push_str(", ");
+                            last.push_str(part);
+                        }
+                        _ => out.push(part.to_owned()),
+                    }
+                }
+                out
+            };
+        // The plugin's aggregate error prints each distinct sentence once; confgate names the
+        // container in each, so with the names left out its repeats are folded the same way.
+        let mut sentences = sentences;
+        sentences.sort();
+        sentences.dedup();
+        return json!({"denied": sentences});
+    }
+    let stored: Value = serde_json::from_str(&run.stdout).unwrap();
+    let resources = |list: &str| -> Vec<Value> {
+        stored["spec"][list]
+            .as_array()
+            .map(|cs| cs.iter().map(|c| c["resources"].clone()).collect())
+            .unwrap_or_default()
+    };
+    let annotations = &stored["metadata"]["annotations"];
+    json!({
+        "containers": resources("containers"),
+        "initContainers": resources("initContainers"),
+        "pod": stored["spec"]["resources"],
+        "annotation": annotations.get("kubernetes.io/limit-ranger").or(annotations.get("confgate.dev/limitrange-defaults")),
+    })
+}
+
+/// confgate alone (the LimitRange as its settings, none in the namespace) against the built-in
+/// plugin alone (the LimitRange in the namespace): the same Pods are admitted with the same
+/// resources, or refused for the same reasons, on this control plane's version (milli-unit
+/// comparisons on 1.26 and 1.33, followed from discovery) and, on 1.33, with pod-level resources.
+pub async fn e2e_confgate_alone_judges_pods_as_the_builtin_limitranger(cx: Cx) {
+    let builtin = cx.namespace("limitranger-builtin").await;
+    let ours = cx.namespace("limitranger-confgate").await;
+    let kubectl = cx.kubectl();
+    let range = format!(
+        "apiVersion: v1\nkind: LimitRange\nmetadata: {{name: limits}}\nspec:\n  limits:{VERDICT_LIMITS}"
+    );
+    kubectl
+        .ok(&["apply", "-n", &builtin, "-f", "-"], Some(&range))
+        .await;
+    let policy = format!(
+        "apiVersion: confgate.dev/v1alpha1\nkind: Policy\nmetadata: {{name: limits}}\nspec:\n  type: limitrange-defaults\n  match: {{kinds: [Pod]}}\n  settings:\n    limits:{}",
+        VERDICT_LIMITS.replace("\n  ", "\n    ")
+    );
+    let _confgate = Confgate::start(&cx, Options::with_policies(&ours, &policy)).await;
+    let mut refused = 0;
+    for (name, spec) in verdict_pods(cx.minor()) {
+        let expected = verdict(&cx, &builtin, name, &spec).await;
+        let got = verdict(&cx, &ours, name, &spec).await;
+        assert_eq!(got, expected, "pod {name} on {}", cx.plane.version);
+        let admitted = expected.get("denied").is_none();
+        let should_be = [
+            "within",
+            "defaults-only",
+            "sub-milli-request",
+            "pod-level-meets-pod-min",
+        ]
+        .contains(&name);
+        assert_eq!(admitted, should_be, "pod {name}: {expected}");
+        refused += usize::from(!admitted);
+    }
+    assert!(refused >= 5, "the comparison covers refusals: {refused}");
+}

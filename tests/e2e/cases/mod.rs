@@ -32,6 +32,7 @@ pub fn all() -> Vec<(&'static str, Case)> {
         admission::e2e_controller_made_pods_do_not_wait_for_a_down_confgate,
         admission::e2e_finalizer_removal_is_never_blocked,
         limitranger::e2e_builtin_limitranger_plus_confgate_equals_builtin_alone,
+        limitranger::e2e_confgate_alone_judges_pods_as_the_builtin_limitranger,
         cluster_state::e2e_live_cache_follows_initial_list_and_watch_events,
         cluster_state::e2e_apiserver_loss_serves_last_cache_reports_staleness_and_recovers,
         cluster_state::e2e_readiness_waits_for_cache_sync,

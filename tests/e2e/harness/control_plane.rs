@@ -134,6 +134,11 @@ impl ControlPlane {
         if has_flag(&binaries.apiserver, "--insecure-port") {
             kas.arg("--insecure-port=0");
         }
+        // Pod-level resources (KEP-2837) are alpha in 1.32-1.33: turned on, so the suite can
+        // compare confgate with the built-in LimitRanger on them. 1.26 has no such field.
+        if has_flag(&binaries.apiserver, "PodLevelResources=true|false (ALPHA") {
+            kas.arg("--feature-gates=PodLevelResources=true");
+        }
         if let Ok(extra) = std::env::var("E2E_APISERVER_FLAGS") {
             kas.args(extra.split_whitespace());
         }
