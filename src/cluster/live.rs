@@ -262,6 +262,9 @@ pub struct LiveState {
     key_attempted: AtomicBool,
     /// The apiserver's minor version, from discovery (0 until known).
     minor_version: AtomicU32,
+    /// The first attempt to read the version is done (readiness waits for it, so policies
+    /// that follow the cluster's release judge the first request as they will the rest).
+    version_attempted: AtomicBool,
 }
 
 /// Where a live cluster's [`ChecksumKey`] is kept: a Secret confgate owns, in its own namespace.
@@ -387,6 +390,7 @@ impl LiveState {
             key_attempted: AtomicBool::new(secrets_mode == SecretsMode::None),
             workloads: workloads.then(|| super::workloads::Index::start(client.clone())),
             minor_version: AtomicU32::new(0),
+            version_attempted: AtomicBool::new(false),
         });
         tokio::spawn(discover_version(client.clone(), Arc::downgrade(&state)));
         if secrets_mode != SecretsMode::None {
@@ -463,23 +467,31 @@ impl LiveState {
 /// whose judgement differs between Kubernetes releases follow it).
 async fn discover_version(client: Client, state: std::sync::Weak<LiveState>) {
     loop {
-        match client.apiserver_version().await {
+        let result = client.apiserver_version().await;
+        let Some(live) = state.upgrade() else {
+            return;
+        };
+        match result {
             Ok(info) => {
-                let minor =
-                    crate::webhooks::minor_version(&format!("{}.{}", info.major, info.minor));
-                if let (Some(minor), Some(state)) = (minor, state.upgrade()) {
-                    state.minor_version.store(minor, Ordering::Release);
-                    tracing::info!(version = %info.git_version, "the cluster's Kubernetes version");
+                let version = format!("{}.{}", info.major, info.minor);
+                match crate::webhooks::minor_version(&version) {
+                    Some(minor) => {
+                        live.minor_version.store(minor, Ordering::Release);
+                        tracing::info!(version = %info.git_version, "the cluster's Kubernetes version");
+                    }
+                    None => {
+                        tracing::warn!(%version, "the cluster's version is not understood: judging as the newest release")
+                    }
                 }
+                live.version_attempted.store(true, Ordering::Release);
                 return;
             }
             Err(error) => {
-                tracing::warn!(%error, "could not read the cluster's version; retrying in 5s");
+                live.version_attempted.store(true, Ordering::Release);
+                drop(live);
+                tracing::warn!(%error, "could not read the cluster's version (judging as the newest release meanwhile); retrying in 5s");
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
-        }
-        if state.strong_count() == 0 {
-            return;
         }
     }
 }
@@ -722,6 +734,9 @@ impl ClusterState for LiveState {
         }
         if !self.key_attempted.load(Ordering::Acquire) {
             return Err("loading the checksum key".into());
+        }
+        if !self.version_attempted.load(Ordering::Acquire) {
+            return Err("reading the cluster's version".into());
         }
         Ok(())
     }

@@ -447,6 +447,25 @@ mod tests {
     }
 
     #[test]
+    fn judges_as_the_pinned_release_or_the_newest_offline() {
+        let settings = |version: &str| json!({"limits": [{"type": "Container", "min": {"memory": "1"}}], "kubernetesVersion": version});
+        let sub_milli = || deployment(json!({"requests": {"memory": "999999999n"}}));
+        // Offline, auto is the newest release: exact, so 0.999999999 is below 1.
+        let newest = LimitRangeDefaults::from_settings(settings("auto")).unwrap();
+        assert_eq!(
+            validate(&newest, sub_milli(), &Standalone).violations,
+            vec![
+                "container \"app\": minimum memory usage per Container is 1, but request is 999999999n"
+            ]
+        );
+        // 1.33 rounds it up to a milli-unit: allowed.
+        let v133 = LimitRangeDefaults::from_settings(settings("v1.33.3")).unwrap();
+        assert!(validate(&v133, sub_milli(), &Standalone).is_empty());
+        let err = LimitRangeDefaults::from_settings(settings("latest")).unwrap_err();
+        assert_eq!(err.path, "kubernetesVersion");
+    }
+
+    #[test]
     fn rejects_default_request_above_default() {
         let err = LimitRangeDefaults::from_settings(json!({"limits": [{"type": "Container", "default": {"cpu": "1"}, "defaultRequest": {"cpu": "2"}}]})).unwrap_err();
         assert_eq!(err.path, "limits[0].defaultRequest.cpu");
