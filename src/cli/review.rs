@@ -136,7 +136,7 @@ pub(crate) fn judge(
         if doc.get("kind").and_then(Value::as_str) != Some("AdmissionReview") {
             local
                 .add_document(doc.clone())
-                .map_err(|(kind, message)| format!("{source}: {kind}: {message}"))?;
+                .map_err(|e| format!("{source}: {e}"))?;
         }
     }
     let mut live = None;

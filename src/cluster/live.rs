@@ -3,7 +3,7 @@
 //! (`--secrets watch`) or fetched by name when a request references them (`--secrets get`, the
 //! default: RBAC `get` only) and remembered for a short while.
 
-use super::{CacheKind, ChecksumKey, ClusterState, ConfigData, Lookup};
+use super::{CacheKind, ChecksumKey, ClusterState, ConfigData, Lookup, NotReady};
 use crate::workload::Source;
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -716,27 +716,24 @@ impl ClusterState for LiveState {
             .clone()
     }
 
-    fn ready(&self) -> Result<(), String> {
-        let pending: Vec<&str> = self
+    fn ready(&self) -> Result<(), NotReady> {
+        let mut pending: Vec<CacheKind> = self
             .caches_synced()
             .into_iter()
             .filter(|(_, synced)| !synced)
-            .map(|(r, _)| r.as_str())
+            .map(|(kind, _)| kind)
             .collect();
-        if !pending.is_empty() {
-            return Err(format!(
-                "waiting for caches to sync: {}",
-                pending.join(", ")
-            ));
+        if pending.is_empty() && self.workloads.as_ref().is_some_and(|w| !w.synced()) {
+            pending.push(CacheKind::Workloads);
         }
-        if self.workloads.as_ref().is_some_and(|w| !w.synced()) {
-            return Err("waiting for caches to sync: workloads".into());
+        if !pending.is_empty() {
+            return Err(NotReady::CachesSyncing(pending));
         }
         if !self.key_attempted.load(Ordering::Acquire) {
-            return Err("loading the checksum key".into());
+            return Err(NotReady::LoadingChecksumKey);
         }
         if !self.version_attempted.load(Ordering::Acquire) {
-            return Err("reading the cluster's version".into());
+            return Err(NotReady::ReadingVersion);
         }
         Ok(())
     }

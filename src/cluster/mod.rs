@@ -188,6 +188,20 @@ impl CacheKind {
     }
 }
 
+/// Why cluster state cannot answer yet.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// These watch caches have not finished their first list.
+    #[error("waiting for caches to sync: {}", .0.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", "))]
+    CachesSyncing(Vec<CacheKind>),
+    /// The first attempt to read (or create) the checksum key is not done.
+    #[error("loading the checksum key")]
+    LoadingChecksumKey,
+    /// The first attempt to read the cluster's version is not done.
+    #[error("reading the cluster's version")]
+    ReadingVersion,
+}
+
 /// Read access to the cluster for policies. Every method answers from memory.
 pub trait ClusterState: Send + Sync {
     /// A short description for logs and `/readyz` ("standalone", "static: 4 files", "live").
@@ -224,8 +238,8 @@ pub trait ClusterState: Send + Sync {
         None
     }
 
-    /// `Err(reason)` while the state is not usable yet (caches not synced).
-    fn ready(&self) -> Result<(), String> {
+    /// `Err(why)` while the state is not usable yet (caches not synced).
+    fn ready(&self) -> Result<(), NotReady> {
         Ok(())
     }
 

@@ -43,6 +43,16 @@ pub enum StateError {
     },
 }
 
+/// A document of a known kind that does not have that kind's shape.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct ObjectError {
+    /// Its kind.
+    pub kind: String,
+    /// The failing field's path and what is wrong there.
+    pub message: String,
+}
+
 type Key = (String, String);
 
 /// Cluster state loaded from manifests.
@@ -76,7 +86,7 @@ impl StaticState {
 
     /// Adds one already-parsed document (a manifest being reviewed, say); other kinds are
     /// ignored. Errors name the kind and the field.
-    pub fn add_document(&mut self, doc: Value) -> Result<(), (String, String)> {
+    pub fn add_document(&mut self, doc: Value) -> Result<(), ObjectError> {
         self.add_object(doc)
     }
 
@@ -88,7 +98,7 @@ impl StaticState {
         })?;
         for (i, doc) in crate::yaml::flatten_lists(docs).into_iter().enumerate() {
             self.add_object(doc)
-                .map_err(|(kind, message)| StateError::Invalid {
+                .map_err(|ObjectError { kind, message }| StateError::Invalid {
                     file: file.to_owned(),
                     document: i + 1,
                     kind,
@@ -98,7 +108,7 @@ impl StaticState {
         Ok(())
     }
 
-    fn add_object(&mut self, doc: Value) -> Result<(), (String, String)> {
+    fn add_object(&mut self, doc: Value) -> Result<(), ObjectError> {
         let kind = doc
             .get("kind")
             .and_then(Value::as_str)
@@ -167,9 +177,11 @@ impl StaticState {
     }
 }
 
-fn typed<T: DeserializeOwned>(kind: &str, doc: Value) -> Result<T, (String, String)> {
-    serde_path_to_error::deserialize(doc)
-        .map_err(|e| (kind.to_owned(), format!("{}: {}", e.path(), e.inner())))
+fn typed<T: DeserializeOwned>(kind: &str, doc: Value) -> Result<T, ObjectError> {
+    serde_path_to_error::deserialize(doc).map_err(|e| ObjectError {
+        kind: kind.to_owned(),
+        message: format!("{}: {}", e.path(), e.inner()),
+    })
 }
 
 fn lookup(map: &HashMap<Key, Arc<ConfigData>>, namespace: &str, name: &str) -> Lookup {

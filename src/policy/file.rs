@@ -3,8 +3,9 @@
 
 use super::matcher::{Match, MatchSpec};
 use super::registry::Registry;
-use super::{Action, FailurePolicy, LoadedPolicy, OnError};
+use super::{Action, FailurePolicy, FieldError, LoadedPolicy, OnError};
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -104,10 +105,11 @@ impl PolicySet {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct PolicyDocument {
-    #[allow(dead_code)]
-    api_version: String,
-    #[allow(dead_code)]
-    kind: String,
+    /// Checked before deserialising, with a clearer message.
+    #[serde(rename = "apiVersion")]
+    _api_version: IgnoredAny,
+    #[serde(rename = "kind")]
+    _kind: IgnoredAny,
     metadata: Metadata,
     spec: PolicySpec,
 }
@@ -116,12 +118,11 @@ struct PolicyDocument {
 #[serde(deny_unknown_fields)]
 struct Metadata {
     name: String,
-    #[serde(default)]
-    #[allow(dead_code)]
-    labels: BTreeMap<String, String>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    annotations: BTreeMap<String, String>,
+    /// Accepted for tooling (kustomize, Helm); confgate does not read them.
+    #[serde(default, rename = "labels")]
+    _labels: Option<BTreeMap<String, String>>,
+    #[serde(default, rename = "annotations")]
+    _annotations: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -244,7 +245,7 @@ fn load_sources(
                     seen.insert(policy.name.clone(), (file.clone(), index + 1));
                     policies.push(policy);
                 }
-                Err((field, message)) => issues.push(at(&field, message)),
+                Err(FieldError { field, message }) => issues.push(at(&field, message)),
             }
         }
     }
@@ -257,18 +258,14 @@ fn load_sources(
     })
 }
 
-fn compile(
-    document: Value,
-    file: &Path,
-    registry: &Registry,
-) -> Result<LoadedPolicy, (String, String)> {
+fn compile(document: Value, file: &Path, registry: &Registry) -> Result<LoadedPolicy, FieldError> {
     let api_version = document
         .get("apiVersion")
         .and_then(Value::as_str)
         .unwrap_or_default();
     if api_version != API_VERSION {
-        return Err((
-            "apiVersion".into(),
+        return Err(FieldError::at(
+            "apiVersion",
             format!("must be {API_VERSION:?}, got {api_version:?}"),
         ));
     }
@@ -277,24 +274,27 @@ fn compile(
         .and_then(Value::as_str)
         .unwrap_or_default();
     if kind != "Policy" {
-        return Err(("kind".into(), format!("must be \"Policy\", got {kind:?}")));
+        return Err(FieldError::at(
+            "kind",
+            format!("must be \"Policy\", got {kind:?}"),
+        ));
     }
     let doc: PolicyDocument = serde_path_to_error::deserialize(document).map_err(|e| {
         let path = e.path().to_string();
-        (
+        FieldError::at(
             if path == "." { String::new() } else { path },
             e.into_inner().to_string(),
         )
     })?;
     let name = doc.metadata.name;
     if let Err(why) = check_dns_label(&name) {
-        return Err(("metadata.name".into(), why));
+        return Err(FieldError::at("metadata.name", why));
     }
     let spec = doc.spec;
     let factory = registry.get(&spec.type_name).ok_or_else(|| {
         let known: Vec<&str> = registry.type_names().collect();
-        (
-            "spec.type".to_owned(),
+        FieldError::at(
+            "spec.type",
             format!(
                 "unknown policy type {:?} (known: {})",
                 spec.type_name,
@@ -302,14 +302,7 @@ fn compile(
             ),
         )
     })?;
-    let policy = factory(spec.settings).map_err(|e| {
-        let field = if e.path.is_empty() {
-            "spec.settings".to_owned()
-        } else {
-            format!("spec.settings.{}", e.path)
-        };
-        (field, e.message)
-    })?;
+    let policy = factory(spec.settings).map_err(FieldError::from)?;
     let matcher = Match::compile(
         spec.matcher,
         policy.kinds(),
@@ -317,7 +310,7 @@ fn compile(
         policy.extra_operations(),
         policy.default_operations(),
     )
-    .map_err(|(field, message)| (format!("spec.match.{field}"), message))?;
+    .map_err(|e| e.under("spec.match"))?;
     Ok(LoadedPolicy {
         name,
         type_name: spec.type_name,

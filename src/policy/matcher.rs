@@ -1,6 +1,7 @@
 //! `spec.match`: which requests a policy applies to, with the apiserver's own matching rules for
 //! `namespaceSelector` and `objectSelector`.
 
+use super::FieldError;
 use crate::admission::operation_str;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::admission::Operation;
@@ -18,7 +19,7 @@ pub struct MatchSpec {
     pub kinds: Vec<String>,
     /// Operations. Default: CREATE and UPDATE.
     #[serde(default)]
-    pub operations: Vec<String>,
+    pub operations: Vec<Operation>,
     /// Only these namespaces (empty: all).
     #[serde(default)]
     pub namespaces: Vec<String>,
@@ -68,12 +69,12 @@ impl Match {
         default_kinds: Option<Vec<String>>,
         extra_operations: &[Operation],
         default_operations: &[Operation],
-    ) -> Result<Self, (String, String)> {
+    ) -> Result<Self, FieldError> {
         for (i, kind) in spec.kinds.iter().enumerate() {
             if let Some(known) = type_kinds
                 && !known.contains(&kind.as_str())
             {
-                return Err((
+                return Err(FieldError::at(
                     format!("kinds[{i}]"),
                     format!(
                         "kind {kind:?} is not understood by this policy type (it understands {})",
@@ -82,27 +83,17 @@ impl Match {
                 ));
             }
         }
-        let mut operations = Vec::new();
-        for (i, op) in spec.operations.iter().enumerate() {
-            let parsed = match op.as_str() {
-                "CREATE" => Operation::Create,
-                "UPDATE" => Operation::Update,
-                "DELETE" => Operation::Delete,
-                "CONNECT" => Operation::Connect,
-                other => {
-                    return Err((
-                        format!("operations[{i}]"),
-                        format!("unknown operation {other:?} (CREATE, UPDATE, DELETE or CONNECT)"),
-                    ));
-                }
-            };
-            if !DEFAULT_OPERATIONS.contains(&parsed) && !extra_operations.contains(&parsed) {
-                return Err((
+        let mut operations = spec.operations.clone();
+        for (i, op) in operations.iter().enumerate() {
+            if !DEFAULT_OPERATIONS.contains(op) && !extra_operations.contains(op) {
+                return Err(FieldError::at(
                     format!("operations[{i}]"),
-                    format!("this policy type does not evaluate {op} requests"),
+                    format!(
+                        "this policy type does not evaluate {} requests",
+                        operation_str(op)
+                    ),
                 ));
             }
-            operations.push(parsed);
         }
         if operations.is_empty() {
             operations.extend(default_operations.iter().cloned());
@@ -229,12 +220,12 @@ impl Match {
 fn compile_selector(
     selector: &Option<LabelSelector>,
     field: &str,
-) -> Result<Option<Selector>, (String, String)> {
+) -> Result<Option<Selector>, FieldError> {
     selector
         .clone()
         .map(Selector::try_from)
         .transpose()
-        .map_err(|e| (field.to_owned(), e.to_string()))
+        .map_err(|e| FieldError::at(field, e.to_string()))
 }
 
 /// `metadata.labels` of an object as a map (non-string values ignored).
@@ -344,7 +335,7 @@ mod tests {
             &DEFAULT_OPERATIONS,
         )
         .unwrap_err();
-        assert_eq!(err.0, "kinds[0]");
+        assert_eq!(err.field, "kinds[0]");
     }
 
     #[test]

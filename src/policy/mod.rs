@@ -72,17 +72,45 @@ impl Findings {
     }
 }
 
+/// A policy file field that is wrong: its path in the document (`spec.match.kinds[0]`) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    /// The field's path; empty for the document as a whole.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl FieldError {
+    /// An error at `field`.
+    pub fn at(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same error, its path below `prefix` (`kinds[0]` under `spec.match`).
+    pub fn under(self, prefix: &str) -> Self {
+        let field = if self.field.is_empty() {
+            prefix.to_owned()
+        } else {
+            format!("{prefix}.{}", self.field)
+        };
+        Self { field, ..self }
+    }
+}
+
+impl From<SettingsError> for FieldError {
+    fn from(e: SettingsError) -> Self {
+        FieldError::at(e.path, e.message).under("spec.settings")
+    }
+}
+
 /// An internal failure of a policy (not a violation). Judged by the policy's `onError`.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    /// The object does not have the shape the policy needs (for example a non-object `spec`).
-    #[error("object is malformed at {path}: {reason}")]
-    Malformed {
-        /// JSON pointer into the object.
-        path: String,
-        /// What was wrong there.
-        reason: String,
-    },
     /// Something the policy needs is unavailable.
     #[error("{0}")]
     Unavailable(String),

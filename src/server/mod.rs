@@ -123,7 +123,7 @@ impl AppState {
         let cluster = self.admission.engine.cluster();
         let synced = cluster.ready();
         if self.require_cluster_sync {
-            synced.clone()?;
+            synced.clone().map_err(|e| e.to_string())?;
         }
         let policies = self.admission.policies.load().policies.len();
         let mut detail = format!("{policies} policies; {}", cluster.describe());

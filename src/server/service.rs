@@ -79,7 +79,7 @@ pub enum ServiceError {
     Encode(#[from] serde_json::Error),
     /// The thread working on a large body failed (HTTP 500).
     #[error("evaluation task failed: {0}")]
-    Task(String),
+    Task(#[from] super::bulk::BulkError),
 }
 
 impl ServiceError {
@@ -124,8 +124,7 @@ impl Admission {
         let review = if large {
             self.bulk
                 .run(move || admission::parse_review(&body))
-                .await
-                .map_err(|e| ServiceError::Task(e.to_string()))??
+                .await??
         } else {
             admission::parse_review(&body)?
         };
@@ -147,10 +146,7 @@ impl Admission {
         let this = self.clone();
         let run = move || this.decide(review, endpoint, only.as_deref(), started);
         if costly {
-            self.bulk
-                .run(run)
-                .await
-                .map_err(|e| ServiceError::Task(e.to_string()))?
+            self.bulk.run(run).await?
         } else {
             run()
         }
