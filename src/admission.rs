@@ -245,7 +245,8 @@ pub fn wrap_manifest(mut object: Value, index: usize) -> Result<Value, String> {
         None
     };
     let gvk = json!({"group": group, "version": version, "kind": kind});
-    let gvr = json!({"group": group, "version": version, "resource": plural(&kind)});
+    let gvr =
+        json!({"group": group, "version": version, "resource": plural(group, version, &kind)});
     Ok(json!({
         "apiVersion": V1,
         "kind": "AdmissionReview",
@@ -259,23 +260,16 @@ pub fn wrap_manifest(mut object: Value, index: usize) -> Result<Value, String> {
     }))
 }
 
-/// The resource name of a kind, as the API pluralises the built-in ones.
-fn plural(kind: &str) -> String {
-    let lower = kind.to_ascii_lowercase();
-    if lower.ends_with('s')
-        || lower.ends_with("ch")
-        || lower.ends_with("sh")
-        || lower.ends_with('x')
-    {
-        format!("{lower}es")
-    } else if let Some(stem) = lower
-        .strip_suffix('y')
-        .filter(|s| !s.ends_with(['a', 'e', 'i', 'o', 'u']))
-    {
-        format!("{stem}ies")
-    } else {
-        format!("{lower}s")
-    }
+/// The resource name of a kind: from the kind table, else as kube pluralises a kind.
+fn plural(group: &str, version: &str, kind: &str) -> String {
+    crate::workload::api_resource(kind)
+        .filter(|r| r.group == group)
+        .unwrap_or_else(|| {
+            kube::core::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
+                group, version, kind,
+            ))
+        })
+        .plural
 }
 
 #[cfg(test)]
@@ -337,8 +331,9 @@ mod tests {
             ("Ingress", "ingresses"),
             ("NetworkPolicy", "networkpolicies"),
             ("Gateway", "gateways"),
+            ("CronJob", "cronjobs"),
         ] {
-            assert_eq!(plural(kind), resource);
+            assert_eq!(plural("g", "v1", kind), resource);
         }
     }
 

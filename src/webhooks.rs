@@ -336,15 +336,15 @@ fn rules(policy: &LoadedPolicy) -> Result<Vec<RuleWithOperations>, WebhookError>
         .matcher
         .kinds()
         .ok_or_else(|| WebhookError::AnyKind(policy.name.clone()))?;
-    let mut by_group: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut by_group: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for kind in kinds {
-        let (group, resource) = api_resource(kind).ok_or_else(|| WebhookError::UnknownKind {
+        let resource = api_resource(kind).ok_or_else(|| WebhookError::UnknownKind {
             policy: policy.name.clone(),
             kind: kind.clone(),
         })?;
-        let resources = by_group.entry(group).or_default();
-        if !resources.iter().any(|r| r == resource) {
-            resources.push(resource.to_owned());
+        let resources = by_group.entry(resource.group).or_default();
+        if !resources.contains(&resource.plural) {
+            resources.push(resource.plural);
         }
     }
     let operations: Vec<String> = policy
@@ -356,7 +356,7 @@ fn rules(policy: &LoadedPolicy) -> Result<Vec<RuleWithOperations>, WebhookError>
     Ok(by_group
         .into_iter()
         .map(|(group, resources)| RuleWithOperations {
-            api_groups: Some(vec![group.to_owned()]),
+            api_groups: Some(vec![group]),
             api_versions: Some(vec!["*".into()]),
             operations: Some(operations.clone()),
             resources: Some(resources),

@@ -17,23 +17,28 @@ pub const WORKLOAD_KINDS: &[&str] = &[
     "CronJob",
 ];
 
-/// The API group and resource of a kind policies judge (for webhook rules): the workload kinds
-/// and the configuration they read. Every one is namespaced; `CronJob` is served as `batch/v1`
-/// (and `batch/v1beta1` on old clusters).
-pub fn api_resource(kind: &str) -> Option<(&'static str, &'static str)> {
-    match kind {
-        "ConfigMap" => Some(("", "configmaps")),
-        "Secret" => Some(("", "secrets")),
-        "Pod" => Some(("", "pods")),
-        "ReplicationController" => Some(("", "replicationcontrollers")),
-        "Deployment" => Some(("apps", "deployments")),
-        "StatefulSet" => Some(("apps", "statefulsets")),
-        "DaemonSet" => Some(("apps", "daemonsets")),
-        "ReplicaSet" => Some(("apps", "replicasets")),
-        "Job" => Some(("batch", "jobs")),
-        "CronJob" => Some(("batch", "cronjobs")),
-        _ => None,
-    }
+/// The one kind table: the API resource (group, version, plural) of each kind confgate judges,
+/// watches or writes — the workload kinds and the configuration they read — derived from
+/// k8s-openapi's types rather than written out. Every one is namespaced; `CronJob` is
+/// `batch/v1` (webhook rules match every version, so `batch/v1beta1` on old clusters too).
+pub fn api_resource(kind: &str) -> Option<kube::core::ApiResource> {
+    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+    use k8s_openapi::api::batch::v1::{CronJob, Job};
+    use k8s_openapi::api::core::v1::{ConfigMap, Pod, ReplicationController, Secret};
+    use kube::core::ApiResource;
+    Some(match kind {
+        "ConfigMap" => ApiResource::erase::<ConfigMap>(&()),
+        "Secret" => ApiResource::erase::<Secret>(&()),
+        "Pod" => ApiResource::erase::<Pod>(&()),
+        "ReplicationController" => ApiResource::erase::<ReplicationController>(&()),
+        "Deployment" => ApiResource::erase::<Deployment>(&()),
+        "StatefulSet" => ApiResource::erase::<StatefulSet>(&()),
+        "DaemonSet" => ApiResource::erase::<DaemonSet>(&()),
+        "ReplicaSet" => ApiResource::erase::<ReplicaSet>(&()),
+        "Job" => ApiResource::erase::<Job>(&()),
+        "CronJob" => ApiResource::erase::<CronJob>(&()),
+        _ => return None,
+    })
 }
 
 /// The keys leading to the pod template (`metadata` + `spec`) of a kind; none for a Pod itself.

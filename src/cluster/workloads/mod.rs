@@ -10,7 +10,7 @@ use crate::workload::{
     OwnedReference, Source, nested, references, spec_from_references, template_annotation_owners,
     template_path,
 };
-use kube::api::{Api, ApiResource, DynamicObject};
+use kube::api::{Api, DynamicObject};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -133,18 +133,7 @@ impl Workload {
 /// The annotation on a workload that keeps the controller away from it.
 pub const OPT_OUT: &str = "confgate.dev/rollout";
 
-/// `apiVersion` and resource of each kind.
-pub fn api_resource(kind: &str) -> Option<ApiResource> {
-    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-    use k8s_openapi::api::batch::v1::CronJob;
-    Some(match kind {
-        "Deployment" => ApiResource::erase::<Deployment>(&()),
-        "StatefulSet" => ApiResource::erase::<StatefulSet>(&()),
-        "DaemonSet" => ApiResource::erase::<DaemonSet>(&()),
-        "CronJob" => ApiResource::erase::<CronJob>(&()),
-        _ => return None,
-    })
-}
+pub use crate::workload::api_resource;
 
 /// The reduced workload, or `None` for an object without a pod template.
 pub fn reduce(kind: &'static str, object: &Value) -> Option<Workload> {
