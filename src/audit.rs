@@ -309,7 +309,7 @@ pub async fn run(
         }
         let seen = recorded();
         let started = Instant::now();
-        let set = state.admission.policies.load_full();
+        let set = state.admission.policies.current();
         let engine = Engine::new(cluster);
         match scan(&client, &engine, &set).await {
             Ok(audit) => {

@@ -11,6 +11,7 @@ mod matcher;
 pub mod protect_config_keys;
 mod registry;
 pub mod require_config_keys;
+mod store;
 
 pub use file::{ConfigError, PolicySet, load_dir, load_str};
 pub use matcher::{
@@ -18,6 +19,7 @@ pub use matcher::{
     made_by_judged_controller,
 };
 pub use registry::{Factory, Registry, SettingsError, parse_settings};
+pub use store::{PolicyStore, Replaced};
 
 use crate::cluster::ClusterState;
 use kube::core::DynamicObject;

@@ -318,7 +318,7 @@ impl Controller {
     /// Compares the workloads that consume what `changed` names (every workload when `all`)
     /// with the annotations they should have, and rolls those that differ.
     async fn reconcile(&mut self, index: &Index, changed: &Changed, all: bool) {
-        let set = self.state.admission.policies.load_full();
+        let set = self.state.admission.policies.current();
         if !set
             .policies
             .iter()
@@ -374,7 +374,7 @@ impl Controller {
         if self.held.is_empty() {
             return;
         }
-        let set = self.state.admission.policies.load_full();
+        let set = self.state.admission.policies.current();
         let engine = Engine::new(self.state.admission.engine.cluster().clone());
         let held: Vec<(WorkloadKey, Vec<String>)> = self.held.drain().collect();
         let mut writes = Vec::new();

@@ -125,7 +125,7 @@ impl AppState {
         if self.require_cluster_sync {
             synced.clone().map_err(|e| e.to_string())?;
         }
-        let policies = self.admission.policies.load().policies.len();
+        let policies = self.admission.policies.current().policies.len();
         let mut detail = format!("{policies} policies; {}", cluster.describe());
         if let Err(pending) = synced {
             detail.push_str(&format!(" ({pending})"));

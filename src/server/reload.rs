@@ -7,7 +7,7 @@
 //! quiet.
 
 use super::AppState;
-use crate::policy::{Registry, load_dir};
+use crate::policy::{Registry, Replaced, load_dir};
 use axum_server::tls_rustls::RustlsConfig;
 use notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
@@ -120,27 +120,21 @@ impl Reloader {
         let loaded = tokio::task::spawn_blocking(move || load_dir(&dir, &registry)).await;
         let admission = &self.state.admission;
         match loaded {
-            Ok(Ok(set)) => {
-                let current = admission.policies.load();
-                if set.fingerprint == current.fingerprint {
-                    return;
-                }
-                if let Some(reason) = current.weakened_by(&set)
-                    && !self.allow_policy_removal
-                {
+            Ok(Ok(set)) => match admission.policies.replace(set, self.allow_policy_removal) {
+                Replaced::Unchanged => {}
+                Replaced::Refused(reason) => {
                     admission.metrics.reload("policies", false);
                     tracing::error!(
                         %reason,
                         "policy reload refused: {reason}; the previous policies stay in force (a truncated or half-written file looks like this; to remove policies that deny, pass --allow-policy-removal or restart)"
                     );
-                    return;
                 }
-                let names: Vec<String> = set.policies.iter().map(|p| p.name.clone()).collect();
-                admission.metrics.set_policies_loaded(names.len());
-                admission.policies.store(Arc::new(set));
-                admission.metrics.reload("policies", true);
-                tracing::info!(policies = %names.join(","), "policies reloaded");
-            }
+                Replaced::Replaced(names) => {
+                    admission.metrics.set_policies_loaded(names.len());
+                    admission.metrics.reload("policies", true);
+                    tracing::info!(policies = %names.join(","), "policies reloaded");
+                }
+            },
             Ok(Err(error)) => {
                 admission.metrics.reload("policies", false);
                 tracing::error!(error = %error, "policy reload rejected; the previous policies stay in force");

@@ -6,10 +6,9 @@
 use crate::admission::{self, DENY_REASON, Review, ReviewError, operation_str};
 use crate::engine::{Decision, Engine, EngineError};
 use crate::metrics::{Metrics, PolicyLabels, RequestLabels};
-use crate::policy::{Endpoint, FailurePolicy, PolicySet};
+use crate::policy::{Endpoint, FailurePolicy, PolicySet, PolicyStore};
 use crate::server::budget::Limits;
 use crate::server::bulk::BulkPool;
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use kube::core::Status;
 use kube::core::admission::AdmissionResponse;
@@ -55,8 +54,8 @@ pub fn bulk_threads() -> usize {
 pub struct Admission {
     /// The engine (and its cluster state).
     pub engine: Engine,
-    /// The policies in force; swapped whole on reload, so a request finishes on the set it began with.
-    pub policies: ArcSwap<PolicySet>,
+    /// The policies in force (shared with reload, the controllers and the webhook manager).
+    pub policies: Arc<PolicyStore>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Where large bodies are parsed and evaluated.
@@ -105,7 +104,7 @@ impl Admission {
     ) -> Self {
         Self {
             engine,
-            policies: ArcSwap::from_pointee(policies),
+            policies: Arc::new(PolicyStore::new(policies)),
             metrics,
             bulk: BulkPool::new(bulk_threads),
             limits,
@@ -159,7 +158,7 @@ impl Admission {
         only: Option<&str>,
         started: Instant,
     ) -> Result<Vec<u8>, ServiceError> {
-        let set = self.policies.load();
+        let set = self.policies.current();
         let decision = self.engine.evaluate(&set, &review, endpoint, only)?;
         if decision.patch_ops() > self.limits.max_patch_ops {
             let what = format!(
@@ -199,7 +198,7 @@ impl Admission {
         let failure_policy = only
             .and_then(|name| {
                 self.policies
-                    .load()
+                    .current()
                     .get(name)
                     .and_then(|p| p.failure_policy)
             })

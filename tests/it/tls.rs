@@ -189,7 +189,7 @@ async fn reloads_policies_and_keeps_the_last_good_set() {
         state
             .admission
             .policies
-            .load()
+            .current()
             .policies
             .iter()
             .map(|p| p.name.clone())
@@ -270,7 +270,7 @@ async fn refuses_a_reload_that_would_drop_a_deny_policy() {
             .state
             .admission
             .policies
-            .load()
+            .current()
             .policies
             .iter()
             .map(|p| p.name.clone())
