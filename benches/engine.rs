@@ -8,7 +8,7 @@
 use confgate::admission::{Review, encode_response, parse_review};
 use confgate::cluster::static_state::StaticState;
 use confgate::engine::{Engine, diff};
-use confgate::policy::{Endpoint, PolicySet, Registry, load_dir};
+use confgate::policy::{Phase, PolicySet, Registry, load_dir};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -45,7 +45,7 @@ fn body(name: &str) -> Vec<u8> {
 }
 
 /// Parse, evaluate, encode: what the server does per request, without HTTP.
-fn review(engine: &Engine, set: &PolicySet, bytes: &[u8], endpoint: Endpoint) -> Vec<u8> {
+fn review(engine: &Engine, set: &PolicySet, bytes: &[u8], endpoint: Phase) -> Vec<u8> {
     let review = parse_review(bytes).unwrap();
     let decision = engine.evaluate(set, &review, endpoint, None).unwrap();
     let response = decision.to_response(&review.request);
@@ -70,7 +70,7 @@ fn stages(c: &mut Criterion) {
         group.bench_function("parse", |b| {
             b.iter(|| parse_review(black_box(&bytes)).unwrap())
         });
-        for endpoint in [Endpoint::Mutate, Endpoint::Validate] {
+        for endpoint in [Phase::Mutate, Phase::Validate] {
             group.bench_function(format!("evaluate/{}/all", endpoint.as_str()), |b| {
                 b.iter(|| {
                     engine
@@ -95,9 +95,7 @@ fn stages(c: &mut Criterion) {
                 );
             }
         }
-        let decision = engine
-            .evaluate(&set, &parsed, Endpoint::Mutate, None)
-            .unwrap();
+        let decision = engine.evaluate(&set, &parsed, Phase::Mutate, None).unwrap();
         if let Some(object) = &parsed.object {
             let mut mutated = object.clone();
             json_patch::patch(&mut mutated, &decision.patch).unwrap();
@@ -119,7 +117,7 @@ fn stages(c: &mut Criterion) {
                 encode_response(parsed.api_version(), &response, Some(&decision.patch)).unwrap()
             })
         });
-        for endpoint in [Endpoint::Mutate, Endpoint::Validate] {
+        for endpoint in [Phase::Mutate, Phase::Validate] {
             group.bench_function(format!("review/{}", endpoint.as_str()), |b| {
                 b.iter(|| review(&engine, &set, black_box(&bytes), endpoint))
             });

@@ -13,7 +13,7 @@ use crate::admission::{review_from_value, wrap_manifest};
 use crate::cluster::workloads::{KINDS, api_resource};
 use crate::engine::Engine;
 use crate::engine::Outcome;
-use crate::policy::{Endpoint, PolicySet};
+use crate::policy::{Phase, PolicySet};
 use kube::Client;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use serde::Serialize;
@@ -92,7 +92,7 @@ pub async fn judge(
         return Vec::new();
     };
     engine.prefetch(&review).await;
-    let Ok(decision) = engine.evaluate(set, &review, Endpoint::Validate, None) else {
+    let Ok(decision) = engine.evaluate(set, &review, Phase::Validate, None) else {
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -301,7 +301,7 @@ pub async fn run(
                 return;
             }
         }
-        let cluster = state.admission.engine.cluster().clone();
+        let cluster = state.reviews.engine.cluster().clone();
         // Judging with caches still syncing would report every reference as unchecked; the
         // Lease can be won before they have synced (at start), so wait for them.
         while cluster.ready().is_err() {
@@ -309,14 +309,11 @@ pub async fn run(
         }
         let seen = recorded();
         let started = Instant::now();
-        let set = state.admission.policies.current();
+        let set = state.reviews.policies.current();
         let engine = Engine::new(cluster);
         match scan(&client, &engine, &set).await {
             Ok(audit) => {
-                state
-                    .admission
-                    .metrics
-                    .set_audit_violations(&audit.counts());
+                state.reviews.metrics.set_audit_violations(&audit.counts());
                 let written = write_reports(&client, &audit).await;
                 match &written {
                     Ok(false) if !crd_missing_logged => {

@@ -56,7 +56,7 @@ pub async fn run(client: Client, state: Arc<AppState>, mut options: Options, ca_
                 tracing::warn!(ca = %ca_file.display(), %error, "cannot read the CA bundle; webhooks not updated")
             }
             Ok(ca) => {
-                let set = state.admission.policies.current();
+                let set = state.reviews.policies.current();
                 let inputs = Sha256::new()
                     .chain_update(set.fingerprint.as_bytes())
                     .chain_update(&ca)

@@ -6,7 +6,7 @@
 //! rules only ever name the workload kinds a policy understands (never Nodes, Leases, Events or
 //! CertificateSigningRequests).
 
-use crate::policy::{Endpoint, FailurePolicy, LoadedPolicy, PolicySet};
+use crate::policy::{FailurePolicy, LoadedPolicy, Phase, PolicySet};
 use crate::workload::api_resource;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
@@ -112,17 +112,17 @@ pub enum WebhookError {
 
 /// The default failurePolicy: validation fails closed; mutation (defaults, checksums) is best
 /// effort and fails open, so an unreachable confgate never blocks a rollout for a missing default.
-pub fn default_failure_policy(endpoint: Endpoint) -> FailurePolicy {
+pub fn default_failure_policy(endpoint: Phase) -> FailurePolicy {
     match endpoint {
-        Endpoint::Validate => FailurePolicy::Fail,
-        Endpoint::Mutate => FailurePolicy::Ignore,
+        Phase::Validate => FailurePolicy::Fail,
+        Phase::Mutate => FailurePolicy::Ignore,
     }
 }
 
 /// A policy's failurePolicy at `endpoint`: its own when set; otherwise `Ignore` for a policy
 /// that can never deny (`Warn`, `Audit`: failing closed would block writes for advice), and the
 /// endpoint's default for the rest.
-pub fn failure_policy(policy: &LoadedPolicy, endpoint: Endpoint) -> FailurePolicy {
+pub fn failure_policy(policy: &LoadedPolicy, endpoint: Phase) -> FailurePolicy {
     policy.failure_policy.unwrap_or(match policy.action {
         // A type can ask never to block when confgate is down (the config guard: a confgate
         // that is down must never block ConfigMap and Secret writes cluster-wide).
@@ -144,8 +144,8 @@ pub fn generate(
     let mut validating = Vec::new();
     for policy in &set.policies {
         let caps = policy.policy.capabilities();
-        if caps.serves(Endpoint::Mutate) {
-            let w = Webhook::new(policy, Endpoint::Mutate, options)?;
+        if caps.serves(Phase::Mutate) {
+            let w = Webhook::new(policy, Phase::Mutate, options)?;
             mutating.push(MutatingWebhook {
                 admission_review_versions: w.versions,
                 client_config: w.client_config,
@@ -161,8 +161,8 @@ pub fn generate(
                 timeout_seconds: Some(options.timeout_seconds),
             });
         }
-        if caps.serves(Endpoint::Validate) {
-            let w = Webhook::new(policy, Endpoint::Validate, options)?;
+        if caps.serves(Phase::Validate) {
+            let w = Webhook::new(policy, Phase::Validate, options)?;
             validating.push(ValidatingWebhook {
                 admission_review_versions: w.versions,
                 client_config: w.client_config,
@@ -226,7 +226,7 @@ struct Webhook {
 impl Webhook {
     fn new(
         policy: &LoadedPolicy,
-        endpoint: Endpoint,
+        endpoint: Phase,
         options: &Options,
     ) -> Result<Self, WebhookError> {
         let path = format!("/{}/{}", endpoint.as_str(), policy.name);

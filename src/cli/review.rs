@@ -10,7 +10,7 @@ use crate::cluster::ClusterState;
 use crate::cluster::layered::{InputOnly, Layered};
 use crate::cluster::static_state::StaticState;
 use crate::engine::{Decision, Engine, Outcome};
-use crate::policy::{Endpoint, PolicySet, Registry, load_dir};
+use crate::policy::{Phase, PolicySet, Registry, load_dir};
 use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 use std::fmt::Write as _;
@@ -292,8 +292,8 @@ fn evaluate(
     choice: EndpointChoice,
 ) -> Result<Decision, crate::engine::EngineError> {
     match choice {
-        EndpointChoice::Mutate => engine.evaluate(set, review, Endpoint::Mutate, None),
-        EndpointChoice::Validate => engine.evaluate(set, review, Endpoint::Validate, None),
+        EndpointChoice::Mutate => engine.evaluate(set, review, Phase::Mutate, None),
+        EndpointChoice::Validate => engine.evaluate(set, review, Phase::Validate, None),
         EndpointChoice::Both => engine.evaluate_both(set, review),
     }
 }

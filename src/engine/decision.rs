@@ -1,7 +1,7 @@
 //! The result of one evaluation, and how it becomes an AdmissionResponse.
 
 use crate::admission::DENY_REASON;
-use crate::policy::{Endpoint, LoadedPolicy};
+use crate::policy::{LoadedPolicy, Phase};
 use kube::core::DynamicObject;
 use kube::core::Status;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse};
@@ -48,7 +48,7 @@ pub struct PolicyVerdict {
     /// The policy's name.
     pub policy: String,
     /// The phase it ran in.
-    pub endpoint: Endpoint,
+    pub endpoint: Phase,
     /// What came of it.
     pub outcome: Outcome,
     /// Its violations (judged by its action), or why it was skipped.
@@ -60,7 +60,7 @@ pub struct PolicyVerdict {
 }
 
 impl PolicyVerdict {
-    pub(crate) fn skipped(policy: &LoadedPolicy, endpoint: Endpoint, reason: String) -> Self {
+    pub(crate) fn skipped(policy: &LoadedPolicy, endpoint: Phase, reason: String) -> Self {
         Self {
             policy: policy.name.clone(),
             endpoint,

@@ -12,7 +12,7 @@ use crate::admission::Review;
 use crate::cluster::ClusterState;
 use crate::policy::MatchInput;
 use crate::policy::{
-    Action, Context, Endpoint, Findings, LoadedPolicy, OnError, PolicyError, PolicySet,
+    Action, Context, Findings, LoadedPolicy, OnError, Phase, PolicyError, PolicySet,
 };
 use kube::core::admission::Operation;
 use serde_json::Value;
@@ -72,7 +72,7 @@ impl Engine {
         &self,
         set: &PolicySet,
         review: &Review,
-        endpoint: Endpoint,
+        endpoint: Phase,
         only: Option<&str>,
     ) -> Result<Decision, EngineError> {
         let policies = select(set, endpoint, only)?;
@@ -99,10 +99,8 @@ impl Engine {
             let started = Instant::now();
             let mut findings = Findings::default();
             let result = match endpoint {
-                Endpoint::Validate => {
-                    guarded(|| policy.policy.validate(&cx, object, &mut findings))
-                }
-                Endpoint::Mutate => {
+                Phase::Validate => guarded(|| policy.policy.validate(&cx, object, &mut findings)),
+                Phase::Mutate => {
                     let target = working.get_or_insert_with(|| diff::working_copy(object));
                     let result = guarded(|| policy.policy.mutate(&cx, target, &mut findings));
                     match (&result, policy.on_error) {
@@ -118,7 +116,7 @@ impl Engine {
             };
             decision.record(policy, endpoint, findings, result, started.elapsed());
         }
-        if let (Endpoint::Mutate, true, Some(mutated)) = (endpoint, decision.allowed(), working) {
+        if let (Phase::Mutate, true, Some(mutated)) = (endpoint, decision.allowed(), working) {
             decision.patch = diff::patch(object, &mutated);
         }
         Ok(decision)
@@ -127,7 +125,7 @@ impl Engine {
     /// What the apiserver does with both webhooks: mutate, apply the patch, then validate the
     /// patched object. The decision carries the mutation's patch and both phases' verdicts.
     pub fn evaluate_both(&self, set: &PolicySet, review: &Review) -> Result<Decision, EngineError> {
-        let mutated = self.evaluate(set, review, Endpoint::Mutate, None)?;
+        let mutated = self.evaluate(set, review, Phase::Mutate, None)?;
         if !mutated.allowed() {
             return Ok(mutated);
         }
@@ -138,7 +136,7 @@ impl Engine {
                 tracing::error!(%error, "applying confgate's own patch failed");
             }
         }
-        let validated = self.evaluate(set, &patched, Endpoint::Validate, None)?;
+        let validated = self.evaluate(set, &patched, Phase::Validate, None)?;
         Ok(mutated.then(validated))
     }
 
@@ -193,7 +191,7 @@ fn subject(review: &Review) -> Option<&Value> {
 
 fn select<'a>(
     set: &'a PolicySet,
-    endpoint: Endpoint,
+    endpoint: Phase,
     only: Option<&str>,
 ) -> Result<Vec<&'a LoadedPolicy>, EngineError> {
     match only {
@@ -237,7 +235,7 @@ impl Decision {
     fn record(
         &mut self,
         policy: &LoadedPolicy,
-        endpoint: Endpoint,
+        endpoint: Phase,
         findings: Findings,
         result: Result<(), PolicyError>,
         took: std::time::Duration,

@@ -73,7 +73,7 @@ impl PolicySet {
             .iter()
             .filter(|p| {
                 p.action == super::Action::Deny
-                    && p.policy.capabilities().serves(super::Endpoint::Validate)
+                    && p.policy.capabilities().serves(super::Phase::Validate)
             })
             .map(|p| p.name.as_str())
     }

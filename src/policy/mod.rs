@@ -134,31 +134,31 @@ pub enum Capabilities {
 
 impl Capabilities {
     /// True when the policy takes part in `endpoint`.
-    pub fn serves(self, endpoint: Endpoint) -> bool {
+    pub fn serves(self, endpoint: Phase) -> bool {
         matches!(
             (self, endpoint),
             (Capabilities::Both, _)
-                | (Capabilities::Validate, Endpoint::Validate)
-                | (Capabilities::Mutate, Endpoint::Mutate)
+                | (Capabilities::Validate, Phase::Validate)
+                | (Capabilities::Mutate, Phase::Mutate)
         )
     }
 }
 
-/// The two admission phases.
+/// The two admission phases (and their URL paths, `/mutate` and `/validate`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Endpoint {
+pub enum Phase {
     /// MutatingAdmissionWebhook: may change the object.
     Mutate,
     /// ValidatingAdmissionWebhook: judges the final object.
     Validate,
 }
 
-impl Endpoint {
+impl Phase {
     /// `mutate` or `validate`, as in the URL path.
     pub fn as_str(self) -> &'static str {
         match self {
-            Endpoint::Mutate => "mutate",
-            Endpoint::Validate => "validate",
+            Phase::Mutate => "mutate",
+            Phase::Validate => "validate",
         }
     }
 }

@@ -29,7 +29,7 @@ use crate::cluster::live::{Changed, ConfigChanges};
 use crate::cluster::workloads::{self as index, Index, Workload};
 use crate::cluster::{ConfigData, Lookup};
 use crate::engine::Engine;
-use crate::policy::{Endpoint, PolicySet};
+use crate::policy::{Phase, PolicySet};
 use crate::server::AppState;
 use crate::workload::{FIELD_MANAGER, Keys, Source, nested, template_annotation, template_path};
 use kube::Client;
@@ -182,7 +182,7 @@ pub async fn run(
     settings: Settings,
     mut leader: tokio::sync::watch::Receiver<bool>,
 ) {
-    let cluster = state.admission.engine.cluster().clone();
+    let cluster = state.reviews.engine.cluster().clone();
     while !(index.synced() && cluster.ready().is_ok()) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -318,7 +318,7 @@ impl Controller {
     /// Compares the workloads that consume what `changed` names (every workload when `all`)
     /// with the annotations they should have, and rolls those that differ.
     async fn reconcile(&mut self, index: &Index, changed: &Changed, all: bool) {
-        let set = self.state.admission.policies.current();
+        let set = self.state.reviews.policies.current();
         if !set
             .policies
             .iter()
@@ -326,7 +326,7 @@ impl Controller {
         {
             return;
         }
-        let engine = Engine::new(self.state.admission.engine.cluster().clone());
+        let engine = Engine::new(self.state.reviews.engine.cluster().clone());
         // Each workload once, with the changed keys it consumes.
         let mut candidates: HashMap<WorkloadKey, (Arc<Workload>, Vec<String>)> = HashMap::new();
         if all {
@@ -374,8 +374,8 @@ impl Controller {
         if self.held.is_empty() {
             return;
         }
-        let set = self.state.admission.policies.current();
-        let engine = Engine::new(self.state.admission.engine.cluster().clone());
+        let set = self.state.reviews.policies.current();
+        let engine = Engine::new(self.state.reviews.engine.cluster().clone());
         let held: Vec<(WorkloadKey, Vec<String>)> = self.held.drain().collect();
         let mut writes = Vec::new();
         for ((kind, namespace, name), what) in held {
@@ -396,7 +396,7 @@ impl Controller {
         what: Vec<String>,
     ) -> Option<Write> {
         let stamps = desired(engine, set, &w).await;
-        let metrics = &self.state.admission.metrics;
+        let metrics = &self.state.reviews.metrics;
         let k = key(&w);
         if stamps.is_empty() {
             // Already right (its own write carried the new checksum), or not ours to roll.
@@ -453,7 +453,7 @@ impl Controller {
                 let result = this.patch(&write.workload, &write.stamps).await;
                 let w = &write.workload;
                 if result.is_ok() {
-                    this.state.admission.metrics.rollout("triggered");
+                    this.state.reviews.metrics.rollout("triggered");
                     tracing::info!(
                         kind = w.kind,
                         namespace = %w.namespace,
@@ -469,7 +469,7 @@ impl Controller {
             .buffer_unordered(PARALLEL_WRITES)
             .collect()
             .await;
-        let metrics = self.state.admission.metrics.clone();
+        let metrics = self.state.reviews.metrics.clone();
         for (write, result) in results {
             let w = &write.workload;
             let k = key(w);
@@ -631,7 +631,7 @@ async fn desired(engine: &Engine, set: &PolicySet, w: &Workload) -> Vec<Stamp> {
     }
     let mut stamps = Vec::new();
     for (policy, annotations) in rolling {
-        let Ok(decision) = engine.evaluate(set, &review, Endpoint::Mutate, Some(policy)) else {
+        let Ok(decision) = engine.evaluate(set, &review, Phase::Mutate, Some(policy)) else {
             continue;
         };
         if decision.patch.0.is_empty() {

@@ -1,8 +1,8 @@
-//! HTTP handlers: read the body within limits, hand it to [`Admission`], answer. Every refusal is
+//! HTTP handlers: read the body within limits, hand it to [`ReviewService`], answer. Every refusal is
 //! a JSON body `{"error": ..., "code": ...}` with a 4xx status.
 
 use super::AppState;
-use crate::policy::Endpoint;
+use crate::policy::Phase;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -72,7 +72,7 @@ pub async fn mutate(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    admit(state, Endpoint::Mutate, None, headers, body).await
+    admit(state, Phase::Mutate, None, headers, body).await
 }
 
 /// `POST /validate`.
@@ -81,7 +81,7 @@ pub async fn validate(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    admit(state, Endpoint::Validate, None, headers, body).await
+    admit(state, Phase::Validate, None, headers, body).await
 }
 
 /// `POST /mutate/{policy}`.
@@ -91,7 +91,7 @@ pub async fn mutate_one(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    admit(state, Endpoint::Mutate, Some(policy), headers, body).await
+    admit(state, Phase::Mutate, Some(policy), headers, body).await
 }
 
 /// `POST /validate/{policy}`.
@@ -101,12 +101,12 @@ pub async fn validate_one(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    admit(state, Endpoint::Validate, Some(policy), headers, body).await
+    admit(state, Phase::Validate, Some(policy), headers, body).await
 }
 
 async fn admit(
     state: Arc<AppState>,
-    endpoint: Endpoint,
+    endpoint: Phase,
     only: Option<String>,
     headers: HeaderMap,
     body: Body,
@@ -141,7 +141,7 @@ async fn admit(
             })?;
         let bytes = read_body(body, limit).await?;
         state
-            .admission
+            .reviews
             .review(bytes, endpoint, only)
             .await
             .map_err(|e| {
@@ -157,7 +157,7 @@ async fn admit(
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
         Err(refusal) => {
             tracing::warn!(endpoint = endpoint.as_str(), status = refusal.status.as_u16(), error = %refusal.message, "request refused");
-            state.admission.metrics.rejected(refusal.reason);
+            state.reviews.metrics.rejected(refusal.reason);
             refusal.into_response()
         }
     }
@@ -248,7 +248,7 @@ pub async fn around_every_request(
     let path = crate::server::service::capped(request.uri().path()).into_owned();
     let mut response = next.run(request).await;
     if response.status() == StatusCode::REQUEST_TIMEOUT {
-        state.admission.metrics.rejected("timeout");
+        state.reviews.metrics.rejected("timeout");
         tracing::warn!(%path, "request timed out (408)");
     }
     if http1 && state.is_shutting_down() {
@@ -281,9 +281,9 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let body = state
-        .admission
+        .reviews
         .metrics
-        .encode(state.admission.engine.cluster().as_ref());
+        .encode(state.reviews.engine.cluster().as_ref());
     (
         [(
             header::CONTENT_TYPE,

@@ -1,10 +1,10 @@
 //! The HTTPS server: routes, readiness, hot reload of policies and certificates, and graceful
-//! shutdown. The handlers are thin; the work happens in [`service::Admission`] and the engine.
+//! shutdown. The handlers are thin; the work happens in [`service::ReviewService`] and the engine.
 
 pub mod budget;
-pub mod bulk;
 pub mod conn;
 pub mod handlers;
+pub mod large_reviews;
 mod reload;
 pub mod service;
 pub mod tls;
@@ -17,7 +17,7 @@ use axum::Router;
 use axum::routing::{get, post};
 use axum_server::accept::NoDelayAcceptor;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
-use service::Admission;
+use service::ReviewService;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -58,8 +58,8 @@ pub struct ServeOptions {
 
 /// What the handlers share.
 pub struct AppState {
-    /// The admission pipeline.
-    pub admission: Arc<Admission>,
+    /// Answers reviews: parse, judge, respond.
+    pub reviews: Arc<ReviewService>,
     /// Request bodies in flight, server-wide.
     pub inflight: budget::InFlight,
     limits: budget::Limits,
@@ -95,15 +95,15 @@ impl AppState {
     ) -> Arc<Self> {
         let metrics = Arc::new(Metrics::new());
         metrics.set_policies_loaded(policies.policies.len());
-        let admission = Arc::new(Admission::new(
+        let reviews = Arc::new(ReviewService::new(
             Engine::new(cluster),
             policies,
             metrics,
-            service::bulk_threads(),
+            service::large_review_threads(),
             limits,
         ));
         Arc::new(Self {
-            admission,
+            reviews,
             inflight: budget::InFlight::new(limits.max_inflight_bytes),
             limits,
             require_cluster_sync,
@@ -120,12 +120,12 @@ impl AppState {
         if !self.tls_loaded.load(Ordering::Acquire) {
             return Err("TLS certificate not loaded".into());
         }
-        let cluster = self.admission.engine.cluster();
+        let cluster = self.reviews.engine.cluster();
         let synced = cluster.ready();
         if self.require_cluster_sync {
             synced.clone().map_err(|e| e.to_string())?;
         }
-        let policies = self.admission.policies.current().policies.len();
+        let policies = self.reviews.policies.current().policies.len();
         let mut detail = format!("{policies} policies; {}", cluster.describe());
         if let Err(pending) = synced {
             detail.push_str(&format!(" ({pending})"));
@@ -225,7 +225,7 @@ pub async fn serve_with(
         .ok()
         .and_then(|pem| crate::certs::not_after_unix(&pem))
     {
-        state.admission.metrics.set_cert_expiry(expiry);
+        state.reviews.metrics.set_cert_expiry(expiry);
     }
     let _watcher = reload::spawn(reload::Reloader {
         state: state.clone(),
@@ -238,7 +238,7 @@ pub async fn serve_with(
     });
     let connections = conn::Connections::with_timeouts(
         options.max_connections,
-        state.admission.metrics.clone(),
+        state.reviews.metrics.clone(),
         options.first_request_timeout,
         options.idle_timeout,
     );

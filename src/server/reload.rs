@@ -118,7 +118,7 @@ impl Reloader {
         let dir = self.policies_dir.clone();
         let registry = self.registry.clone();
         let loaded = tokio::task::spawn_blocking(move || load_dir(&dir, &registry)).await;
-        let admission = &self.state.admission;
+        let admission = &self.state.reviews;
         match loaded {
             Ok(Ok(set)) => match admission.policies.replace(set, self.allow_policy_removal) {
                 Replaced::Unchanged => {}
@@ -147,7 +147,7 @@ impl Reloader {
     }
 
     async fn reload_tls(&self) -> bool {
-        let metrics = &self.state.admission.metrics;
+        let metrics = &self.state.reviews.metrics;
         match super::tls::server_config(&self.tls_cert, &self.tls_key) {
             Ok(config) => {
                 self.rustls.reload_from_config(Arc::new(config));

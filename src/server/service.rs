@@ -1,14 +1,14 @@
 //! The admission pipeline behind the HTTP handlers, without axum: parse the review, fetch what
 //! the cluster state needs, evaluate, encode; log and count. Large bodies are parsed and
-//! evaluated on [`BulkPool`]: never on the async workers that serve small ones, on at most
+//! evaluated on [`LargeReviewPool`]: never on the async workers that serve small ones, on at most
 //! `cores - 1` threads, which run only when a core is otherwise idle (`SCHED_IDLE`).
 
 use crate::admission::{self, DENY_REASON, Review, ReviewError, operation_str};
 use crate::engine::{Decision, Engine, EngineError};
 use crate::metrics::{Metrics, PolicyLabels, RequestLabels};
-use crate::policy::{Endpoint, FailurePolicy, PolicySet, PolicyStore};
+use crate::policy::{FailurePolicy, Phase, PolicySet, PolicyStore};
 use crate::server::budget::Limits;
-use crate::server::bulk::BulkPool;
+use crate::server::large_reviews::LargeReviewPool;
 use bytes::Bytes;
 use kube::core::Status;
 use kube::core::admission::AdmissionResponse;
@@ -34,7 +34,7 @@ pub fn cap(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// Bodies above this size are parsed and evaluated on the large-review threads ([`BulkPool`]).
+/// Bodies above this size are parsed and evaluated on the large-review threads ([`LargeReviewPool`]).
 pub const OFFLOAD_BYTES: usize = 256 * 1024;
 
 /// Reviews with more containers than this are evaluated on the large-review threads too,
@@ -43,7 +43,7 @@ pub const OFFLOAD_CONTAINERS: usize = 64;
 
 /// How many large bodies are parsed and evaluated at once: one core fewer than the machine has
 /// (at least one), so small reviews always keep a core.
-pub fn bulk_threads() -> usize {
+pub fn large_review_threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get().saturating_sub(1))
         .unwrap_or(1)
@@ -51,7 +51,7 @@ pub fn bulk_threads() -> usize {
 }
 
 /// Everything needed to answer a review.
-pub struct Admission {
+pub struct ReviewService {
     /// The engine (and its cluster state).
     pub engine: Engine,
     /// The policies in force (shared with reload, the controllers and the webhook manager).
@@ -59,7 +59,7 @@ pub struct Admission {
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Where large bodies are parsed and evaluated.
-    bulk: BulkPool,
+    large_reviews: LargeReviewPool,
     /// Per-review limits.
     limits: Limits,
 }
@@ -78,7 +78,7 @@ pub enum ServiceError {
     Encode(#[from] serde_json::Error),
     /// The thread working on a large body failed (HTTP 500).
     #[error("evaluation task failed: {0}")]
-    Task(#[from] super::bulk::BulkError),
+    Task(#[from] super::large_reviews::PoolError),
 }
 
 impl ServiceError {
@@ -92,21 +92,21 @@ impl ServiceError {
     }
 }
 
-impl Admission {
+impl ReviewService {
     /// The pipeline for `policies`, evaluated by `engine`, counted in `metrics`, within
-    /// `limits`; costly reviews are worked on by `bulk_threads` low-priority threads.
+    /// `limits`; costly reviews are worked on by `large_review_threads` low-priority threads.
     pub fn new(
         engine: Engine,
         policies: PolicySet,
         metrics: Arc<Metrics>,
-        bulk_threads: usize,
+        large_review_threads: usize,
         limits: Limits,
     ) -> Self {
         Self {
             engine,
             policies: Arc::new(PolicyStore::new(policies)),
             metrics,
-            bulk: BulkPool::new(bulk_threads),
+            large_reviews: LargeReviewPool::new(large_review_threads),
             limits,
         }
     }
@@ -115,13 +115,13 @@ impl Admission {
     pub async fn review(
         self: &Arc<Self>,
         body: Bytes,
-        endpoint: Endpoint,
+        endpoint: Phase,
         only: Option<String>,
     ) -> Result<Vec<u8>, ServiceError> {
         let started = Instant::now();
         let large = body.len() > OFFLOAD_BYTES;
         let review = if large {
-            self.bulk
+            self.large_reviews
                 .run(move || admission::parse_review(&body))
                 .await??
         } else {
@@ -145,7 +145,7 @@ impl Admission {
         let this = self.clone();
         let run = move || this.decide(review, endpoint, only.as_deref(), started);
         if costly {
-            self.bulk.run(run).await?
+            self.large_reviews.run(run).await?
         } else {
             run()
         }
@@ -154,7 +154,7 @@ impl Admission {
     fn decide(
         &self,
         review: Review,
-        endpoint: Endpoint,
+        endpoint: Phase,
         only: Option<&str>,
         started: Instant,
     ) -> Result<Vec<u8>, ServiceError> {
@@ -191,7 +191,7 @@ impl Admission {
     fn over_budget(
         &self,
         review: &Review,
-        endpoint: Endpoint,
+        endpoint: Phase,
         only: Option<&str>,
         what: &str,
     ) -> Result<Vec<u8>, ServiceError> {
@@ -232,7 +232,7 @@ impl Admission {
     }
 
     /// One log line and the metrics for an answered review. Never the object, never Secret data.
-    fn record(&self, review: &Review, endpoint: Endpoint, decision: &Decision, started: Instant) {
+    fn record(&self, review: &Review, endpoint: Phase, decision: &Decision, started: Instant) {
         let took = started.elapsed();
         let request = &review.request;
         let operation = operation_str(&request.operation);

@@ -2,7 +2,7 @@
 //! values; the checksum changes exactly when referenced configuration changes.
 
 use crate::common::*;
-use confgate::policy::Endpoint;
+use confgate::policy::Phase;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -142,7 +142,7 @@ fn reapplying_an_unchanged_workload_does_not_patch() {
         stamped["spec"]["template"]["metadata"]["annotations"].clone();
     update.object = Some(object);
     assert!(
-        evaluate(&engine, &set, &update, Endpoint::Mutate)
+        evaluate(&engine, &set, &update, Phase::Mutate)
             .patch
             .0
             .is_empty()
@@ -167,7 +167,7 @@ fn leaves_the_annotation_alone_when_configuration_cannot_be_read() {
         &engine,
         &policies(CHECKSUM),
         &fixture("create-deployment-web"),
-        Endpoint::Mutate,
+        Phase::Mutate,
     );
     assert!(decision.patch.0.is_empty());
     assert_eq!(
@@ -194,7 +194,7 @@ fn kinds_and_annotation_are_configurable() {
             &engine(fixture_cluster()),
             &policies(CHECKSUM),
             &review,
-            Endpoint::Mutate
+            Phase::Mutate
         )
         .patch
         .0
@@ -206,7 +206,7 @@ fn kinds_and_annotation_are_configurable() {
             &engine(fixture_cluster()),
             &policies(CHECKSUM),
             &fixture("create-deployment-bare"),
-            Endpoint::Mutate
+            Phase::Mutate
         )
         .patch
         .0
@@ -220,7 +220,7 @@ fn patch_escapes_the_slash_in_the_annotation_key() {
         &engine(fixture_cluster()),
         &policies(CHECKSUM),
         &fixture("create-statefulset-cache"),
-        Endpoint::Mutate,
+        Phase::Mutate,
     );
     let patch = serde_json::to_value(&decision.patch).unwrap();
     assert_eq!(patch[0]["op"], "add");

@@ -3,7 +3,7 @@
 use confgate::admission::{Review, parse_review};
 use confgate::cluster::static_state::StaticState;
 use confgate::engine::{Decision, Engine};
-use confgate::policy::{Endpoint, PolicySet, Registry, load_dir, load_str};
+use confgate::policy::{Phase, PolicySet, Registry, load_dir, load_str};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -131,7 +131,7 @@ pub fn engine(state: StaticState) -> Engine {
     Engine::new(Arc::new(state))
 }
 
-pub fn evaluate(engine: &Engine, set: &PolicySet, review: &Review, endpoint: Endpoint) -> Decision {
+pub fn evaluate(engine: &Engine, set: &PolicySet, review: &Review, endpoint: Phase) -> Decision {
     engine.evaluate(set, review, endpoint, None).unwrap()
 }
 
@@ -151,7 +151,7 @@ pub fn create_review(object: Value) -> Review {
 /// Mutates, checks the patch applies and that a second pass over the result adds nothing;
 /// returns the decision and the patched object.
 pub fn mutate_idempotent(engine: &Engine, set: &PolicySet, review: &Review) -> (Decision, Value) {
-    let decision = evaluate(engine, set, review, Endpoint::Mutate);
+    let decision = evaluate(engine, set, review, Phase::Mutate);
     let object = review.object.clone().unwrap();
     let patched = apply(&object, &decision.patch);
     assert!(
@@ -162,7 +162,7 @@ pub fn mutate_idempotent(engine: &Engine, set: &PolicySet, review: &Review) -> (
     );
     let mut again = review.clone();
     again.object = Some(patched.clone());
-    let second = evaluate(engine, set, &again, Endpoint::Mutate);
+    let second = evaluate(engine, set, &again, Phase::Mutate);
     assert!(
         second.patch.0.is_empty(),
         "second pass must add nothing, got {:?}",

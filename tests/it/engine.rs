@@ -5,7 +5,7 @@ use crate::common::*;
 use confgate::cluster::Standalone;
 use confgate::engine::{Engine, Outcome};
 use confgate::policy::{
-    Capabilities, Context, Endpoint, Findings, Policy, PolicyError, Registry, load_str,
+    Capabilities, Context, Findings, Phase, Policy, PolicyError, Registry, load_str,
 };
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -77,7 +77,7 @@ fn mutators_are_diffed_into_one_minimal_patch() {
     .unwrap();
     let review = fixture("create-pod-mynginx");
     let decision = engine()
-        .evaluate(&set, &review, Endpoint::Mutate, None)
+        .evaluate(&set, &review, Phase::Mutate, None)
         .unwrap();
     assert_eq!(
         serde_json::to_value(&decision.patch).unwrap(),
@@ -102,12 +102,7 @@ fn every_violation_from_every_policy_is_reported_once() {
     )
     .unwrap();
     let decision = engine()
-        .evaluate(
-            &set,
-            &fixture("create-pod-mynginx"),
-            Endpoint::Validate,
-            None,
-        )
+        .evaluate(&set, &fixture("create-pod-mynginx"), Phase::Validate, None)
         .unwrap();
     assert_eq!(decision.message(), "first: always\nsecond: always");
     let response = decision.to_response(&fixture("create-pod-mynginx").request);
@@ -126,7 +121,7 @@ fn errors_follow_on_error_and_panics_are_contained() {
     )
     .unwrap();
     let decision = engine()
-        .evaluate(&deny, &review, Endpoint::Validate, None)
+        .evaluate(&deny, &review, Phase::Validate, None)
         .unwrap();
     assert_eq!(decision.denials, vec!["b: internal error: backend gone"]);
     assert_eq!(
@@ -134,7 +129,7 @@ fn errors_follow_on_error_and_panics_are_contained() {
         Outcome::Error { denied: true }
     );
     let mutate = engine()
-        .evaluate(&deny, &review, Endpoint::Mutate, None)
+        .evaluate(&deny, &review, Phase::Mutate, None)
         .unwrap();
     assert!(
         mutate.denials[0].starts_with("b: internal error: policy panicked: index out of bounds"),
@@ -150,7 +145,7 @@ fn errors_follow_on_error_and_panics_are_contained() {
     )
     .unwrap();
     let decision = engine()
-        .evaluate(&allow, &review, Endpoint::Mutate, None)
+        .evaluate(&allow, &review, Phase::Mutate, None)
         .unwrap();
     assert!(decision.allowed());
     // The broken mutator's half-done change is dropped; the next mutator's is kept.
@@ -187,7 +182,7 @@ fn a_denying_mutation_call_sends_no_patch() {
     r.register("mad", |_| Ok(Box::new(MutateAndDeny)));
     let set = load_str("t.yaml", &doc("m", "mad", ""), &r).unwrap();
     let decision = engine()
-        .evaluate(&set, &fixture("create-pod-mynginx"), Endpoint::Mutate, None)
+        .evaluate(&set, &fixture("create-pod-mynginx"), Phase::Mutate, None)
         .unwrap();
     assert!(!decision.allowed());
     assert!(decision.patch.0.is_empty());
@@ -206,12 +201,7 @@ fn match_rules_select_policies() {
     )
     .unwrap();
     let shop = engine()
-        .evaluate(
-            &set,
-            &fixture("create-pod-mynginx"),
-            Endpoint::Validate,
-            None,
-        )
+        .evaluate(&set, &fixture("create-pod-mynginx"), Phase::Validate, None)
         .unwrap();
     assert!(shop.allowed());
     assert_eq!(shop.verdicts[0].outcome, Outcome::Skipped);
@@ -219,7 +209,7 @@ fn match_rules_select_policies() {
         .evaluate(
             &set,
             &fixture("create-pod-generatename-from-replicaset"),
-            Endpoint::Validate,
+            Phase::Validate,
             None,
         )
         .unwrap();
@@ -228,7 +218,7 @@ fn match_rules_select_policies() {
         .evaluate(
             &set,
             &fixture("create-deployment-bare"),
-            Endpoint::Validate,
+            Phase::Validate,
             None,
         )
         .unwrap();
@@ -264,7 +254,7 @@ fn delete_is_evaluated_only_by_policies_that_handle_it() {
     let default_ops = load_str("t.yaml", &doc("d", "on-delete", ""), &r).unwrap();
     assert!(
         engine()
-            .evaluate(&default_ops, &review, Endpoint::Validate, None)
+            .evaluate(&default_ops, &review, Phase::Validate, None)
             .unwrap()
             .allowed()
     );
@@ -275,7 +265,7 @@ fn delete_is_evaluated_only_by_policies_that_handle_it() {
     )
     .unwrap();
     let decision = engine()
-        .evaluate(&with_delete, &review, Endpoint::Validate, None)
+        .evaluate(&with_delete, &review, Phase::Validate, None)
         .unwrap();
     assert_eq!(decision.denials, vec!["d: deleting mynginx"]);
 }
@@ -301,7 +291,7 @@ fn objects_made_by_a_judged_controller_are_not_judged_again() {
     let set = policies(
         "apiVersion: confgate.dev/v1alpha1\nkind: Policy\nmetadata: {name: refs}\nspec: {type: require-config-keys}\n---\napiVersion: confgate.dev/v1alpha1\nkind: Policy\nmetadata: {name: pods-only}\nspec: {type: require-config-keys, match: {kinds: [Pod]}}\n",
     );
-    let decision = evaluate(&engine, &set, &pod, Endpoint::Validate);
+    let decision = evaluate(&engine, &set, &pod, Phase::Validate);
     // `refs` judges ReplicaSet templates, so the ReplicaSet's Pod is skipped; `pods-only`
     // judges no template, so it still looks at every Pod.
     assert_eq!(
@@ -338,7 +328,7 @@ fn updates_of_an_object_being_deleted_are_never_judged() {
     let mut review = create_review(without_finalizer);
     review.request.operation = kube::core::admission::Operation::Update;
     review.old_object = Some(pod.clone());
-    let decision = evaluate(&engine, &set, &review, Endpoint::Validate);
+    let decision = evaluate(&engine, &set, &review, Phase::Validate);
     assert!(decision.allowed());
     assert_eq!(
         skip_reasons(&decision),
@@ -353,5 +343,5 @@ fn updates_of_an_object_being_deleted_are_never_judged() {
     let mut review = create_review(alive.clone());
     review.request.operation = kube::core::admission::Operation::Update;
     review.old_object = Some(alive);
-    assert!(!evaluate(&engine, &set, &review, Endpoint::Validate).allowed());
+    assert!(!evaluate(&engine, &set, &review, Phase::Validate).allowed());
 }

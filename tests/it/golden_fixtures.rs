@@ -5,7 +5,7 @@
 use crate::common::*;
 use axum::body::Body;
 use base64::Engine as _;
-use confgate::policy::Endpoint;
+use confgate::policy::Phase;
 use confgate::server::router;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -48,7 +48,7 @@ fn every_fixture_gets_its_documented_answer_from_the_engine() {
     for name in all_fixtures() {
         let review = fixture(&name);
         let (patched, warnings) = expected(&name);
-        let mutate = evaluate(&engine, &set, &review, Endpoint::Mutate);
+        let mutate = evaluate(&engine, &set, &review, Phase::Mutate);
         assert!(mutate.allowed(), "{name}: {:?}", mutate.denials);
         assert_eq!(
             !mutate.patch.0.is_empty(),

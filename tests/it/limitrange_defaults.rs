@@ -2,7 +2,7 @@
 //! that end up like their Pods, validation messages, and settings checks.
 
 use crate::common::*;
-use confgate::policy::Endpoint;
+use confgate::policy::Phase;
 use serde_json::{Value, json};
 
 const NAMESPACE_LR: &str = r#"
@@ -71,7 +71,7 @@ fn has_nothing_left_to_fill_after_the_builtin_plugin() {
             &engine,
             &policies(NAMESPACE_LR),
             &fixture(name),
-            Endpoint::Mutate,
+            Phase::Mutate,
         );
         assert!(decision.patch.0.is_empty(), "{name}: {:?}", decision.patch);
         assert!(
@@ -79,7 +79,7 @@ fn has_nothing_left_to_fill_after_the_builtin_plugin() {
                 &engine,
                 &policies(NAMESPACE_LR),
                 &fixture(name),
-                Endpoint::Validate
+                Phase::Validate
             )
             .allowed()
         );
@@ -107,7 +107,7 @@ fn mutates_templates_so_they_match_their_pods() {
         &engine,
         &policies(NAMESPACE_LR),
         &create_review(from_template),
-        Endpoint::Mutate,
+        Phase::Mutate,
     );
     assert!(decision.patch.0.is_empty(), "{:?}", decision.patch);
 }
@@ -166,12 +166,7 @@ fn rejects_what_the_limit_range_forbids_with_upstream_messages() {
         "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [
             {"name": "app", "image": "x", "resources": {"limits": {"cpu": "800m"}, "requests": {"memory": "100Mi"}}}]}}}
     }));
-    let decision = evaluate(
-        &engine,
-        &policies(NAMESPACE_LR),
-        &review,
-        Endpoint::Validate,
-    );
+    let decision = evaluate(&engine, &policies(NAMESPACE_LR), &review, Phase::Validate);
     assert_eq!(
         decision.denials,
         vec![
@@ -192,12 +187,7 @@ fn pod_items_check_the_pod_total() {
             {"name": "a", "image": "x", "resources": {"limits": {"cpu": "1", "memory": "768Mi"}, "requests": {"cpu": "100m"}}},
             {"name": "b", "image": "x", "resources": {"limits": {"cpu": "1", "memory": "512Mi"}}}]}
     }));
-    let decision = evaluate(
-        &engine(fixture_cluster()),
-        &set,
-        &review,
-        Endpoint::Validate,
-    );
+    let decision = evaluate(&engine(fixture_cluster()), &set, &review, Phase::Validate);
     assert_eq!(
         decision.denials,
         vec![
@@ -215,7 +205,7 @@ fn pod_updates_and_other_kinds_are_left_alone() {
     update.request.operation = kube::core::admission::Operation::Update;
     update.old_object = update.object.clone();
     assert!(
-        evaluate(&engine, &set, &update, Endpoint::Mutate)
+        evaluate(&engine, &set, &update, Phase::Mutate)
             .patch
             .0
             .is_empty()
@@ -225,7 +215,7 @@ fn pod_updates_and_other_kinds_are_left_alone() {
             &engine,
             &set,
             &fixture("create-configmap-app-config"),
-            Endpoint::Mutate
+            Phase::Mutate
         )
         .patch
         .0
@@ -240,7 +230,7 @@ fn standalone_says_namespace_limit_ranges_were_not_applied() {
         &engine,
         &policies(NAMESPACE_LR),
         &fixture("create-deployment-limits-only"),
-        Endpoint::Mutate,
+        Phase::Mutate,
     );
     assert!(decision.patch.0.is_empty());
     assert_eq!(

@@ -3,7 +3,7 @@
 use crate::common::*;
 use confgate::cluster::Standalone;
 use confgate::engine::Engine;
-use confgate::policy::Endpoint;
+use confgate::policy::Phase;
 use serde_json::json;
 use std::sync::Arc;
 
@@ -24,7 +24,7 @@ fn validate(
     set: &confgate::policy::PolicySet,
     name: &str,
 ) -> confgate::engine::Decision {
-    evaluate(&engine(state), set, &fixture(name), Endpoint::Validate)
+    evaluate(&engine(state), set, &fixture(name), Phase::Validate)
 }
 
 #[test]
@@ -211,14 +211,14 @@ fn env_from_prefix_is_applied() {
         &engine,
         &policy("{requiredKeys: [APP_LOG_LEVEL]}"),
         &review,
-        Endpoint::Validate,
+        Phase::Validate,
     );
     assert!(ok.allowed(), "{:?}", ok.denials);
     let bad = evaluate(
         &engine,
         &policy("{requiredKeys: [LOG_LEVEL]}"),
         &review,
-        Endpoint::Validate,
+        Phase::Validate,
     );
     assert_eq!(
         bad.denials,
@@ -253,7 +253,7 @@ fn warns_on_sub_path_mounts_of_config() {
         &engine(fixture_cluster()),
         &policy("{warnOnSubPath: true}"),
         &review,
-        Endpoint::Validate,
+        Phase::Validate,
     );
     assert!(decision.allowed());
     assert_eq!(
@@ -268,13 +268,13 @@ fn warns_on_sub_path_mounts_of_config() {
 fn only_new_violations_downgrades_what_the_old_object_already_had() {
     let state = || cluster_without(&["Secret/shop/app-secret"]);
     let review = fixture("update-deployment-web");
-    let strict = evaluate(&engine(state()), &policy("{}"), &review, Endpoint::Validate);
+    let strict = evaluate(&engine(state()), &policy("{}"), &review, Phase::Validate);
     assert_eq!(strict.denials.len(), 1);
     let lenient = evaluate(
         &engine(state()),
         &policy("{onlyNewViolations: true}"),
         &review,
-        Endpoint::Validate,
+        Phase::Validate,
     );
     assert!(lenient.allowed());
     assert_eq!(
@@ -291,7 +291,7 @@ fn only_new_violations_downgrades_what_the_old_object_already_had() {
         &engine(state()),
         &policy("{onlyNewViolations: true}"),
         &introduced,
-        Endpoint::Validate,
+        Phase::Validate,
     );
     assert_eq!(
         decision.denials,
@@ -308,7 +308,7 @@ fn standalone_warns_about_what_it_could_not_check() {
         &engine,
         &policy("{}"),
         &fixture("create-deployment-web"),
-        Endpoint::Validate,
+        Phase::Validate,
     );
     assert!(decision.allowed());
     assert_eq!(
@@ -331,7 +331,7 @@ fn warn_and_audit_actions_do_not_deny() {
         &engine(state()),
         &warn,
         &fixture("create-deployment-web"),
-        Endpoint::Validate,
+        Phase::Validate,
     );
     assert!(decision.allowed());
     assert_eq!(
@@ -346,7 +346,7 @@ fn warn_and_audit_actions_do_not_deny() {
         &engine(state()),
         &audit,
         &fixture("create-deployment-web"),
-        Endpoint::Validate,
+        Phase::Validate,
     );
     assert!(decision.allowed());
     assert_eq!(

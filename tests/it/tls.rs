@@ -187,7 +187,7 @@ async fn reloads_policies_and_keeps_the_last_good_set() {
     let policies_dir = dir.path().join("policies");
     let names = |state: &Arc<AppState>| {
         state
-            .admission
+            .reviews
             .policies
             .current()
             .policies
@@ -268,7 +268,7 @@ async fn refuses_a_reload_that_would_drop_a_deny_policy() {
         .await;
         let names: Vec<String> = server
             .state
-            .admission
+            .reviews
             .policies
             .current()
             .policies
@@ -401,7 +401,7 @@ async fn silent_connections_are_closed_for_http1_and_http2() {
     eventually("the idle connection is closed", async || {
         server
             .state
-            .admission
+            .reviews
             .metrics
             .encode(&Standalone)
             .contains("confgate_connections_open 0")
@@ -422,7 +422,7 @@ async fn connections_past_the_limit_are_closed_and_counted() {
     for _ in 0..3 {
         held.push(tls_connection(&ca, port, b"h2").await.unwrap());
     }
-    let metrics = || server.state.admission.metrics.encode(&Standalone);
+    let metrics = || server.state.reviews.metrics.encode(&Standalone);
     eventually("three connections open", async || {
         metrics().contains("confgate_connections_open 3")
     })
@@ -501,7 +501,7 @@ async fn a_request_timeout_is_logged_and_counted() {
         "{}",
         String::from_utf8_lossy(&answer)
     );
-    let metrics = server.state.admission.metrics.encode(&Standalone);
+    let metrics = server.state.reviews.metrics.encode(&Standalone);
     assert!(
         metrics.contains(r#"confgate_rejected_requests_total{reason="timeout"} 1"#),
         "{metrics}"

@@ -5,7 +5,7 @@
 use crate::common::*;
 use confgate::admission::Review;
 use confgate::cluster::{ClusterState, Lookup};
-use confgate::policy::Endpoint;
+use confgate::policy::Phase;
 use k8s_openapi::api::core::v1::LimitRangeSpec;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -194,15 +194,13 @@ fn admit(
     review: &Review,
 ) -> (Value, Vec<String>) {
     let engine = confgate::engine::Engine::new(Arc::new(state));
-    let mutated = engine
-        .evaluate(set, review, Endpoint::Mutate, None)
-        .unwrap();
+    let mutated = engine.evaluate(set, review, Phase::Mutate, None).unwrap();
     assert!(mutated.denials.is_empty(), "{:?}", mutated.denials);
     let object = apply(review.object.as_ref().unwrap(), &mutated.patch);
     let mut judged = review.clone();
     judged.object = Some(object.clone());
     let validated = engine
-        .evaluate(set, &judged, Endpoint::Validate, None)
+        .evaluate(set, &judged, Phase::Validate, None)
         .unwrap();
     let violations = validated
         .denials
@@ -262,9 +260,7 @@ fn upstream_defaulting_tables_as_pods_and_templates() {
             let review = create_review(object(kind, &case.pod.name, case.pod.spec()));
             let set = policy("auto", "auto");
             let engine = confgate::engine::Engine::new(Arc::new(ranges(table.ranges.clone())));
-            let decision = engine
-                .evaluate(&set, &review, Endpoint::Mutate, None)
-                .unwrap();
+            let decision = engine.evaluate(&set, &review, Phase::Mutate, None).unwrap();
             let object = apply(review.object.as_ref().unwrap(), &decision.patch);
             let spec = pod_spec(kind, &object);
             let mut got = BTreeMap::new();
@@ -290,9 +286,7 @@ fn upstream_defaulting_tables_as_pods_and_templates() {
             // A second pass adds nothing.
             let mut again = review.clone();
             again.object = Some(object.clone());
-            let second = engine
-                .evaluate(&set, &again, Endpoint::Mutate, None)
-                .unwrap();
+            let second = engine.evaluate(&set, &again, Phase::Mutate, None).unwrap();
             assert!(
                 second.patch.0.is_empty(),
                 "{}: {:?}",

@@ -21,7 +21,7 @@ type Job = Box<dyn FnOnce() + Send>;
 
 /// Why a job gave no result.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BulkError {
+pub enum PoolError {
     /// The job panicked (its result is lost; the pool keeps running).
     #[error("large-review job panicked")]
     Panicked,
@@ -32,12 +32,12 @@ pub enum BulkError {
 
 /// A fixed set of low-priority threads fed from one queue. Dropping the pool lets its threads
 /// finish the queued jobs and exit.
-pub struct BulkPool {
+pub struct LargeReviewPool {
     jobs: Mutex<Sender<Job>>,
     threads: usize,
 }
 
-impl BulkPool {
+impl LargeReviewPool {
     /// A pool of `threads` threads (at least one).
     pub fn new(threads: usize) -> Self {
         let (jobs, queue) = channel::<Job>();
@@ -46,7 +46,7 @@ impl BulkPool {
         for i in 0..threads.max(1) {
             let queue = queue.clone();
             let spawned = std::thread::Builder::new()
-                .name(format!("confgate-bulk-{i}"))
+                .name(format!("confgate-large-{i}"))
                 .spawn(move || work(&queue));
             match spawned {
                 Ok(_) => started += 1,
@@ -68,9 +68,9 @@ impl BulkPool {
     pub async fn run<T: Send + 'static>(
         &self,
         job: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, BulkError> {
+    ) -> Result<T, PoolError> {
         if self.threads == 0 {
-            return Err(BulkError::Unavailable);
+            return Err(PoolError::Unavailable);
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
@@ -80,11 +80,11 @@ impl BulkPool {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .send(job)
-            .map_err(|_| BulkError::Unavailable)?;
+            .map_err(|_| PoolError::Unavailable)?;
         match rx.await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(_)) => Err(BulkError::Panicked),
-            Err(_) => Err(BulkError::Unavailable),
+            Ok(Err(_)) => Err(PoolError::Panicked),
+            Err(_) => Err(PoolError::Unavailable),
         }
     }
 }
@@ -124,11 +124,11 @@ mod tests {
 
     #[tokio::test]
     async fn runs_jobs_and_survives_a_panicking_one() {
-        let pool = BulkPool::new(1);
+        let pool = LargeReviewPool::new(1);
         assert_eq!(pool.threads(), 1);
         assert_eq!(pool.run(|| 6 * 7).await, Ok(42));
         let panicked = pool.run(|| -> u8 { panic!("boom") }).await;
-        assert_eq!(panicked, Err(BulkError::Panicked));
+        assert_eq!(panicked, Err(PoolError::Panicked));
         assert_eq!(pool.run(|| "still here").await, Ok("still here"));
     }
 
@@ -136,7 +136,7 @@ mod tests {
     async fn jobs_run_on_the_pools_threads_in_sched_idle() {
         #[cfg(target_os = "linux")]
         let caller = thread_priority::unix::thread_schedule_policy().ok();
-        let pool = BulkPool::new(2);
+        let pool = LargeReviewPool::new(2);
         let name = pool
             .run(|| std::thread::current().name().map(str::to_owned))
             .await;
@@ -144,7 +144,7 @@ mod tests {
             name.as_ref()
                 .ok()
                 .and_then(|n| n.as_deref())
-                .is_some_and(|n| n.starts_with("confgate-bulk-")),
+                .is_some_and(|n| n.starts_with("confgate-large-")),
             "{name:?}"
         );
         #[cfg(target_os = "linux")]
