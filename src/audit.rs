@@ -450,7 +450,7 @@ mod tests {
             namespace: namespace.into(),
             name,
             uid: "u".into(),
-            policy: "require-config-refs".into(),
+            policy: "require-config-keys".into(),
             result,
             message: "m".into(),
         }

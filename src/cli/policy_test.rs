@@ -14,7 +14,7 @@
 //!   resources: [resources.yaml]      # manifests or AdmissionReviews (files or directories)
 //!   results:
 //!   - resource: Deployment/shop/web  # kind/namespace/name, or kind/name
-//!     policy: require-config-refs    # optional: that policy's verdict; else the decision
+//!     policy: require-config-keys    # optional: that policy's verdict; else the decision
 //!     result: deny                   # decision: allow | warn | deny; policy: pass | warn |
 //!                                    # deny | audit | skip | error
 //!     messages: ['...']              # optional: lines that must be among its messages

@@ -76,7 +76,7 @@ fn review_denies_with_cluster_state_and_exit_code_1() {
     assert_eq!(answer["response"]["status"]["code"], 403);
     assert_eq!(
         answer["response"]["status"]["message"],
-        r#"require-config-refs: container "api": env TOKEN: secret "shop/api-token" not found"#
+        r#"require-config-keys: container "api": env TOKEN: secret "shop/api-token" not found"#
     );
 }
 
@@ -324,7 +324,7 @@ fn cluster_state_takes_one_file_and_never_swallows_the_inputs() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert_eq!(
         text(&out.stdout),
-        "DENIED  Deployment shop/api\n    - require-config-refs: container \"api\": env TOKEN: secret \"shop/api-token\" not found\n    - config-checksum: secret \"shop/api-token\" does not exist; the checksum counts it as missing\n1 reviewed: 0 allowed, 1 denied, 1 with warnings\n"
+        "DENIED  Deployment shop/api\n    - require-config-keys: container \"api\": env TOKEN: secret \"shop/api-token\" not found\n    - checksum-config: secret \"shop/api-token\" does not exist; the checksum counts it as missing\n1 reviewed: 0 allowed, 1 denied, 1 with warnings\n"
     );
     // And with `-` after it: standard input is the input.
     let out = confgate(
@@ -432,7 +432,7 @@ fn a_whole_app_is_judged_as_a_unit() {
     assert_eq!(
         results[1]["denials"],
         serde_json::json!([
-            "require-config-refs: container \"api\": env TOKEN: configmap \"shop/app-config\" has no key \"TOKEN\""
+            "require-config-keys: container \"api\": env TOKEN: configmap \"shop/app-config\" has no key \"TOKEN\""
         ])
     );
 }
@@ -485,7 +485,7 @@ fn the_shipped_policies_pass_their_own_tests() {
     );
     assert_eq!(
         text(&out.stdout),
-        "policies/tests/shipped.yaml: shipped-policies\n  PASS  Deployment/shop/web: allow\n  PASS  Deployment/shop/web require-config-refs: pass\n  PASS  Deployment/shop/web config-checksum: pass\n  PASS  Deployment/shop/typo: deny\n  PASS  StatefulSet/shop/cache payments-database-url: warn\n  PASS  Pod/shop/huge container-defaults: deny\n  PASS  ConfigMap/shop/app-config protect-config-refs: deny\n7 expectations: 7 passed, 0 failed\n"
+        "policies/tests/shipped.yaml: shipped-policies\n  PASS  Deployment/shop/web: allow\n  PASS  Deployment/shop/web require-config-keys: pass\n  PASS  Deployment/shop/web checksum-config: pass\n  PASS  Deployment/shop/typo: deny\n  PASS  StatefulSet/shop/cache payments-database-url: warn\n  PASS  Pod/shop/huge limitrange-defaults: deny\n  PASS  ConfigMap/shop/app-config protect-config-keys: deny\n7 expectations: 7 passed, 0 failed\n"
     );
 }
 
@@ -495,7 +495,7 @@ fn a_test_whose_expectation_fails_exits_1_and_says_which() {
     let dir = files(&[(
         "t.yaml",
         &format!(
-            "apiVersion: confgate.dev/v1alpha1\nkind: Test\nmetadata: {{name: wrong}}\nspec:\n  policies: {policies}\n  resources: [{resources}]\n  clusterState: [{state}]\n  results:\n  - {{resource: Deployment/shop/typo, result: allow}}\n  - {{resource: Deployment/shop/nope, result: allow}}\n  - {{resource: Deployment/shop/web, policy: require-config-refs, result: pass, messages: [hello]}}\n",
+            "apiVersion: confgate.dev/v1alpha1\nkind: Test\nmetadata: {{name: wrong}}\nspec:\n  policies: {policies}\n  resources: [{resources}]\n  clusterState: [{state}]\n  results:\n  - {{resource: Deployment/shop/typo, result: allow}}\n  - {{resource: Deployment/shop/nope, result: allow}}\n  - {{resource: Deployment/shop/web, policy: require-config-keys, result: pass, messages: [hello]}}\n",
             policies = shipped.display(),
             resources = shipped.join("tests/resources.yaml").display(),
             state = shipped.join("tests/cluster-state.yaml").display(),
@@ -508,9 +508,9 @@ fn a_test_whose_expectation_fails_exits_1_and_says_which() {
     assert_eq!(
         lines,
         vec![
-            "  FAIL  Deployment/shop/typo: expected allow, got deny (require-config-refs: container \"app\": env LOG: configmap \"shop/app-config\" has no key \"LOG_LEVL\")",
+            "  FAIL  Deployment/shop/typo: expected allow, got deny (require-config-keys: container \"app\": env LOG: configmap \"shop/app-config\" has no key \"LOG_LEVL\")",
             "  FAIL  Deployment/shop/nope: no such resource (the resources are: Deployment/shop/web, Deployment/shop/typo, StatefulSet/shop/cache, Pod/shop/huge)",
-            "  FAIL  Deployment/shop/web require-config-refs: no message \"hello\" among []",
+            "  FAIL  Deployment/shop/web require-config-keys: no message \"hello\" among []",
             "3 expectations: 0 passed, 3 failed",
         ]
     );

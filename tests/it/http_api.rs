@@ -166,7 +166,7 @@ async fn per_policy_endpoints_run_one_policy() {
     let (status, body) = send(
         &s,
         post(
-            "/mutate/container-defaults",
+            "/mutate/limitrange-defaults",
             Some("application/json"),
             fixture_bytes("create-deployment-web"),
         ),
@@ -188,7 +188,7 @@ async fn per_policy_endpoints_run_one_policy() {
     assert_ne!(
         all["response"]["patch"].as_str().unwrap(),
         patch,
-        "the checksum is not stamped by container-defaults alone"
+        "the checksum is not stamped by limitrange-defaults alone"
     );
     let (code, error) = refused(
         &s,
@@ -206,7 +206,7 @@ async fn per_policy_endpoints_run_one_policy() {
     let (code, error) = refused(
         &s,
         post(
-            "/validate/config-checksum",
+            "/validate/checksum-config",
             Some("application/json"),
             fixture_bytes("create-deployment-web"),
         ),
@@ -214,7 +214,7 @@ async fn per_policy_endpoints_run_one_policy() {
     .await;
     assert_eq!(
         (code, error.as_str()),
-        (404, "policy \"config-checksum\" does not validate")
+        (404, "policy \"checksum-config\" does not validate")
     );
 }
 
@@ -394,8 +394,8 @@ async fn a_review_over_its_container_budget_is_answered_by_failure_policy() {
     assert_eq!(mutated["allowed"], true);
     assert_eq!(mutated["warnings"], serde_json::json!([message]));
     assert!(mutated.get("patch").is_none());
-    // A policy's own failurePolicy decides on its endpoint: config-checksum is Ignore.
-    let one = answer("/validate/require-config-refs", pod_with_containers(501)).await;
+    // A policy's own failurePolicy decides on its endpoint: checksum-config is Ignore.
+    let one = answer("/validate/require-config-keys", pod_with_containers(501)).await;
     assert_eq!(one["allowed"], false);
     // At the limit, the review is evaluated as usual.
     let at_limit = answer("/mutate", pod_with_containers(500)).await;

@@ -24,10 +24,10 @@ fn shipped_examples_load() {
     assert_eq!(
         names,
         vec![
-            "config-checksum",
-            "container-defaults",
-            "protect-config-refs",
-            "require-config-refs",
+            "checksum-config",
+            "limitrange-defaults",
+            "protect-config-keys",
+            "require-config-keys",
             "payments-database-url"
         ]
     );

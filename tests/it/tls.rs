@@ -195,7 +195,7 @@ async fn reloads_policies_and_keeps_the_last_good_set() {
             .map(|p| p.name.clone())
             .collect::<Vec<_>>()
     };
-    assert_eq!(names(&server.state), vec!["container-defaults"]);
+    assert_eq!(names(&server.state), vec!["limitrange-defaults"]);
 
     std::fs::copy(
         root().join("policies/checksum-config.yaml"),
@@ -221,7 +221,7 @@ async fn reloads_policies_and_keeps_the_last_good_set() {
     .await;
     assert_eq!(
         names(&server.state),
-        vec!["config-checksum", "container-defaults"],
+        vec!["checksum-config", "limitrange-defaults"],
         "the last good set stays in force"
     );
     server
@@ -256,7 +256,7 @@ async fn refuses_a_reload_that_would_drop_a_deny_policy() {
             .unwrap()
     };
     // Truncated (as an in-place rewrite leaves it for a moment), then commented out: both
-    // would leave no policy at all, and the Deny policy container-defaults would be gone.
+    // would leave no policy at all, and the Deny policy limitrange-defaults would be gone.
     for (round, text) in ["", "# apiVersion: confgate.dev/v1alpha1\n"]
         .iter()
         .enumerate()
@@ -277,7 +277,7 @@ async fn refuses_a_reload_that_would_drop_a_deny_policy() {
             .collect();
         assert_eq!(
             names,
-            vec!["container-defaults"],
+            vec!["limitrange-defaults"],
             "the Deny policy stays in force"
         );
     }

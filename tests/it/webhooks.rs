@@ -43,23 +43,23 @@ fn one_webhook_per_policy_and_endpoint_at_its_own_path() {
     assert_eq!(
         names(&m),
         vec![
-            "config-checksum.mutate.confgate.dev",
-            "container-defaults.mutate.confgate.dev"
+            "checksum-config.mutate.confgate.dev",
+            "limitrange-defaults.mutate.confgate.dev"
         ]
     );
     assert_eq!(
         names(&v),
         vec![
-            "container-defaults.validate.confgate.dev",
-            "protect-config-refs.validate.confgate.dev",
-            "require-config-refs.validate.confgate.dev",
+            "limitrange-defaults.validate.confgate.dev",
+            "protect-config-keys.validate.confgate.dev",
+            "require-config-keys.validate.confgate.dev",
             "payments-database-url.validate.confgate.dev"
         ]
     );
-    let hook = by_name(&v, "require-config-refs.validate.confgate.dev");
+    let hook = by_name(&v, "require-config-keys.validate.confgate.dev");
     assert_eq!(
         hook["clientConfig"]["service"],
-        json!({"name": "confgate", "namespace": "confgate-system", "path": "/validate/require-config-refs", "port": 443})
+        json!({"name": "confgate", "namespace": "confgate-system", "path": "/validate/require-config-keys", "port": 443})
     );
     assert_eq!(
         hook["clientConfig"]["caBundle"],
@@ -70,7 +70,7 @@ fn one_webhook_per_policy_and_endpoint_at_its_own_path() {
     assert_eq!(hook["matchPolicy"], "Equivalent");
     assert_eq!(hook["timeoutSeconds"], 5);
     assert_eq!(
-        by_name(&m, "config-checksum.mutate.confgate.dev")["reinvocationPolicy"],
+        by_name(&m, "checksum-config.mutate.confgate.dev")["reinvocationPolicy"],
         "IfNeeded"
     );
 }
@@ -78,12 +78,12 @@ fn one_webhook_per_policy_and_endpoint_at_its_own_path() {
 #[test]
 fn rules_name_groups_and_resources_correctly() {
     let (m, v) = webhooks(&options());
-    let checksum = by_name(&m, "config-checksum.mutate.confgate.dev");
+    let checksum = by_name(&m, "checksum-config.mutate.confgate.dev");
     assert_eq!(
         checksum["rules"],
         json!([{"apiGroups": ["apps"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"], "resources": ["deployments", "statefulsets", "daemonsets"], "scope": "Namespaced"}])
     );
-    let refs = by_name(&v, "require-config-refs.validate.confgate.dev");
+    let refs = by_name(&v, "require-config-keys.validate.confgate.dev");
     let groups: Vec<(Value, Value)> = refs["rules"]
         .as_array()
         .unwrap()
@@ -108,7 +108,7 @@ fn rules_name_groups_and_resources_correctly() {
     );
     // The config guard: ConfigMap and Secret updates and deletions, never blocking them when
     // confgate is down, and never sent the control plane's own cleanup.
-    let guard = by_name(&v, "protect-config-refs.validate.confgate.dev");
+    let guard = by_name(&v, "protect-config-keys.validate.confgate.dev");
     assert_eq!(
         guard["rules"],
         json!([{"apiGroups": [""], "apiVersions": ["*"], "operations": ["UPDATE", "DELETE"], "resources": ["configmaps", "secrets"], "scope": "Namespaced"}])
@@ -155,16 +155,16 @@ fn every_webhook_excludes_the_control_plane_and_confgate_itself() {
 fn failure_policy_defaults_and_overrides() {
     let (m, v) = webhooks(&options());
     assert_eq!(
-        by_name(&m, "config-checksum.mutate.confgate.dev")["failurePolicy"],
+        by_name(&m, "checksum-config.mutate.confgate.dev")["failurePolicy"],
         "Ignore"
     );
     assert_eq!(
-        by_name(&v, "require-config-refs.validate.confgate.dev")["failurePolicy"],
+        by_name(&v, "require-config-keys.validate.confgate.dev")["failurePolicy"],
         "Fail"
     );
-    // container-defaults sets failurePolicy: Ignore in its file: both of its webhooks follow it.
+    // limitrange-defaults sets failurePolicy: Ignore in its file: both of its webhooks follow it.
     assert_eq!(
-        by_name(&v, "container-defaults.validate.confgate.dev")["failurePolicy"],
+        by_name(&v, "limitrange-defaults.validate.confgate.dev")["failurePolicy"],
         "Ignore"
     );
     // payments-database-url only warns: failing closed would block writes for advice.
@@ -186,7 +186,7 @@ fn failure_policy_defaults_and_overrides() {
 #[test]
 fn match_conditions_skip_deletions_and_objects_made_by_judged_controllers() {
     let (m, v) = webhooks(&options());
-    let refs = by_name(&v, "require-config-refs.validate.confgate.dev");
+    let refs = by_name(&v, "require-config-keys.validate.confgate.dev");
     assert_eq!(
         refs["matchConditions"],
         json!([
@@ -196,9 +196,9 @@ fn match_conditions_skip_deletions_and_objects_made_by_judged_controllers() {
              "expression": "object == null || !has(object.metadata.ownerReferences) || !object.metadata.ownerReferences.exists(r, has(r.controller) && r.controller && r.kind in ['Deployment', 'StatefulSet', 'DaemonSet', 'ReplicaSet', 'ReplicationController', 'Job', 'CronJob'])"}
         ])
     );
-    // config-checksum judges Deployments, StatefulSets and DaemonSets only.
+    // checksum-config judges Deployments, StatefulSets and DaemonSets only.
     assert!(
-        by_name(&m, "config-checksum.mutate.confgate.dev")["matchConditions"][1]["expression"]
+        by_name(&m, "checksum-config.mutate.confgate.dev")["matchConditions"][1]["expression"]
             .as_str()
             .unwrap()
             .ends_with("r.kind in ['Deployment', 'StatefulSet', 'DaemonSet'])")
@@ -251,7 +251,7 @@ fn cert_manager_injection_and_url_targets() {
     let (m, _) = webhooks(&opts);
     assert_eq!(
         m["webhooks"][0]["clientConfig"]["url"],
-        "https://10.0.0.5:8443/mutate/config-checksum"
+        "https://10.0.0.5:8443/mutate/checksum-config"
     );
 }
 

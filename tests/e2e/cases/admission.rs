@@ -79,16 +79,16 @@ pub async fn e2e_kubectl_apply_denial_names_container_reference_and_key(cx: Cx) 
     let stderr = kubectl.fails(&["apply", "-f", "-"], Some(&manifest)).await;
     assert!(
         stderr.contains(
-            "admission webhook \"require-config-refs.validate.confgate.dev\" denied the request"
+            "admission webhook \"require-config-keys.validate.confgate.dev\" denied the request"
         ),
         "{stderr}"
     );
     for line in [
         format!(
-            "require-config-refs: container \"web\": env QUEUE_URL: configmap \"{ns}/app-config\" has no key \"QUEUE_URL\""
+            "require-config-keys: container \"web\": env QUEUE_URL: configmap \"{ns}/app-config\" has no key \"QUEUE_URL\""
         ),
         format!(
-            "require-config-refs: container \"web\": env TOKEN: secret \"{ns}/api-token\" not found"
+            "require-config-keys: container \"web\": env TOKEN: secret \"{ns}/api-token\" not found"
         ),
     ] {
         assert!(stderr.contains(&line), "missing {line:?} in:\n{stderr}");
@@ -250,7 +250,7 @@ pub async fn e2e_reinvoked_after_another_webhook_adds_a_reference(cx: Cx) {
             r["endpoint"] == "mutate"
                 && r["policies"]
                     .as_str()
-                    .is_some_and(|p| p.contains("config-checksum="))
+                    .is_some_and(|p| p.contains("checksum-config="))
         })
         .count();
     assert_eq!(mutate_calls, 2, "called, then reinvoked once");
@@ -447,7 +447,7 @@ pub async fn e2e_controller_made_pods_do_not_wait_for_a_down_confgate(cx: Cx) {
             }
         })
         .await;
-        assert!(events.contains("require-config-refs.validate.confgate.dev"));
+        assert!(events.contains("require-config-keys.validate.confgate.dev"));
     }
 }
 

@@ -75,13 +75,13 @@ pub async fn e2e_audit_reports_a_workload_broken_while_confgate_was_down(cx: Cx)
     })
     .await;
     let result = &found["results"][0];
-    assert_eq!(result["policy"], "require-config-refs");
+    assert_eq!(result["policy"], "require-config-keys");
     assert_eq!(result["result"], "fail");
     assert_eq!(result["message"], message.as_str());
     assert_eq!(result["resources"][0]["kind"], "Deployment");
     assert_eq!(result["resources"][0]["name"], "web");
     let sample =
-        format!("confgate_audit_violations{{policy=\"require-config-refs\",namespace=\"{ns}\"}}");
+        format!("confgate_audit_violations{{policy=\"require-config-keys\",namespace=\"{ns}\"}}");
     assert_eq!(confgate.metric(&sample).await, 1.0);
     // A Warning Event on the Deployment.
     let events = kubectl
@@ -121,7 +121,7 @@ pub async fn e2e_audit_reports_a_workload_broken_while_confgate_was_down(cx: Cx)
             ns.as_str(),
             "Deployment",
             "web",
-            "require-config-refs",
+            "require-config-keys",
             "fail"
         ]
     );

@@ -403,7 +403,7 @@ pub async fn e2e_review_reads_a_live_cluster_with_a_kubeconfig(cx: Cx) {
     assert_eq!(code, Some(1), "{stdout}");
     assert!(
         stdout.contains(&format!(
-            "require-config-refs: container \"web\": env X: secret \"{ns}/app-secret\" has no key \"NOPE\""
+            "require-config-keys: container \"web\": env X: secret \"{ns}/app-secret\" has no key \"NOPE\""
         )),
         "{stdout}"
     );

@@ -32,7 +32,7 @@ pub async fn e2e_consumed_config_cannot_be_deleted_or_lose_a_read_key(cx: Cx) {
     .await;
     assert!(
         denied.contains(&format!(
-            "protect-config-refs: configmap \"{ns}/app-config\" is used by deployment {ns}/web (init container migrate, envFrom; container web, env DATABASE_URL; volume config)"
+            "protect-config-keys: configmap \"{ns}/app-config\" is used by deployment {ns}/web (init container migrate, envFrom; container web, env DATABASE_URL; volume config)"
         )),
         "{denied}"
     );
@@ -45,7 +45,7 @@ pub async fn e2e_consumed_config_cannot_be_deleted_or_lose_a_read_key(cx: Cx) {
     let denied = denied.stderr;
     assert!(
         denied.contains(&format!(
-            "protect-config-refs: configmap \"{ns}/app-config\": key DATABASE_URL is used by deployment {ns}/web (container web, env DATABASE_URL)"
+            "protect-config-keys: configmap \"{ns}/app-config\": key DATABASE_URL is used by deployment {ns}/web (container web, env DATABASE_URL)"
         )),
         "{denied}"
     );

@@ -30,8 +30,8 @@ pub async fn e2e_manage_webhooks_applies_the_generated_registration_and_takes_ov
         "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": name},
         "webhooks": [{
-            "name": "require-config-refs.validate.confgate.dev",
-            "clientConfig": {"url": "https://127.0.0.1:1/validate/require-config-refs"},
+            "name": "require-config-keys.validate.confgate.dev",
+            "clientConfig": {"url": "https://127.0.0.1:1/validate/require-config-keys"},
             "rules": [{"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["deployments"]}],
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "nowhere"}},
             "sideEffects": "None",
@@ -47,7 +47,7 @@ pub async fn e2e_manage_webhooks_applies_the_generated_registration_and_takes_ov
         "kind": "MutatingWebhookConfiguration",
         "metadata": {"name": name},
         "webhooks": [{
-            "name": "config-checksum.mutate.confgate.dev",
+            "name": "checksum-config.mutate.confgate.dev",
             "clientConfig": {"service": {"name": "old-confgate", "namespace": "default", "path": "/mutate"}},
             "rules": [{"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["deployments"]}],
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "nowhere"}},

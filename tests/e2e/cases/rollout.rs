@@ -349,7 +349,7 @@ pub async fn e2e_a_chart_managed_checksum_is_left_alone_and_confgate_stamps_its_
     assert!(chart.contains("chart-1111"));
     let applied = cx.kubectl().run(&["apply", "-f", "-"], Some(&chart)).await;
     assert!(
-        applied.stderr.contains("config-checksum: checksum/config is managed by \"kubectl-client-side-apply\" (the manifest sets it); confgate leaves it alone and stamps confgate.dev/config-checksum instead"),
+        applied.stderr.contains("checksum-config: checksum/config is managed by \"kubectl-client-side-apply\" (the manifest sets it); confgate leaves it alone and stamps confgate.dev/config-checksum instead"),
         "{}",
         applied.stderr
     );
