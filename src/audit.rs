@@ -34,13 +34,10 @@ pub const MAX_RESULTS: usize = 500;
 pub struct Finding {
     /// `Deployment`, `StatefulSet`, `DaemonSet` or `CronJob`.
     pub kind: String,
-    /// Its namespace.
     pub namespace: String,
-    /// Its name.
     pub name: String,
     /// Its uid.
     pub uid: String,
-    /// The policy.
     pub policy: String,
     /// `fail` (the policy denies) or `warn` (it warns or audits), or `error`.
     pub result: &'static str,

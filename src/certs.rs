@@ -19,9 +19,7 @@ pub enum CertError {
     /// A file could not be written or read.
     #[error("{path}: {source}")]
     Io {
-        /// The file.
         path: PathBuf,
-        /// Why.
         #[source]
         source: std::io::Error,
     },

@@ -24,9 +24,7 @@ pub fn recorder(client: Client) -> Recorder {
 pub struct On<'a> {
     /// `Deployment`, `StatefulSet`, `DaemonSet` or `CronJob`.
     pub kind: &'a str,
-    /// Its namespace.
     pub namespace: &'a str,
-    /// Its name.
     pub name: &'a str,
     /// Its uid.
     pub uid: &'a str,

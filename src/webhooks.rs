@@ -96,12 +96,7 @@ pub enum WebhookError {
     #[error(
         "policy {policy:?}: kind {kind:?} has no known API resource; list workload kinds in spec.match.kinds"
     )]
-    UnknownKind {
-        /// The policy.
-        policy: String,
-        /// The kind.
-        kind: String,
-    },
+    UnknownKind { policy: String, kind: String },
     /// A policy matches every kind: registering it would intercept everything.
     #[error("policy {0:?} matches every kind; list the kinds in spec.match.kinds")]
     AnyKind(String),

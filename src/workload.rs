@@ -210,9 +210,7 @@ pub fn containers(spec: &Value) -> Vec<Container<'_>> {
 /// ConfigMap or Secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Source {
-    /// A ConfigMap.
     ConfigMap,
-    /// A Secret.
     Secret,
 }
 
@@ -240,7 +238,6 @@ pub enum Keys<'a> {
 pub enum Site<'a> {
     /// `env[].valueFrom.configMapKeyRef|secretKeyRef` of a container.
     Env {
-        /// The container.
         container: &'a str,
         /// Its list.
         kind: ContainerKind,
@@ -249,7 +246,6 @@ pub enum Site<'a> {
     },
     /// `envFrom[]` of a container.
     EnvFrom {
-        /// The container.
         container: &'a str,
         /// Its list.
         kind: ContainerKind,

@@ -100,7 +100,6 @@ pub fn run(args: ReviewArgs) -> ExitCode {
 
 /// What came of one review.
 pub(crate) struct Judged {
-    /// The review.
     pub review: Review,
     /// What the policies decided.
     pub decision: Decision,

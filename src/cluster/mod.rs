@@ -163,13 +163,9 @@ pub enum Lookup {
 /// Which objects a cache holds, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum CacheKind {
-    /// ConfigMaps.
     ConfigMaps,
-    /// Secrets.
     Secrets,
-    /// Namespaces.
     Namespaces,
-    /// LimitRanges.
     LimitRanges,
     /// Deployments, StatefulSets, DaemonSets and CronJobs (the rollout controller's index).
     Workloads,

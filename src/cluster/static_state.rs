@@ -15,16 +15,13 @@ pub enum StateError {
     /// The file could not be read.
     #[error("{file}: cannot read: {source}")]
     Read {
-        /// The file.
         file: PathBuf,
-        /// Why.
         #[source]
         source: std::io::Error,
     },
     /// The file is not YAML/JSON.
     #[error("{file}: {message}")]
     Syntax {
-        /// The file.
         file: PathBuf,
         /// The parser's message.
         message: String,
@@ -32,11 +29,9 @@ pub enum StateError {
     /// A document of a known kind does not have that kind's shape.
     #[error("{file}: document {document} ({kind}): {message}")]
     Invalid {
-        /// The file.
         file: PathBuf,
         /// 1-based document index (after `List` expansion).
         document: usize,
-        /// Its kind.
         kind: String,
         /// What is wrong.
         message: String,
@@ -47,7 +42,6 @@ pub enum StateError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind}: {message}")]
 pub struct ObjectError {
-    /// Its kind.
     pub kind: String,
     /// The failing field's path and what is wrong there.
     pub message: String,

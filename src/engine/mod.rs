@@ -29,7 +29,6 @@ pub enum EngineError {
     /// The named policy does not take part in this endpoint.
     #[error("policy {policy:?} does not {endpoint}")]
     NotServed {
-        /// The policy.
         policy: String,
         /// `mutate` or `validate`.
         endpoint: &'static str,

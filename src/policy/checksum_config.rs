@@ -71,8 +71,6 @@ pub struct ChecksumConfigSettings {
     #[serde(default = "yes")]
     pub rollout: bool,
 }
-
-/// The policy.
 #[derive(Debug)]
 pub struct ChecksumConfig {
     kinds: Vec<String>,

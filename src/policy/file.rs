@@ -18,7 +18,6 @@ pub const API_VERSION: &str = "confgate.dev/v1alpha1";
 /// One problem in the policy files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigIssue {
-    /// The file.
     pub file: PathBuf,
     /// 1-based document index in the file (0 when the file itself is the problem).
     pub document: usize,

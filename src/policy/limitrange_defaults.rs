@@ -82,8 +82,6 @@ pub struct LimitItemSettings {
     #[serde(default)]
     pub max_limit_request_ratio: BTreeMap<String, Quantity>,
 }
-
-/// The policy.
 #[derive(Debug)]
 pub struct LimitRangeDefaults {
     configured: Option<LimitRange>,

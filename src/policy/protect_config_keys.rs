@@ -60,8 +60,6 @@ pub struct ProtectConfigKeysSettings {
     #[serde(default = "default_same_app_labels")]
     pub same_app_labels: Vec<String>,
 }
-
-/// The policy.
 #[derive(Debug)]
 pub struct ProtectConfigKeys {
     max_named: usize,

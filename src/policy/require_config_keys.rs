@@ -87,8 +87,6 @@ pub struct RequireConfigKeysSettings {
 fn selection<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ContainerSelection, D::Error> {
     ContainerSelection::try_from(Value::deserialize(d)?).map_err(serde::de::Error::custom)
 }
-
-/// The policy.
 #[derive(Debug)]
 pub struct RequireConfigKeys {
     settings: RequireConfigKeysSettings,

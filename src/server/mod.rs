@@ -187,9 +187,7 @@ pub enum ServeError {
     /// The listener failed.
     #[error("server error on {addr}: {source}")]
     Io {
-        /// The address.
         addr: SocketAddr,
-        /// Why.
         #[source]
         source: std::io::Error,
     },

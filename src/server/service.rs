@@ -56,7 +56,6 @@ pub struct ReviewService {
     pub engine: Engine,
     /// The policies in force (shared with reload, the controllers and the webhook manager).
     pub policies: Arc<PolicyStore>,
-    /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Where large bodies are parsed and evaluated.
     large_reviews: LargeReviewPool,

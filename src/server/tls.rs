@@ -12,20 +12,10 @@ use std::sync::Arc;
 pub enum TlsError {
     /// The certificate file is unreadable or holds no certificate.
     #[error("{path}: cannot read certificate: {message}")]
-    Certificate {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        message: String,
-    },
+    Certificate { path: PathBuf, message: String },
     /// The key file is unreadable or holds no private key.
     #[error("{path}: cannot read private key: {message}")]
-    Key {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        message: String,
-    },
+    Key { path: PathBuf, message: String },
     /// rustls refused the pair (for example a key that does not match the certificate).
     #[error("invalid certificate/key pair: {0}")]
     Rustls(#[from] rustls::Error),

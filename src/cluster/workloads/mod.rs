@@ -23,9 +23,7 @@ pub const KINDS: [&str; 4] = ["Deployment", "StatefulSet", "DaemonSet", "CronJob
 pub struct Workload {
     /// `Deployment`, `StatefulSet`, `DaemonSet` or `CronJob`.
     pub kind: &'static str,
-    /// Its namespace.
     pub namespace: String,
-    /// Its name.
     pub name: String,
     /// Its uid (for Events).
     pub uid: String,
