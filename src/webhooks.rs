@@ -80,14 +80,7 @@ impl Options {
 /// default; GA in 1.30).
 pub const MATCH_CONDITIONS_SINCE: u32 = 28;
 
-/// The minor version of a Kubernetes version string (`1.27`, `v1.33.3`, `1.30+`).
-pub fn minor_version(version: &str) -> Option<u32> {
-    let mut parts = version.trim_start_matches('v').split('.');
-    let major: u32 = parts.next()?.parse().ok()?;
-    let minor = parts.next()?;
-    let digits: String = minor.chars().take_while(char::is_ascii_digit).collect();
-    (major == 1).then(|| digits.parse().ok()).flatten()
-}
+pub use crate::cluster::minor_version;
 
 /// Why a registration cannot be generated.
 #[derive(Debug, thiserror::Error)]

@@ -474,7 +474,7 @@ async fn discover_version(client: Client, state: std::sync::Weak<LiveState>) {
         match result {
             Ok(info) => {
                 let version = format!("{}.{}", info.major, info.minor);
-                match crate::webhooks::minor_version(&version) {
+                match crate::cluster::minor_version(&version) {
                     Some(minor) => {
                         live.minor_version.store(minor, Ordering::Release);
                         tracing::info!(version = %info.git_version, "the cluster's Kubernetes version");

@@ -16,6 +16,16 @@ use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// The minor version of a Kubernetes version string (`1.27`, `v1.33.3`, `1.30+`): what
+/// discovery answers and what settings pin.
+pub fn minor_version(version: &str) -> Option<u32> {
+    let mut parts = version.trim_start_matches('v').split('.');
+    let major: u32 = parts.next()?.parse().ok()?;
+    let minor = parts.next()?;
+    let digits: String = minor.chars().take_while(char::is_ascii_digit).collect();
+    (major == 1).then(|| digits.parse().ok()).flatten()
+}
+
 /// A SHA-256 digest.
 pub type Digest = [u8; 32];
 

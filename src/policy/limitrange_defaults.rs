@@ -103,7 +103,7 @@ impl LimitRangeDefaults {
         }
         let release = match settings.kubernetes_version.as_deref() {
             None | Some("auto") => None,
-            Some(version) => Some(crate::webhooks::minor_version(version).ok_or_else(|| {
+            Some(version) => Some(crate::cluster::minor_version(version).ok_or_else(|| {
                 SettingsError::at(
                     "kubernetesVersion",
                     format!(
