@@ -283,7 +283,7 @@ const MIN_GAP: Duration = Duration::from_secs(30);
 /// key removed from a ConfigMap shows in the reports within seconds, not at the next interval.
 pub async fn run(
     client: Client,
-    state: std::sync::Arc<crate::server::AppState>,
+    judging: crate::engine::Judging,
     mut leading: tokio::sync::watch::Receiver<bool>,
     interval: Duration,
     changes: Option<std::sync::Arc<crate::cluster::live::ConfigChanges>>,
@@ -298,7 +298,7 @@ pub async fn run(
                 return;
             }
         }
-        let cluster = state.reviews.engine.cluster().clone();
+        let cluster = judging.cluster.clone();
         // Judging with caches still syncing would report every reference as unchecked; the
         // Lease can be won before they have synced (at start), so wait for them.
         while cluster.ready().is_err() {
@@ -306,11 +306,11 @@ pub async fn run(
         }
         let seen = recorded();
         let started = Instant::now();
-        let set = state.reviews.policies.current();
+        let set = judging.policies.current();
         let engine = Engine::new(cluster);
         match scan(&client, &engine, &set).await {
             Ok(audit) => {
-                state.reviews.metrics.set_audit_violations(&audit.counts());
+                judging.metrics.set_audit_violations(&audit.counts());
                 let written = write_reports(&client, &audit).await;
                 match &written {
                     Ok(false) if !crd_missing_logged => {

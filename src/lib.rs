@@ -11,7 +11,6 @@ pub mod cluster;
 pub mod engine;
 pub mod events;
 pub mod limitrange;
-pub mod manage_webhooks;
 pub mod metrics;
 pub mod policy;
 pub mod quantity;

@@ -215,7 +215,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let leader = crate::rollout::leadership(client.clone(), election);
         tokio::spawn(crate::rollout::run(
             client.clone(),
-            state.clone(),
+            state.reviews.judging(),
             workloads,
             changed.clone(),
             settings,
@@ -224,7 +224,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(interval) = args.audit_interval.0 {
             tokio::spawn(crate::audit::run(
                 client.clone(),
-                state.clone(),
+                state.reviews.judging(),
                 leader,
                 interval,
                 Some(changed),
@@ -243,7 +243,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(url) = args.webhook_url {
             webhook_options.target = crate::webhooks::Target::Url(url);
         }
-        tokio::spawn(crate::manage_webhooks::run(
+        tokio::spawn(crate::server::manage_webhooks::run(
             client,
             state.clone(),
             webhook_options,

@@ -35,6 +35,19 @@ pub enum EngineError {
     },
 }
 
+/// What the background controllers (rollout, audit) judge with: the cluster state, the policies
+/// in force, and the metrics they report to. Cheap to clone; the server hands out the same ones
+/// it judges reviews with.
+#[derive(Clone)]
+pub struct Judging {
+    /// The cluster state policies read.
+    pub cluster: Arc<dyn ClusterState>,
+    /// The policies in force.
+    pub policies: Arc<crate::policy::PolicyStore>,
+    /// Where results are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
 /// Evaluates reviews against a policy set with one cluster state.
 #[derive(Clone)]
 pub struct Engine {

@@ -28,9 +28,8 @@ use crate::admission::{review_from_value, wrap_manifest};
 use crate::cluster::live::{Changed, ConfigChanges};
 use crate::cluster::workloads::{self as index, Index, Workload};
 use crate::cluster::{ConfigData, Lookup};
-use crate::engine::Engine;
+use crate::engine::{Engine, Judging};
 use crate::policy::{Phase, PolicySet};
-use crate::server::AppState;
 use crate::workload::{FIELD_MANAGER, Keys, Source, nested, template_annotation, template_path};
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
@@ -176,13 +175,13 @@ pub fn leadership(client: Client, election: Election) -> tokio::sync::watch::Rec
 /// their index and compare everything when they take over.
 pub async fn run(
     client: Client,
-    state: Arc<AppState>,
+    judging: Judging,
     index: Arc<Index>,
     changes: Arc<ConfigChanges>,
     settings: Settings,
     mut leader: tokio::sync::watch::Receiver<bool>,
 ) {
-    let cluster = state.reviews.engine.cluster().clone();
+    let cluster = judging.cluster.clone();
     while !(index.synced() && cluster.ready().is_ok()) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -192,7 +191,7 @@ pub async fn run(
         workloads = index.len(),
         "rollout controller started: workloads roll when the configuration they consume changes"
     );
-    let mut controller = Controller::new(client.clone(), state, settings);
+    let mut controller = Controller::new(client.clone(), judging, settings);
     let mut full_due = true;
     let mut last_full = Instant::now();
     loop {
@@ -292,7 +291,7 @@ impl std::fmt::Display for Stamp {
 
 struct Controller {
     client: Client,
-    state: Arc<AppState>,
+    judging: Judging,
     recorder: Recorder,
     limiter: TokenBucket,
     last: HashMap<WorkloadKey, Instant>,
@@ -303,11 +302,11 @@ struct Controller {
 }
 
 impl Controller {
-    fn new(client: Client, state: Arc<AppState>, settings: Settings) -> Self {
+    fn new(client: Client, judging: Judging, settings: Settings) -> Self {
         Self {
             recorder: crate::events::recorder(client.clone()),
             client,
-            state,
+            judging,
             limiter: TokenBucket::new(&settings),
             last: HashMap::new(),
             held: HashMap::new(),
@@ -318,7 +317,7 @@ impl Controller {
     /// Compares the workloads that consume what `changed` names (every workload when `all`)
     /// with the annotations they should have, and rolls those that differ.
     async fn reconcile(&mut self, index: &Index, changed: &Changed, all: bool) {
-        let set = self.state.reviews.policies.current();
+        let set = self.judging.policies.current();
         if !set
             .policies
             .iter()
@@ -326,7 +325,7 @@ impl Controller {
         {
             return;
         }
-        let engine = Engine::new(self.state.reviews.engine.cluster().clone());
+        let engine = Engine::new(self.judging.cluster.clone());
         // Each workload once, with the changed keys it consumes.
         let mut candidates: HashMap<WorkloadKey, (Arc<Workload>, Vec<String>)> = HashMap::new();
         if all {
@@ -374,8 +373,8 @@ impl Controller {
         if self.held.is_empty() {
             return;
         }
-        let set = self.state.reviews.policies.current();
-        let engine = Engine::new(self.state.reviews.engine.cluster().clone());
+        let set = self.judging.policies.current();
+        let engine = Engine::new(self.judging.cluster.clone());
         let held: Vec<(WorkloadKey, Vec<String>)> = self.held.drain().collect();
         let mut writes = Vec::new();
         for ((kind, namespace, name), what) in held {
@@ -396,7 +395,7 @@ impl Controller {
         what: Vec<String>,
     ) -> Option<Write> {
         let stamps = desired(engine, set, &w).await;
-        let metrics = &self.state.reviews.metrics;
+        let metrics = &self.judging.metrics;
         let k = key(&w);
         if stamps.is_empty() {
             // Already right (its own write carried the new checksum), or not ours to roll.
@@ -453,7 +452,7 @@ impl Controller {
                 let result = this.patch(&write.workload, &write.stamps).await;
                 let w = &write.workload;
                 if result.is_ok() {
-                    this.state.reviews.metrics.rollout("triggered");
+                    this.judging.metrics.rollout("triggered");
                     tracing::info!(
                         kind = w.kind,
                         namespace = %w.namespace,
@@ -469,7 +468,7 @@ impl Controller {
             .buffer_unordered(PARALLEL_WRITES)
             .collect()
             .await;
-        let metrics = self.state.reviews.metrics.clone();
+        let metrics = self.judging.metrics.clone();
         for (write, result) in results {
             let w = &write.workload;
             let k = key(w);

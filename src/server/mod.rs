@@ -5,6 +5,7 @@ pub mod budget;
 pub mod conn;
 pub mod handlers;
 pub mod large_reviews;
+pub mod manage_webhooks;
 mod reload;
 pub mod service;
 pub mod tls;

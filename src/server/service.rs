@@ -92,6 +92,15 @@ impl ServiceError {
 }
 
 impl ReviewService {
+    /// The cluster, policies and metrics, for the background controllers.
+    pub fn judging(&self) -> crate::engine::Judging {
+        crate::engine::Judging {
+            cluster: self.engine.cluster().clone(),
+            policies: self.policies.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
     /// The pipeline for `policies`, evaluated by `engine`, counted in `metrics`, within
     /// `limits`; costly reviews are worked on by `large_review_threads` low-priority threads.
     pub fn new(

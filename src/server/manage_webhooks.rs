@@ -4,7 +4,7 @@
 //! the CA file changes, and every five minutes against drift; the first time only once confgate
 //! is ready. RBAC: `deploy/components/manage-webhooks/rbac.yaml`.
 
-use crate::server::AppState;
+use super::AppState;
 use crate::webhooks::{Options, generate};
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
