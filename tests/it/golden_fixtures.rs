@@ -100,9 +100,13 @@ fn deployment_web_is_defaulted_and_stamped() {
     assert_eq!(annotations["checksum/config"].as_str().unwrap().len(), 64);
 }
 
+/// POSTs as the apiserver does: with a Content-Length, so the server reserves what the body
+/// declares from the in-flight budget (without one it reserves the largest allowed body, and
+/// concurrent large reviews then queue for the budget, flakily past its 1 s wait on a busy CI).
 async fn post(app: axum::Router, path: &str, body: Vec<u8>) -> (u16, Value) {
     let request = axum::http::Request::post(path)
         .header("content-type", "application/json")
+        .header("content-length", body.len())
         .body(Body::from(body))
         .unwrap();
     let response = app.oneshot(request).await.unwrap();
