@@ -96,6 +96,9 @@ pub enum WebhookError {
     /// timeoutSeconds outside 1..=30.
     #[error("timeoutSeconds must be between 1 and 30, got {0}")]
     Timeout(i32),
+    /// The registration could not be written as YAML.
+    #[error("cannot write the registration as YAML: {0}")]
+    Yaml(String),
 }
 
 /// The default failurePolicy: validation fails closed; mutation (defaults, checksums) is best
@@ -357,8 +360,9 @@ fn rules(policy: &LoadedPolicy) -> Result<Vec<RuleWithOperations>, WebhookError>
 pub fn to_yaml(
     mutating: &MutatingWebhookConfiguration,
     validating: &ValidatingWebhookConfiguration,
-) -> Result<String, String> {
-    let m = serde_saphyr::to_string(mutating).map_err(|e| e.to_string())?;
-    let v = serde_saphyr::to_string(validating).map_err(|e| e.to_string())?;
+) -> Result<String, WebhookError> {
+    let yaml = |e: serde_saphyr::ser::Error| WebhookError::Yaml(e.to_string());
+    let m = serde_saphyr::to_string(mutating).map_err(yaml)?;
+    let v = serde_saphyr::to_string(validating).map_err(yaml)?;
     Ok(format!("{m}---\n{v}"))
 }

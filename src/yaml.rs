@@ -4,8 +4,13 @@
 
 use serde_json::Value;
 
+/// A text that is neither YAML nor JSON: the parser's message, with line and column.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SyntaxError(pub String);
+
 /// Splits a YAML stream (JSON is YAML) into its documents; empty documents are dropped.
-pub fn documents(text: &str) -> Result<Vec<Value>, String> {
+pub fn documents(text: &str) -> Result<Vec<Value>, SyntaxError> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
         // JSON: parsed by serde_json for exact numbers and better messages.
@@ -13,7 +18,8 @@ pub fn documents(text: &str) -> Result<Vec<Value>, String> {
             return Ok(vec![value]);
         }
     }
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| e.to_string())?;
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(text).map_err(|e| SyntaxError(e.to_string()))?;
     Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
 }
 

@@ -78,9 +78,6 @@ pub fn run(args: WebhooksArgs) -> anyhow::Result<()> {
         )? >= crate::webhooks::MATCH_CONDITIONS_SINCE,
     };
     let (mutating, validating) = generate(&set, &options)?;
-    print!(
-        "{}",
-        to_yaml(&mutating, &validating).map_err(anyhow::Error::msg)?
-    );
+    print!("{}", to_yaml(&mutating, &validating)?);
     Ok(())
 }

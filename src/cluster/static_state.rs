@@ -20,11 +20,11 @@ pub enum StateError {
         source: std::io::Error,
     },
     /// The file is not YAML/JSON.
-    #[error("{file}: {message}")]
+    #[error("{file}: {source}")]
     Syntax {
         file: PathBuf,
         /// The parser's message.
-        message: String,
+        source: crate::yaml::SyntaxError,
     },
     /// A document of a known kind does not have that kind's shape.
     #[error("{file}: document {document} ({kind}): {message}")]
@@ -86,9 +86,9 @@ impl StaticState {
 
     /// Adds the objects of one YAML/JSON text.
     pub fn add_text(&mut self, file: &Path, text: &str) -> Result<(), StateError> {
-        let docs = crate::yaml::documents(text).map_err(|message| StateError::Syntax {
+        let docs = crate::yaml::documents(text).map_err(|source| StateError::Syntax {
             file: file.to_owned(),
-            message,
+            source,
         })?;
         for (i, doc) in crate::yaml::flatten_lists(docs).into_iter().enumerate() {
             self.add_object(doc)

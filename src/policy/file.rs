@@ -211,7 +211,7 @@ fn load_sources(
         hasher.update([0]);
         let documents = match crate::yaml::documents(text) {
             Ok(docs) => docs,
-            Err(message) => {
+            Err(crate::yaml::SyntaxError(message)) => {
                 issues.push(ConfigIssue {
                     file: file.clone(),
                     document: 0,
