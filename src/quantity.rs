@@ -75,9 +75,12 @@ fn pow10(exp: u32) -> Option<i128> {
 
 /// True when `limit / request > ratio`, exactly (all three non-negative and `request > 0`),
 /// in big integers: the products of two values within range do not fit in 128 bits.
-pub fn ratio_exceeds(limit: i128, request: i128, ratio: i128) -> bool {
-    use num_bigint::BigInt;
-    BigInt::from(limit) > BigInt::from(ratio) * BigInt::from(request)
+pub fn ratio_exceeds(
+    limit: impl Into<num_bigint::BigInt>,
+    request: impl Into<num_bigint::BigInt>,
+    ratio: impl Into<num_bigint::BigInt>,
+) -> bool {
+    limit.into() > ratio.into() * request.into()
 }
 
 /// Current upstream's `ratioString`: `|limit| / |request|` rounded half to even to six
@@ -102,10 +105,9 @@ pub fn ratio_string(limit: &Quantity, request: &Quantity) -> String {
 
 /// Current upstream's `exceedsAllowed`: `|limit| > |request| × ratio`, exactly.
 pub fn exceeds_ratio(limit: &Quantity, request: &Quantity, ratio: &Quantity) -> bool {
-    use num_bigint::BigInt;
     // In nanos: l > r × q / 10^9  ⇔  l × 10^9 > r × q.
-    BigInt::from(limit.nanos.abs()) * BigInt::from(NANO)
-        > BigInt::from(request.nanos.abs()) * BigInt::from(ratio.nanos)
+    let limit = num_bigint::BigInt::from(limit.nanos.abs()) * NANO;
+    ratio_exceeds(limit, request.nanos.abs(), ratio.nanos)
 }
 
 /// Divides rounding away from zero (Go's `inf.RoundUp`).

@@ -18,28 +18,11 @@ pub fn copy_limits_to_requests(spec: &mut Value, semantics: Semantics) {
     }
     for list in ["containers", "initContainers"] {
         for container in containers_mut(spec, list) {
-            let Some(resources) = container
+            if let Some(resources) = container
                 .get_mut("resources")
                 .and_then(Value::as_object_mut)
-            else {
-                continue;
-            };
-            let Some(limits) = resources
-                .get("limits")
-                .and_then(Value::as_object)
-                .filter(|l| !l.is_empty())
-                .cloned()
-            else {
-                continue;
-            };
-            let Some(requests) = entry_object(resources, "requests") else {
-                continue;
-            };
-            for (k, v) in limits {
-                if !requests.contains_key(&k) {
-                    let canonical = quantity_of(&v).map_or(v, |q| Value::String(q.to_string()));
-                    requests.insert(k, canonical);
-                }
+            {
+                copy_missing_requests(resources, |_| true);
             }
         }
     }
@@ -49,26 +32,27 @@ pub fn copy_limits_to_requests(spec: &mut Value, semantics: Semantics) {
 /// becomes the request. (Upstream also defaults hugepages requests on releases that support
 /// them at pod level; LimitRanger never reads those.)
 fn default_pod_requests(spec: &mut Value) {
-    let Some(resources) = spec.get_mut("resources").and_then(Value::as_object_mut) else {
-        return;
-    };
-    let Some(limits) = resources
+    if let Some(resources) = spec.get_mut("resources").and_then(Value::as_object_mut) {
+        copy_missing_requests(resources, |name| POD_LEVEL_RESOURCES.contains(&name));
+    }
+}
+
+/// In one `resources` object, each limit of a resource `copied` accepts becomes the request
+/// when there is none, in canonical form (`requests` is created only when something is added).
+fn copy_missing_requests(resources: &mut Map<String, Value>, copied: impl Fn(&str) -> bool) {
+    let missing: Vec<(String, Value)> = resources
         .get("limits")
         .and_then(Value::as_object)
-        .filter(|l| !l.is_empty())
-        .cloned()
-    else {
-        return;
-    };
-    let missing: Vec<(String, Value)> = limits
         .into_iter()
-        .filter(|(k, _)| POD_LEVEL_RESOURCES.contains(&k.as_str()))
+        .flatten()
+        .filter(|(k, _)| copied(k))
         .filter(|(k, _)| {
             !resources
                 .get("requests")
                 .and_then(Value::as_object)
-                .is_some_and(|r| r.contains_key(k))
+                .is_some_and(|r| r.contains_key(*k))
         })
+        .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     if missing.is_empty() {
         return;

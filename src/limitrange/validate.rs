@@ -180,12 +180,13 @@ pub fn unreadable_quantities(spec: &Value) -> Vec<String> {
 pub fn validate_spec(range: &LimitRange, spec: &Value, semantics: Semantics) -> Vec<String> {
     let mut out = Vec::new();
     let comparison = semantics.comparison;
+    let all = containers(spec);
     for item in &range.items {
         match item.kind.as_str() {
             "Container" => {
                 // Upstream judges the containers, then the init containers.
                 for kind in [ContainerKind::Regular, ContainerKind::Init] {
-                    for c in containers(spec).into_iter().filter(|c| c.kind == kind) {
+                    for c in all.iter().filter(|c| c.kind == kind) {
                         check(
                             item,
                             &resource_list(c.value, "requests"),

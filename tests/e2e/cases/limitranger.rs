@@ -65,26 +65,33 @@ fn pods(minor: u32) -> Vec<(&'static str, Value)> {
     pods
 }
 
+/// `kubectl create -o json` of a Pod with this spec in `ns`.
+async fn create_pod(cx: &Cx, ns: &str, name: &str, spec: &Value) -> crate::harness::Run {
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns}, "spec": spec});
+    cx.kubectl()
+        .run(&["create", "-o", "json", "-f", "-"], Some(&pod.to_string()))
+        .await
+}
+
+/// The `resources` of each container in a stored Pod's `list` (`containers`, `initContainers`).
+fn container_resources(stored: &Value, list: &str) -> Vec<Value> {
+    stored["spec"][list]
+        .as_array()
+        .map(|cs| cs.iter().map(|c| c["resources"].clone()).collect())
+        .unwrap_or_default()
+}
+
 /// What each Pod became: its containers' resources and the built-in plugin's annotation, or
 /// the error the apiserver answered.
 async fn outcome(cx: &Cx, ns: &str, name: &str, spec: &Value) -> Value {
-    let kubectl = cx.kubectl();
-    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns}, "spec": spec});
-    let run = kubectl
-        .run(&["create", "-o", "json", "-f", "-"], Some(&pod.to_string()))
-        .await;
+    let run = create_pod(cx, ns, name, spec).await;
     if !run.success {
         // Only the plugin's own words: the namespace differs.
         let message = run.stderr.replace(ns, "NS");
         return json!({"error": message.trim()});
     }
     let stored: Value = serde_json::from_str(&run.stdout).unwrap();
-    let resources = |list: &str| -> Vec<Value> {
-        stored["spec"][list]
-            .as_array()
-            .map(|cs| cs.iter().map(|c| c["resources"].clone()).collect())
-            .unwrap_or_default()
-    };
+    let resources = |list: &str| container_resources(&stored, list);
     json!({
         "containers": resources("containers"),
         "initContainers": resources("initContainers"),
@@ -212,11 +219,7 @@ fn verdict_pods(minor: u32) -> Vec<(&'static str, Value)> {
 /// What the apiserver made of a Pod: stored resources and the defaults annotation, or the
 /// refusal as LimitRanger's own sentences (confgate's container prefix left out).
 async fn verdict(cx: &Cx, ns: &str, name: &str, spec: &Value) -> Value {
-    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns}, "spec": spec});
-    let run = cx
-        .kubectl()
-        .run(&["create", "-o", "json", "-f", "-"], Some(&pod.to_string()))
-        .await;
+    let run = create_pod(cx, ns, name, spec).await;
     if !run.success {
         let text = run.stderr.trim().to_owned();
         let sentences: Vec<String> =
@@ -252,12 +255,7 @@ async fn verdict(cx: &Cx, ns: &str, name: &str, spec: &Value) -> Value {
         return json!({"denied": sentences});
     }
     let stored: Value = serde_json::from_str(&run.stdout).unwrap();
-    let resources = |list: &str| -> Vec<Value> {
-        stored["spec"][list]
-            .as_array()
-            .map(|cs| cs.iter().map(|c| c["resources"].clone()).collect())
-            .unwrap_or_default()
-    };
+    let resources = |list: &str| container_resources(&stored, list);
     let annotations = &stored["metadata"]["annotations"];
     json!({
         "containers": resources("containers"),
