@@ -14,6 +14,7 @@ use crate::cluster::workloads::{KINDS, api_resource};
 use crate::engine::Engine;
 use crate::engine::Outcome;
 use crate::policy::{Phase, PolicySet};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Client;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use serde::Serialize;
@@ -237,7 +238,11 @@ fn report_resource() -> kube::api::ApiResource {
 /// Writes one PolicyReport per namespace with workloads (server-side apply, field manager
 /// confgate) and deletes confgate's reports in namespaces that have none now. `Ok(false)` when
 /// the PolicyReport CRD is not installed.
-pub async fn write_reports(client: &Client, audit: &Audit) -> Result<bool, kube::Error> {
+pub async fn write_reports(
+    client: &Client,
+    audit: &Audit,
+    owner: Option<&OwnerReference>,
+) -> Result<bool, kube::Error> {
     let resource = report_resource();
     let all: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
     let existing = match all
@@ -258,7 +263,10 @@ pub async fn write_reports(client: &Client, audit: &Audit) -> Result<bool, kube:
     let params = PatchParams::apply(crate::workload::FIELD_MANAGER).force();
     for namespace in &namespaces {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
-        let report = policy_report(audit, namespace, &now);
+        let mut report = policy_report(audit, namespace, &now);
+        if let Some(owner) = owner {
+            report["metadata"]["ownerReferences"] = json!([owner]);
+        }
         api.patch(REPORT_NAME, &params, &Patch::Apply(&report))
             .await?;
     }
@@ -287,6 +295,7 @@ pub async fn run(
     mut leading: tokio::sync::watch::Receiver<bool>,
     interval: Duration,
     changes: Option<std::sync::Arc<crate::cluster::live::ConfigChanges>>,
+    owners: crate::owners::Owners,
 ) {
     let recorded = || changes.as_ref().map_or(0, |c| c.recorded());
     let recorder = crate::events::recorder(client.clone());
@@ -311,7 +320,15 @@ pub async fn run(
         match scan(&client, &engine, &set).await {
             Ok(audit) => {
                 judging.metrics.set_audit_violations(&audit.counts());
-                let written = write_reports(&client, &audit).await;
+                // Owned by confgate's ClusterRole: uninstalling confgate removes its reports.
+                let owner = match owners.cluster_scoped(&client).await {
+                    Ok(owner) => owner,
+                    Err(error) => {
+                        tracing::warn!(%error, "PolicyReports are written without an owner");
+                        None
+                    }
+                };
+                let written = write_reports(&client, &audit, owner.as_ref()).await;
                 match &written {
                     Ok(false) if !crd_missing_logged => {
                         crd_missing_logged = true;

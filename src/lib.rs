@@ -12,6 +12,7 @@ pub mod engine;
 pub mod events;
 pub mod limitrange;
 pub mod metrics;
+pub mod owners;
 pub mod policy;
 pub mod quantity;
 pub mod rollout;

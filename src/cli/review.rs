@@ -179,6 +179,7 @@ pub(crate) fn live_state(
         namespace: namespace.to_owned(),
         name: name.to_owned(),
         create: false,
+        owners: Default::default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -146,12 +146,32 @@ pub struct ServeArgs {
     /// With --manage-webhooks: metadata.name of both configurations.
     #[arg(long, default_value = "confgate")]
     pub webhook_name: String,
+    /// Serve the certificate in this Secret (in --namespace: tls.crt, tls.key, ca.crt), written
+    /// to --tls-cert/--tls-key and ca.crt beside them; when it does not exist, confgate creates
+    /// it with a new CA and a certificate for --webhook-service (valid ten years). Read again
+    /// every 30 s.
+    #[arg(long)]
+    pub tls_secret: Option<String>,
+    /// With --tls-secret: an extra DNS name or IP address in a certificate confgate makes
+    /// (repeatable).
+    #[arg(long = "tls-san")]
+    pub tls_sans: Vec<String>,
+    /// The ClusterRole that owns what confgate creates outside its namespace (the webhook
+    /// configurations, PolicyReports): deleting it has the garbage collector remove them.
+    #[arg(long)]
+    pub owner_cluster_role: Option<String>,
+    /// The ServiceAccount (in --namespace) that owns what confgate creates in its namespace
+    /// (the checksum key and TLS Secrets, the rollout Lease).
+    #[arg(long)]
+    pub owner_service_account: Option<String>,
 }
 
 /// Runs the server until SIGTERM.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let _log_guard = telemetry::init(args.log_format);
-    if let Some(ca) = crate::certs::ensure_dev_certs(&args.tls_cert, &args.tls_key)? {
+    if args.tls_secret.is_some() {
+        // Written from the Secret once the client exists (below).
+    } else if let Some(ca) = crate::certs::ensure_dev_certs(&args.tls_cert, &args.tls_key)? {
         tracing::warn!(
             cert = %args.tls_cert.display(),
             ca = %ca.display(),
@@ -169,6 +189,27 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "--manage-webhooks needs a live cluster (not --cluster none or --cluster-state)"
         );
     }
+    let owners = args.owners();
+    let tls_secret = match (&args.tls_secret, &client) {
+        (None, _) => None,
+        (Some(_), None) => anyhow::bail!(
+            "--tls-secret needs a live cluster (not --cluster none or --cluster-state)"
+        ),
+        (Some(name), Some(client)) => {
+            let secret = crate::server::tls_secret::TlsSecret {
+                client: client.clone(),
+                namespace: args.namespace.clone(),
+                name: name.clone(),
+                request: tls_request(&args)?,
+                owners: owners.clone(),
+                cert: args.tls_cert.clone(),
+                key: args.tls_key.clone(),
+            };
+            secret.first(Duration::from_secs(60)).await?;
+            tracing::info!(secret = %name, namespace = %args.namespace, cert = %args.tls_cert.display(), "serving the certificate of the TLS Secret");
+            Some(secret)
+        }
+    };
     let options = ServeOptions {
         listen: args.listen,
         policies_dir: args.policies,
@@ -199,6 +240,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     let handle = axum_server::Handle::new();
     spawn_shutdown_on_signal(&state, &handle, &options);
+    if let Some(secret) = tls_secret {
+        tokio::spawn(secret.run());
+    }
     if let (Some(client), Some((changed, workloads))) = (&client, config_changed) {
         let settings = crate::rollout::Settings {
             per_minute: args.rollout_rate_per_minute,
@@ -211,6 +255,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             namespace: args.namespace.clone(),
             lease: args.lease_name.clone(),
             identity: crate::rollout::Election::identity(),
+            owners: owners.clone(),
         };
         let leader = crate::rollout::leadership(client.clone(), election);
         tokio::spawn(crate::rollout::run(
@@ -228,6 +273,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 leader,
                 interval,
                 Some(changed),
+                owners.clone(),
             ));
         }
     }
@@ -248,6 +294,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             state.clone(),
             webhook_options,
             ca_file,
+            owners.clone(),
         ));
     }
     serve_with(options, state, registry, handle).await?;
@@ -279,6 +326,7 @@ async fn cluster_state(args: &ServeArgs) -> anyhow::Result<ClusterParts> {
             namespace: args.namespace.clone(),
             name: args.checksum_key_secret.clone(),
             create: true,
+            owners: args.owners(),
         };
         let state = LiveState::start(client.clone(), args.secrets, key, true);
         let rollout = state.workloads().map(|w| (state.config_changes(), w));
@@ -362,5 +410,96 @@ impl std::str::FromStr for Interval {
             return Err(format!("{s:?}: must be more than 0 (or off)"));
         }
         Ok(Self(Some(Duration::from_secs(seconds))))
+    }
+}
+
+impl ServeArgs {
+    /// The owners of what confgate creates (`--owner-cluster-role`, `--owner-service-account`).
+    fn owners(&self) -> crate::owners::Owners {
+        crate::owners::Owners {
+            cluster_role: self.owner_cluster_role.clone(),
+            service_account: self
+                .owner_service_account
+                .as_ref()
+                .map(|name| (self.namespace.clone(), name.clone())),
+        }
+    }
+}
+
+/// What a certificate made for `--tls-secret` certifies: the Service's names in confgate's
+/// namespace, and each `--tls-san` as an IP address when it parses as one, else a DNS name.
+fn tls_request(args: &ServeArgs) -> anyhow::Result<crate::certs::CertRequest> {
+    let mut request = crate::certs::CertRequest {
+        service: args.webhook_service.clone(),
+        namespace: args.namespace.clone(),
+        dns: Vec::new(),
+        ips: Vec::new(),
+        days: crate::server::tls_secret::VALID_DAYS,
+    };
+    for san in &args.tls_sans {
+        match san.parse::<std::net::IpAddr>() {
+            Ok(ip) => request.ips.push(ip),
+            Err(_) if !san.is_empty() => request.dns.push(san.clone()),
+            Err(_) => anyhow::bail!("--tls-san: an empty name"),
+        }
+    }
+    Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn serve(args: &[&str]) -> ServeArgs {
+        let cli = crate::cli::Cli::try_parse_from(
+            ["confgate", "serve"].iter().chain(args.iter()).copied(),
+        )
+        .unwrap();
+        match cli.command {
+            crate::cli::Command::Serve(args) => *args,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn tls_sans_are_ip_addresses_or_dns_names() {
+        let args = serve(&[
+            "--tls-secret=tls",
+            "--tls-san=127.0.0.1",
+            "--tls-san=confgate.example.com",
+            "--tls-san=::1",
+            "--webhook-service=hook",
+            "--namespace=ops",
+        ]);
+        let request = tls_request(&args).unwrap();
+        assert_eq!(request.service, "hook");
+        assert_eq!(request.namespace, "ops");
+        assert_eq!(request.dns, ["confgate.example.com"]);
+        assert_eq!(
+            request.ips,
+            [
+                "127.0.0.1".parse::<std::net::IpAddr>().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
+        assert!(tls_request(&serve(&["--tls-san="])).is_err());
+    }
+
+    #[test]
+    fn owners_are_named_only_when_asked() {
+        let none = serve(&[]).owners();
+        assert!(none.cluster_role.is_none() && none.service_account.is_none());
+        let both = serve(&[
+            "--owner-cluster-role=cg-cluster-state",
+            "--owner-service-account=cg",
+            "--namespace=ops",
+        ])
+        .owners();
+        assert_eq!(both.cluster_role.as_deref(), Some("cg-cluster-state"));
+        assert_eq!(
+            both.service_account,
+            Some(("ops".to_owned(), "cg".to_owned()))
+        );
     }
 }

@@ -276,6 +276,8 @@ pub struct KeySecret {
     pub name: String,
     /// Create it (with a random key) when it does not exist; otherwise only read it.
     pub create: bool,
+    /// Who owns it when confgate creates it.
+    pub owners: crate::owners::Owners,
 }
 
 /// The data key of the key Secret.
@@ -498,9 +500,9 @@ async fn discover_version(client: Client, state: std::sync::Weak<LiveState>) {
 
 /// Reads (or creates) the checksum key Secret until it succeeds, retrying every 5 s.
 async fn load_key(client: Client, state: std::sync::Weak<LiveState>, key: KeySecret) {
-    let api: Api<Secret> = Api::namespaced(client, &key.namespace);
+    let api: Api<Secret> = Api::namespaced(client.clone(), &key.namespace);
     loop {
-        let result = read_or_create_key(&api, &key).await;
+        let result = read_or_create_key(&client, &api, &key).await;
         let Some(state) = state.upgrade() else {
             return;
         };
@@ -536,7 +538,11 @@ async fn load_key(client: Client, state: std::sync::Weak<LiveState>, key: KeySec
     }
 }
 
-async fn read_or_create_key(api: &Api<Secret>, key: &KeySecret) -> Result<ChecksumKey, String> {
+async fn read_or_create_key(
+    client: &Client,
+    api: &Api<Secret>,
+    key: &KeySecret,
+) -> Result<ChecksumKey, String> {
     let parse = |secret: &Secret| {
         secret
             .data
@@ -552,9 +558,15 @@ async fn read_or_create_key(api: &Api<Secret>, key: &KeySecret) -> Result<Checks
         Err(e) => return Err(e.to_string()),
     }
     let bytes = ChecksumKey::generate()?;
+    let owner = key
+        .owners
+        .namespaced(client)
+        .await
+        .map_err(|e| e.to_string())?;
     let secret = Secret {
         metadata: kube::api::ObjectMeta {
             name: Some(key.name.clone()),
+            owner_references: owner.map(|o| vec![o]),
             labels: Some(BTreeMap::from([(
                 "app.kubernetes.io/managed-by".to_owned(),
                 "confgate".to_owned(),

@@ -108,6 +108,8 @@ pub struct Election {
     pub lease: String,
     /// This replica's identity: its Pod name, or unique per process.
     pub identity: String,
+    /// Who owns the Lease (set once it exists).
+    pub owners: crate::owners::Owners,
 }
 
 impl Election {
@@ -138,12 +140,42 @@ async fn elect(client: &Client, election: &Election) -> tokio::sync::watch::Rece
             .build()
             .await;
         match built {
-            Ok(manager) => return manager.watch().await.0,
+            Ok(manager) => {
+                own_lease(client, election).await;
+                return manager.watch().await.0;
+            }
             Err(error) => {
                 tracing::warn!(%error, lease = %election.lease, namespace = %election.namespace, "cannot use the leader-election Lease; retrying (no rollouts meanwhile)");
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
         }
+    }
+}
+
+/// Names the Lease's owner (`--owner-service-account`), so it goes when confgate is uninstalled.
+/// The lease manager creates the Lease; this sets its `ownerReferences` afterwards (a merge
+/// patch, allowed by the leader-election Role). Best effort: a Lease left behind is harmless.
+async fn own_lease(client: &Client, election: &Election) {
+    let owner = match election.owners.namespaced(client).await {
+        Ok(Some(owner)) => owner,
+        Ok(None) => return,
+        Err(error) => {
+            tracing::warn!(%error, lease = %election.lease, "the Lease is left without an owner");
+            return;
+        }
+    };
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), &election.namespace);
+    let patch = serde_json::json!({"metadata": {"ownerReferences": [owner]}});
+    if let Err(error) = leases
+        .patch(
+            &election.lease,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+    {
+        tracing::warn!(%error, lease = %election.lease, "the Lease is left without an owner");
     }
 }
 

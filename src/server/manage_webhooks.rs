@@ -2,7 +2,9 @@
 //! ValidatingWebhookConfiguration in step with the policies in force and the CA bundle, by
 //! server-side apply (field manager `confgate`). Applied at start, whenever the policy set or
 //! the CA file changes, and every five minutes against drift; the first time only once confgate
-//! is ready. RBAC: `deploy/components/manage-webhooks/rbac.yaml`.
+//! is ready. RBAC: `deploy/components/manage-webhooks/rbac.yaml`. With `--owner-cluster-role`
+//! both configurations name that ClusterRole as their owner, so deleting confgate's RBAC
+//! (uninstalling it) has the garbage collector delete them too.
 
 use super::AppState;
 use crate::webhooks::{Options, generate};
@@ -24,7 +26,13 @@ const CHECK_EVERY: Duration = Duration::from_secs(10);
 const RESYNC_EVERY: Duration = Duration::from_secs(300);
 
 /// Runs forever; failures are logged and retried at the next check.
-pub async fn run(client: Client, state: Arc<AppState>, mut options: Options, ca_file: PathBuf) {
+pub async fn run(
+    client: Client,
+    state: Arc<AppState>,
+    mut options: Options,
+    ca_file: PathBuf,
+    owners: crate::owners::Owners,
+) {
     // matchConditions only where the apiserver takes them; the server applies the same rules.
     match client.apiserver_version().await {
         Ok(info) => {
@@ -47,7 +55,7 @@ pub async fn run(client: Client, state: Arc<AppState>, mut options: Options, ca_
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let validating: Api<ValidatingWebhookConfiguration> = Api::all(client);
+    let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     let params = PatchParams::apply("confgate").force();
     let mut applied: Option<(Vec<u8>, Instant)> = None;
     loop {
@@ -71,11 +79,19 @@ pub async fn run(client: Client, state: Arc<AppState>, mut options: Options, ca_
                         Err(error) => {
                             tracing::error!(%error, "cannot generate the webhook registration")
                         }
-                        Ok((m, v)) => {
+                        Ok((mut m, mut v)) => {
                             let name = options.name.clone();
                             let result = async {
+                                // Owned by confgate's ClusterRole, so uninstalling confgate
+                                // removes them; never registered unowned when an owner is asked
+                                // for (that would outlive the install).
+                                if let Some(owner) = owners.cluster_scoped(&client).await? {
+                                    m.metadata.owner_references = Some(vec![owner.clone()]);
+                                    v.metadata.owner_references = Some(vec![owner]);
+                                }
                                 apply(&mutating, &name, &params, &m).await?;
-                                apply(&validating, &name, &params, &v).await
+                                apply(&validating, &name, &params, &v).await?;
+                                Ok::<_, RegisterError>(())
                             };
                             match result.await {
                                 Ok(_) => {
@@ -93,6 +109,15 @@ pub async fn run(client: Client, state: Arc<AppState>, mut options: Options, ca_
         }
         tokio::time::sleep(CHECK_EVERY).await;
     }
+}
+
+/// Why the registration could not be applied this time.
+#[derive(Debug, thiserror::Error)]
+enum RegisterError {
+    #[error(transparent)]
+    Owner(#[from] crate::owners::OwnerError),
+    #[error(transparent)]
+    Api(#[from] kube::Error),
 }
 
 /// Server-side applies `object`, then makes sure the stored configuration is exactly the

@@ -9,6 +9,7 @@ pub mod manage_webhooks;
 mod reload;
 pub mod service;
 pub mod tls;
+pub mod tls_secret;
 
 use crate::cluster::ClusterState;
 use crate::engine::Engine;
