@@ -23,4 +23,6 @@ for name in kube-apiserver kube-controller-manager; do
 done
 etcd=${ETCD:-$(command -v etcd || true)}
 [ -n "$etcd" ] || { echo "e2e-env: no etcd on PATH (apt-get install -y etcd-server, or set ETCD)" >&2; exit 1; }
-printf 'export ETCD=%q KUBE_APISERVER=%q KUBE_CONTROLLER_MANAGER=%q\n' "$etcd" "$cache/kube-apiserver" "$cache/kube-controller-manager"
+# helm, for the chart's install/upgrade/uninstall test (scripts/helm.sh says where it is found).
+helm=$("$here/scripts/helm.sh")
+printf 'export ETCD=%q KUBE_APISERVER=%q KUBE_CONTROLLER_MANAGER=%q HELM=%q\n' "$etcd" "$cache/kube-apiserver" "$cache/kube-controller-manager" "$helm"

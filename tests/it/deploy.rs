@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use std::process::Command;
 use tower::ServiceExt;
 
-fn render(dir: &str) -> Vec<Value> {
+pub(crate) fn render(dir: &str) -> Vec<Value> {
     let out = Command::new("kubectl")
         .args(["kustomize", &root().join(dir).to_string_lossy()])
         .output()
@@ -22,13 +22,13 @@ fn render(dir: &str) -> Vec<Value> {
     confgate::yaml::documents(&String::from_utf8(out.stdout).unwrap()).unwrap()
 }
 
-fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+pub(crate) fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
     docs.iter()
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
         .unwrap_or_else(|| panic!("no {kind}/{name}"))
 }
 
-fn all<'a>(docs: &'a [Value], kind: &'a str) -> impl Iterator<Item = &'a Value> {
+pub(crate) fn all<'a>(docs: &'a [Value], kind: &'a str) -> impl Iterator<Item = &'a Value> {
     docs.iter().filter(move |d| d["kind"] == kind)
 }
 
@@ -199,8 +199,7 @@ fn rbac_is_least_privilege() {
 #[test]
 fn webhooks_never_touch_the_control_plane_or_confgate() {
     // What the deployed server registers (--manage-webhooks, POD_NAMESPACE confgate-system)
-    // and what install.sh registers (confgate webhooks with its defaults) from the deployed
-    // policies.
+    // and what `confgate webhooks` prints with its defaults, from the deployed policies.
     let set = load_dir(&root().join("deploy/base/policies"), &Registry::builtin()).unwrap();
     let (m, v) = confgate::webhooks::generate(
         &set,
@@ -329,10 +328,14 @@ async fn deployment_is_hardened_and_probes_real_endpoints() {
             .iter()
             .any(|v| v["configMap"]["name"] == "confgate-policies")
     );
+    // Self-signed: confgate makes Secret confgate-tls itself and writes its files into a
+    // memory-backed emptyDir (never a disk), where --tls-cert and --tls-key point.
+    assert!(args.contains(&"--tls-secret=confgate-tls"));
+    assert!(args.contains(&"--tls-cert=/run/confgate/tls/tls.crt"));
     assert!(
         volumes
             .iter()
-            .any(|v| v["secret"]["secretName"] == "confgate-tls")
+            .any(|v| v["name"] == "tls" && v["emptyDir"]["medium"] == "Memory")
     );
     // The policies ConfigMap holds the shipped policies and loads.
     let config_map = find(&docs, "ConfigMap", "confgate-policies");

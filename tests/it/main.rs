@@ -5,6 +5,7 @@
 
 mod common;
 
+mod chart;
 mod checksum_config;
 mod cli;
 mod deploy;

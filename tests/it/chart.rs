@@ -1,0 +1,611 @@
+//! charts/confgate: the Helm chart renders what deploy/ installs (one source of truth: objects
+//! compared field by field with `kubectl kustomize`), its values do what values.yaml says, and
+//! values.schema.json refuses wrong values at `helm template`/`install` time. helm comes from
+//! `scripts/helm.sh` ($HELM, or ../shared/bin/helm-*.xz unpacked once).
+
+use crate::common::*;
+use crate::deploy::{all, find, render};
+use clap::Parser;
+use confgate::policy::{Registry, load_str};
+use serde_json::{Value, json};
+use std::process::Command;
+
+fn helm() -> String {
+    let out = Command::new(root().join("scripts/helm.sh"))
+        .output()
+        .expect("scripts/helm.sh runs");
+    assert!(
+        out.status.success(),
+        "no helm binary: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// `helm template RELEASE charts/confgate -n NAMESPACE --set ...`: the documents, or helm's
+/// error text.
+fn template(release: &str, namespace: &str, sets: &[&str]) -> Result<Vec<Value>, String> {
+    let mut command = Command::new(helm());
+    command
+        .args(["template", release])
+        .arg(root().join("charts/confgate"))
+        .args(["--namespace", namespace]);
+    for set in sets {
+        command.args(["--set", set]);
+    }
+    let out = command.output().expect("helm runs");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(confgate::yaml::documents(&String::from_utf8(out.stdout).unwrap()).unwrap())
+}
+
+/// Without the labels only Helm sets (release, chart version, manager), wherever they occur
+/// (metadata, selectors, pod templates).
+fn without_helm_labels(value: &Value) -> Value {
+    const HELM: [&str; 4] = [
+        "helm.sh/chart",
+        "app.kubernetes.io/managed-by",
+        "app.kubernetes.io/instance",
+        "app.kubernetes.io/version",
+    ];
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(k, _)| !HELM.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), without_helm_labels(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(without_helm_labels).collect()),
+        other => other.clone(),
+    }
+}
+
+fn keyed(docs: &[Value]) -> std::collections::BTreeMap<(String, String), Value> {
+    docs.iter()
+        .map(|d| {
+            (
+                (
+                    d["kind"].as_str().unwrap().to_owned(),
+                    d["metadata"]["name"].as_str().unwrap().to_owned(),
+                ),
+                without_helm_labels(d),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn chart_defaults_render_exactly_what_deploy_installs() {
+    for (overlay, mode) in [
+        ("deploy/overlays/self-signed", "self-signed"),
+        ("deploy/overlays/cert-manager", "cert-manager"),
+    ] {
+        let kustomized = keyed(&render(overlay));
+        let mode_set = format!("certificates.mode={mode}");
+        let charted = keyed(
+            &template(
+                "confgate",
+                "confgate-system",
+                &[&mode_set, "namespace.create=true"],
+            )
+            .unwrap(),
+        );
+        let names = |m: &std::collections::BTreeMap<(String, String), Value>| {
+            m.keys().cloned().collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(&charted),
+            names(&kustomized),
+            "{overlay}: the objects"
+        );
+        for (key, expected) in &kustomized {
+            assert_eq!(&charted[key], expected, "{overlay}: {key:?}");
+        }
+    }
+}
+
+#[test]
+fn chart_files_are_the_deploy_files() {
+    let same = |chart: &str, deploy: &str| {
+        assert_eq!(
+            std::fs::read_to_string(root().join("charts/confgate").join(chart)).unwrap(),
+            std::fs::read_to_string(root().join(deploy)).unwrap(),
+            "charts/confgate/{chart} differs from {deploy}"
+        );
+    };
+    let mut policies: Vec<String> = std::fs::read_dir(root().join("deploy/base/policies"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    policies.sort();
+    let mut charted: Vec<String> = std::fs::read_dir(root().join("charts/confgate/files/policies"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    charted.sort();
+    assert_eq!(charted, policies);
+    for file in &policies {
+        same(
+            &format!("files/policies/{file}"),
+            &format!("deploy/base/policies/{file}"),
+        );
+    }
+    same(
+        "files/crds/wgpolicyk8s.io_policyreports.yaml",
+        "deploy/crds/wgpolicyk8s.io_policyreports.yaml",
+    );
+    same(
+        "files/grafana-dashboard.json",
+        "deploy/monitoring/grafana-dashboard.json",
+    );
+    same(
+        "files/prometheusrule.yaml",
+        "deploy/monitoring/prometheusrule.yaml",
+    );
+    // Every shipped policy can be switched off by its file name.
+    let values: Value = confgate::yaml::documents(
+        &std::fs::read_to_string(root().join("charts/confgate/values.yaml")).unwrap(),
+    )
+    .unwrap()
+    .remove(0);
+    let mut switches: Vec<String> = values["policies"]["shipped"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| format!("{k}.yaml"))
+        .collect();
+    switches.sort();
+    assert_eq!(switches, policies);
+}
+
+/// The `serve` arguments of the rendered Deployment, parsed as confgate parses them.
+fn serve_args(docs: &[Value], name: &str) -> (Vec<String>, confgate::cli::serve::ServeArgs) {
+    let args: Vec<String> =
+        find(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect();
+    let cli = confgate::cli::Cli::try_parse_from(
+        std::iter::once("confgate".to_owned()).chain(args.clone()),
+    )
+    .unwrap_or_else(|e| panic!("the chart's arguments do not parse: {e}"));
+    match cli.command {
+        confgate::cli::Command::Serve(serve) => (args, *serve),
+        _ => panic!("not serve"),
+    }
+}
+
+#[test]
+fn chart_values_name_every_object_and_argument_consistently() {
+    let extra = "policies.extra.team\\.yaml=apiVersion: confgate.dev/v1alpha1\nkind: Policy\nmetadata: {name: team-refs}\nspec:\n  type: require-config-keys\n  action: Warn\n  match: {kinds: [StatefulSet]}\n";
+    let docs = template(
+        "team-a",
+        "ops",
+        &[
+            "secrets=watch",
+            "policies.shipped.protect-config-keys=false",
+            "policies.excludeNamespaces={kube-system,kube-node-lease,ingress-nginx}",
+            extra,
+            "certificates.extraNames={confgate.example.com,10.0.0.5}",
+            "rollout.ratePerMinute=30",
+            "audit.interval=1h",
+            "webhooks.timeoutSeconds=10",
+            "autoscaling.enabled=false",
+            "replicas=3",
+            "monitoring.serviceMonitor.enabled=true",
+            "monitoring.serviceMonitor.labels.release=kps",
+            "monitoring.prometheusRule.enabled=true",
+            "monitoring.prometheusRule.labels.release=kps",
+            "monitoring.dashboard.enabled=true",
+            "monitoring.dashboard.namespace=grafana",
+        ],
+    )
+    .unwrap();
+    let fullname = "team-a-confgate";
+    // Every object is named after the release, and namespaced ones are in its namespace (the
+    // dashboard where Grafana is).
+    for doc in &docs {
+        let name = doc["metadata"]["name"].as_str().unwrap();
+        assert!(name.starts_with(fullname), "{} {name}", doc["kind"]);
+        let namespace = &doc["metadata"]["namespace"];
+        match doc["kind"].as_str().unwrap() {
+            "ClusterRole" | "ClusterRoleBinding" | "PriorityClass" => {
+                assert!(namespace.is_null())
+            }
+            "ConfigMap" if name.ends_with("-dashboard") => assert_eq!(namespace, "grafana"),
+            _ => assert_eq!(namespace, "ops", "{name}"),
+        }
+        assert_eq!(
+            doc["metadata"]["labels"]["app.kubernetes.io/instance"],
+            "team-a"
+        );
+    }
+    // Every binding grants to the release's ServiceAccount, and names a role it renders.
+    for binding in all(&docs, "ClusterRoleBinding").chain(all(&docs, "RoleBinding")) {
+        assert_eq!(
+            binding["subjects"],
+            json!([{"kind": "ServiceAccount", "name": fullname, "namespace": "ops"}])
+        );
+        let role = binding["roleRef"]["name"].as_str().unwrap();
+        find(&docs, binding["roleRef"]["kind"].as_str().unwrap(), role);
+    }
+    find(&docs, "ServiceAccount", fullname);
+    // The arguments parse, and name what the RBAC allows.
+    let (args, serve) = serve_args(&docs, fullname);
+    assert_eq!(serve.webhook_name, fullname);
+    assert_eq!(serve.webhook_service, fullname);
+    assert_eq!(serve.lease_name, format!("{fullname}-rollout"));
+    assert_eq!(
+        serve.checksum_key_secret,
+        format!("{fullname}-checksum-key")
+    );
+    assert_eq!(serve.tls_secret.as_deref(), Some("team-a-confgate-tls"));
+    assert_eq!(serve.tls_sans, ["confgate.example.com", "10.0.0.5"]);
+    assert_eq!(
+        serve.owner_cluster_role.as_deref(),
+        Some("team-a-confgate-cluster-state")
+    );
+    assert_eq!(serve.owner_service_account.as_deref(), Some(fullname));
+    assert_eq!(serve.webhook_timeout_seconds, 10);
+    assert_eq!(serve.rollout_rate_per_minute, 30);
+    assert_eq!(
+        serve.audit_interval.0,
+        Some(std::time::Duration::from_secs(3600))
+    );
+    assert!(serve.manage_webhooks);
+    assert!(args.contains(&"--secrets=watch".to_owned()));
+    let resource_names = |kind: &str, role: &str, rule: usize| {
+        find(&docs, kind, &format!("{fullname}-{role}"))["rules"][rule]["resourceNames"].clone()
+    };
+    assert_eq!(
+        resource_names("Role", "leader-election", 0),
+        json!([serve.lease_name])
+    );
+    assert_eq!(
+        resource_names("Role", "checksum-key", 0),
+        json!([serve.checksum_key_secret])
+    );
+    assert_eq!(
+        resource_names("Role", "tls-secret", 0),
+        json!([serve.tls_secret])
+    );
+    assert_eq!(resource_names("Role", "owner", 0), json!([fullname]));
+    assert_eq!(
+        resource_names("ClusterRole", "cluster-state", 1),
+        json!([serve.owner_cluster_role])
+    );
+    assert_eq!(
+        resource_names("ClusterRole", "manage-webhooks", 0),
+        json!([fullname])
+    );
+    assert_eq!(
+        find(&docs, "ClusterRole", &format!("{fullname}-secrets-reader"))["rules"][0]["verbs"],
+        json!(["get", "list", "watch"])
+    );
+    // No HPA: the replicas value counts.
+    assert!(all(&docs, "HorizontalPodAutoscaler").next().is_none());
+    assert_eq!(find(&docs, "Deployment", fullname)["spec"]["replicas"], 3);
+    // The policies: the chosen shipped files and the extra one, every one valid, excluding the
+    // chosen namespaces and the release's.
+    let data = find(&docs, "ConfigMap", &format!("{fullname}-policies"))["data"]
+        .as_object()
+        .unwrap()
+        .clone();
+    let mut files: Vec<&str> = data.keys().map(String::as_str).collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "checksum-config.yaml",
+            "limitrange-defaults.yaml",
+            "require-config-keys.yaml",
+            "team.yaml"
+        ]
+    );
+    let registry = Registry::builtin();
+    for (file, text) in &data {
+        let set = load_str(file, text.as_str().unwrap(), &registry)
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        for policy in &set.policies {
+            let doc = confgate::yaml::documents(text.as_str().unwrap()).unwrap();
+            let spec = &doc
+                .iter()
+                .find(|d| d["metadata"]["name"] == policy.name.as_str())
+                .unwrap()["spec"];
+            if file != "team.yaml" {
+                assert_eq!(
+                    spec["match"]["excludeNamespaces"],
+                    json!(["kube-system", "kube-node-lease", "ingress-nginx", "ops"]),
+                    "{file}: {}",
+                    policy.name
+                );
+            }
+        }
+    }
+    // Monitoring: the labels Prometheus selects, the release's Service, Secret and namespace.
+    let monitor = find(&docs, "ServiceMonitor", fullname);
+    assert_eq!(monitor["metadata"]["labels"]["release"], "kps");
+    assert_eq!(
+        monitor["spec"]["namespaceSelector"]["matchNames"],
+        json!(["ops"])
+    );
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(
+        endpoint["tlsConfig"]["serverName"],
+        "team-a-confgate.ops.svc"
+    );
+    assert_eq!(
+        endpoint["tlsConfig"]["ca"]["secret"]["name"],
+        "team-a-confgate-tls"
+    );
+    let service = find(&docs, "Service", fullname);
+    for (key, value) in monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(&service["metadata"]["labels"][key], value);
+    }
+    let rule = find(&docs, "PrometheusRule", fullname);
+    assert_eq!(rule["metadata"]["labels"]["release"], "kps");
+    let rules = rule["spec"]["groups"][0]["rules"].to_string();
+    assert!(
+        rules.contains(r#"namespace=\"ops\", deployment=\"team-a-confgate\""#),
+        "{rules}"
+    );
+    assert!(rules.contains(r#"service=\"team-a-confgate\""#), "{rules}");
+    assert!(!rules.contains("confgate-system"), "{rules}");
+    assert!(
+        rules.contains("{{ $labels.endpoint }}"),
+        "Prometheus templates kept: {rules}"
+    );
+    let dashboard = find(&docs, "ConfigMap", &format!("{fullname}-dashboard"));
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let json_text = dashboard["data"]["confgate-dashboard.json"]
+        .as_str()
+        .unwrap();
+    serde_json::from_str::<Value>(json_text).expect("the dashboard is JSON");
+}
+
+#[test]
+fn chart_certificate_modes_mount_what_the_server_reads() {
+    for (mode, extra, secret) in [
+        ("self-signed", None, "confgate-tls"),
+        ("cert-manager", None, "confgate-tls"),
+        (
+            "secret",
+            Some("certificates.secretName=corp-tls"),
+            "corp-tls",
+        ),
+    ] {
+        let mode_set = format!("certificates.mode={mode}");
+        let mut sets = vec![mode_set.as_str()];
+        sets.extend(extra);
+        let docs = template("confgate", "confgate-system", &sets).unwrap();
+        let (_, serve) = serve_args(&docs, "confgate");
+        let pod = &find(&docs, "Deployment", "confgate")["spec"]["template"]["spec"];
+        let tls = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "tls")
+            .unwrap();
+        let mount = pod["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "tls")
+            .unwrap();
+        let dir = std::path::Path::new(mount["mountPath"].as_str().unwrap());
+        assert_eq!(serve.tls_cert, dir.join("tls.crt"), "{mode}");
+        assert_eq!(serve.tls_key, dir.join("tls.key"), "{mode}");
+        let certificates: Vec<&Value> = all(&docs, "Certificate").collect();
+        match mode {
+            "self-signed" => {
+                // confgate writes the Secret's files into a memory-backed emptyDir.
+                assert_eq!(serve.tls_secret.as_deref(), Some(secret));
+                assert_eq!(tls["emptyDir"]["medium"], "Memory");
+                assert!(mount["readOnly"].is_null());
+                assert!(certificates.is_empty());
+            }
+            _ => {
+                assert_eq!(serve.tls_secret, None);
+                assert_eq!(tls["secret"]["secretName"], secret, "{mode}");
+                assert_eq!(mount["readOnly"], true);
+                let expected = usize::from(mode == "cert-manager") * 2;
+                assert_eq!(certificates.len(), expected, "{mode}");
+                if mode == "cert-manager" {
+                    let serving = find(&docs, "Certificate", "confgate");
+                    assert_eq!(serving["spec"]["secretName"], secret);
+                    assert_eq!(
+                        serving["spec"]["dnsNames"],
+                        json!(confgate::certs::service_names(
+                            "confgate",
+                            "confgate-system"
+                        ))
+                    );
+                }
+                assert!(
+                    all(&docs, "Role").all(|r| r["metadata"]["name"] != "confgate-tls-secret"),
+                    "{mode}: no access to a Secret it does not make"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn chart_policy_report_crd_is_installed_and_kept_only_when_asked() {
+    let crds = |sets: &[&str]| -> Vec<Value> {
+        template("confgate", "confgate-system", sets)
+            .unwrap()
+            .into_iter()
+            .filter(|d| d["kind"] == "CustomResourceDefinition")
+            .collect()
+    };
+    assert!(crds(&[]).is_empty());
+    let installed = crds(&["audit.policyReportCRD.install=true"]);
+    assert_eq!(installed.len(), 1);
+    assert_eq!(
+        installed[0]["metadata"]["name"],
+        "policyreports.wgpolicyk8s.io"
+    );
+    assert!(installed[0]["metadata"]["annotations"]["helm.sh/resource-policy"].is_null());
+    let kept = crds(&[
+        "audit.policyReportCRD.install=true",
+        "audit.policyReportCRD.keep=true",
+    ]);
+    assert_eq!(
+        kept[0]["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    // The rest of the CRD is the shipped one.
+    let shipped = &confgate::yaml::documents(
+        &std::fs::read_to_string(root().join("deploy/crds/wgpolicyk8s.io_policyreports.yaml"))
+            .unwrap(),
+    )
+    .unwrap()[0];
+    assert_eq!(installed[0]["spec"], shipped["spec"]);
+}
+
+#[test]
+fn chart_schema_refuses_wrong_values_by_their_path() {
+    for (set, says) in [
+        ("secrets=all", "/secrets"),
+        ("replica=3", "additional properties 'replica' not allowed"),
+        ("webhooks.timeoutSeconds=60", "/webhooks/timeoutSeconds"),
+        ("certificates.mode=vault", "/certificates/mode"),
+        (
+            "policies.excludeNamespaces={Kube_System}",
+            "/policies/excludeNamespaces/0",
+        ),
+        (
+            "policies.shipped.require-keys=true",
+            "'require-keys' not allowed",
+        ),
+        ("autoscaling.minReplicas=0", "/autoscaling/minReplicas"),
+        ("resources.requests.cpu=lots", "/resources/requests/cpu"),
+        ("audit.interval=sometimes", "/audit/interval"),
+        (
+            "monitoring.serviceMonitor.enable=true",
+            "'enable' not allowed",
+        ),
+        ("certificates.mode=secret", "set certificates.secretName"),
+    ] {
+        let error = template("confgate", "confgate-system", &[set])
+            .err()
+            .unwrap_or_else(|| panic!("{set} was accepted"));
+        assert!(error.contains(says), "{set}: {error}");
+    }
+}
+
+/// The README's table of values, generated from values.yaml: each `# --` comment (and the
+/// comment lines after it) describes the key below it, with that key's default.
+fn values_table() -> String {
+    let text = std::fs::read_to_string(root().join("charts/confgate/values.yaml")).unwrap();
+    let mut path: Vec<(usize, String)> = Vec::new();
+    let mut description: Option<String> = None;
+    let mut rows = vec![
+        "| Value | Default | What it does |".to_owned(),
+        "|---|---|---|".to_owned(),
+    ];
+    for line in text.lines() {
+        let indent = line.len() - line.trim_start().len();
+        let trimmed = line.trim();
+        if let Some(start) = trimmed.strip_prefix("# -- ") {
+            description = Some(start.to_owned());
+            continue;
+        }
+        if let (Some(more), Some(d)) = (trimmed.strip_prefix("# "), description.as_mut()) {
+            d.push(' ');
+            d.push_str(more);
+            continue;
+        }
+        if trimmed.starts_with('#') || trimmed.is_empty() || trimmed.starts_with('-') {
+            continue;
+        }
+        let Some((key, value)) = trimmed.split_once(':') else {
+            continue;
+        };
+        path.retain(|(i, _)| *i < indent);
+        path.push((indent, key.to_owned()));
+        if let Some(d) = description.take() {
+            let name: Vec<&str> = path.iter().map(|(_, k)| k.as_str()).collect();
+            let value = value.trim();
+            let default = if value.is_empty() {
+                // A map: its YAML below, on one line.
+                let values: Value = confgate::yaml::documents(&text).unwrap().remove(0);
+                let pointer = format!("/{}", name.join("/"));
+                values.pointer(&pointer).unwrap().to_string()
+            } else {
+                value.to_owned()
+            };
+            rows.push(format!(
+                "| `{}` | `{}` | {} |",
+                name.join("."),
+                default.replace('|', "\\|"),
+                d.replace('|', "\\|")
+            ));
+        }
+    }
+    rows.join("\n")
+}
+
+#[test]
+fn readme_values_table_is_generated_from_values_yaml() {
+    const BEGIN: &str = "<!-- values table: generated from charts/confgate/values.yaml by tests/it/chart.rs (UPDATE_README=1) -->\n";
+    const END: &str = "\n<!-- end of values table -->";
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let start = readme
+        .find(BEGIN)
+        .expect("README has the values table marker")
+        + BEGIN.len();
+    let end = start
+        + readme[start..]
+            .find(END)
+            .expect("README has the end marker");
+    let table = values_table();
+    if std::env::var_os("UPDATE_README").is_some() {
+        let updated = format!("{}{table}{}", &readme[..start], &readme[end..]);
+        std::fs::write(root().join("README.md"), updated).unwrap();
+        return;
+    }
+    assert_eq!(
+        &readme[start..end],
+        table,
+        "the README's values table is stale: UPDATE_README=1 cargo test --test it readme_values"
+    );
+    // Every leaf value is documented.
+    let values: Value = confgate::yaml::documents(
+        &std::fs::read_to_string(root().join("charts/confgate/values.yaml")).unwrap(),
+    )
+    .unwrap()
+    .remove(0);
+    fn leaves(value: &Value, prefix: &str, out: &mut Vec<String>) {
+        match value.as_object() {
+            Some(map) if !map.is_empty() => {
+                for (k, v) in map {
+                    let name = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    leaves(v, &name, out);
+                }
+            }
+            _ => out.push(prefix.to_owned()),
+        }
+    }
+    let mut all = Vec::new();
+    leaves(&values, "", &mut all);
+    for leaf in all {
+        let documented = table.lines().any(|row| {
+            row.split('`')
+                .nth(1)
+                .is_some_and(|name| leaf == name || leaf.starts_with(&format!("{name}.")))
+        });
+        assert!(documented, "values.yaml: {leaf} has no `# --` description");
+    }
+}
