@@ -5,6 +5,7 @@ mod audit;
 mod bench;
 mod cluster_state;
 mod config_guard;
+mod helm_chart;
 mod limitranger;
 mod manage_webhooks;
 mod rollout;
@@ -31,6 +32,7 @@ pub fn all() -> Vec<(&'static str, Case)> {
         admission::e2e_controller_created_pods_pass,
         admission::e2e_controller_made_pods_do_not_wait_for_a_down_confgate,
         admission::e2e_finalizer_removal_is_never_blocked,
+        helm_chart::e2e_helm_chart_installs_upgrades_and_uninstalls_leaving_nothing,
         limitranger::e2e_builtin_limitranger_plus_confgate_equals_builtin_alone,
         limitranger::e2e_confgate_alone_judges_pods_as_the_builtin_limitranger,
         cluster_state::e2e_live_cache_follows_initial_list_and_watch_events,
