@@ -7,14 +7,18 @@
 //! - Objects in confgate's own namespace (the checksum key Secret, the self-signed TLS Secret,
 //!   the rollout Lease) are owned by its ServiceAccount (`--owner-service-account`).
 //!
+//! [`own_secret`] and [`create_once`] make the Secrets confgate keeps for itself.
+//!
 //! An owner is named, not known by UID until asked: the UID is read from the API (RBAC: `get`
 //! on that one ClusterRole and that one ServiceAccount) when an object is written.
 
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::Api;
+use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Client, Resource, ResourceExt};
+use std::collections::BTreeMap;
 
 /// Which objects own what confgate creates; `None` leaves that kind of object unowned.
 #[derive(Debug, Clone, Default)]
@@ -83,4 +87,53 @@ where
         controller: None,
         block_owner_deletion: None,
     })
+}
+
+/// A Secret confgate makes for itself in its namespace: labelled as confgate's, saying what it is
+/// for (and what deleting it does), owned by `owner`.
+pub fn own_secret(
+    name: &str,
+    purpose: &str,
+    type_: &str,
+    data: impl IntoIterator<Item = (&'static str, Vec<u8>)>,
+    owner: Option<OwnerReference>,
+) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/managed-by".to_owned(),
+                "confgate".to_owned(),
+            )])),
+            annotations: Some(BTreeMap::from([(
+                "confgate.dev/purpose".to_owned(),
+                purpose.to_owned(),
+            )])),
+            owner_references: owner.map(|o| vec![o]),
+            ..Default::default()
+        },
+        type_: Some(type_.to_owned()),
+        data: Some(
+            data.into_iter()
+                .map(|(k, v)| (k.to_owned(), ByteString(v)))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// Creates `secret` (field manager confgate); when another replica created it first, reads
+/// theirs. Either way, the stored Secret.
+pub async fn create_once(api: &Api<Secret>, secret: &Secret) -> Result<Secret, kube::Error> {
+    let params = PostParams {
+        field_manager: Some(crate::workload::FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match api.create(&params, secret).await {
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            api.get(secret.metadata.name.as_deref().unwrap_or_default())
+                .await
+        }
+        other => other,
+    }
 }

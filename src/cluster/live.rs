@@ -563,38 +563,15 @@ async fn read_or_create_key(
         .namespaced(client)
         .await
         .map_err(|e| e.to_string())?;
-    let secret = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some(key.name.clone()),
-            owner_references: owner.map(|o| vec![o]),
-            labels: Some(BTreeMap::from([(
-                "app.kubernetes.io/managed-by".to_owned(),
-                "confgate".to_owned(),
-            )])),
-            annotations: Some(BTreeMap::from([(
-                "confgate.dev/purpose".to_owned(),
-                "HMAC key for the Secret part of checksum/config; deleting it changes the checksum of every workload that uses a Secret (they roll once)".to_owned(),
-            )])),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            KEY_FIELD.to_owned(),
-            k8s_openapi::ByteString(bytes.to_vec()),
-        )])),
-        type_: Some("Opaque".into()),
-        ..Default::default()
-    };
-    let params = kube::api::PostParams {
-        field_manager: Some(crate::workload::FIELD_MANAGER.into()),
-        ..Default::default()
-    };
-    match api.create(&params, &secret).await {
-        Ok(created) => parse(&created),
-        // Another replica created it first: use theirs.
-        Err(kube::Error::Api(status)) if status.code == 409 => match api.get(&key.name).await {
-            Ok(secret) => parse(&secret),
-            Err(e) => Err(e.to_string()),
-        },
+    let secret = crate::owners::own_secret(
+        &key.name,
+        "HMAC key for the Secret part of checksum/config; deleting it changes the checksum of every workload that uses a Secret (they roll once)",
+        "Opaque",
+        [(KEY_FIELD, bytes.to_vec())],
+        owner,
+    );
+    match crate::owners::create_once(api, &secret).await {
+        Ok(stored) => parse(&stored),
         Err(e) => Err(e.to_string()),
     }
 }

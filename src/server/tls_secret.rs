@@ -12,11 +12,9 @@
 
 use crate::certs::{CertError, CertRequest, GeneratedCerts};
 use crate::owners::{OwnerError, Owners};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
-use kube::api::{Api, ObjectMeta, PostParams};
-use std::collections::BTreeMap;
+use kube::api::Api;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -154,44 +152,25 @@ impl TlsSecret {
         }
         let generated = self.request.generate()?;
         let owner = self.owners.namespaced(&self.client).await?;
-        let data = |pem: &str| ByteString(pem.as_bytes().to_vec());
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(self.name.clone()),
-                labels: Some(BTreeMap::from([(
-                    "app.kubernetes.io/managed-by".to_owned(),
-                    "confgate".to_owned(),
-                )])),
-                annotations: Some(BTreeMap::from([(
-                    "confgate.dev/purpose".to_owned(),
-                    "confgate's serving certificate and its CA, made by confgate (--tls-secret); delete it to rotate both".to_owned(),
-                )])),
-                owner_references: owner.map(|o| vec![o]),
-                ..Default::default()
-            },
-            type_: Some("kubernetes.io/tls".into()),
-            data: Some(BTreeMap::from([
-                ("tls.crt".to_owned(), data(&generated.cert_pem)),
-                ("tls.key".to_owned(), data(&generated.key_pem)),
-                ("ca.crt".to_owned(), data(&generated.ca_pem)),
-            ])),
-            ..Default::default()
-        };
-        let params = PostParams {
-            field_manager: Some(crate::workload::FIELD_MANAGER.into()),
-            ..Default::default()
-        };
-        match api.create(&params, &secret).await {
-            Ok(created) => {
-                tracing::info!(secret = %self.name, namespace = %self.namespace, "TLS Secret created: a new CA and serving certificate");
-                self.parse(&created)
-            }
-            // Another replica created it first: use theirs.
-            Err(kube::Error::Api(status)) if status.code == 409 => {
-                self.parse(&api.get(&self.name).await.map_err(api_error)?)
-            }
-            Err(error) => Err(api_error(error)),
+        let secret = crate::owners::own_secret(
+            &self.name,
+            "confgate's serving certificate and its CA, made by confgate (--tls-secret); delete it to rotate both",
+            "kubernetes.io/tls",
+            [
+                ("tls.crt", generated.cert_pem.into_bytes()),
+                ("tls.key", generated.key_pem.into_bytes()),
+                ("ca.crt", generated.ca_pem.into_bytes()),
+            ],
+            owner,
+        );
+        let stored = crate::owners::create_once(&api, &secret)
+            .await
+            .map_err(api_error)?;
+        // Ours, or the one another replica created first.
+        if stored.data == secret.data {
+            tracing::info!(secret = %self.name, namespace = %self.namespace, "TLS Secret created: a new CA and serving certificate");
         }
+        self.parse(&stored)
     }
 
     fn parse(&self, secret: &Secret) -> Result<GeneratedCerts, TlsSecretError> {
@@ -230,7 +209,12 @@ mod tests {
             data: Some(
                 fields
                     .iter()
-                    .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+                    .map(|(k, v)| {
+                        (
+                            (*k).to_owned(),
+                            k8s_openapi::ByteString(v.as_bytes().to_vec()),
+                        )
+                    })
                     .collect(),
             ),
             ..Default::default()
