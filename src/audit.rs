@@ -235,12 +235,44 @@ fn report_resource() -> kube::api::ApiResource {
     }
 }
 
+/// The label that says which confgate installation wrote a PolicyReport.
+pub const INSTANCE_LABEL: &str = "confgate.dev/instance";
+
+/// Where the audit's reports go, and whose they are.
+#[derive(Debug, Clone)]
+pub struct Reporting {
+    /// This installation, for [`INSTANCE_LABEL`]: one installation never deletes another's
+    /// reports (each only knows the namespaces its own policies judge).
+    pub instance: String,
+    /// Who owns the reports (the ClusterRole: uninstalling removes them).
+    pub owners: crate::owners::Owners,
+}
+
+impl Reporting {
+    /// The instance label of the installation whose rollout Lease is `namespace/lease` (one per
+    /// installation), as a label value (at most 63 characters: longer names are hashed).
+    pub fn instance_of(namespace: &str, lease: &str) -> String {
+        let name = format!("{namespace}.{lease}");
+        if name.len() <= 63 {
+            return name;
+        }
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(name.as_bytes());
+        format!(
+            "{}.{}",
+            &namespace[..namespace.len().min(40)],
+            hex::encode(&digest[..8])
+        )
+    }
+}
+
 /// Writes one PolicyReport per namespace with workloads (server-side apply, field manager
-/// confgate) and deletes confgate's reports in namespaces that have none now. `Ok(false)` when
-/// the PolicyReport CRD is not installed.
+/// confgate) and deletes this installation's reports (`instance`; or unlabelled ones, written
+/// before the label) in namespaces that have none now. `Ok(false)` when the PolicyReport CRD
+/// is not installed.
 pub async fn write_reports(
     client: &Client,
     audit: &Audit,
+    instance: &str,
     owner: Option<&OwnerReference>,
 ) -> Result<bool, kube::Error> {
     let resource = report_resource();
@@ -264,6 +296,7 @@ pub async fn write_reports(
     for namespace in &namespaces {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
         let mut report = policy_report(audit, namespace, &now);
+        report["metadata"]["labels"][INSTANCE_LABEL] = json!(instance);
         if let Some(owner) = owner {
             report["metadata"]["ownerReferences"] = json!([owner]);
         }
@@ -271,6 +304,14 @@ pub async fn write_reports(
             .await?;
     }
     for old in existing {
+        let writer = old
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(INSTANCE_LABEL));
+        if writer.is_some_and(|w| w != instance) {
+            continue;
+        }
         let namespace = old.metadata.namespace.clone().unwrap_or_default();
         if !namespaces.iter().any(|n| **n == namespace) {
             let api: Api<DynamicObject> =
@@ -295,7 +336,7 @@ pub async fn run(
     mut leading: tokio::sync::watch::Receiver<bool>,
     interval: Duration,
     changes: Option<std::sync::Arc<crate::cluster::live::ConfigChanges>>,
-    owners: crate::owners::Owners,
+    reporting: Reporting,
 ) {
     let recorded = || changes.as_ref().map_or(0, |c| c.recorded());
     let recorder = crate::events::recorder(client.clone());
@@ -321,14 +362,15 @@ pub async fn run(
             Ok(audit) => {
                 judging.metrics.set_audit_violations(&audit.counts());
                 // Owned by confgate's ClusterRole: uninstalling confgate removes its reports.
-                let owner = match owners.cluster_scoped(&client).await {
+                let owner = match reporting.owners.cluster_scoped(&client).await {
                     Ok(owner) => owner,
                     Err(error) => {
                         tracing::warn!(%error, "PolicyReports are written without an owner");
                         None
                     }
                 };
-                let written = write_reports(&client, &audit, owner.as_ref()).await;
+                let written =
+                    write_reports(&client, &audit, &reporting.instance, owner.as_ref()).await;
                 match &written {
                     Ok(false) if !crd_missing_logged => {
                         crd_missing_logged = true;
@@ -456,6 +498,21 @@ pub fn table(audit: &Audit) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_instance_label_names_the_installation_and_fits_a_label() {
+        assert_eq!(
+            Reporting::instance_of("confgate-system", "confgate-rollout"),
+            "confgate-system.confgate-rollout"
+        );
+        let long = Reporting::instance_of(&"n".repeat(63), &"l".repeat(63));
+        assert!(long.len() <= 63, "{long}");
+        assert_ne!(
+            long,
+            Reporting::instance_of(&"n".repeat(63), &"m".repeat(63))
+        );
+    }
+
     use super::*;
 
     fn finding(namespace: &str, name: String, result: &'static str) -> Finding {

@@ -273,7 +273,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 leader,
                 interval,
                 Some(changed),
-                owners.clone(),
+                crate::audit::Reporting {
+                    instance: crate::audit::Reporting::instance_of(
+                        &args.namespace,
+                        &args.lease_name,
+                    ),
+                    owners: owners.clone(),
+                },
             ));
         }
     }

@@ -57,6 +57,27 @@ pub async fn e2e_audit_reports_a_workload_broken_while_confgate_was_down(cx: Cx)
         }
     })
     .await;
+    // Another installation, judging another namespace, audits too: it leaves this one's report
+    // alone (it once deleted every confgate report outside its own namespaces).
+    let other_ns = cx.namespace("audit-other").await;
+    let other = Confgate::start(&cx, Options::shipped(&other_ns).arg("--audit-interval=10m")).await;
+    eventually(
+        Duration::from_secs(30),
+        "the other installation's audit",
+        || {
+            let done = other.log_tail(400).contains("audit done");
+            async move { done.then_some(()) }
+        },
+    )
+    .await;
+    let kept = report(&kubectl, &ns)
+        .await
+        .expect("this installation's report is kept");
+    assert_eq!(
+        kept["metadata"]["labels"]["confgate.dev/instance"],
+        format!("{ns}.confgate-rollout")
+    );
+    drop(other);
     // The key goes while confgate is down (its guard registers with failurePolicy Ignore).
     confgate.stop();
     let removed = remove_config_key(&kubectl, &ns, "DATABASE_URL").await;
