@@ -25,15 +25,19 @@ fn helm() -> String {
 /// `helm template RELEASE charts/confgate -n NAMESPACE --set ...`: the documents, or helm's
 /// error text.
 fn template(release: &str, namespace: &str, sets: &[&str]) -> Result<Vec<Value>, String> {
-    let mut command = Command::new(helm());
-    command
+    let args: Vec<&str> = sets.iter().flat_map(|set| ["--set", set]).collect();
+    template_with(release, namespace, &args)
+}
+
+/// `helm template RELEASE charts/confgate -n NAMESPACE ARGS...`.
+fn template_with(release: &str, namespace: &str, args: &[&str]) -> Result<Vec<Value>, String> {
+    let out = Command::new(helm())
         .args(["template", release])
         .arg(root().join("charts/confgate"))
-        .args(["--namespace", namespace]);
-    for set in sets {
-        command.args(["--set", set]);
-    }
-    let out = command.output().expect("helm runs");
+        .args(["--namespace", namespace])
+        .args(args)
+        .output()
+        .expect("helm runs");
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
@@ -360,6 +364,36 @@ fn chart_values_name_every_object_and_argument_consistently() {
         .as_str()
         .unwrap();
     serde_json::from_str::<Value>(json_text).expect("the dashboard is JSON");
+}
+
+#[test]
+fn chart_numbers_from_a_values_file_are_arguments_confgate_reads() {
+    // A values file gives YAML numbers as floats, which Go templates print as `1e+06`.
+    let dir = tempfile::tempdir().unwrap();
+    let values = dir.path().join("values.yaml");
+    std::fs::write(
+        &values,
+        "rollout: {ratePerMinute: 1000000, burst: 1000000, minIntervalSeconds: 3600, coalesceMs: 1000000, resyncSeconds: 86400}\n\
+         webhooks: {timeoutSeconds: 30}\nautoscaling: {enabled: false}\nreplicas: 1000000\n",
+    )
+    .unwrap();
+    let docs = template_with(
+        "confgate",
+        "confgate-system",
+        &["--values", values.to_str().unwrap()],
+    )
+    .unwrap();
+    let (_, serve) = serve_args(&docs, "confgate");
+    assert_eq!(serve.rollout_rate_per_minute, 1_000_000);
+    assert_eq!(serve.rollout_burst, 1_000_000);
+    assert_eq!(serve.rollout_min_interval_seconds, 3600);
+    assert_eq!(serve.rollout_coalesce_ms, 1_000_000);
+    assert_eq!(serve.rollout_resync_seconds, 86_400);
+    assert_eq!(serve.webhook_timeout_seconds, 30);
+    assert_eq!(
+        find(&docs, "Deployment", "confgate")["spec"]["replicas"],
+        1_000_000
+    );
 }
 
 #[test]
