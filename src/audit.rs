@@ -257,11 +257,8 @@ impl Reporting {
             return name;
         }
         let digest = <sha2::Sha256 as sha2::Digest>::digest(name.as_bytes());
-        format!(
-            "{}.{}",
-            &namespace[..namespace.len().min(40)],
-            hex::encode(&digest[..8])
-        )
+        let prefix: String = namespace.chars().take(40).collect();
+        format!("{prefix}.{}", hex::encode(&digest[..8]))
     }
 }
 
@@ -498,6 +495,7 @@ pub fn table(audit: &Audit) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn the_instance_label_names_the_installation_and_fits_a_label() {
@@ -512,8 +510,6 @@ mod tests {
             Reporting::instance_of(&"n".repeat(63), &"m".repeat(63))
         );
     }
-
-    use super::*;
 
     fn finding(namespace: &str, name: String, result: &'static str) -> Finding {
         Finding {

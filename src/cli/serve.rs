@@ -169,9 +169,12 @@ pub struct ServeArgs {
 /// Runs the server until SIGTERM.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let _log_guard = telemetry::init(args.log_format);
-    if args.tls_secret.is_some() {
-        // Written from the Secret once the client exists (below).
-    } else if let Some(ca) = crate::certs::ensure_dev_certs(&args.tls_cert, &args.tls_key)? {
+    // With --tls-secret the files are written from the Secret once the client exists (below).
+    let dev_certs = match &args.tls_secret {
+        Some(_) => None,
+        None => crate::certs::ensure_dev_certs(&args.tls_cert, &args.tls_key)?,
+    };
+    if let Some(ca) = dev_certs {
         tracing::warn!(
             cert = %args.tls_cert.display(),
             ca = %ca.display(),

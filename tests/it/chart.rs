@@ -534,6 +534,7 @@ fn values_table() -> String {
     let text = std::fs::read_to_string(root().join("charts/confgate/values.yaml")).unwrap();
     let mut path: Vec<(usize, String)> = Vec::new();
     let mut description: Option<String> = None;
+    let values: Value = confgate::yaml::documents(&text).unwrap().remove(0);
     let mut rows = vec![
         "| Value | Default | What it does |".to_owned(),
         "|---|---|---|".to_owned(),
@@ -563,7 +564,6 @@ fn values_table() -> String {
             let value = value.trim();
             let default = if value.is_empty() {
                 // A map: its YAML below, on one line.
-                let values: Value = confgate::yaml::documents(&text).unwrap().remove(0);
                 let pointer = format!("/{}", name.join("/"));
                 values.pointer(&pointer).unwrap().to_string()
             } else {

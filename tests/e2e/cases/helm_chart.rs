@@ -28,18 +28,17 @@ impl Drop for OwnPlane {
     }
 }
 
+/// `scripts/helm.sh` says where helm is ($HELM first, as scripts/e2e-env.sh sets it).
 fn helm_binary() -> String {
-    std::env::var("HELM").unwrap_or_else(|_| {
-        let out = std::process::Command::new(root().join("scripts/helm.sh"))
-            .output()
-            .expect("scripts/helm.sh");
-        assert!(
-            out.status.success(),
-            "no helm: set HELM (scripts/e2e-env.sh does): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    })
+    let out = std::process::Command::new(root().join("scripts/helm.sh"))
+        .output()
+        .expect("scripts/helm.sh");
+    assert!(
+        out.status.success(),
+        "no helm: set HELM (scripts/e2e-env.sh does): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// Runs helm against `plane`; panics with its output when it fails.
@@ -202,13 +201,15 @@ impl Drop for HostConfgate {
     }
 }
 
-fn webhook_ca(configuration: &Value) -> Vec<u8> {
-    let encoded = configuration["webhooks"][0]["clientConfig"]["caBundle"]
-        .as_str()
-        .expect("a caBundle");
+/// Base64 text in an object, decoded.
+fn decoded(text: &Value) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .unwrap()
+        .decode(text.as_str()?)
+        .ok()
+}
+
+fn webhook_ca(configuration: &Value) -> Vec<u8> {
+    decoded(&configuration["webhooks"][0]["clientConfig"]["caBundle"]).expect("a caBundle")
 }
 
 /// What `confgate webhooks` generates for the chart's policies, URL and CA.
@@ -339,9 +340,7 @@ pub async fn e2e_helm_chart_installs_upgrades_and_uninstalls_leaving_nothing(_sh
         owner(&secret),
         Some(("ServiceAccount".into(), RELEASE.into(), account_uid.clone()))
     );
-    let secret_ca = base64::engine::general_purpose::STANDARD
-        .decode(secret["data"]["ca.crt"].as_str().unwrap())
-        .unwrap();
+    let secret_ca = decoded(&secret["data"]["ca.crt"]).expect("ca.crt");
     assert_eq!(secret_ca, host.ca());
     let key = kubectl
         .get(NAMESPACE, &format!("secret/{RELEASE}-checksum-key"))
@@ -357,7 +356,6 @@ pub async fn e2e_helm_chart_installs_upgrades_and_uninstalls_leaving_nothing(_sh
         &url,
         cx.minor(),
     );
-    let mut first_ca = Vec::new();
     for expected in &expected {
         let kind = expected["kind"].as_str().unwrap().to_lowercase();
         let stored = kubectl
@@ -374,7 +372,6 @@ pub async fn e2e_helm_chart_installs_upgrades_and_uninstalls_leaving_nothing(_sh
             "{kind}"
         );
         assert_eq!(webhook_ca(&stored), secret_ca, "{kind}: the Secret's CA");
-        first_ca = webhook_ca(&stored);
         let stored_names: Vec<&Value> = stored["webhooks"]
             .as_array()
             .unwrap()
@@ -504,7 +501,7 @@ pub async fn e2e_helm_chart_installs_upgrades_and_uninstalls_leaving_nothing(_sh
         "validatingwebhookconfiguration",
     ] {
         let stored = kubectl.get("", &format!("{kind}/{RELEASE}")).await.unwrap();
-        assert_eq!(webhook_ca(&stored), first_ca, "{kind}: the same caBundle");
+        assert_eq!(webhook_ca(&stored), secret_ca, "{kind}: the same caBundle");
         assert!(
             stored["webhooks"][0]["clientConfig"]["url"]
                 .as_str()
@@ -530,14 +527,12 @@ pub async fn e2e_helm_chart_installs_upgrades_and_uninstalls_leaving_nothing(_sh
         .await;
     let rotated = eventually(Duration::from_secs(90), "a new CA is registered", || {
         let kubectl = kubectl.clone();
-        let first_ca = first_ca.clone();
+        let first_ca = secret_ca.clone();
         async move {
             let secret = kubectl
                 .get(NAMESPACE, &format!("secret/{RELEASE}-tls"))
                 .await?;
-            let ca = base64::engine::general_purpose::STANDARD
-                .decode(secret["data"]["ca.crt"].as_str()?)
-                .ok()?;
+            let ca = decoded(&secret["data"]["ca.crt"])?;
             let stored = kubectl
                 .get("", &format!("validatingwebhookconfiguration/{RELEASE}"))
                 .await?;
