@@ -49,13 +49,14 @@ async fn main() {
     let before = rss_kib();
     let started = Instant::now();
     let mut findings = 0;
+    let mut fresh = confgate::cluster::fresh::Fresh::default();
     let size = confgate::audit::PAGE as usize;
     let mut page = Vec::with_capacity(size);
     for i in 0..count {
         page.push(deployment(i));
         if page.len() == size || i + 1 == count {
             for object in page.drain(..) {
-                findings += confgate::audit::judge(&engine, &set, "Deployment", object)
+                findings += confgate::audit::judge(&engine, &set, "Deployment", object, &mut fresh)
                     .await
                     .iter()
                     .filter(|(_, result, _)| *result != "pass")

@@ -10,9 +10,9 @@
 //! many there are; only the findings are kept.
 
 use crate::admission::{review_from_value, wrap_manifest};
+use crate::cluster::fresh::Fresh;
 use crate::cluster::workloads::{KINDS, api_resource};
-use crate::engine::Engine;
-use crate::engine::Outcome;
+use crate::engine::{Engine, Judgement, Outcome};
 use crate::policy::{Phase, PolicySet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Client;
@@ -70,12 +70,15 @@ impl Audit {
     }
 }
 
-/// Judges one workload object (as listed) with the validating policies.
+/// Judges one workload object (as listed) with the validating policies. `fresh` holds what was
+/// read from the API server during this scan (reused for the scan's other workloads, and
+/// extended with this one's reads).
 pub async fn judge(
     engine: &Engine,
     set: &PolicySet,
     kind: &str,
     object: Value,
+    fresh: &mut Fresh,
 ) -> Vec<(String, &'static str, String)> {
     let mut object = object;
     if let Some(resource) = api_resource(kind) {
@@ -89,10 +92,18 @@ pub async fn judge(
     else {
         return Vec::new();
     };
-    engine.prefetch(&review).await;
-    let Ok(decision) = engine.evaluate(set, &review, Phase::Validate, None) else {
+    let judged = engine
+        .judge(
+            set,
+            &review,
+            Judgement::Phase(Phase::Validate, None),
+            std::mem::take(fresh),
+        )
+        .await;
+    let Ok((decision, read)) = judged else {
         return Vec::new();
     };
+    *fresh = read;
     let mut out = Vec::new();
     for verdict in decision.verdicts {
         let result = match verdict.outcome {
@@ -115,6 +126,7 @@ pub async fn judge(
 /// Lists every workload of the rolling kinds, page by page, and judges each.
 pub async fn scan(client: &Client, engine: &Engine, set: &PolicySet) -> Result<Audit, kube::Error> {
     let mut audit = Audit::default();
+    let mut fresh = Fresh::default();
     for kind in KINDS {
         let Some(resource) = api_resource(kind) else {
             continue;
@@ -137,7 +149,7 @@ pub async fn scan(client: &Client, engine: &Engine, set: &PolicySet) -> Result<A
                     continue;
                 };
                 audit.workloads += 1;
-                for (policy, result, message) in judge(engine, set, kind, value).await {
+                for (policy, result, message) in judge(engine, set, kind, value, &mut fresh).await {
                     if result == "pass" {
                         *audit.passed.entry(namespace.clone()).or_default() += 1;
                         continue;

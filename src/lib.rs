@@ -10,6 +10,7 @@ pub mod cli;
 pub mod cluster;
 pub mod engine;
 pub mod events;
+pub mod followup;
 pub mod limitrange;
 pub mod metrics;
 pub mod owners;

@@ -108,6 +108,9 @@ pub struct Metrics {
     connections_refused: Counter,
     rollouts: Family<ResultLabels, Counter>,
     audit_violations: Family<AuditLabels, Gauge>,
+    confirmations: Family<ResultLabels, Counter>,
+    confirmation_duration: Histogram,
+    followups: Family<ResultLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -214,6 +217,30 @@ impl Metrics {
         for result in ["triggered", "coalesced", "throttled", "skipped", "failed"] {
             drop(rollouts.get_or_create(&ResultLabels { result }));
         }
+        let confirmations = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "confirmations",
+            "Reviews whose violations were read again from the API server before answering, by result (upheld: still denied; overturned: denied on the caches, allowed on the reads; rechecked: violations that did not deny; read_failed: a read failed or timed out, its object counted as not checked)",
+            confirmations.clone(),
+        );
+        for result in ["upheld", "overturned", "rechecked", "read_failed"] {
+            drop(confirmations.get_or_create(&ResultLabels { result }));
+        }
+        let confirmation_duration = latency_histogram();
+        registry.register(
+            "confirmation_duration_seconds",
+            "Time spent reading what a denial rests on from the API server",
+            confirmation_duration.clone(),
+        );
+        let followups = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "followups",
+            "Workloads admitted while a Secret they read did not exist yet, judged again after the grace, by result (resolved, still_missing, gone, failed)",
+            followups.clone(),
+        );
+        for result in ["resolved", "still_missing", "gone", "failed"] {
+            drop(followups.get_or_create(&ResultLabels { result }));
+        }
         let cache_stale = Family::<ResourceLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "cache_stale_seconds",
@@ -256,7 +283,36 @@ impl Metrics {
             connections_refused,
             rollouts,
             audit_violations,
+            confirmations,
+            confirmation_duration,
+            followups,
         }
+    }
+
+    /// Counts a confirmation: whether the review was denied on the caches and is allowed on the
+    /// reads, how many reads failed, how long it took.
+    pub fn confirmed(&self, was_denied: bool, allowed: bool, failed_reads: usize, took: Duration) {
+        let result = match (was_denied, allowed) {
+            (true, true) => "overturned",
+            (true, false) => "upheld",
+            (false, _) => "rechecked",
+        };
+        self.confirmations
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        if failed_reads > 0 {
+            self.confirmations
+                .get_or_create(&ResultLabels {
+                    result: "read_failed",
+                })
+                .inc_by(failed_reads as u64);
+        }
+        self.confirmation_duration.observe(took.as_secs_f64());
+    }
+
+    /// Counts the result of a follow-up judgement.
+    pub fn followup(&self, result: &'static str) {
+        self.followups.get_or_create(&ResultLabels { result }).inc();
     }
 
     /// Counts one answered review and its latency.

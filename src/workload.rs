@@ -2,7 +2,6 @@
 //! spec: env `valueFrom`, `envFrom` (with its prefix), and configMap/secret/projected volumes
 //! (with `items`), for init, regular and ephemeral containers.
 
-use crate::admission::Review;
 use serde_json::Value;
 
 /// Kinds that are, or carry, a pod template.
@@ -419,24 +418,6 @@ pub fn references(spec: &Value) -> Vec<Reference<'_>> {
         }
     }
     out
-}
-
-/// The Secrets a review's object references (for on-demand Secret reads), sorted, deduplicated.
-pub fn secret_names(review: &Review) -> Vec<String> {
-    let Some(object) = review.object.as_ref() else {
-        return Vec::new();
-    };
-    let Some(spec) = pod_spec(&review.request.kind.kind, object) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = references(spec)
-        .into_iter()
-        .filter(|r| r.source == Source::Secret)
-        .map(|r| r.name.to_owned())
-        .collect();
-    names.sort();
-    names.dedup();
-    names
 }
 
 #[cfg(test)]

@@ -7,9 +7,10 @@
 
 use crate::admission::{self, Review, operation_str, wrap_manifest};
 use crate::cluster::ClusterState;
+use crate::cluster::fresh::Fresh;
 use crate::cluster::layered::{InputOnly, Layered};
 use crate::cluster::static_state::StaticState;
-use crate::engine::{Decision, Engine, Outcome};
+use crate::engine::{Decision, Engine, Judgement, Outcome};
 use crate::policy::{Phase, PolicySet, Registry, load_dir};
 use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
@@ -150,17 +151,29 @@ pub(crate) fn judge(
             state
         }
     };
-    let engine = Engine::new(Arc::new(Layered::new(local, fallback.clone())));
+    let engine = Engine::new(Arc::new(Layered::new(local, fallback)));
+    // Files are the whole story; a live cluster is judged as the webhook judges it.
+    let engine = if live.is_some() {
+        engine
+    } else {
+        engine.settled()
+    };
+    let judgement = match endpoint {
+        EndpointChoice::Mutate => Judgement::Phase(Phase::Mutate, None),
+        EndpointChoice::Validate => Judgement::Phase(Phase::Validate, None),
+        EndpointChoice::Both => Judgement::Both,
+    };
     to_reviews(documents)?
         .into_iter()
         .map(|review| {
-            if let Some(runtime) = &live {
-                // Secrets are read by name, as the server does (never listed).
-                let names = crate::workload::secret_names(&review);
-                let namespace = review.request.namespace.clone().unwrap_or_default();
-                runtime.block_on(fallback.prefetch_secrets(&namespace, names));
-            }
-            let decision = evaluate(&engine, set, &review, endpoint).map_err(|e| e.to_string())?;
+            // As the server judges: Secrets read by name (never listed), and what a denial
+            // rests on read again, from a live cluster; from memory otherwise.
+            let judged = engine.judge(set, &review, judgement.clone(), Fresh::default());
+            let judged = match &live {
+                Some(runtime) => runtime.block_on(judged),
+                None => futures::executor::block_on(judged),
+            };
+            let (decision, _) = judged.map_err(|e| e.to_string())?;
             Ok(Judged { review, decision })
         })
         .collect()
@@ -285,19 +298,6 @@ fn result_json(j: &Judged) -> Value {
     })
 }
 
-fn evaluate(
-    engine: &Engine,
-    set: &PolicySet,
-    review: &Review,
-    choice: EndpointChoice,
-) -> Result<Decision, crate::engine::EngineError> {
-    match choice {
-        EndpointChoice::Mutate => engine.evaluate(set, review, Phase::Mutate, None),
-        EndpointChoice::Validate => engine.evaluate(set, review, Phase::Validate, None),
-        EndpointChoice::Both => engine.evaluate_both(set, review),
-    }
-}
-
 /// Reads every input: files, directories (their `*.yaml`, `*.yml` and `*.json` files,
 /// recursively, in sorted order, hidden entries skipped) and `-` (standard input, once). With no
 /// input, standard input, unless it is a terminal: then nobody is typing a manifest, and an
@@ -388,12 +388,51 @@ fn to_reviews(documents: Vec<(String, Value)>) -> Result<Vec<Review>, String> {
             let value = if is_review {
                 doc
             } else {
-                wrap_manifest(doc, i + 1).map_err(|e| format!("{source}: {e}"))?
+                wrap_manifest(as_applied(doc), i + 1).map_err(|e| format!("{source}: {e}"))?
             };
             admission::review_from_value(value).map_err(|e| format!("{source}: {e}"))
         })
         .collect()
 }
+
+/// A manifest as the apiserver shows it to the webhook once a tool applies it: the annotations
+/// of its pod template that the manifest sets are owned by the manifest's field manager (in
+/// `managedFields`), so a chart's own `checksum/config` is kept and confgate stamps
+/// `confgate.dev/config-checksum` beside it, as `serve` does.
+fn as_applied(mut manifest: Value) -> Value {
+    if manifest.pointer("/metadata/managedFields").is_some() {
+        return manifest;
+    }
+    let kind = manifest
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let Some(path) = crate::workload::template_path(kind) else {
+        return manifest;
+    };
+    let mut pointer: String = path.iter().map(|s| format!("/{s}")).collect();
+    pointer.push_str("/metadata/annotations");
+    let Some(annotations) = manifest.pointer(&pointer).and_then(Value::as_object) else {
+        return manifest;
+    };
+    let mut fields = Value::Object(
+        annotations
+            .keys()
+            .map(|k| (format!("f:{k}"), json!({})))
+            .collect(),
+    );
+    for segment in path.iter().chain(&["metadata", "annotations"]).rev() {
+        fields = json!({ format!("f:{segment}"): fields });
+    }
+    let entry = json!({"manager": MANIFEST_MANAGER, "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": fields});
+    if let Some(meta) = manifest.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("managedFields".into(), json!([entry]));
+    }
+    manifest
+}
+
+/// The field manager a reviewed manifest's own fields are credited to.
+const MANIFEST_MANAGER: &str = "manifest";
 
 /// A summary a person can read: decision, each policy's verdict and messages, and the patch.
 pub fn explain(review: &Review, decision: &Decision) -> String {

@@ -246,6 +246,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(secret) = tls_secret {
         tokio::spawn(secret.run());
     }
+    if let Some(client) = &client {
+        state
+            .reviews
+            .follow_up_with(crate::followup::Followups::start(
+                client.clone(),
+                state.reviews.judging(),
+            ));
+    }
     if let (Some(client), Some((changed, workloads))) = (&client, config_changed) {
         let settings = crate::rollout::Settings {
             per_minute: args.rollout_rate_per_minute,

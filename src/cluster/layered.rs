@@ -3,8 +3,12 @@
 //! Used by `confgate review` to judge a rendered chart or kustomize overlay as a unit.
 
 use super::ChecksumKey;
+use super::fresh::Fresh;
+use super::promises::Promises;
 use super::static_state::StaticState;
 use super::{CacheKind, ClusterState, Lookup};
+use crate::workload::Source;
+use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::LimitRangeSpec;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -46,6 +50,12 @@ impl ClusterState for InputOnly {
     fn limit_ranges(&self, _: &str) -> Option<Vec<Arc<LimitRangeSpec>>> {
         None
     }
+    fn why_unknown(&self, cache: CacheKind) -> String {
+        format!(
+            "the reviewed input has no {} for it (give --cluster-state FILE to check it against the cluster)",
+            cache.noun()
+        )
+    }
 }
 
 impl ClusterState for Layered {
@@ -82,6 +92,56 @@ impl ClusterState for Layered {
     }
     fn counts(&self) -> Vec<(CacheKind, usize)> {
         self.local.counts()
+    }
+    fn secret_promises(&self, namespace: &str, name: &str) -> Promises {
+        match (
+            self.local.secret_promises(namespace, name),
+            self.fallback.secret_promises(namespace, name),
+        ) {
+            (Promises::Known(mut local), Promises::Known(known)) => {
+                local.extend(known);
+                Promises::Known(local)
+            }
+            (Promises::Known(local), Promises::Unknown(_)) if !local.is_empty() => {
+                Promises::Known(local)
+            }
+            (_, unknown) => unknown,
+        }
+    }
+    fn lags(&self) -> bool {
+        self.fallback.lags()
+    }
+    fn reads_secrets_on_demand(&self) -> bool {
+        self.fallback.reads_secrets_on_demand()
+    }
+    fn why_unknown(&self, cache: CacheKind) -> String {
+        self.fallback.why_unknown(cache)
+    }
+    fn read_now<'a>(
+        &'a self,
+        namespace: &'a str,
+        wanted: Vec<(Source, String)>,
+        promises: bool,
+    ) -> BoxFuture<'a, Fresh> {
+        // The input's own objects are what it will apply: they are not read from the cluster.
+        let (local, rest): (Vec<_>, Vec<_>) = wanted.into_iter().partition(|(source, name)| {
+            matches!(
+                self.local.lookup(*source, namespace, name),
+                Lookup::Found(_)
+            )
+        });
+        Box::pin(async move {
+            let mut fresh = self.fallback.read_now(namespace, rest, promises).await;
+            for (source, name) in local {
+                fresh.insert(
+                    source,
+                    namespace,
+                    &name,
+                    self.local.lookup(source, namespace, &name),
+                );
+            }
+            fresh
+        })
     }
     fn server_minor_version(&self) -> Option<u32> {
         self.fallback.server_minor_version()

@@ -1,8 +1,12 @@
 //! The live cluster: kube-runtime watchers feed small in-memory caches (digests, labels,
-//! LimitRange specs), so no request ever waits on the API server. Secrets are either watched
-//! (`--secrets watch`) or fetched by name when a request references them (`--secrets get`, the
-//! default: RBAC `get` only) and remembered for a short while.
+//! LimitRange specs, promised Secrets), so an allowed review never waits on the API server.
+//! Secrets are either watched (`--secrets watch`) or read by name for each review that
+//! references them (`--secrets get`, the default: RBAC `get` only), never remembered. What a
+//! denial rests on is read again from the API server first ([`ClusterState::read_now`]): a cache
+//! that has not seen an object yet never decides that it is missing.
 
+use super::fresh::Fresh;
+use super::promises::Promises;
 use super::{CacheKind, ChecksumKey, ClusterState, ConfigData, Lookup, NotReady};
 use crate::workload::Source;
 use futures::StreamExt;
@@ -240,9 +244,6 @@ impl<V: Send + Sync + 'static> Cache<V> {
     }
 }
 
-/// Short-lived results of on-demand Secret reads.
-type SecretCache = RwLock<HashMap<Key, (Instant, Lookup)>>;
-
 /// Cluster state from watch caches.
 pub struct LiveState {
     client: Client,
@@ -251,7 +252,8 @@ pub struct LiveState {
     limit_ranges: Arc<Cache<LimitRangeSpec>>,
     secrets_mode: SecretsMode,
     watched_secrets: Arc<Cache<ConfigData>>,
-    fetched_secrets: SecretCache,
+    /// The kinds that promise Secrets whose CRDs are served, each with its watch cache.
+    promises: Arc<super::promised::Followed>,
     config_changes: Arc<ConfigChanges>,
     checksum_key: RwLock<Result<Option<Arc<ChecksumKey>>, String>>,
     /// Deployments, StatefulSets, DaemonSets and CronJobs and what they reference (the rollout
@@ -353,10 +355,9 @@ impl Observer<ConfigData> for Recorder {
     }
 }
 
-/// How long an on-demand Secret read is reused.
-const SECRET_TTL: Duration = Duration::from_secs(30);
-/// How long a request may wait for on-demand Secret reads.
-const SECRET_FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a judgement may wait for its reads from the API server (Secrets in `get` mode,
+/// and the confirmation of what a denial rests on).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl LiveState {
     /// Starts the watchers on the current Tokio runtime. The caches fill in the background;
@@ -386,7 +387,7 @@ impl LiveState {
                 CacheKind::Secrets,
                 Some(Arc::new(Recorder(Source::Secret, config_changes.clone()))),
             ),
-            fetched_secrets: RwLock::new(HashMap::new()),
+            promises: super::promised::Followed::new(),
             config_changes,
             checksum_key: RwLock::new(Err("the checksum key is not loaded yet".into())),
             key_attempted: AtomicBool::new(secrets_mode == SecretsMode::None),
@@ -395,6 +396,10 @@ impl LiveState {
             version_attempted: AtomicBool::new(false),
         });
         tokio::spawn(discover_version(client.clone(), Arc::downgrade(&state)));
+        tokio::spawn(super::promised::follow(
+            client.clone(),
+            Arc::downgrade(&state.promises),
+        ));
         if secrets_mode != SecretsMode::None {
             tokio::spawn(load_key(client.clone(), Arc::downgrade(&state), key));
         }
@@ -454,13 +459,29 @@ impl LiveState {
             .then(|| Lookup::Unknown(format!("{} cache not synced yet", resource.as_str())))
     }
 
-    async fn fetch_secret(&self, namespace: &str, name: &str) -> Lookup {
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        match tokio::time::timeout(SECRET_FETCH_TIMEOUT, api.get_opt(name)).await {
-            Ok(Ok(Some(secret))) => Lookup::Found(Arc::new(ConfigData::from_secret(&secret))),
+    /// Reads one ConfigMap or Secret from the API server now (digests only are kept).
+    async fn read(&self, source: Source, namespace: &str, name: &str) -> Lookup {
+        let read = async {
+            match source {
+                Source::ConfigMap => {
+                    let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
+                    api.get_opt(name)
+                        .await
+                        .map(|o| o.map(|cm| ConfigData::from_config_map(&cm)))
+                }
+                Source::Secret => {
+                    let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+                    api.get_opt(name)
+                        .await
+                        .map(|o| o.map(|secret| ConfigData::from_secret(&secret)))
+                }
+            }
+        };
+        match tokio::time::timeout(READ_TIMEOUT, read).await {
+            Ok(Ok(Some(data))) => Lookup::Found(Arc::new(data)),
             Ok(Ok(None)) => Lookup::Missing,
-            Ok(Err(e)) => Lookup::Unknown(format!("cannot read secret: {e}")),
-            Err(_) => Lookup::Unknown("reading the secret timed out".into()),
+            Ok(Err(e)) => Lookup::Unknown(format!("cannot read the {}: {e}", source.as_str())),
+            Err(_) => Lookup::Unknown(format!("reading the {} timed out", source.as_str())),
         }
     }
 }
@@ -620,7 +641,13 @@ impl ClusterState for LiveState {
             SecretsMode::Watch => "secrets watched",
             SecretsMode::None => "secrets not read",
         };
-        format!("live cluster ({secrets})")
+        let promised = self.promises.names();
+        let promised = if promised.is_empty() {
+            "no kind that promises Secrets is served".to_owned()
+        } else {
+            format!("promised Secrets followed: {}", promised.join(", "))
+        };
+        format!("live cluster ({secrets}; {promised})")
     }
 
     fn config_map(&self, namespace: &str, name: &str) -> Lookup {
@@ -645,16 +672,8 @@ impl ClusterState for LiveState {
                     .get(namespace, name)
                     .map_or(Lookup::Missing, Lookup::Found)
             }
-            SecretsMode::Get => {
-                let cache = self
-                    .fetched_secrets
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner());
-                match cache.get(&(namespace.to_owned(), name.to_owned())) {
-                    Some((_, lookup)) => lookup.clone(),
-                    None => Lookup::Unknown("secret was not fetched".into()),
-                }
-            }
+            // Read for each judgement (`read_now`), never from memory.
+            SecretsMode::Get => Lookup::Unknown("the secret was not read".into()),
         }
     }
 
@@ -724,6 +743,9 @@ impl ClusterState for LiveState {
         if !self.version_attempted.load(Ordering::Acquire) {
             return Err(NotReady::ReadingVersion);
         }
+        if !self.promises.discovered() {
+            return Err(NotReady::FindingPromisers);
+        }
         Ok(())
     }
 
@@ -743,7 +765,7 @@ impl ClusterState for LiveState {
     fn counts(&self) -> Vec<(CacheKind, usize)> {
         let secrets = match self.secrets_mode {
             SecretsMode::Watch => self.watched_secrets.len(),
-            _ => self.fetched_secrets.read().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
         };
         vec![
             (CacheKind::ConfigMaps, self.config_maps.len()),
@@ -753,41 +775,49 @@ impl ClusterState for LiveState {
         ]
     }
 
-    fn wants_secret_prefetch(&self) -> bool {
+    fn secret_promises(&self, namespace: &str, name: &str) -> Promises {
+        self.promises.promises(namespace, name)
+    }
+
+    fn lags(&self) -> bool {
+        true
+    }
+
+    fn reads_secrets_on_demand(&self) -> bool {
         self.secrets_mode == SecretsMode::Get
     }
 
-    fn prefetch_secrets<'a>(&'a self, namespace: &'a str, names: Vec<String>) -> BoxFuture<'a, ()> {
+    fn read_now<'a>(
+        &'a self,
+        namespace: &'a str,
+        wanted: Vec<(Source, String)>,
+        promises: bool,
+    ) -> BoxFuture<'a, Fresh> {
         Box::pin(async move {
-            if self.secrets_mode != SecretsMode::Get || names.is_empty() {
-                return;
-            }
-            let now = Instant::now();
-            let stale: Vec<String> = {
-                let cache = self
-                    .fetched_secrets
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner());
-                names
-                    .into_iter()
-                    .filter(|n| {
-                        cache
-                            .get(&(namespace.to_owned(), n.clone()))
-                            .is_none_or(|(at, _)| now.duration_since(*at) > SECRET_TTL)
-                    })
-                    .collect()
+            let mut fresh = Fresh::default();
+            let reads = wanted
+                .iter()
+                .filter(|(source, _)| {
+                    *source == Source::ConfigMap || self.secrets_mode != SecretsMode::None
+                })
+                .map(|(source, name)| async move {
+                    (*source, name, self.read(*source, namespace, name).await)
+                });
+            let listed = async {
+                if promises {
+                    Some(self.promises.list_now(&self.client, namespace).await)
+                } else {
+                    None
+                }
             };
-            let fetched =
-                futures::future::join_all(stale.iter().map(|n| self.fetch_secret(namespace, n)))
-                    .await;
-            let mut cache = self
-                .fetched_secrets
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
-            cache.retain(|_, (at, _)| now.duration_since(*at) <= SECRET_TTL);
-            for (name, lookup) in stale.into_iter().zip(fetched) {
-                cache.insert((namespace.to_owned(), name), (now, lookup));
+            let (reads, listed) = futures::join!(futures::future::join_all(reads), listed);
+            for (source, name, lookup) in reads {
+                fresh.insert(source, namespace, name, lookup);
             }
+            if let Some(listed) = listed {
+                fresh.set_promises(namespace, listed);
+            }
+            fresh
         })
     }
 }

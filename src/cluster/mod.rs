@@ -5,8 +5,11 @@
 //! [`static_state::StaticState`] (manifests given with `--cluster-state`), and [`Standalone`]
 //! (no cluster: every lookup is "unknown", and policies say what they could not check).
 
+pub mod fresh;
 pub mod layered;
 pub mod live;
+mod promised;
+pub mod promises;
 pub mod static_state;
 pub mod workloads;
 
@@ -192,6 +195,17 @@ impl CacheKind {
             CacheKind::Workloads => "workloads",
         }
     }
+
+    /// `ConfigMap`, `LimitRange`, ...: the kind a cache holds, for messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            CacheKind::ConfigMaps => "ConfigMap",
+            CacheKind::Secrets => "Secret",
+            CacheKind::Namespaces => "Namespace",
+            CacheKind::LimitRanges => "LimitRange",
+            CacheKind::Workloads => "workload",
+        }
+    }
 }
 
 /// Why cluster state cannot answer yet.
@@ -206,6 +220,9 @@ pub enum NotReady {
     /// The first attempt to read the cluster's version is not done.
     #[error("reading the cluster's version")]
     ReadingVersion,
+    /// Discovery has not yet looked for the kinds that promise Secrets.
+    #[error("looking for the kinds that promise Secrets")]
+    FindingPromisers,
 }
 
 /// Read access to the cluster for policies. Every method answers from memory.
@@ -277,20 +294,46 @@ pub trait ClusterState: Send + Sync {
         Ok(None)
     }
 
-    /// True when [`ClusterState::prefetch_secrets`] does anything (Secrets read on demand), so
-    /// the server only looks for Secret references when they will be fetched.
-    fn wants_secret_prefetch(&self) -> bool {
+    /// Who promises Secret `namespace/name` (see [`promises`]): a cert-manager `Certificate`,
+    /// an `ExternalSecret`, ... in the namespace, or a hook of the reviewed input.
+    fn secret_promises(&self, _namespace: &str, _name: &str) -> promises::Promises {
+        promises::Promises::none()
+    }
+
+    /// True when lookups are answered from watch caches that may lag behind the API server: a
+    /// "missing" that would decide a denial is then read again ([`ClusterState::read_now`]).
+    fn lags(&self) -> bool {
         false
     }
 
-    /// Called (async, before evaluation) with the Secrets a request references, so a state that
-    /// reads Secrets on demand can fetch them; the lookups that follow are then answered from memory.
-    fn prefetch_secrets<'a>(
+    /// True when Secrets are not cached but read for each judgement (`--secrets get`): the
+    /// engine reads the ones a review references before judging it.
+    fn reads_secrets_on_demand(&self) -> bool {
+        false
+    }
+
+    /// Why what `cache` holds is not known (for "not checked" messages): a cache that has not
+    /// synced, no cluster, or an input that does not carry it.
+    fn why_unknown(&self, cache: CacheKind) -> String {
+        format!("the {} cache is not synced", cache.noun())
+    }
+
+    /// Reads `wanted` ConfigMaps and Secrets of `namespace` from the API server now, and with
+    /// `promises` the Secrets the namespace is promised; bounded in time (a read that fails or
+    /// times out answers "unknown"). States that answer exactly from memory answer from it.
+    fn read_now<'a>(
         &'a self,
-        _namespace: &'a str,
-        _names: Vec<String>,
-    ) -> BoxFuture<'a, ()> {
-        Box::pin(std::future::ready(()))
+        namespace: &'a str,
+        wanted: Vec<(crate::workload::Source, String)>,
+        promises: bool,
+    ) -> BoxFuture<'a, fresh::Fresh> {
+        let mut fresh = fresh::Fresh::default();
+        for (source, name) in wanted {
+            let lookup = self.lookup(source, namespace, &name);
+            fresh.insert(source, namespace, &name, lookup);
+        }
+        let _ = promises;
+        Box::pin(std::future::ready(fresh))
     }
 }
 
@@ -319,6 +362,9 @@ impl ClusterState for Standalone {
     }
     fn limit_ranges(&self, _: &str) -> Option<Vec<Arc<LimitRangeSpec>>> {
         None
+    }
+    fn why_unknown(&self, _: CacheKind) -> String {
+        NO_CLUSTER.into()
     }
 }
 

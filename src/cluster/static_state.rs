@@ -1,6 +1,7 @@
 //! Cluster state from manifests (`--cluster-state FILE...`): what `kubectl apply` of those files
 //! would have created. Used by the CLI, the tests, and servers run without a cluster.
 
+use super::promises::{Promise, Promises};
 use super::{CacheKind, ClusterState, ConfigData, Lookup};
 use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, LimitRangeSpec, Namespace, Secret};
 use serde::de::DeserializeOwned;
@@ -58,6 +59,10 @@ pub struct StaticState {
     namespaces: HashMap<String, BTreeMap<String, String>>,
     limit_ranges: BTreeMap<Key, Arc<LimitRangeSpec>>,
     workloads: Vec<Arc<super::workloads::Workload>>,
+    /// Secrets promised by the manifests (Certificates, ExternalSecrets, ...), by Secret.
+    promises: HashMap<Key, Vec<Promise>>,
+    /// Hooks that run before the workloads and may create Secrets, by namespace.
+    hooks: HashMap<String, Vec<String>>,
 }
 
 impl StaticState {
@@ -112,6 +117,29 @@ impl StaticState {
             .get("apiVersion")
             .and_then(Value::as_str)
             .unwrap_or_default();
+        let namespace = || {
+            doc.pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("default")
+                .to_owned()
+        };
+        if let Some(promiser) = super::promises::kind_of(&doc) {
+            let by = super::promises::describe(promiser.kind, &doc);
+            for promised in promiser.promised(&doc) {
+                self.promises
+                    .entry((namespace(), promised.secret))
+                    .or_default()
+                    .push(Promise {
+                        by: by.clone(),
+                        keys: promised.keys,
+                        hook: false,
+                    });
+            }
+            return Ok(());
+        }
+        if let Some(hook) = super::promises::hook(&doc) {
+            self.hooks.entry(namespace()).or_default().push(hook);
+        }
         if let Some(kind) = super::workloads::KINDS.iter().find(|k| **k == kind) {
             let mut doc = doc;
             if doc.pointer("/metadata/namespace").is_none()
@@ -203,6 +231,21 @@ impl ClusterState for StaticState {
 
     fn describe(&self) -> String {
         format!("static: {} file(s)", self.files)
+    }
+    fn secret_promises(&self, namespace: &str, name: &str) -> Promises {
+        let key = (namespace.to_owned(), name.to_owned());
+        let promised = self.promises.get(&key).into_iter().flatten().cloned();
+        let hooks = self
+            .hooks
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .map(|hook| Promise {
+                by: hook.clone(),
+                keys: None,
+                hook: true,
+            });
+        Promises::Known(promised.chain(hooks).collect())
     }
     fn config_map(&self, namespace: &str, name: &str) -> Lookup {
         lookup(&self.config_maps, namespace, name)

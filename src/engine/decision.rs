@@ -87,6 +87,9 @@ pub struct Decision {
     pub patch: json_patch::Patch,
     /// Set when the request was not evaluated at all, with why.
     pub skipped: Option<String>,
+    /// When a policy asked for the object to be judged again later (a Secret its reader waits
+    /// for): the longest of their waits.
+    pub recheck_after: Option<std::time::Duration>,
 }
 
 impl Decision {
@@ -110,6 +113,7 @@ impl Decision {
             }
         }
         self.audit_annotations.extend(later.audit_annotations);
+        self.recheck_after = self.recheck_after.max(later.recheck_after);
         if !self.denials.is_empty() {
             self.patch = json_patch::Patch(vec![]);
         }

@@ -10,15 +10,17 @@ pub use decision::{Decision, Outcome, PolicyVerdict};
 
 use crate::admission::Review;
 use crate::cluster::ClusterState;
+use crate::cluster::fresh::{Fresh, View};
 use crate::policy::MatchInput;
 use crate::policy::{
     Action, Context, Findings, LoadedPolicy, OnError, Phase, PolicyError, PolicySet,
 };
+use crate::workload::Source;
 use kube::core::admission::Operation;
 use serde_json::Value;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 /// Why a review could not be evaluated at all (the request names something that is not there).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,16 +50,51 @@ pub struct Judging {
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
+/// Which webhook(s) a judgement runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Judgement {
+    /// One phase, with every policy serving it or only the named one.
+    Phase(Phase, Option<String>),
+    /// Mutate, apply the patch, validate the result (as the apiserver does with both webhooks).
+    Both,
+}
+
 /// Evaluates reviews against a policy set with one cluster state.
 #[derive(Clone)]
 pub struct Engine {
     cluster: Arc<dyn ClusterState>,
+    /// The time policies judge at; `None`: the system clock.
+    clock: Option<SystemTime>,
+    /// Judge as if every reader had waited out its grace for a Secret (offline).
+    settled: bool,
 }
 
 impl Engine {
-    /// An engine reading `cluster`.
+    /// An engine reading `cluster`, judging at the system clock's time.
     pub fn new(cluster: Arc<dyn ClusterState>) -> Self {
-        Self { cluster }
+        Self {
+            cluster,
+            clock: None,
+            settled: false,
+        }
+    }
+
+    /// The same engine judging as if every new reader had already waited out its grace for a
+    /// Secret: offline, where the reviewed input (with its cluster state) is the whole story
+    /// and nothing will be judged again later.
+    pub fn settled(mut self) -> Self {
+        self.settled = true;
+        self
+    }
+
+    /// The same engine judging as if it were `now` (for tests).
+    pub fn at(mut self, now: SystemTime) -> Self {
+        self.clock = Some(now);
+        self
+    }
+
+    fn now(&self) -> SystemTime {
+        self.clock.unwrap_or_else(SystemTime::now)
     }
 
     /// The cluster state policies read.
@@ -65,17 +102,82 @@ impl Engine {
         &self.cluster
     }
 
-    /// Reads the Secrets the review's object references when the cluster state reads Secrets
-    /// on demand (`--secrets get`), so that evaluation finds them in memory. Call it before
-    /// [`Engine::evaluate`], which never waits on the API server.
-    pub async fn prefetch(&self, review: &Review) {
-        if !self.cluster.wants_secret_prefetch() {
-            return;
+    /// Reads from the API server what judging `review` needs and no cache holds: the Secrets
+    /// its object references when Secrets are read on demand (`--secrets get`). Call it before
+    /// [`Engine::evaluate_with`], which never waits on the API server.
+    /// Reads already in `known` are not made again.
+    pub async fn read_ahead(&self, review: &Review, known: &Fresh) -> Fresh {
+        if !self.cluster.reads_secrets_on_demand() {
+            return Fresh::default();
         }
-        let names = crate::workload::secret_names(review);
-        if !names.is_empty() {
-            let namespace = review.request.namespace.as_deref().unwrap_or_default();
-            self.cluster.prefetch_secrets(namespace, names).await;
+        let namespace = review.request.namespace.as_deref().unwrap_or_default();
+        let wanted: Vec<(Source, String)> = referenced(review)
+            .into_iter()
+            .filter(|(source, name)| {
+                *source == Source::Secret && known.get(*source, namespace, name).is_none()
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Fresh::default();
+        }
+        self.cluster.read_now(namespace, wanted, false).await
+    }
+
+    /// True when `decision` found violations that may rest on a cache lagging behind the API
+    /// server: then [`Engine::confirm`] reads what they rest on and the review is judged again.
+    pub fn needs_confirming(&self, review: &Review, decision: &Decision) -> bool {
+        self.cluster.lags()
+            && decision.verdicts.iter().any(|v| !v.violations.is_empty())
+            && !referenced(review).is_empty()
+    }
+
+    /// Reads, now, every ConfigMap and Secret the review's object references and the Secrets
+    /// its namespace is promised, over the reads already in `fresh`.
+    pub async fn confirm(&self, review: &Review, mut fresh: Fresh) -> Fresh {
+        let namespace = review.request.namespace.as_deref().unwrap_or_default();
+        let wanted: Vec<(Source, String)> = referenced(review)
+            .into_iter()
+            .filter(|(source, name)| fresh.get(*source, namespace, name).is_none())
+            .collect();
+        let read = self.cluster.read_now(namespace, wanted, true).await;
+        fresh.merge(read);
+        fresh
+    }
+
+    /// Judges a review as the webhook does, from start to end: reads ahead, evaluates, and when
+    /// violations may rest on a lagging cache, confirms and evaluates again. For the CLI and
+    /// the controllers; the server runs the same steps with evaluation on its own threads.
+    pub async fn judge(
+        &self,
+        set: &PolicySet,
+        review: &Review,
+        endpoint: Judgement,
+        fresh: Fresh,
+    ) -> Result<(Decision, Fresh), EngineError> {
+        let mut fresh = fresh;
+        let ahead = self.read_ahead(review, &fresh).await;
+        fresh.merge(ahead);
+        let decision = self.evaluate_as(set, review, &endpoint, &fresh)?;
+        if !self.needs_confirming(review, &decision) {
+            return Ok((decision, fresh));
+        }
+        let fresh = self.confirm(review, fresh).await;
+        let decision = self.evaluate_as(set, review, &endpoint, &fresh)?;
+        Ok((decision, fresh))
+    }
+
+    fn evaluate_as(
+        &self,
+        set: &PolicySet,
+        review: &Review,
+        endpoint: &Judgement,
+        fresh: &Fresh,
+    ) -> Result<Decision, EngineError> {
+        match endpoint {
+            Judgement::Phase(phase, only) => {
+                self.evaluate_with(set, review, *phase, only.as_deref(), fresh)
+            }
+            Judgement::Both => self.evaluate_both_with(set, review, fresh),
         }
     }
 
@@ -87,17 +189,33 @@ impl Engine {
         endpoint: Phase,
         only: Option<&str>,
     ) -> Result<Decision, EngineError> {
+        self.evaluate_with(set, review, endpoint, only, &Fresh::default())
+    }
+
+    /// [`Engine::evaluate`] with what was read from the API server for this review over the
+    /// caches.
+    pub fn evaluate_with(
+        &self,
+        set: &PolicySet,
+        review: &Review,
+        endpoint: Phase,
+        only: Option<&str>,
+        fresh: &Fresh,
+    ) -> Result<Decision, EngineError> {
         let policies = select(set, endpoint, only)?;
         let mut decision = Decision::default();
         let Some(object) = subject(review) else {
             decision.skipped = Some("request carries no object".into());
             return Ok(decision);
         };
+        let view = View::new(self.cluster.as_ref(), fresh);
         let cx = Context {
             request: &review.request,
             old_object: review.old_object.as_ref(),
             managed_fields: object.pointer("/metadata/managedFields"),
-            cluster: self.cluster.as_ref(),
+            cluster: &view,
+            now: self.now(),
+            settled: self.settled,
         };
         let mut working: Option<Value> = None;
         let mut succeeded: Vec<&LoadedPolicy> = Vec::new();
@@ -137,7 +255,17 @@ impl Engine {
     /// What the apiserver does with both webhooks: mutate, apply the patch, then validate the
     /// patched object. The decision carries the mutation's patch and both phases' verdicts.
     pub fn evaluate_both(&self, set: &PolicySet, review: &Review) -> Result<Decision, EngineError> {
-        let mutated = self.evaluate(set, review, Phase::Mutate, None)?;
+        self.evaluate_both_with(set, review, &Fresh::default())
+    }
+
+    /// [`Engine::evaluate_both`] with reads made now over the caches.
+    pub fn evaluate_both_with(
+        &self,
+        set: &PolicySet,
+        review: &Review,
+        fresh: &Fresh,
+    ) -> Result<Decision, EngineError> {
+        let mutated = self.evaluate_with(set, review, Phase::Mutate, None, fresh)?;
         if !mutated.allowed() {
             return Ok(mutated);
         }
@@ -148,7 +276,7 @@ impl Engine {
                 tracing::error!(%error, "applying confgate's own patch failed");
             }
         }
-        let validated = self.evaluate(set, &patched, Phase::Validate, None)?;
+        let validated = self.evaluate_with(set, &patched, Phase::Validate, None, fresh)?;
         Ok(mutated.then(validated))
     }
 
@@ -191,6 +319,24 @@ fn replay(cx: &Context, object: &Value, policies: &[&LoadedPolicy]) -> Value {
         let _ = guarded(|| policy.policy.mutate(cx, &mut rebuilt, &mut ignored));
     }
     rebuilt
+}
+
+/// The ConfigMaps and Secrets a review's object references (sorted, deduplicated): what its
+/// judgement reads.
+pub fn referenced(review: &Review) -> Vec<(Source, String)> {
+    let Some(object) = review.object.as_ref() else {
+        return Vec::new();
+    };
+    let Some(spec) = crate::workload::pod_spec(&review.request.kind.kind, object) else {
+        return Vec::new();
+    };
+    let mut wanted: Vec<(Source, String)> = crate::workload::references(spec)
+        .into_iter()
+        .map(|r| (r.source, r.name.to_owned()))
+        .collect();
+    wanted.sort();
+    wanted.dedup();
+    wanted
 }
 
 /// The object a policy judges: the new object, or on DELETE the old one.
@@ -255,6 +401,7 @@ impl Decision {
         let name = &policy.name;
         self.warnings
             .extend(findings.warnings.iter().map(|w| format!("{name}: {w}")));
+        self.recheck_after = self.recheck_after.max(findings.recheck_after);
         let outcome = match result {
             Err(error) => {
                 tracing::warn!(policy = %name, %error, "policy failed");

@@ -166,11 +166,8 @@ impl LimitRangeDefaults {
 }
 
 fn unavailable(cx: &Context) -> String {
-    if cx.cluster.is_standalone() {
-        "no cluster connection (standalone mode)".into()
-    } else {
-        "the LimitRange cache is not synced".into()
-    }
+    cx.cluster
+        .why_unknown(crate::cluster::CacheKind::LimitRanges)
 }
 
 type ResourceMap = BTreeMap<String, Quantity>;

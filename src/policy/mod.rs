@@ -38,6 +38,10 @@ pub struct Context<'a> {
     pub managed_fields: Option<&'a Value>,
     /// ConfigMaps, Secrets, Namespaces and LimitRanges, from watch caches or static manifests.
     pub cluster: &'a dyn ClusterState,
+    /// The time of the judgement (how long a reader has waited for a Secret).
+    pub now: std::time::SystemTime,
+    /// True offline: the reviewed input is the whole story, so no reader waits for anything.
+    pub settled: bool,
 }
 
 impl Context<'_> {
@@ -55,6 +59,8 @@ pub struct Findings {
     pub violations: Vec<String>,
     /// Notes for the client that never deny (for example what could not be checked).
     pub warnings: Vec<String>,
+    /// Judge the object again after this long (something it reads may still arrive).
+    pub recheck_after: Option<std::time::Duration>,
 }
 
 impl Findings {
@@ -66,6 +72,11 @@ impl Findings {
     /// Records a warning.
     pub fn warn(&mut self, message: impl Into<String>) {
         self.warnings.push(message.into());
+    }
+
+    /// Asks for the object to be judged again after `wait`.
+    pub fn recheck(&mut self, wait: std::time::Duration) {
+        self.recheck_after = self.recheck_after.max(Some(wait));
     }
 
     /// True when nothing was found.
@@ -330,6 +341,8 @@ pub(crate) mod testing {
             old_object: None,
             managed_fields: managed_fields(&review),
             cluster,
+            now: std::time::SystemTime::now(),
+            settled: false,
         };
         let mut out = Findings::default();
         policy
@@ -350,6 +363,8 @@ pub(crate) mod testing {
             old_object: None,
             managed_fields: managed_fields(&review),
             cluster,
+            now: std::time::SystemTime::now(),
+            settled: false,
         };
         let mut out = Findings::default();
         // As the engine hands it over.

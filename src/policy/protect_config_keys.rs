@@ -353,6 +353,8 @@ spec:
             old_object: review.old_object.as_ref(),
             managed_fields: None,
             cluster: &state,
+            now: std::time::SystemTime::now(),
+            settled: false,
         };
         let subject = review
             .object

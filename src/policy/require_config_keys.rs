@@ -8,13 +8,16 @@
 
 use super::{Capabilities, Context, Findings, Policy, PolicyError, SettingsError, parse_settings};
 use crate::cluster::Lookup;
+use crate::cluster::promises::{Promise, Promises};
 use crate::workload::{
     ContainerKind, Keys, Reference, Site, Source, WORKLOAD_KINDS, containers, pod_spec, references,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::core::admission::Operation;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
 
 /// Which containers must receive `requiredKeys`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -82,6 +85,16 @@ pub struct RequireConfigKeysSettings {
     /// On UPDATE, a violation the old object already had is only a warning.
     #[serde(default)]
     pub only_new_violations: bool,
+    /// How long a new reader may wait for a Secret that does not exist and that nothing
+    /// promises (default 30): until then a missing Secret is a warning and the workload is
+    /// judged again after it; 0 denies at once. Charts and tools often create a Secret just
+    /// after its reader, and its Pods simply wait for it.
+    #[serde(default = "default_grace")]
+    pub secret_grace_seconds: u64,
+}
+
+fn default_grace() -> u64 {
+    30
 }
 
 fn selection<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ContainerSelection, D::Error> {
@@ -135,13 +148,13 @@ impl RequireConfigKeys {
         Ok(Self { settings })
     }
 
-    /// Everything wrong with one pod spec.
-    fn check(&self, cx: &Context, spec: &Value) -> Findings {
+    /// Everything wrong with one pod spec; `created`: when its object was created.
+    fn check(&self, cx: &Context, spec: &Value, created: Option<SystemTime>) -> Findings {
         let mut out = Findings::default();
         let mut unknown: BTreeMap<(Source, String), String> = BTreeMap::new();
         let refs = references(spec);
         for r in &refs {
-            self.check_reference(cx, r, &mut out, &mut unknown);
+            self.check_reference(cx, r, created, &mut out, &mut unknown);
         }
         if !self.settings.required_keys.is_empty() {
             self.check_required_keys(cx, spec, &mut out, &mut unknown);
@@ -164,6 +177,7 @@ impl RequireConfigKeys {
         &self,
         cx: &Context,
         r: &Reference,
+        created: Option<SystemTime>,
         out: &mut Findings,
         unknown: &mut BTreeMap<(Source, String), String>,
     ) {
@@ -182,14 +196,82 @@ impl RequireConfigKeys {
             Lookup::Found(data) => {
                 if let Keys::Named(keys) = &r.keys {
                     for key in keys.iter().filter(|k| !data.has(k)) {
-                        out.violation(format!("{site}: {object} has no key {key:?}"));
+                        match promised_key(cx, r, key) {
+                            Some(by) => out.warn(format!(
+                                "{site}: {object} has no key {key:?} yet; {by} writes it"
+                            )),
+                            None => out.violation(format!("{site}: {object} has no key {key:?}")),
+                        }
                     }
                 }
+            }
+            Lookup::Missing if r.source == Source::Secret => {
+                self.missing_secret(cx, r, created, (&site, &object), out, unknown);
             }
             Lookup::Missing => out.violation(format!("{site}: {object} not found")),
             Lookup::Unknown(reason) => {
                 unknown.insert((r.source, r.name.to_owned()), reason);
             }
+        }
+    }
+
+    /// A Secret that does not exist: promised (a warning naming the promiser), perhaps made by
+    /// a hook of the reviewed input (not checked), waited for by a new reader (a warning, and
+    /// a follow-up judgement after the grace), or missing.
+    fn missing_secret(
+        &self,
+        cx: &Context,
+        r: &Reference,
+        created: Option<SystemTime>,
+        (site, object): (&str, &str),
+        out: &mut Findings,
+        unknown: &mut BTreeMap<(Source, String), String>,
+    ) {
+        let promises = match cx.cluster.secret_promises(cx.namespace(), r.name) {
+            Promises::Known(promises) => promises,
+            Promises::Unknown(reason) => {
+                unknown.insert((r.source, r.name.to_owned()), reason);
+                return;
+            }
+        };
+        let (hooks, promisers): (Vec<Promise>, Vec<Promise>) =
+            promises.into_iter().partition(|p| p.hook);
+        if !promisers.is_empty() {
+            let by = names(&promisers);
+            let unwritten = match &r.keys {
+                Keys::Named(keys) => keys
+                    .iter()
+                    .find(|k| !promisers.iter().any(|p| p.writes(k)))
+                    .copied(),
+                Keys::All => None,
+            };
+            match unwritten {
+                Some(key) => out.violation(format!(
+                    "{site}: {object} does not exist yet, and {by} will make it without key {key:?}"
+                )),
+                None => out.warn(format!(
+                    "{site}: {object} does not exist yet; {by} will make it"
+                )),
+            }
+            return;
+        }
+        if !hooks.is_empty() {
+            let reason = format!(
+                "it is not in the reviewed input, and {} may create it before the workloads start",
+                names(&hooks)
+            );
+            unknown.insert((r.source, r.name.to_owned()), reason);
+            return;
+        }
+        let grace = Duration::from_secs(self.settings.secret_grace_seconds);
+        if waits(cx, r, created, grace) {
+            out.warn(format!(
+                "{site}: {object} not found yet, and nothing promises it; its reader may wait {}s for it (a Secret is often created just after its reader), then it is judged again",
+                grace.as_secs()
+            ));
+            out.recheck(grace);
+        } else {
+            out.violation(format!("{site}: {object} not found"));
         }
     }
 
@@ -391,6 +473,64 @@ fn warn_sub_paths(spec: &Value, out: &mut Findings) {
     }
 }
 
+/// True when the reader is new enough to wait for a Secret: created less than `grace` ago (or
+/// not created yet), or, on UPDATE, referencing the Secret for the first time. Never offline
+/// ([`Context::settled`]).
+fn waits(cx: &Context, r: &Reference, created: Option<SystemTime>, grace: Duration) -> bool {
+    if grace.is_zero() || cx.settled {
+        return false;
+    }
+    let kind = cx.request.kind.kind.as_str();
+    let newly_referenced = cx.request.operation == Operation::Update
+        && cx
+            .old_object
+            .and_then(|old| pod_spec(kind, old))
+            .is_some_and(|old| {
+                !references(old)
+                    .iter()
+                    .any(|o| o.source == r.source && o.name == r.name)
+            });
+    let young = created.is_none_or(|created| match cx.now.duration_since(created) {
+        Ok(age) => age < grace,
+        Err(_) => true,
+    });
+    newly_referenced || young
+}
+
+/// `metadata.creationTimestamp` of an object.
+fn creation_time(object: &Value) -> Option<SystemTime> {
+    let stamp = object.pointer("/metadata/creationTimestamp")?;
+    let time: Time = serde_json::from_value(stamp.clone()).ok()?;
+    Some(SystemTime::from(time.0))
+}
+
+/// `Certificate "web"` when a promiser of the (existing) Secret `r` writes `key`: the Secret is
+/// there but its controller has not written every key yet (an `ExternalSecret` given a new key).
+fn promised_key(cx: &Context, r: &Reference, key: &str) -> Option<String> {
+    if r.source != Source::Secret {
+        return None;
+    }
+    match cx.cluster.secret_promises(cx.namespace(), r.name) {
+        Promises::Known(promises) => {
+            let writers: Vec<Promise> = promises
+                .into_iter()
+                .filter(|p| !p.hook && p.keys.as_ref().is_some_and(|k| k.contains(key)))
+                .collect();
+            (!writers.is_empty()).then(|| names(&writers))
+        }
+        Promises::Unknown(_) => None,
+    }
+}
+
+/// `Certificate "a", ExternalSecret "b"`.
+fn names(promises: &[Promise]) -> String {
+    promises
+        .iter()
+        .map(|p| p.by.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn lookup(cx: &Context, source: Source, name: &str) -> Lookup {
     cx.cluster.lookup(source, cx.namespace(), name)
 }
@@ -447,15 +587,19 @@ impl Policy for RequireConfigKeys {
         let Some(spec) = pod_spec(kind, object) else {
             return Ok(());
         };
-        let mut found = self.check(cx, spec);
+        let created = creation_time(object);
+        let mut found = self.check(cx, spec, created);
         let old_spec = cx.old_object.and_then(|old| pod_spec(kind, old));
         if let (true, Operation::Update, Some(old_spec)) = (
             self.settings.only_new_violations,
             &cx.request.operation,
             old_spec,
         ) {
-            let before: BTreeSet<String> =
-                self.check(cx, old_spec).violations.into_iter().collect();
+            let before: BTreeSet<String> = self
+                .check(cx, old_spec, created)
+                .violations
+                .into_iter()
+                .collect();
             let (existing, new): (Vec<String>, Vec<String>) = found
                 .violations
                 .into_iter()
@@ -469,6 +613,7 @@ impl Policy for RequireConfigKeys {
         }
         out.violations.extend(found.violations);
         out.warnings.extend(found.warnings);
+        out.recheck_after = out.recheck_after.max(found.recheck_after);
         Ok(())
     }
 }

@@ -25,9 +25,10 @@
 //! `rollout: false` stamps at admission only.
 
 use crate::admission::{review_from_value, wrap_manifest};
+use crate::cluster::fresh::{Fresh, View};
 use crate::cluster::live::{Changed, ConfigChanges};
 use crate::cluster::workloads::{self as index, Index, Workload};
-use crate::cluster::{ConfigData, Lookup};
+use crate::cluster::{ClusterState as _, ConfigData, Lookup};
 use crate::engine::{Engine, Judging};
 use crate::policy::{Phase, PolicySet};
 use crate::workload::{FIELD_MANAGER, Keys, Source, nested, template_annotation, template_path};
@@ -629,7 +630,7 @@ fn changed_keys(
 /// into configuration that is missing only makes Pods that cannot start, while the old ones keep
 /// running), the policy applies to it, and it carries the annotation already (a workload never
 /// stamped is left for its next write: stamping it now would roll it for no change). Secrets
-/// read on demand are fetched first, as the webhook does (and kept for 30 s).
+/// read on demand are read first, as the webhook reads them.
 async fn desired(engine: &Engine, set: &PolicySet, w: &Workload) -> Vec<Stamp> {
     let rolling: Vec<(&str, Vec<&str>)> = set
         .policies
@@ -644,8 +645,8 @@ async fn desired(engine: &Engine, set: &PolicySet, w: &Workload) -> Vec<Stamp> {
     else {
         return Vec::new();
     };
-    engine.prefetch(&review).await;
-    let cluster = engine.cluster();
+    let fresh = engine.read_ahead(&review, &Fresh::default()).await;
+    let cluster = View::new(engine.cluster().as_ref(), &fresh);
     let reduced = w.reduced();
     let unready =
         reduced
@@ -662,7 +663,8 @@ async fn desired(engine: &Engine, set: &PolicySet, w: &Workload) -> Vec<Stamp> {
     }
     let mut stamps = Vec::new();
     for (policy, annotations) in rolling {
-        let Ok(decision) = engine.evaluate(set, &review, Phase::Mutate, Some(policy)) else {
+        let Ok(decision) = engine.evaluate_with(set, &review, Phase::Mutate, Some(policy), &fresh)
+        else {
             continue;
         };
         if decision.patch.0.is_empty() {

@@ -4,6 +4,7 @@
 //! `cores - 1` threads, which run only when a core is otherwise idle (`SCHED_IDLE`).
 
 use crate::admission::{self, DENY_REASON, Review, ReviewError, operation_str};
+use crate::cluster::fresh::Fresh;
 use crate::engine::{Decision, Engine, EngineError};
 use crate::metrics::{Metrics, PolicyLabels, RequestLabels};
 use crate::policy::{FailurePolicy, Phase, PolicySet, PolicyStore};
@@ -61,6 +62,8 @@ pub struct ReviewService {
     large_reviews: LargeReviewPool,
     /// Per-review limits.
     limits: Limits,
+    /// Where reviews admitted while a Secret they read may still arrive are judged again.
+    followups: std::sync::OnceLock<crate::followup::Followups>,
 }
 
 /// Why a request got no AdmissionReview answer.
@@ -116,7 +119,13 @@ impl ReviewService {
             metrics,
             large_reviews: LargeReviewPool::new(large_review_threads),
             limits,
+            followups: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Judges again, later, what a policy asked to see again (live clusters only); set once.
+    pub fn follow_up_with(&self, followups: crate::followup::Followups) {
+        let _ = self.followups.set(followups);
     }
 
     /// Answers one AdmissionReview body: the encoded response AdmissionReview.
@@ -149,32 +158,74 @@ impl ReviewService {
             return self.over_budget(&review, endpoint, only.as_deref(), &what);
         }
         let costly = large || containers > OFFLOAD_CONTAINERS;
-        self.engine.prefetch(&review).await;
-        let this = self.clone();
-        let run = move || this.decide(review, endpoint, only.as_deref(), started);
-        if costly {
-            self.large_reviews.run(run).await?
-        } else {
-            run()
+        let review = Arc::new(review);
+        let fresh = self.engine.read_ahead(&review, &Fresh::default()).await;
+        let (mut decision, mut fresh) = self
+            .evaluate(&review, endpoint, only.clone(), costly, fresh)
+            .await?;
+        if self.engine.needs_confirming(&review, &decision) {
+            let confirming = Instant::now();
+            fresh = self.engine.confirm(&review, fresh).await;
+            let denied = !decision.allowed();
+            (decision, fresh) = self
+                .evaluate(&review, endpoint, only.clone(), costly, fresh)
+                .await?;
+            self.metrics.confirmed(
+                denied,
+                decision.allowed(),
+                fresh.failed(),
+                confirming.elapsed(),
+            );
         }
+        drop(fresh);
+        if let (Some(followups), Some(wait)) = (self.followups.get(), decision.recheck_after)
+            && decision.allowed()
+            && !review.request.dry_run
+        {
+            followups.schedule(&review.request, wait);
+        }
+        self.answer(&review, endpoint, only.as_deref(), decision, started)
     }
 
-    fn decide(
+    /// Evaluates on the large-review threads when `costly`, here otherwise.
+    async fn evaluate(
+        self: &Arc<Self>,
+        review: &Arc<Review>,
+        endpoint: Phase,
+        only: Option<String>,
+        costly: bool,
+        fresh: Fresh,
+    ) -> Result<(Decision, Fresh), ServiceError> {
+        let this = self.clone();
+        let target = review.clone();
+        let run = move || {
+            let set = this.policies.current();
+            this.engine
+                .evaluate_with(&set, &target, endpoint, only.as_deref(), &fresh)
+                .map(|decision| (decision, fresh))
+        };
+        Ok(if costly {
+            self.large_reviews.run(run).await??
+        } else {
+            run()?
+        })
+    }
+
+    fn answer(
         &self,
-        review: Review,
+        review: &Review,
         endpoint: Phase,
         only: Option<&str>,
+        decision: Decision,
         started: Instant,
     ) -> Result<Vec<u8>, ServiceError> {
-        let set = self.policies.current();
-        let decision = self.engine.evaluate(&set, &review, endpoint, only)?;
         if decision.patch_ops() > self.limits.max_patch_ops {
             let what = format!(
                 "its patch has {} operations, over the limit of {} (--max-patch-ops)",
                 decision.patch_ops(),
                 self.limits.max_patch_ops
             );
-            return self.over_budget(&review, endpoint, only, &what);
+            return self.over_budget(review, endpoint, only, &what);
         }
         let response = decision.to_response(&review.request);
         let patch = (!decision.patch.0.is_empty()).then_some(&decision.patch);
@@ -185,9 +236,9 @@ impl ReviewService {
                 body.len(),
                 self.limits.max_answer_bytes
             );
-            return self.over_budget(&review, endpoint, only, &what);
+            return self.over_budget(review, endpoint, only, &what);
         }
-        self.record(&review, endpoint, &decision, started);
+        self.record(review, endpoint, &decision, started);
         Ok(body)
     }
 

@@ -51,12 +51,63 @@ fn accepts_every_fixture_when_the_cluster_has_the_config() {
 fn rejects_missing_secret_naming_container_and_reference() {
     let decision = validate(
         cluster_without(&["Secret/shop/app-secret"]),
-        &policy("{}"),
+        &policy("{secretGraceSeconds: 0}"),
         "create-deployment-web",
     );
     assert_eq!(
         decision.denials,
         vec![r#"refs: container "web": env API_KEY: secret "shop/app-secret" not found"#]
+    );
+    assert_eq!(decision.recheck_after, None);
+}
+
+#[test]
+fn a_new_reader_waits_for_a_missing_secret_and_is_judged_again_after_the_grace() {
+    let state = || cluster_without(&["Secret/shop/app-secret"]);
+    let decision = validate(state(), &policy("{}"), "create-deployment-web");
+    assert!(decision.allowed(), "{:?}", decision.denials);
+    assert_eq!(
+        decision.warnings,
+        vec![
+            r#"refs: container "web": env API_KEY: secret "shop/app-secret" not found yet, and nothing promises it; its reader may wait 30s for it (a Secret is often created just after its reader), then it is judged again"#
+        ]
+    );
+    assert_eq!(
+        decision.recheck_after,
+        Some(std::time::Duration::from_secs(30))
+    );
+    // The same workload judged (as the audit and the follow-up do) once it is older than the
+    // grace: the Secret is missing.
+    let mut aged = fixture("create-deployment-web");
+    let created = "2026-01-01T00:00:00Z";
+    aged.object.as_mut().unwrap()["metadata"]["creationTimestamp"] = json!(created);
+    let at = |secs: u64| {
+        std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600 + secs)
+    };
+    let judge = |secs| {
+        evaluate(
+            &engine(state()).at(at(secs)),
+            &policy("{secretGraceSeconds: 60}"),
+            &aged,
+            Phase::Validate,
+        )
+    };
+    assert!(judge(59).allowed());
+    assert_eq!(
+        judge(60).denials,
+        vec![r#"refs: container "web": env API_KEY: secret "shop/app-secret" not found"#]
+    );
+    // An UPDATE of that old workload that starts reading the Secret waits for it too.
+    let mut update = fixture("update-deployment-web");
+    update.old_object.as_mut().unwrap()["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array_mut()
+        .unwrap()
+        .truncate(1);
+    let decision = evaluate(&engine(state()), &policy("{}"), &update, Phase::Validate);
+    assert!(decision.allowed(), "{:?}", decision.denials);
+    assert_eq!(
+        decision.recheck_after,
+        Some(std::time::Duration::from_secs(30))
     );
 }
 
@@ -102,7 +153,7 @@ fn rejects_missing_configmap_for_env_from_and_cronjob_template() {
 fn projected_and_secret_volumes_are_checked_but_optional_sources_never_fail() {
     let decision = validate(
         cluster_without(&["Secret/shop/app-secret"]),
-        &policy("{}"),
+        &policy("{secretGraceSeconds: 0}"),
         "create-statefulset-cache",
     );
     // `projected.sources[1].secret` is optional: only the plain secret volume is a violation.
@@ -325,7 +376,7 @@ fn warn_and_audit_actions_do_not_deny() {
     let state = || cluster_without(&["Secret/shop/app-secret"]);
     let warn = policies(&REFS.replace(
         "  type: require-config-keys",
-        "  type: require-config-keys\n  action: Warn",
+        "  type: require-config-keys\n  action: Warn\n  settings: {secretGraceSeconds: 0}",
     ));
     let decision = evaluate(
         &engine(state()),
@@ -340,7 +391,7 @@ fn warn_and_audit_actions_do_not_deny() {
     );
     let audit = policies(&REFS.replace(
         "  type: require-config-keys",
-        "  type: require-config-keys\n  action: Audit",
+        "  type: require-config-keys\n  action: Audit\n  settings: {secretGraceSeconds: 0}",
     ));
     let decision = evaluate(
         &engine(state()),
