@@ -169,6 +169,10 @@ fn rbac_is_least_privilege() {
                     && ((rule["resourceNames"] == json!(["confgate-checksum-key"])
                         && verbs == ["get"])
                         || (rule.get("resourceNames").is_none() && verbs == ["create"]));
+                // Follow-up judgements read workloads and record Events.
+                let followup = role["metadata"]["name"] == "confgate-followup"
+                    && (verbs == ["get"]
+                        || (resources == ["events"] && verbs == ["create", "patch"]));
                 // The audit writes its own PolicyReports.
                 let reports = role["metadata"]["name"] == "confgate-audit"
                     && resources == ["policyreports"]
@@ -178,6 +182,7 @@ fn rbac_is_least_privilege() {
                         || rollout
                         || lease
                         || key
+                        || followup
                         || reports
                         || verbs.iter().all(|v| ["get", "list", "watch"].contains(v)),
                     "{overlay}: write verbs in {}",

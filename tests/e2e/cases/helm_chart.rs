@@ -29,7 +29,7 @@ impl Drop for OwnPlane {
 }
 
 /// `scripts/helm.sh` says where helm is ($HELM first, as scripts/e2e-env.sh sets it).
-fn helm_binary() -> String {
+pub(crate) fn helm_binary() -> String {
     let out = std::process::Command::new(root().join("scripts/helm.sh"))
         .output()
         .expect("scripts/helm.sh");
@@ -42,7 +42,7 @@ fn helm_binary() -> String {
 }
 
 /// Runs helm against `plane`; panics with its output when it fails.
-async fn helm(plane: &ControlPlane, args: &[&str]) -> String {
+pub(crate) async fn helm(plane: &ControlPlane, args: &[&str]) -> String {
     let out = tokio::process::Command::new(helm_binary())
         .args(args)
         .env("KUBECONFIG", &plane.kubeconfig)

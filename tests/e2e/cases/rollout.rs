@@ -263,7 +263,7 @@ pub async fn e2e_a_deleted_required_config_map_rolls_nothing(cx: Cx) {
 }
 
 /// The Event notes of `reason` in the namespace.
-async fn event_notes(kubectl: &Kubectl, ns: &str, reason: &str) -> Vec<String> {
+pub(crate) async fn event_notes(kubectl: &Kubectl, ns: &str, reason: &str) -> Vec<String> {
     let selector = format!("reason={reason}");
     let events = kubectl
         .ok(
