@@ -554,3 +554,190 @@ fn serve_says_which_cluster_a_kubeconfig_points_it_at() {
         "{line}"
     );
 }
+
+/// A rendered chart as helm template writes it: a Secret-reading Deployment, the objects that
+/// promise its Secrets, and a pre-install hook Job.
+const CHART_WITH_PROMISES: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: app-config, namespace: shop}
+data: {DATABASE_URL: postgres://db}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api, namespace: shop}
+spec:
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api}}
+    spec:
+      containers:
+      - name: api
+        image: registry.example/api:1
+        env:
+        - name: DB_PASSWORD
+          valueFrom: {secretKeyRef: {name: db-credentials, key: password}}
+        - name: DB_USER
+          valueFrom: {secretKeyRef: {name: db-credentials, key: username}}
+        volumeMounts: [{name: tls, mountPath: /tls}]
+      volumes:
+      - name: tls
+        secret: {secretName: api-tls}
+---
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata: {name: api, namespace: shop}
+spec: {secretName: api-tls, issuerRef: {name: ca}}
+---
+apiVersion: external-secrets.io/v1beta1
+kind: ExternalSecret
+metadata: {name: db, namespace: shop}
+spec:
+  target: {name: db-credentials}
+  data:
+  - {secretKey: password, remoteRef: {key: db}}
+"#;
+
+#[test]
+fn review_takes_secrets_promised_by_the_input_as_on_their_way() {
+    let dir = files(&[("state.yaml", APP_CONFIG_WITHOUT_TOKEN)]);
+    let state = dir.path().join("state.yaml");
+    let out = confgate(
+        &[
+            "review",
+            "-o",
+            "summary",
+            "--endpoint",
+            "validate",
+            "--cluster-state",
+            state.to_str().unwrap(),
+            "-",
+        ],
+        Some(CHART_WITH_PROMISES),
+    );
+    // The key the ExternalSecret does not write is the one denial.
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for line in [
+        r#"require-config-keys: container "api": env DB_USER: secret "shop/db-credentials" does not exist yet, and ExternalSecret "db" will make it without key "username""#,
+        r#"require-config-keys: container "api": env DB_PASSWORD: secret "shop/db-credentials" does not exist yet; ExternalSecret "db" will make it"#,
+        r#"require-config-keys: volume "tls": secret "shop/api-tls" does not exist yet; Certificate "api" will make it"#,
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    let fixed = CHART_WITH_PROMISES.replace(
+        "  - {secretKey: password, remoteRef: {key: db}}",
+        "  - {secretKey: password, remoteRef: {key: db}}\n  - {secretKey: username, remoteRef: {key: db}}",
+    );
+    let out = confgate(
+        &[
+            "review",
+            "-o",
+            "summary",
+            "--cluster-state",
+            state.to_str().unwrap(),
+            "-",
+        ],
+        Some(&fixed),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+}
+
+#[test]
+fn review_does_not_call_missing_what_a_pre_install_hook_may_create() {
+    let chart = format!(
+        "{}---\napiVersion: batch/v1\nkind: Job\nmetadata:\n  name: redis-secret-init\n  namespace: shop\n  annotations: {{helm.sh/hook: pre-install}}\nspec:\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{{name: init, image: registry.example/kubectl:1}}]\n",
+        CHART_WITH_PROMISES
+            .split("---\napiVersion: cert-manager.io/v1")
+            .next()
+            .unwrap()
+            .replace("secretName: api-tls", "secretName: redis")
+    );
+    let dir = files(&[("state.yaml", APP_CONFIG_WITHOUT_TOKEN)]);
+    let state = dir.path().join("state.yaml");
+    let out = confgate(
+        &[
+            "review",
+            "-o",
+            "summary",
+            "--endpoint",
+            "validate",
+            "--cluster-state",
+            state.to_str().unwrap(),
+            "-",
+        ],
+        Some(&chart),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(r#"secret "shop/redis" was not checked: it is not in the reviewed input, and Helm pre-install hook Job "redis-secret-init" may create it before the workloads start"#),
+        "{stdout}"
+    );
+    // Without the hook the same Secrets are missing.
+    let without = chart
+        .split("---\napiVersion: batch/v1")
+        .next()
+        .unwrap()
+        .to_owned();
+    let out = confgate(
+        &[
+            "review",
+            "-o",
+            "summary",
+            "--endpoint",
+            "validate",
+            "--cluster-state",
+            state.to_str().unwrap(),
+            "-",
+        ],
+        Some(&without),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains(r#"volume "tls": secret "shop/redis" not found"#),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn review_keeps_a_charts_own_checksum_as_serve_does() {
+    let manifest = format!(
+        "{APP_CONFIG_WITHOUT_TOKEN}---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: grafana, namespace: shop}}\nspec:\n  selector: {{matchLabels: {{app: g}}}}\n  template:\n    metadata:\n      labels: {{app: g}}\n      annotations: {{checksum/config: 0123abcd}}\n    spec:\n      containers:\n      - {{name: g, image: registry.example/grafana:1, envFrom: [{{configMapRef: {{name: app-config}}}}]}}\n"
+    );
+    let out = confgate(&["review", "--endpoint", "mutate", "-"], Some(&manifest));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let answers: Vec<Value> = serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter::<Value>()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let deployment = answers
+        .iter()
+        .find(|a| a["response"]["patch"].is_string())
+        .expect("a patched answer");
+    let patch = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        deployment["response"]["patch"].as_str().unwrap(),
+    )
+    .unwrap();
+    let patch: Value = serde_json::from_slice(&patch).unwrap();
+    let paths: Vec<&str> = patch
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|op| op["path"].as_str())
+        .filter(|p| p.contains("checksum"))
+        .collect();
+    assert_eq!(
+        paths,
+        vec!["/spec/template/metadata/annotations/confgate.dev~1config-checksum"]
+    );
+    assert!(
+        deployment["response"]["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("checksum/config is managed by \"manifest\" (the manifest sets it)"),
+        "{deployment}"
+    );
+}
