@@ -57,6 +57,7 @@ pub fn all() -> Vec<(&'static str, Case)> {
         secrets_on_their_way::e2e_a_certificate_and_the_deployment_mounting_its_secret_go_in_in_either_order,
         secrets_on_their_way::e2e_helm_install_of_a_chart_whose_deployment_mounts_its_certificate_secret,
         secrets_on_their_way::e2e_an_external_secret_and_its_reader,
+        secrets_on_their_way::e2e_helm_install_of_a_chart_whose_pre_install_hook_makes_the_secret,
         secrets_on_their_way::e2e_a_secret_created_after_a_denial_or_deleted_is_seen_by_the_next_review,
         secrets_on_their_way::e2e_a_secret_nobody_makes_is_reported_after_the_grace,
     ]

@@ -245,9 +245,18 @@ spec:
 "#;
 
 pub async fn e2e_a_secret_created_after_a_denial_or_deleted_is_seen_by_the_next_review(cx: Cx) {
-    let ns = cx.namespace("fresh-secrets").await;
+    // Secrets read by name for each review (the default), and watched (the cache may lag: a
+    // denial is confirmed by a read).
+    for mode in ["get", "watch"] {
+        fresh_lookups(&cx, mode).await;
+    }
+}
+
+async fn fresh_lookups(cx: &Cx, mode: &str) {
+    let ns = cx.namespace(&format!("fresh-secrets-{mode}")).await;
     let kubectl = cx.kubectl();
-    let _confgate = Confgate::start(&cx, Options::with_policies(&ns, NO_GRACE)).await;
+    let options = Options::with_policies(&ns, NO_GRACE).arg(format!("--secrets={mode}"));
+    let _confgate = Confgate::start(cx, options).await;
     let reader = |name: &str| tls_reader(&ns, name, "late", Some("token"));
     let secret = format!(
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: late, namespace: {ns}}}\nstringData: {{token: abc}}\n"
@@ -362,4 +371,98 @@ pub async fn e2e_a_secret_nobody_makes_is_reported_after_the_grace(cx: Cx) {
             .await,
         1.0
     );
+}
+
+/// Plays the kubelet for a hook Job: once its Pod exists, does what its container would (creates
+/// the Secret) and reports the Pod Succeeded, so the Job completes and Helm goes on.
+async fn run_hook(kubectl: Kubectl, ns: String, secret: String) {
+    let pod = eventually(Duration::from_secs(60), "the hook Job's Pod", || {
+        let kubectl = kubectl.clone();
+        let ns = ns.clone();
+        async move {
+            let pods = kubectl.get(&ns, "pods").await?;
+            pods["items"][0]["metadata"]["name"]
+                .as_str()
+                .map(str::to_owned)
+        }
+    })
+    .await;
+    kubectl
+        .ok(
+            &[
+                "-n",
+                &ns,
+                "create",
+                "secret",
+                "generic",
+                &secret,
+                "--from-literal=password=generated",
+            ],
+            None,
+        )
+        .await;
+    let succeeded = r#"{"status":{"phase":"Succeeded","conditions":[{"type":"Ready","status":"False","reason":"PodCompleted"}],"containerStatuses":[{"name":"init","image":"registry.example/kubectl:1","imageID":"","ready":false,"restartCount":0,"state":{"terminated":{"exitCode":0,"reason":"Completed"}}}]}}"#;
+    kubectl
+        .ok(
+            &[
+                "-n",
+                &ns,
+                "patch",
+                "pod",
+                &pod,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                succeeded,
+            ],
+            None,
+        )
+        .await;
+}
+
+pub async fn e2e_helm_install_of_a_chart_whose_pre_install_hook_makes_the_secret(cx: Cx) {
+    let ns = cx.namespace("helm-hook").await;
+    let kubectl = cx.kubectl();
+    let _confgate = Confgate::start(&cx, Options::shipped(&ns)).await;
+    // As Argo CD's chart makes its redis password: a pre-install hook Job creates the Secret the
+    // Deployment reads.
+    let chart = tempfile::tempdir().unwrap();
+    std::fs::create_dir(chart.path().join("templates")).unwrap();
+    std::fs::write(
+        chart.path().join("Chart.yaml"),
+        "apiVersion: v2\nname: cache-app\nversion: 0.1.0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        chart.path().join("templates/secret-init.yaml"),
+        "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: {{ .Release.Name }}-secret-init\n  annotations:\n    helm.sh/hook: pre-install,pre-upgrade\n    helm.sh/hook-delete-policy: before-hook-creation\nspec:\n  backoffLimit: 0\n  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: init\n        image: registry.example/kubectl:1\n        command: [sh, -c, 'kubectl create secret generic {{ .Release.Name }}-redis --from-literal=password=$(head -c 16 /dev/urandom | base64)']\n",
+    )
+    .unwrap();
+    std::fs::write(
+        chart.path().join("templates/deployment.yaml"),
+        tls_reader(
+            "{{ .Release.Namespace }}",
+            "{{ .Release.Name }}-redis",
+            "{{ .Release.Name }}-redis",
+            Some("password"),
+        ),
+    )
+    .unwrap();
+    let hook = tokio::spawn(run_hook(kubectl.clone(), ns.clone(), "cache-redis".into()));
+    let out = helm(
+        cx.plane,
+        &[
+            "install",
+            "cache",
+            chart.path().to_str().unwrap(),
+            "--namespace",
+            &ns,
+            "--timeout",
+            "90s",
+        ],
+    )
+    .await;
+    hook.await.unwrap();
+    assert!(out.contains("STATUS: deployed"), "{out}");
+    assert!(kubectl.get(&ns, "deployment/cache-redis").await.is_some());
 }
