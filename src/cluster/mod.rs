@@ -41,7 +41,13 @@ pub type Digest = [u8; 32];
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConfigData {
     keys: Box<[(Box<str>, Digest)]>,
+    /// Who writes keys into this object after it is created (a `kubernetes.io/service-account-token`
+    /// Secret is created empty and filled by the token controller): those keys, and by whom.
+    filled_by: Option<(&'static str, &'static [&'static str])>,
 }
+
+/// The keys the token controller writes into a `kubernetes.io/service-account-token` Secret.
+const TOKEN_KEYS: &[&str] = &["ca.crt", "namespace", "token"];
 
 impl ConfigData {
     /// From (key, value bytes) pairs; a later duplicate key wins.
@@ -55,6 +61,7 @@ impl ConfigData {
         keys.dedup_by(|later, earlier| later.0 == earlier.0);
         Self {
             keys: keys.into_boxed_slice(),
+            filled_by: None,
         }
     }
 
@@ -86,7 +93,19 @@ impl ConfigData {
             .iter()
             .flatten()
             .map(|(k, v)| (k.as_str(), v.as_bytes()));
-        Self::from_values(data.chain(string_data))
+        let mut digested = Self::from_values(data.chain(string_data));
+        if secret.type_.as_deref() == Some("kubernetes.io/service-account-token") {
+            digested.filled_by = Some(("the token controller", TOKEN_KEYS));
+        }
+        digested
+    }
+
+    /// Who will write `key`, when a controller fills this object after its creation (the token
+    /// controller fills a service-account-token Secret): a reader of such a key waits for it.
+    pub fn filled_later(&self, key: &str) -> Option<&'static str> {
+        self.filled_by
+            .filter(|(_, keys)| keys.contains(&key))
+            .map(|(who, _)| who)
     }
 
     /// The digest of `key`'s value.
@@ -371,6 +390,20 @@ impl ClusterState for Standalone {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_service_account_token_secret_is_filled_by_the_token_controller() {
+        let secret: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "ci-token", "annotations": {"kubernetes.io/service-account.name": "ci"}},
+            "type": "kubernetes.io/service-account-token"
+        }))
+        .unwrap();
+        let data = ConfigData::from_secret(&secret);
+        assert_eq!(data.filled_later("token"), Some("the token controller"));
+        assert_eq!(data.filled_later("password"), None);
+        let opaque = ConfigData::from_secret(&Secret::default());
+        assert_eq!(opaque.filled_later("token"), None);
+    }
 
     #[test]
     fn later_values_win_and_keys_stay_sorted() {

@@ -196,7 +196,11 @@ impl RequireConfigKeys {
             Lookup::Found(data) => {
                 if let Keys::Named(keys) = &r.keys {
                     for key in keys.iter().filter(|k| !data.has(k)) {
-                        match promised_key(cx, r, key) {
+                        let writer = data
+                            .filled_later(key)
+                            .map(str::to_owned)
+                            .or_else(|| promised_key(cx, r, key));
+                        match writer {
                             Some(by) => out.warn(format!(
                                 "{site}: {object} has no key {key:?} yet; {by} writes it"
                             )),
@@ -668,6 +672,25 @@ mod tests {
         assert_eq!(
             out.violations,
             vec![r#"container "app": required key A is not provided (checked env)"#]
+        );
+    }
+
+    #[test]
+    fn a_token_the_token_controller_has_not_written_yet_is_waited_for() {
+        let state = "apiVersion: v1\nkind: Secret\nmetadata: {name: ci-token, namespace: default}\ntype: kubernetes.io/service-account-token\n";
+        let env = |key: &str| json!([{"name": "T", "valueFrom": {"secretKeyRef": {"name": "ci-token", "key": key}}}]);
+        let out = validate(&policy(json!({})), pod(env("token")), &cluster(state));
+        assert!(out.violations.is_empty(), "{out:?}");
+        assert_eq!(
+            out.warnings,
+            vec![
+                r#"container "app": env T: secret "default/ci-token" has no key "token" yet; the token controller writes it"#
+            ]
+        );
+        let out = validate(&policy(json!({})), pod(env("password")), &cluster(state));
+        assert_eq!(
+            out.violations,
+            vec![r#"container "app": env T: secret "default/ci-token" has no key "password""#]
         );
     }
 
