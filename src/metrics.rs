@@ -205,7 +205,7 @@ impl Metrics {
         let rollouts = Family::<ResultLabels, Counter>::default();
         registry.register(
             "rollouts",
-            "Workload rollouts for configuration changes, by result (triggered, coalesced, throttled, skipped, failed)",
+            "Workload rollouts for configuration changes, by result (triggered, coalesced, throttled, skipped, held: the configuration its new Pods read is incomplete, failed)",
             rollouts.clone(),
         );
         let audit_violations = Family::<AuditLabels, Gauge>::default();
@@ -214,7 +214,14 @@ impl Metrics {
             "Violations the last background audit found in existing workloads, by policy and namespace",
             audit_violations.clone(),
         );
-        for result in ["triggered", "coalesced", "throttled", "skipped", "failed"] {
+        for result in [
+            "triggered",
+            "coalesced",
+            "throttled",
+            "skipped",
+            "held",
+            "failed",
+        ] {
             drop(rollouts.get_or_create(&ResultLabels { result }));
         }
         let confirmations = Family::<ResultLabels, Counter>::default();

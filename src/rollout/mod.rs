@@ -28,7 +28,7 @@ use crate::admission::{review_from_value, wrap_manifest};
 use crate::cluster::fresh::{Fresh, View};
 use crate::cluster::live::{Changed, ConfigChanges};
 use crate::cluster::workloads::{self as index, Index, Workload};
-use crate::cluster::{ClusterState as _, ConfigData, Lookup};
+use crate::cluster::{ClusterState, ConfigData, Lookup};
 use crate::engine::{Engine, Judging};
 use crate::policy::{Phase, PolicySet};
 use crate::workload::{FIELD_MANAGER, Keys, Source, nested, template_annotation, template_path};
@@ -331,6 +331,9 @@ struct Controller {
     /// Workloads that should roll but were held back (rate, interval, unfinished rollout), with
     /// what changed for them.
     held: HashMap<WorkloadKey, Vec<String>>,
+    /// Workloads held because their configuration is incomplete, with what is missing (an
+    /// Event and an info line when it first is, or changes).
+    missing: HashMap<WorkloadKey, String>,
     settings: Settings,
 }
 
@@ -343,6 +346,7 @@ impl Controller {
             limiter: TokenBucket::new(&settings),
             last: HashMap::new(),
             held: HashMap::new(),
+            missing: HashMap::new(),
             settings,
         }
     }
@@ -427,9 +431,28 @@ impl Controller {
         w: Arc<Workload>,
         what: Vec<String>,
     ) -> Option<Write> {
-        let stamps = desired(engine, set, &w).await;
         let metrics = &self.judging.metrics;
         let k = key(&w);
+        let stamps = match desired(engine, set, &w).await {
+            Ok(stamps) => {
+                self.missing.remove(&k);
+                stamps
+            }
+            Err(missing) => {
+                metrics.rollout("held");
+                // Said (info line, Event) when a change of its configuration is what would
+                // have rolled it, once per distinct problem; a periodic comparison of a
+                // workload that has been broken for long is quiet (the audit reports it).
+                if what.is_empty() {
+                    tracing::debug!(kind = w.kind, namespace = %w.namespace, name = %w.name, %missing, "rollout held");
+                } else if self.missing.get(&k) != Some(&missing) {
+                    tracing::info!(kind = w.kind, namespace = %w.namespace, name = %w.name, %missing, "rollout held: its new Pods could not start");
+                    self.held_event(&w, &missing).await;
+                    self.missing.insert(k, missing);
+                }
+                return None;
+            }
+        };
         if stamps.is_empty() {
             // Already right (its own write carried the new checksum), or not ours to roll.
             if !what.is_empty() {
@@ -552,6 +575,31 @@ impl Controller {
             .map(drop)
     }
 
+    /// A Warning `RolloutHeld` Event on the workload naming what its new Pods would miss.
+    async fn held_event(&self, w: &Workload, missing: &str) {
+        let on = crate::events::On {
+            kind: w.kind,
+            namespace: &w.namespace,
+            name: &w.name,
+            uid: &w.uid,
+        };
+        let note = format!(
+            "not rolled: its new Pods could not start: {missing}; it rolls once the configuration is whole again"
+        );
+        if let Err(error) = crate::events::publish(
+            &self.recorder,
+            on,
+            EventType::Warning,
+            "RolloutHeld",
+            "Rollout",
+            note,
+        )
+        .await
+        {
+            tracing::warn!(%error, "cannot publish the RolloutHeld Event");
+        }
+    }
+
     /// A `ConfigChanged` Event on the workload, so `kubectl describe` says why it rolled.
     async fn event(&self, w: &Workload, stamps: &[Stamp], changed: &str) {
         let stamped = stamps
@@ -631,7 +679,7 @@ fn changed_keys(
 /// running), the policy applies to it, and it carries the annotation already (a workload never
 /// stamped is left for its next write: stamping it now would roll it for no change). Secrets
 /// read on demand are read first, as the webhook reads them.
-async fn desired(engine: &Engine, set: &PolicySet, w: &Workload) -> Vec<Stamp> {
+async fn desired(engine: &Engine, set: &PolicySet, w: &Workload) -> Result<Vec<Stamp>, String> {
     let rolling: Vec<(&str, Vec<&str>)> = set
         .policies
         .iter()
@@ -643,23 +691,13 @@ async fn desired(engine: &Engine, set: &PolicySet, w: &Workload) -> Vec<Stamp> {
         .ok()
         .and_then(|v| review_from_value(v).ok())
     else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
     let fresh = engine.read_ahead(&review, &Fresh::default()).await;
     let cluster = View::new(engine.cluster().as_ref(), &fresh);
     let reduced = w.reduced();
-    let unready =
-        reduced
-            .references
-            .iter()
-            .find(|r| match cluster.lookup(r.source(), &w.namespace, &r.1) {
-                Lookup::Found(_) => false,
-                Lookup::Missing => !r.3,
-                Lookup::Unknown(_) => true,
-            });
-    if let Some(r) = unready {
-        tracing::debug!(kind = w.kind, namespace = %w.namespace, name = %w.name, object = %r.1, "a referenced object is missing or unreadable: not rolled");
-        return Vec::new();
+    if let Some(missing) = missing(&cluster, w, &reduced) {
+        return Err(missing);
     }
     let mut stamps = Vec::new();
     for (policy, annotations) in rolling {
@@ -690,12 +728,83 @@ async fn desired(engine: &Engine, set: &PolicySet, w: &Workload) -> Vec<Stamp> {
             }
         }
     }
-    stamps
+    Ok(stamps)
+}
+
+/// What keeps the workload's new Pods from starting, if anything: a referenced object without
+/// `optional: true` that is missing, or a key it reads by name (`configMapKeyRef`,
+/// `secretKeyRef`, volume `items`) that the object lacks; or an object that cannot be read.
+/// Rolling into it only makes Pods that cannot start while the old ones keep running, so the
+/// rollout is held until the configuration is whole again (its next change rolls it).
+fn missing(cluster: &dyn ClusterState, w: &Workload, reduced: &index::Reduced) -> Option<String> {
+    let mut problems: Vec<String> = Vec::new();
+    for r in reduced.references.iter().filter(|r| !r.3) {
+        let object = format!("{} \"{}/{}\"", r.0, w.namespace, r.1);
+        match cluster.lookup(r.source(), &w.namespace, &r.1) {
+            Lookup::Found(data) => {
+                for key in r.2.iter().flatten().filter(|k| !data.has(k)) {
+                    let problem = format!("{object} has no key \"{key}\"");
+                    if !problems.contains(&problem) {
+                        problems.push(problem);
+                    }
+                }
+            }
+            Lookup::Missing => {
+                let problem = format!("{object} does not exist");
+                if !problems.contains(&problem) {
+                    problems.push(problem);
+                }
+            }
+            Lookup::Unknown(why) => {
+                let problem = format!("{object} cannot be read ({why})");
+                if !problems.contains(&problem) {
+                    problems.push(problem);
+                }
+            }
+        }
+    }
+    (!problems.is_empty()).then(|| problems.join("; "))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn web(env: Value, volumes: Value) -> Workload {
+        let object = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u", "resourceVersion": "1"},
+            "spec": {"template": {"metadata": {"annotations": {"checksum/config": "x"}},
+                "spec": {"containers": [{"name": "web", "env": env}], "volumes": volumes}}}});
+        index::reduce("Deployment", &object).expect("a workload")
+    }
+
+    #[test]
+    fn a_rollout_is_held_while_a_required_object_or_key_is_missing() {
+        let state = crate::policy::testing::cluster(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: app, namespace: shop}\ndata: {A: '1', f.yaml: x}\n",
+        );
+        let held = |env: Value, volumes: Value| {
+            let w = web(env, volumes);
+            missing(&state, &w, &w.reduced())
+        };
+        let key = |name: &str, key: &str, optional: bool| json!([{"name": "V", "valueFrom": {"configMapKeyRef": {"name": name, "key": key, "optional": optional}}}]);
+        assert_eq!(held(key("app", "A", false), json!([])), None);
+        assert_eq!(
+            held(key("app", "B", false), json!([])),
+            Some(r#"configmap "shop/app" has no key "B""#.into())
+        );
+        assert_eq!(held(key("app", "B", true), json!([])), None);
+        assert_eq!(
+            held(key("gone", "A", false), json!([])),
+            Some(r#"configmap "shop/gone" does not exist"#.into())
+        );
+        let items = |key: &str| json!([{"name": "files", "configMap": {"name": "app", "items": [{"key": key, "path": "p"}]}}]);
+        assert_eq!(held(json!([]), items("f.yaml")), None);
+        assert_eq!(
+            held(json!([]), items("g.yaml")),
+            Some(r#"configmap "shop/app" has no key "g.yaml""#.into())
+        );
+    }
 
     #[test]
     fn the_bucket_gives_its_burst_then_waits_for_the_rate() {

@@ -262,6 +262,59 @@ pub async fn e2e_a_deleted_required_config_map_rolls_nothing(cx: Cx) {
     stays(&kubectl, &ns, 1, Duration::from_secs(15)).await;
 }
 
+pub async fn e2e_a_missing_required_key_holds_the_rollout_until_it_is_back(cx: Cx) {
+    let ns = cx.namespace("rollout-missing-key").await;
+    cx.kubectl()
+        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+        .await;
+    // The key removed while a Deployment reads it: as in a cluster without the config guard.
+    let confgate = Confgate::start(
+        &cx,
+        Options::shipped(&ns).without("protect-config-keys.yaml"),
+    )
+    .await;
+    let kubectl = deployed(&cx, &ns, &web_deployment(&ns, "web", &[])).await;
+    // `web` reads DATABASE_URL with a configMapKeyRef: new Pods could not start without it.
+    let run = super::remove_config_key(&kubectl, &ns, "DATABASE_URL").await;
+    assert!(run.success, "{}", run.stderr);
+    let notes = eventually(Duration::from_secs(20), "a RolloutHeld Event", || async {
+        let notes = event_notes(&kubectl, &ns, "RolloutHeld").await;
+        (!notes.is_empty()).then_some(notes)
+    })
+    .await;
+    assert_eq!(
+        notes,
+        vec![format!(
+            "not rolled: its new Pods could not start: configmap \"{ns}/app-config\" has no key \"DATABASE_URL\"; it rolls once the configuration is whole again"
+        )]
+    );
+    stays(&kubectl, &ns, 1, Duration::from_secs(5)).await;
+    assert!(
+        confgate
+            .metric("confgate_rollouts_total{result=\"held\"}")
+            .await
+            >= 1.0
+    );
+    // Back (with a new value): it rolls, once.
+    set_config_key(
+        &kubectl,
+        &ns,
+        "app-config",
+        "DATABASE_URL",
+        "postgres://db2/shop",
+    )
+    .await;
+    reaches(
+        &kubectl,
+        &ns,
+        2,
+        Duration::from_secs(15),
+        "a new ReplicaSet",
+    )
+    .await;
+    stays(&kubectl, &ns, 2, Duration::from_secs(5)).await;
+}
+
 /// The Event notes of `reason` in the namespace.
 pub(crate) async fn event_notes(kubectl: &Kubectl, ns: &str, reason: &str) -> Vec<String> {
     let selector = format!("reason={reason}");
