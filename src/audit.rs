@@ -342,13 +342,14 @@ const MIN_GAP: Duration = Duration::from_secs(30);
 pub async fn run(
     client: Client,
     judging: crate::engine::Judging,
-    mut leading: tokio::sync::watch::Receiver<bool>,
+    leadership: crate::lease::Leader,
     interval: Duration,
     changes: Option<std::sync::Arc<crate::cluster::live::ConfigChanges>>,
     reporting: Reporting,
 ) {
     let recorded = || changes.as_ref().map_or(0, |c| c.recorded());
     let recorder = crate::events::recorder(client.clone());
+    let mut leading = leadership.watch();
     let mut warned: HashMap<(String, String, String), Instant> = HashMap::new();
     let mut crd_missing_logged = false;
     loop {
@@ -368,6 +369,9 @@ pub async fn run(
         let set = judging.policies.current();
         let engine = Engine::new(cluster);
         match scan(&client, &engine, &set).await {
+            Ok(_) if !leadership.holds() => {
+                tracing::info!("audit not written: this replica no longer holds the Lease");
+            }
             Ok(audit) => {
                 judging.metrics.set_audit_violations(&audit.counts());
                 // Owned by confgate's ClusterRole: uninstalling confgate removes its reports.

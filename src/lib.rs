@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod engine;
 pub mod events;
 pub mod followup;
+pub mod lease;
 pub mod limitrange;
 pub mod metrics;
 pub mod owners;

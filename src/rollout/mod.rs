@@ -128,79 +128,80 @@ impl Election {
     }
 }
 
-/// Leadership of the Lease, as a channel that says whether this replica holds it now. Retries
-/// until the Lease can be used (RBAC, namespace); meanwhile this replica does not lead.
-async fn elect(client: &Client, election: &Election) -> tokio::sync::watch::Receiver<bool> {
-    loop {
-        let built = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &election.lease)
-            .with_namespace(&election.namespace)
-            .with_identity(&election.identity)
-            .with_duration(15)
-            .with_grace(5)
-            .with_field_manager("confgate")
-            .build()
-            .await;
-        match built {
-            Ok(manager) => {
-                own_lease(client, election).await;
-                return manager.watch().await.0;
-            }
-            Err(error) => {
-                tracing::warn!(%error, lease = %election.lease, namespace = %election.namespace, "cannot use the leader-election Lease; retrying (no rollouts meanwhile)");
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-        }
-    }
-}
-
-/// Names the Lease's owner (`--owner-service-account`), so it goes when confgate is uninstalled.
-/// The lease manager creates the Lease; this sets its `ownerReferences` afterwards (a merge
-/// patch, allowed by the leader-election Role). Best effort: a Lease left behind is harmless.
-async fn own_lease(client: &Client, election: &Election) {
-    let owner = match election.owners.namespaced(client).await {
-        Ok(Some(owner)) => owner,
-        Ok(None) => return,
-        Err(error) => {
-            tracing::warn!(%error, lease = %election.lease, "the Lease is left without an owner");
-            return;
-        }
+/// Whether this replica holds the Lease (see [`crate::lease`]), for the life of the process.
+/// The rollout controller and the audit write only while it holds; every replica serves the
+/// webhook. The Lease is created with its owner (`--owner-service-account`) when it can be read,
+/// so it goes when confgate is uninstalled.
+pub fn leadership(client: Client, election: Election) -> crate::lease::Leader {
+    let store = LazyOwnedLease {
+        client,
+        election: election.clone(),
+        inner: tokio::sync::OnceCell::new(),
     };
-    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(client.clone(), &election.namespace);
-    let patch = serde_json::json!({"metadata": {"ownerReferences": [owner]}});
-    if let Err(error) = leases
-        .patch(
-            &election.lease,
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&patch),
-        )
-        .await
-    {
-        tracing::warn!(%error, lease = %election.lease, "the Lease is left without an owner");
+    crate::lease::run(Arc::new(store), election.identity)
+}
+
+/// The Lease store, made once its owner could be read (or is not configured).
+struct LazyOwnedLease {
+    client: Client,
+    election: Election,
+    inner: tokio::sync::OnceCell<crate::lease::KubeLease>,
+}
+
+impl LazyOwnedLease {
+    async fn store(&self) -> Result<&crate::lease::KubeLease, String> {
+        self.inner
+            .get_or_try_init(|| async {
+                let owner = self
+                    .election
+                    .owners
+                    .namespaced(&self.client)
+                    .await
+                    .map_err(|e| format!("the Lease's owner cannot be read: {e}"))?;
+                Ok(crate::lease::KubeLease::new(
+                    self.client.clone(),
+                    &self.election.namespace,
+                    &self.election.lease,
+                    owner,
+                ))
+            })
+            .await
     }
 }
 
-/// Whether this replica holds the Lease, kept up for the life of the process (elected again
-/// whenever the lease task ends). The rollout controller and the audit write only while it is
-/// true; every replica serves the webhook.
-pub fn leadership(client: Client, election: Election) -> tokio::sync::watch::Receiver<bool> {
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        loop {
-            let mut lease = elect(&client, &election).await;
-            loop {
-                let leading = *lease.borrow_and_update();
-                if tx.send_replace(leading) != leading {
-                    tracing::info!(leading, identity = %election.identity, "leadership changed");
-                }
-                if lease.changed().await.is_err() {
-                    break;
-                }
-            }
-            tx.send_replace(false);
-        }
-    });
-    rx
+impl crate::lease::LeaseStore for LazyOwnedLease {
+    fn get(&self) -> futures::future::BoxFuture<'_, Result<Option<crate::lease::Record>, String>> {
+        Box::pin(async move { self.store().await?.get().await })
+    }
+    fn create(
+        &self,
+        holder: &str,
+    ) -> futures::future::BoxFuture<'_, Result<crate::lease::Record, crate::lease::WriteError>>
+    {
+        let holder = holder.to_owned();
+        Box::pin(async move {
+            let store = self
+                .store()
+                .await
+                .map_err(crate::lease::WriteError::Failed)?;
+            store.create(&holder).await
+        })
+    }
+    fn write(
+        &self,
+        current: &crate::lease::Record,
+        holder: &str,
+    ) -> futures::future::BoxFuture<'_, Result<crate::lease::Record, crate::lease::WriteError>>
+    {
+        let (current, holder) = (current.clone(), holder.to_owned());
+        Box::pin(async move {
+            let store = self
+                .store()
+                .await
+                .map_err(crate::lease::WriteError::Failed)?;
+            store.write(&current, &holder).await
+        })
+    }
 }
 
 /// Runs the controller until the process ends. `changes` says which ConfigMaps (and watched
@@ -212,8 +213,9 @@ pub async fn run(
     index: Arc<Index>,
     changes: Arc<ConfigChanges>,
     settings: Settings,
-    mut leader: tokio::sync::watch::Receiver<bool>,
+    leadership: crate::lease::Leader,
 ) {
+    let mut leader = leadership.watch();
     let cluster = judging.cluster.clone();
     while !(index.synced() && cluster.ready().is_ok()) {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -224,7 +226,7 @@ pub async fn run(
         workloads = index.len(),
         "rollout controller started: workloads roll when the configuration they consume changes"
     );
-    let mut controller = Controller::new(client.clone(), judging, settings);
+    let mut controller = Controller::new(client.clone(), judging, settings, leadership);
     let mut full_due = true;
     let mut last_full = Instant::now();
     loop {
@@ -335,10 +337,18 @@ struct Controller {
     /// Event and an info line when it first is, or changes).
     missing: HashMap<WorkloadKey, String>,
     settings: Settings,
+    /// Checked before every write: a replica that lost the Lease (or froze past its renewal
+    /// deadline) writes nothing.
+    leadership: crate::lease::Leader,
 }
 
 impl Controller {
-    fn new(client: Client, judging: Judging, settings: Settings) -> Self {
+    fn new(
+        client: Client,
+        judging: Judging,
+        settings: Settings,
+        leadership: crate::lease::Leader,
+    ) -> Self {
         Self {
             recorder: crate::events::recorder(client.clone()),
             client,
@@ -348,6 +358,7 @@ impl Controller {
             held: HashMap::new(),
             missing: HashMap::new(),
             settings,
+            leadership,
         }
     }
 
@@ -502,6 +513,15 @@ impl Controller {
     /// the apiserver and its webhooks), then records how each went.
     async fn write_all(&mut self, writes: Vec<Write>) {
         use futures::StreamExt;
+        if !writes.is_empty() && !self.leadership.holds() {
+            // Lost the Lease (or froze past its renewal deadline) since deciding: the next
+            // leader compares everything when it starts leading.
+            tracing::info!(
+                writes = writes.len(),
+                "not writing: this replica no longer holds the Lease"
+            );
+            return;
+        }
         let this = &*self;
         let results: Vec<(Write, kube::Result<()>)> = futures::stream::iter(writes)
             .map(|write| async move {

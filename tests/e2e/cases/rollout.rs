@@ -243,6 +243,85 @@ pub async fn e2e_two_replicas_write_one_rollout_per_change(cx: Cx) {
     assert_eq!(writes, 1.0, "exactly one replica wrote");
 }
 
+/// True when `confgate` logged that it leads now (its last leadership line; JSON logs).
+fn leads(confgate: &Confgate) -> bool {
+    confgate
+        .log_tail(400)
+        .lines()
+        .rfind(|l| l.contains("leadership changed"))
+        .is_some_and(|l| l.contains("\"leading\":true"))
+}
+
+pub async fn e2e_a_deleted_lease_is_recreated_and_a_standby_takes_over(cx: Cx) {
+    let ns = cx.namespace("rollout-lease").await;
+    cx.kubectl()
+        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+        .await;
+    let mut first = Confgate::start(&cx, Options::shipped(&ns)).await;
+    let mut second = Confgate::start(&cx, Options::shipped(&ns).unregistered()).await;
+    let kubectl = deployed(&cx, &ns, &web_deployment(&ns, "web", &[])).await;
+    let holder = || {
+        let kubectl = kubectl.clone();
+        let ns = ns.clone();
+        async move {
+            let lease = kubectl.get(&ns, "lease/confgate-rollout").await?;
+            lease["spec"]["holderIdentity"].as_str().map(str::to_owned)
+        }
+    };
+    let held = eventually(Duration::from_secs(30), "a holder of the Lease", holder).await;
+    eventually(
+        Duration::from_secs(10),
+        "one replica says it leads",
+        || async { (leads(&first) != leads(&second)).then_some(()) },
+    )
+    .await;
+    // A cleanup script deletes the Lease: its holder creates it again, and still leads alone.
+    kubectl
+        .ok(&["-n", &ns, "delete", "lease", "confgate-rollout"], None)
+        .await;
+    let again = eventually(Duration::from_secs(15), "the Lease again", holder).await;
+    assert_eq!(again, held, "the holder created it again");
+    set_config_key(&kubectl, &ns, "app-config", "LOG_LEVEL", "trace").await;
+    reaches(
+        &kubectl,
+        &ns,
+        2,
+        Duration::from_secs(15),
+        "a new ReplicaSet",
+    )
+    .await;
+    let triggered = "confgate_rollouts_total{result=\"triggered\"}";
+    assert_eq!(
+        first.metric(triggered).await + second.metric(triggered).await,
+        1.0,
+        "exactly one replica wrote"
+    );
+    // The leader goes away: the standby takes over and rolls the next change.
+    let (leader, standby) = if leads(&first) {
+        (&mut first, &mut second)
+    } else {
+        (&mut second, &mut first)
+    };
+    leader.stop();
+    if leader.registration.is_some() {
+        // The apiserver called the leader; in a cluster the Service now sends to the standby.
+        standby.register().await;
+    }
+    pods_ready(&kubectl, &ns).await;
+    set_config_key(&kubectl, &ns, "app-config", "LOG_LEVEL", "warn").await;
+    reaches(
+        &kubectl,
+        &ns,
+        3,
+        Duration::from_secs(45),
+        "a rollout by the standby",
+    )
+    .await;
+    assert_eq!(standby.metric(triggered).await, 1.0, "the standby wrote it");
+    let taken = eventually(Duration::from_secs(5), "the new holder", holder).await;
+    assert_ne!(taken, held);
+}
+
 pub async fn e2e_a_deleted_required_config_map_rolls_nothing(cx: Cx) {
     let ns = cx.namespace("rollout-deleted").await;
     cx.kubectl()
