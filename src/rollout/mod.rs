@@ -260,6 +260,13 @@ pub async fn run(
     }
 }
 
+/// How long to wait before writing again to a workload whose last `failures` writes failed:
+/// 5 s, doubling, at most 5 minutes.
+pub fn failed_write_backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(6);
+    (RETRY * 2u32.pow(doublings)).min(Duration::from_secs(300))
+}
+
 /// How often held-back rollouts are tried again.
 const RETRY: Duration = Duration::from_secs(5);
 
@@ -336,6 +343,8 @@ struct Controller {
     /// Workloads held because their configuration is incomplete, with what is missing (an
     /// Event and an info line when it first is, or changes).
     missing: HashMap<WorkloadKey, String>,
+    /// Workloads whose writes failed: how many times in a row, and when to try again.
+    failing: HashMap<WorkloadKey, (u32, Instant)>,
     settings: Settings,
     /// Checked before every write: a replica that lost the Lease (or froze past its renewal
     /// deadline) writes nothing.
@@ -357,6 +366,7 @@ impl Controller {
             last: HashMap::new(),
             held: HashMap::new(),
             missing: HashMap::new(),
+            failing: HashMap::new(),
             settings,
             leadership,
         }
@@ -489,6 +499,15 @@ impl Controller {
                 "throttled",
                 "rolled less than --rollout-min-interval-seconds ago",
             ))
+        } else if let Some((failures, _)) = self
+            .failing
+            .get(&k)
+            .filter(|(_, next)| *next > Instant::now())
+        {
+            // Checked before the rate limiter: a write that keeps failing (RBAC, a webhook
+            // refusing it) spends no token, so it never starves the others.
+            tracing::debug!(kind = w.kind, namespace = %w.namespace, name = %w.name, failures, "backing off after failed writes");
+            Some(("throttled", "backing off after failed writes"))
         } else if !self.limiter.take() {
             Some(("throttled", "over --rollout-rate-per-minute"))
         } else {
@@ -552,6 +571,7 @@ impl Controller {
                 Ok(()) => {
                     self.last.insert(k.clone(), Instant::now());
                     self.held.remove(&k);
+                    self.failing.remove(&k);
                 }
                 Err(kube::Error::Api(status)) if status.code == 409 => {
                     // Written since the index saw it (its own apply, usually carrying the new
@@ -561,7 +581,11 @@ impl Controller {
                 }
                 Err(error) => {
                     metrics.rollout("failed");
-                    tracing::warn!(kind = w.kind, namespace = %w.namespace, name = %w.name, %error, "rollout failed; retrying");
+                    let failures = self.failing.get(&k).map_or(0, |(n, _)| *n) + 1;
+                    let wait = failed_write_backoff(failures);
+                    tracing::warn!(kind = w.kind, namespace = %w.namespace, name = %w.name, %error, failures, retry_in_s = wait.as_secs(), "rollout failed; retrying later");
+                    self.failing
+                        .insert(k.clone(), (failures, Instant::now() + wait));
                     self.held.insert(k, write.what);
                 }
             }
@@ -796,6 +820,12 @@ mod tests {
             "spec": {"template": {"metadata": {"annotations": {"checksum/config": "x"}},
                 "spec": {"containers": [{"name": "web", "env": env}], "volumes": volumes}}}});
         index::reduce("Deployment", &object).expect("a workload")
+    }
+
+    #[test]
+    fn failed_writes_back_off_from_5_seconds_to_5_minutes() {
+        let waits: Vec<u64> = (1..=9).map(|n| failed_write_backoff(n).as_secs()).collect();
+        assert_eq!(waits, vec![5, 10, 20, 40, 80, 160, 300, 300, 300]);
     }
 
     #[test]
