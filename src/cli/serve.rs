@@ -115,6 +115,11 @@ pub struct ServeArgs {
     /// with `--secrets get`, Secret changes are found here or with the next ConfigMap change).
     #[arg(long, default_value_t = crate::rollout::Settings::default().resync.as_secs())]
     pub rollout_resync_seconds: u64,
+    /// An unfinished rollout whose status has not moved for this many seconds is stuck (or the
+    /// Deployment controller gave up on it): it no longer holds the next configuration change,
+    /// which may be the fix.
+    #[arg(long, default_value_t = crate::rollout::Settings::default().stuck_after.as_secs())]
+    pub rollout_stuck_seconds: u64,
     /// confgate's own namespace: the Lease that elects the replica writing rollouts, and the
     /// checksum key Secret, live here.
     #[arg(
@@ -261,6 +266,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             min_interval: Duration::from_secs(args.rollout_min_interval_seconds),
             coalesce: Duration::from_millis(args.rollout_coalesce_ms),
             resync: Duration::from_secs(args.rollout_resync_seconds.max(1)),
+            stuck_after: Duration::from_secs(args.rollout_stuck_seconds),
         };
         let election = crate::rollout::Election {
             namespace: args.namespace.clone(),

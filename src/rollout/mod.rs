@@ -54,6 +54,9 @@ pub struct Settings {
     /// How often every workload is compared even without a change (held-back rollouts are
     /// retried every 5 s).
     pub resync: Duration,
+    /// An unfinished rollout whose status has not moved for this long is stuck, and no longer
+    /// holds the next change.
+    pub stuck_after: Duration,
 }
 
 impl Default for Settings {
@@ -64,6 +67,7 @@ impl Default for Settings {
             min_interval: Duration::from_secs(60),
             coalesce: Duration::from_millis(400),
             resync: Duration::from_secs(300),
+            stuck_after: Duration::from_secs(60),
         }
     }
 }
@@ -260,6 +264,12 @@ pub async fn run(
     }
 }
 
+/// Whether an unfinished rollout is stuck: given up by its controller, or not moving for
+/// `stuck_after`.
+pub fn rollout_stuck(failing: bool, stalled: Duration, stuck_after: Duration) -> bool {
+    failing || stalled >= stuck_after
+}
+
 /// How long to wait before writing again to a workload whose last `failures` writes failed:
 /// 5 s, doubling, at most 5 minutes.
 pub fn failed_write_backoff(failures: u32) -> Duration {
@@ -345,6 +355,8 @@ struct Controller {
     missing: HashMap<WorkloadKey, String>,
     /// Workloads whose writes failed: how many times in a row, and when to try again.
     failing: HashMap<WorkloadKey, (u32, Instant)>,
+    /// Unfinished rollouts: where each stood when first seen so, and since when.
+    progress: HashMap<WorkloadKey, (u64, Instant)>,
     settings: Settings,
     /// Checked before every write: a replica that lost the Lease (or froze past its renewal
     /// deadline) writes nothing.
@@ -367,6 +379,7 @@ impl Controller {
             held: HashMap::new(),
             missing: HashMap::new(),
             failing: HashMap::new(),
+            progress: HashMap::new(),
             settings,
             leadership,
         }
@@ -426,6 +439,32 @@ impl Controller {
         self.write_all(writes).await;
     }
 
+    /// True when `w`'s unfinished rollout is stuck: the Deployment controller gave up on it, or
+    /// its status has not moved for `--rollout-stuck-seconds`. A stuck rollout does not hold the
+    /// next change: that change may be the fix (a crash-looping config), and holding it would
+    /// keep the workload broken until someone makes the Pods ready by other means.
+    fn stuck(&mut self, w: &Workload, k: &WorkloadKey) -> bool {
+        let now = Instant::now();
+        let (progress, since) = *self
+            .progress
+            .entry(k.clone())
+            .and_modify(|seen| {
+                if seen.0 != w.progress {
+                    *seen = (w.progress, now);
+                }
+            })
+            .or_insert((w.progress, now));
+        let stuck = rollout_stuck(
+            w.failing,
+            now.saturating_duration_since(since),
+            self.settings.stuck_after,
+        );
+        if stuck {
+            tracing::debug!(kind = w.kind, namespace = %w.namespace, name = %w.name, progress, stalled_s = now.saturating_duration_since(since).as_secs(), failing = w.failing, "its last rollout is stuck: the change is rolled anyway");
+        }
+        stuck
+    }
+
     /// Tries the held-back workloads again.
     async fn retry_held(&mut self, index: &Index) {
         if self.held.is_empty() {
@@ -452,7 +491,7 @@ impl Controller {
         w: Arc<Workload>,
         what: Vec<String>,
     ) -> Option<Write> {
-        let metrics = &self.judging.metrics;
+        let metrics = self.judging.metrics.clone();
         let k = key(&w);
         let stamps = match desired(engine, set, &w).await {
             Ok(stamps) => {
@@ -482,13 +521,16 @@ impl Controller {
             self.held.remove(&k);
             return None;
         }
+        if w.settled {
+            self.progress.remove(&k);
+        }
         let held = if w.opted_out {
             Some(("skipped", "opted out (confgate.dev/rollout: \"false\")"))
         } else if w.paused {
             Some(("skipped", "paused"))
         } else if w.deleting {
             Some(("skipped", "being deleted"))
-        } else if !w.settled {
+        } else if !w.settled && !self.stuck(&w, &k) {
             Some(("throttled", "its last rollout has not finished"))
         } else if self
             .last
@@ -718,11 +760,10 @@ fn changed_keys(
 }
 
 /// The annotations the workload's rolling policies give it now and that differ from what it
-/// has, when they can say: every non-optional referenced object is there and readable (rolling
-/// into configuration that is missing only makes Pods that cannot start, while the old ones keep
-/// running), the policy applies to it, and it carries the annotation already (a workload never
-/// stamped is left for its next write: stamping it now would roll it for no change). Secrets
-/// read on demand are read first, as the webhook reads them.
+/// has, when the policy applies to it and it carries the annotation already (a workload never
+/// stamped is left for its next write: stamping it now would roll it for no change). `Err`
+/// names what is missing when there is something to roll but the new Pods could not start
+/// ([`missing`]). Secrets read on demand are read first, as the webhook reads them.
 async fn desired(engine: &Engine, set: &PolicySet, w: &Workload) -> Result<Vec<Stamp>, String> {
     let rolling: Vec<(&str, Vec<&str>)> = set
         .policies
@@ -739,10 +780,6 @@ async fn desired(engine: &Engine, set: &PolicySet, w: &Workload) -> Result<Vec<S
     };
     let fresh = engine.read_ahead(&review, &Fresh::default()).await;
     let cluster = View::new(engine.cluster().as_ref(), &fresh);
-    let reduced = w.reduced();
-    if let Some(missing) = missing(&cluster, w, &reduced) {
-        return Err(missing);
-    }
     let mut stamps = Vec::new();
     for (policy, annotations) in rolling {
         let Ok(decision) = engine.evaluate_with(set, &review, Phase::Mutate, Some(policy), &fresh)
@@ -771,6 +808,13 @@ async fn desired(engine: &Engine, set: &PolicySet, w: &Workload) -> Result<Vec<S
                 });
             }
         }
+    }
+    // Held only when there is something to roll: a workload no rolling policy of this
+    // installation stamps is none of its business, however broken.
+    if !stamps.is_empty()
+        && let Some(missing) = missing(&cluster, w, &w.reduced())
+    {
+        return Err(missing);
     }
     Ok(stamps)
 }
@@ -820,6 +864,25 @@ mod tests {
             "spec": {"template": {"metadata": {"annotations": {"checksum/config": "x"}},
                 "spec": {"containers": [{"name": "web", "env": env}], "volumes": volumes}}}});
         index::reduce("Deployment", &object).expect("a workload")
+    }
+
+    #[test]
+    fn an_unfinished_rollout_holds_the_next_change_only_while_it_moves() {
+        let after = Duration::from_secs(60);
+        // (the controller gave up, stalled for) -> stuck
+        let table = [
+            (false, 0, false),
+            (false, 59, false),
+            (false, 60, true),
+            (true, 0, true),
+        ];
+        for (failing, stalled, stuck) in table {
+            assert_eq!(
+                rollout_stuck(failing, Duration::from_secs(stalled), after),
+                stuck,
+                "failing {failing}, stalled {stalled}s"
+            );
+        }
     }
 
     #[test]

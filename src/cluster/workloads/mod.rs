@@ -40,6 +40,12 @@ pub struct Workload {
     /// Its last rollout is done: every replica runs the current template and is ready (always
     /// true for a CronJob).
     pub settled: bool,
+    /// Where an unfinished rollout stands (a digest of its status counts): when it stops
+    /// changing, the rollout is stuck (crash-looping Pods, a bad image, Pods never ready).
+    pub progress: u64,
+    /// The Deployment controller gave up on its rollout (`Progressing` is `False`:
+    /// `ProgressDeadlineExceeded`).
+    pub failing: bool,
     /// The ConfigMaps and Secrets it references, by (kind, name), for the reverse index.
     pub objects: Box<[(Source, Box<str>)]>,
     /// [`Reduced`], as compact text ([`compact`]).
@@ -192,9 +198,46 @@ pub fn reduce(kind: &'static str, object: &Value) -> Option<Workload> {
         paused: object.pointer("/spec/paused").and_then(Value::as_bool) == Some(true),
         deleting: metadata.get("deletionTimestamp").is_some(),
         settled: settled(kind, object),
+        progress: progress(object),
+        failing: object
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .any(|c| {
+                c.get("type").and_then(Value::as_str) == Some("Progressing")
+                    && c.get("status").and_then(Value::as_str) == Some("False")
+            }),
         reduced: encode(&reduced, &objects),
         objects: objects.into_boxed_slice(),
     })
+}
+
+/// A digest of the status counts that move while a rollout progresses (and of the generation).
+fn progress(object: &Value) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    object
+        .pointer("/metadata/generation")
+        .map(Value::to_string)
+        .hash(&mut hasher);
+    for field in [
+        "observedGeneration",
+        "replicas",
+        "updatedReplicas",
+        "readyReplicas",
+        "availableReplicas",
+        "currentReplicas",
+        "updatedNumberScheduled",
+        "numberReady",
+        "numberAvailable",
+    ] {
+        object
+            .pointer(&format!("/status/{field}"))
+            .and_then(Value::as_i64)
+            .hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// Whether the workload's last rollout is done: the controller has seen the current spec and
@@ -204,11 +247,18 @@ fn settled(kind: &str, object: &Value) -> bool {
     let observed = number("/status/observedGeneration").unwrap_or(0)
         >= number("/metadata/generation").unwrap_or(0);
     match kind {
+        // As `kubectl rollout status`: every replica updated and ready, and no old replica left
+        // (while the old Pods still run, they count as ready but the rollout is not done).
         "Deployment" | "StatefulSet" => {
             let wanted = number("/spec/replicas").unwrap_or(1);
+            let updated = number("/status/updatedReplicas").unwrap_or(0);
+            let revisions = object.pointer("/status/updateRevision")
+                == object.pointer("/status/currentRevision");
             observed
-                && number("/status/updatedReplicas").unwrap_or(0) >= wanted
+                && updated >= wanted
                 && number("/status/readyReplicas").unwrap_or(0) >= wanted
+                && number("/status/replicas").unwrap_or(0) <= updated
+                && (kind == "Deployment" || revisions)
         }
         "DaemonSet" => {
             let wanted = number("/status/desiredNumberScheduled").unwrap_or(0);

@@ -243,6 +243,39 @@ pub async fn e2e_two_replicas_write_one_rollout_per_change(cx: Cx) {
     assert_eq!(writes, 1.0, "exactly one replica wrote");
 }
 
+pub async fn e2e_a_stuck_rollout_does_not_hold_the_fix(cx: Cx) {
+    let ns = cx.namespace("rollout-stuck").await;
+    cx.kubectl()
+        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+        .await;
+    let options = Options::shipped(&ns)
+        .arg("--rollout-stuck-seconds=5")
+        .arg("--rollout-min-interval-seconds=0");
+    let confgate = Confgate::start(&cx, options).await;
+    let kubectl = deployed(&cx, &ns, &web_deployment(&ns, "web", &[])).await;
+    // A bad edit: the new Pods never become ready (no one plays the kubelet for them).
+    set_config_key(&kubectl, &ns, "app-config", "LOG_LEVEL", "bogus").await;
+    reaches(&kubectl, &ns, 2, Duration::from_secs(15), "the bad rollout").await;
+    eventually(
+        Duration::from_secs(15),
+        "the bad rollout under way",
+        || async {
+            let d = kubectl.get(&ns, "deployment/web").await?;
+            (d["status"]["observedGeneration"] == d["metadata"]["generation"]
+                && d["status"]["updatedReplicas"] == 1
+                && d["status"]["replicas"] == 2)
+                .then_some(())
+        },
+    )
+    .await;
+    // The fix (a value not seen before), while that rollout is stuck: it goes out once the
+    // rollout has not moved for 5 s.
+    set_config_key(&kubectl, &ns, "app-config", "LOG_LEVEL", "warn").await;
+    reaches(&kubectl, &ns, 3, Duration::from_secs(30), "the fix rolled").await;
+    let triggered = "confgate_rollouts_total{result=\"triggered\"}";
+    assert_eq!(confgate.metric(triggered).await, 2.0);
+}
+
 /// True when `confgate` logged that it leads now (its last leadership line; JSON logs).
 fn leads(confgate: &Confgate) -> bool {
     confgate
