@@ -134,7 +134,15 @@ pub async fn scan(client: &Client, engine: &Engine, set: &PolicySet) -> Result<A
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
         let mut params = ListParams::default().limit(PAGE);
         loop {
-            let page = api.list(&params).await?;
+            let page = match api.list(&params).await {
+                Ok(page) => page,
+                // A kind confgate may not list is left out; the others are still audited.
+                Err(kube::Error::Api(status)) if status.code == 403 => {
+                    tracing::debug!(kind, "not permitted to list: left out of the audit");
+                    break;
+                }
+                Err(error) => return Err(error),
+            };
             for object in page.items {
                 let meta = &object.metadata;
                 if meta.deletion_timestamp.is_some() {

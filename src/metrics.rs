@@ -108,6 +108,7 @@ pub struct Metrics {
     connections_refused: Counter,
     rollouts: Family<ResultLabels, Counter>,
     audit_violations: Family<AuditLabels, Gauge>,
+    cache_forbidden: Family<ResourceLabels, Gauge>,
     confirmations: Family<ResultLabels, Counter>,
     confirmation_duration: Histogram,
     followups: Family<ResultLabels, Counter>,
@@ -224,6 +225,12 @@ impl Metrics {
         ] {
             drop(rollouts.get_or_create(&ResultLabels { result }));
         }
+        let cache_forbidden = Family::<ResourceLabels, Gauge>::default();
+        registry.register(
+            "cache_forbidden",
+            "1 for each resource the API server refuses to let confgate list (RBAC): what needs it is left out",
+            cache_forbidden.clone(),
+        );
         let confirmations = Family::<ResultLabels, Counter>::default();
         registry.register(
             "confirmations",
@@ -290,6 +297,7 @@ impl Metrics {
             connections_refused,
             rollouts,
             audit_violations,
+            cache_forbidden,
             confirmations,
             confirmation_duration,
             followups,
@@ -416,6 +424,12 @@ impl Metrics {
                     resource: resource.as_str(),
                 })
                 .set(stale.map_or(0.0, |d| d.as_secs_f64()));
+        }
+        self.cache_forbidden.clear();
+        for resource in cluster.forbidden() {
+            self.cache_forbidden
+                .get_or_create(&ResourceLabels { resource })
+                .set(1);
         }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {

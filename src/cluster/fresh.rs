@@ -151,6 +151,9 @@ impl ClusterState for View<'_> {
     fn counts(&self) -> Vec<(CacheKind, usize)> {
         self.base.counts()
     }
+    fn forbidden(&self) -> Vec<&'static str> {
+        self.base.forbidden()
+    }
     fn consumers(
         &self,
         source: Source,

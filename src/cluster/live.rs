@@ -44,6 +44,25 @@ pub struct Cache<V> {
     synced: AtomicBool,
     health: Mutex<WatchHealth>,
     observer: Option<Arc<dyn Observer<V>>>,
+    /// The API server refuses to list it (RBAC: 403): the feature it serves is left out, and
+    /// readiness does not wait for it.
+    forbidden: AtomicBool,
+    /// When a refusal was last logged (at most every [`FORBIDDEN_LOG_EVERY`]).
+    forbidden_logged: Mutex<Option<Instant>>,
+}
+
+/// How often a cache the API server refuses to list is logged again.
+pub const FORBIDDEN_LOG_EVERY: Duration = Duration::from_secs(600);
+
+/// True when a watch error is the API server refusing access (403).
+fn is_forbidden(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.code == 403,
+        watcher::Error::WatchError(status) => status.code == 403,
+        _ => false,
+    }
 }
 
 /// Told of every change a [`Cache`] applies, after it is applied.
@@ -84,6 +103,8 @@ impl<V: Send + Sync + 'static> Cache<V> {
             synced: AtomicBool::new(false),
             health: Mutex::new(WatchHealth::default()),
             observer,
+            forbidden: AtomicBool::new(false),
+            forbidden_logged: Mutex::new(None),
         })
     }
 
@@ -146,6 +167,16 @@ impl<V: Send + Sync + 'static> Cache<V> {
         self.synced.load(Ordering::Acquire)
     }
 
+    /// True while the API server refuses to list it (RBAC).
+    pub fn is_forbidden(&self) -> bool {
+        self.forbidden.load(Ordering::Acquire)
+    }
+
+    /// Synced, or refused: nothing to wait for either way.
+    pub fn is_settled(&self) -> bool {
+        self.is_synced() || self.is_forbidden()
+    }
+
     /// Applies watcher events until the stream ends, keeping only `convert(object)` of each
     /// object. A relist (`Init` … `InitDone`) replaces the cache atomically, so deletions missed
     /// while disconnected disappear too. Errors are logged; kube's backoff retries.
@@ -175,6 +206,12 @@ impl<V: Send + Sync + 'static> Cache<V> {
         };
         while let Some(event) = events.next().await {
             self.record_health(event.is_ok());
+            if event.is_ok() && self.forbidden.swap(false, Ordering::AcqRel) {
+                tracing::info!(
+                    resource = self.resource.as_str(),
+                    "access granted: following it again"
+                );
+            }
             match event {
                 Ok(Event::Init) => relist = Some(HashMap::new()),
                 Ok(Event::InitApply(o)) => {
@@ -227,6 +264,17 @@ impl<V: Send + Sync + 'static> Cache<V> {
                     let old = self.write().remove(&key);
                     if let (Some(observer), Some(old)) = (&self.observer, old) {
                         observer.changed(&key, Some(&old), None, false);
+                    }
+                }
+                Err(e) if is_forbidden(&e) => {
+                    self.forbidden.store(true, Ordering::Release);
+                    let mut logged = self
+                        .forbidden_logged
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    if logged.is_none_or(|at| at.elapsed() >= FORBIDDEN_LOG_EVERY) {
+                        *logged = Some(Instant::now());
+                        tracing::warn!(resource = self.resource.as_str(), error = %e, "the API server refuses to list it (RBAC): what needs it is left out until access is granted (checked every few seconds; logged again in 10 minutes)");
                     }
                 }
                 Err(e) => {
@@ -442,19 +490,54 @@ impl LiveState {
         self.config_changes.clone()
     }
 
+    /// Each cache, and whether readiness may stop waiting for it (synced, or refused by RBAC:
+    /// a refused cache leaves its feature out instead of keeping confgate unready for good).
     fn caches_synced(&self) -> Vec<(CacheKind, bool)> {
         let mut out = vec![
-            (CacheKind::ConfigMaps, self.config_maps.is_synced()),
-            (CacheKind::Namespaces, self.namespaces.is_synced()),
-            (CacheKind::LimitRanges, self.limit_ranges.is_synced()),
+            (CacheKind::ConfigMaps, self.config_maps.is_settled()),
+            (CacheKind::Namespaces, self.namespaces.is_settled()),
+            (CacheKind::LimitRanges, self.limit_ranges.is_settled()),
         ];
         if self.secrets_mode == SecretsMode::Watch {
-            out.push((CacheKind::Secrets, self.watched_secrets.is_synced()));
+            out.push((CacheKind::Secrets, self.watched_secrets.is_settled()));
+        }
+        out
+    }
+
+    /// The caches the API server refuses to list, by resource name.
+    fn refused(&self) -> Vec<&'static str> {
+        let mut out: Vec<&'static str> = [
+            (CacheKind::ConfigMaps, &self.config_maps),
+            (CacheKind::Secrets, &self.watched_secrets),
+        ]
+        .into_iter()
+        .filter(|(_, cache)| cache.is_forbidden())
+        .map(|(kind, _)| kind.as_str())
+        .collect();
+        if self.namespaces.is_forbidden() {
+            out.push(CacheKind::Namespaces.as_str());
+        }
+        if self.limit_ranges.is_forbidden() {
+            out.push(CacheKind::LimitRanges.as_str());
+        }
+        if let Some(index) = &self.workloads {
+            out.extend(index.forbidden());
         }
         out
     }
 
     fn unsynced(&self, cache_synced: bool, resource: CacheKind) -> Option<Lookup> {
+        let forbidden = match resource {
+            CacheKind::ConfigMaps => self.config_maps.is_forbidden(),
+            CacheKind::Secrets => self.watched_secrets.is_forbidden(),
+            _ => false,
+        };
+        if forbidden {
+            return Some(Lookup::Unknown(format!(
+                "confgate may not list {} (RBAC)",
+                resource.as_str()
+            )));
+        }
         (!cache_synced)
             .then(|| Lookup::Unknown(format!("{} cache not synced yet", resource.as_str())))
     }
@@ -641,13 +724,22 @@ impl ClusterState for LiveState {
             SecretsMode::Watch => "secrets watched",
             SecretsMode::None => "secrets not read",
         };
+        let forbidden = self.refused();
+        let forbidden = if forbidden.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; not permitted to list (left out): {}",
+                forbidden.join(", ")
+            )
+        };
         let promised = self.promises.names();
         let promised = if promised.is_empty() {
             "no kind that promises Secrets is served".to_owned()
         } else {
             format!("promised Secrets followed: {}", promised.join(", "))
         };
-        format!("live cluster ({secrets}; {promised})")
+        format!("live cluster ({secrets}; {promised}{forbidden})")
     }
 
     fn config_map(&self, namespace: &str, name: &str) -> Lookup {
@@ -710,7 +802,7 @@ impl ClusterState for LiveState {
         namespace: &str,
         name: &str,
     ) -> Option<Vec<Arc<super::workloads::Workload>>> {
-        let index = self.workloads.as_ref().filter(|w| w.synced())?;
+        let index = self.workloads.as_ref().filter(|w| w.settled())?;
         Some(index.consumers(source, namespace, name))
     }
 
@@ -731,7 +823,7 @@ impl ClusterState for LiveState {
             .filter(|(_, synced)| !synced)
             .map(|(kind, _)| kind)
             .collect();
-        if pending.is_empty() && self.workloads.as_ref().is_some_and(|w| !w.synced()) {
+        if pending.is_empty() && self.workloads.as_ref().is_some_and(|w| !w.settled()) {
             pending.push(CacheKind::Workloads);
         }
         if !pending.is_empty() {
@@ -781,6 +873,10 @@ impl ClusterState for LiveState {
 
     fn lags(&self) -> bool {
         true
+    }
+
+    fn forbidden(&self) -> Vec<&'static str> {
+        self.refused()
     }
 
     fn reads_secrets_on_demand(&self) -> bool {
@@ -877,6 +973,50 @@ mod tests {
             cache.get("ns", "a").and_then(|d| d.get("K").copied()),
             Some(crate::cluster::sha256(b"1"))
         );
+    }
+
+    #[tokio::test]
+    async fn a_cache_the_api_server_refuses_is_settled_for_readiness_until_access_is_granted() {
+        let cache = Cache::<ConfigData>::new(CacheKind::ConfigMaps);
+        let refused = || -> Result<Event<ConfigMap>, watcher::Error> {
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(
+                Box::new(
+                    kube::core::Status::failure("configmaps is forbidden", "Forbidden")
+                        .with_code(403),
+                ),
+            )))
+        };
+        cache
+            .clone()
+            .follow(
+                futures::stream::iter(vec![refused(), refused()]),
+                ConfigData::from_config_map,
+            )
+            .await;
+        assert_eq!(
+            (cache.is_synced(), cache.is_forbidden(), cache.is_settled()),
+            (false, true, true)
+        );
+        // A refusal of another kind (the API server is down) is not a refusal of access.
+        let down = Cache::<ConfigData>::new(CacheKind::ConfigMaps);
+        down.clone()
+            .follow(
+                futures::stream::iter(vec![Err::<Event<ConfigMap>, _>(
+                    watcher::Error::NoResourceVersion,
+                )]),
+                ConfigData::from_config_map,
+            )
+            .await;
+        assert!(!down.is_settled());
+        // Granted: the next list brings it back.
+        cache
+            .clone()
+            .follow(
+                futures::stream::iter(vec![Ok(Event::Init), Ok(Event::InitDone)]),
+                ConfigData::from_config_map,
+            )
+            .await;
+        assert_eq!((cache.is_synced(), cache.is_forbidden()), (true, false));
     }
 
     #[tokio::test]

@@ -291,6 +291,12 @@ pub trait ClusterState: Send + Sync {
         Vec::new()
     }
 
+    /// The resources the API server refuses to let confgate list (RBAC): their features are
+    /// left out, and readiness does not wait for them.
+    fn forbidden(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+
     /// Object counts per cache, for metrics.
     fn counts(&self) -> Vec<(CacheKind, usize)> {
         Vec::new()

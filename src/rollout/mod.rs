@@ -221,7 +221,7 @@ pub async fn run(
 ) {
     let mut leader = leadership.watch();
     let cluster = judging.cluster.clone();
-    while !(index.synced() && cluster.ready().is_ok()) {
+    while !(index.settled() && cluster.ready().is_ok()) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tracing::info!(

@@ -381,6 +381,27 @@ impl Index {
         self.caches.iter().all(|(_, c)| c.is_synced())
     }
 
+    /// True once every kind has been listed or refused (RBAC): a kind confgate may not list is
+    /// left out of the index, and readiness does not wait for it.
+    pub fn settled(&self) -> bool {
+        self.caches.iter().all(|(_, c)| c.is_settled())
+    }
+
+    /// The resources of the kinds the API server refuses to list.
+    pub fn forbidden(&self) -> Vec<&'static str> {
+        self.caches
+            .iter()
+            .filter(|(_, c)| c.is_forbidden())
+            .filter_map(|(kind, _)| match *kind {
+                "Deployment" => Some("deployments"),
+                "StatefulSet" => Some("statefulsets"),
+                "DaemonSet" => Some("daemonsets"),
+                "CronJob" => Some("cronjobs"),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Every workload, in no particular order.
     pub fn all(&self) -> Vec<Arc<Workload>> {
         self.caches.iter().flat_map(|(_, c)| c.values()).collect()

@@ -408,3 +408,89 @@ pub async fn e2e_review_reads_a_live_cluster_with_a_kubeconfig(cx: Cx) {
         "{stdout}"
     );
 }
+
+pub async fn e2e_a_kind_confgate_may_not_list_is_left_out_and_it_still_becomes_ready(cx: Cx) {
+    let ns = cx.namespace("rbac-no-cronjobs").await;
+    let kubectl = cx.kubectl();
+    kubectl
+        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+        .await;
+    kubectl
+        .ok(&["create", "serviceaccount", "confgate", "-n", &ns], None)
+        .await;
+    // deploy/base's RBAC without `list`/`watch` on CronJobs (ClusterRoles renamed per test).
+    for file in ["rbac.yaml", "rbac-secrets.yaml"] {
+        let text = std::fs::read_to_string(root().join("deploy/base").join(file)).unwrap();
+        let mut text = text.replace("namespace: confgate-system", &format!("namespace: {ns}"));
+        for role in [
+            "cluster-state",
+            "secrets-reader",
+            "followup",
+            "rollout",
+            "audit",
+            "manage-webhooks",
+        ] {
+            text = text.replace(
+                &format!("name: confgate-{role}\n"),
+                &format!("name: confgate-{role}-{ns}\n"),
+            );
+        }
+        let text = text.replace(
+            "  resources: [cronjobs]\n  verbs: [get, list, watch, patch]",
+            "  resources: [cronjobs]\n  verbs: [get, patch]",
+        );
+        kubectl.ok(&["apply", "-f", "-"], Some(&text)).await;
+    }
+    let sa = format!("system:serviceaccount:{ns}:confgate");
+    let run = kubectl
+        .run(
+            &["auth", "can-i", "list", "cronjobs", "--as", &sa, "-A"],
+            None,
+        )
+        .await;
+    assert_eq!(run.stdout.trim(), "no");
+    let token = kubectl
+        .ok(&["create", "token", "confgate", "-n", &ns], None)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("sa-kubeconfig");
+    write_kubeconfig(&kubeconfig, &cx.plane.server, token.trim()).unwrap();
+    // Ready (start waits for /readyz 200), saying what it left out.
+    let confgate = Confgate::start(&cx, Options::shipped(&ns).kubeconfig(&kubeconfig)).await;
+    let (status, body) = confgate.get("/readyz").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("not permitted to list (left out): cronjobs"),
+        "{body}"
+    );
+    assert_eq!(
+        confgate
+            .metric("confgate_cache_forbidden{resource=\"cronjobs\"}")
+            .await,
+        1.0
+    );
+    // Everything else works: a Deployment with a missing key is denied.
+    let stderr = kubectl
+        .fails(
+            &["apply", "-f", "-"],
+            Some(&web_deployment(
+                &ns,
+                "api",
+                &["{name: X, valueFrom: {configMapKeyRef: {name: app-config, key: NOPE}}}"],
+            )),
+        )
+        .await;
+    assert!(
+        stderr.contains(&format!(
+            "configmap \"{ns}/app-config\" has no key \"NOPE\""
+        )),
+        "{stderr}"
+    );
+    // One warning about it in the log, not one per retry.
+    let refusals = confgate
+        .log_tail(2000)
+        .lines()
+        .filter(|l| l.contains("refuses to list it"))
+        .count();
+    assert_eq!(refusals, 1);
+}

@@ -40,6 +40,7 @@ pub fn all() -> Vec<(&'static str, Case)> {
         cluster_state::e2e_apiserver_loss_serves_last_cache_reports_staleness_and_recovers,
         cluster_state::e2e_readiness_waits_for_cache_sync,
         cluster_state::e2e_secrets_read_by_name_with_the_shipped_rbac,
+        cluster_state::e2e_a_kind_confgate_may_not_list_is_left_out_and_it_still_becomes_ready,
         cluster_state::e2e_review_reads_a_live_cluster_with_a_kubeconfig,
         manage_webhooks::e2e_manage_webhooks_applies_the_generated_registration_and_takes_over,
         config_guard::e2e_consumed_config_cannot_be_deleted_or_lose_a_read_key,
