@@ -44,6 +44,19 @@ pub struct ConfigData {
     /// Who writes keys into this object after it is created (a `kubernetes.io/service-account-token`
     /// Secret is created empty and filled by the token controller): those keys, and by whom.
     filled_by: Option<(&'static str, &'static [&'static str])>,
+    /// The object opted out of rolling its readers (`confgate.dev/rollout: "false"` on the
+    /// ConfigMap or Secret): its values do not count in checksums.
+    unfollowed: bool,
+}
+
+/// The annotation that opts a workload, or a ConfigMap or Secret, out of rollouts.
+pub const ROLLOUT_OPT_OUT: &str = "confgate.dev/rollout";
+
+fn opted_out(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(ROLLOUT_OPT_OUT))
+        .is_some_and(|v| v == "false")
 }
 
 /// The keys the token controller writes into a `kubernetes.io/service-account-token` Secret.
@@ -62,6 +75,7 @@ impl ConfigData {
         Self {
             keys: keys.into_boxed_slice(),
             filled_by: None,
+            unfollowed: false,
         }
     }
 
@@ -77,7 +91,9 @@ impl ConfigData {
             .iter()
             .flatten()
             .map(|(k, v)| (k.as_str(), v.0.as_slice()));
-        Self::from_values(data.chain(binary))
+        let mut digested = Self::from_values(data.chain(binary));
+        digested.unfollowed = opted_out(&cm.metadata);
+        digested
     }
 
     /// Digests a Secret's `data` (and `stringData`, which only manifests carry). The values are
@@ -94,10 +110,16 @@ impl ConfigData {
             .flatten()
             .map(|(k, v)| (k.as_str(), v.as_bytes()));
         let mut digested = Self::from_values(data.chain(string_data));
+        digested.unfollowed = opted_out(&secret.metadata);
         if secret.type_.as_deref() == Some("kubernetes.io/service-account-token") {
             digested.filled_by = Some(("the token controller", TOKEN_KEYS));
         }
         digested
+    }
+
+    /// True when the object opted out of rolling its readers (`confgate.dev/rollout: "false"`).
+    pub fn unfollowed(&self) -> bool {
+        self.unfollowed
     }
 
     /// Who will write `key`, when a controller fills this object after its creation (the token

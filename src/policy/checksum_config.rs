@@ -177,6 +177,11 @@ fn checksum_text(objects: &Resolved, secret_key: Option<&ChecksumKey>) -> String
             let _ = writeln!(text, "{kind} {name} missing");
             continue;
         };
+        if data.unfollowed() {
+            // `confgate.dev/rollout: "false"` on the object: its changes roll nothing.
+            let _ = writeln!(text, "{kind} {name} unfollowed");
+            continue;
+        }
         let keys: Vec<&str> = if selected.all {
             data.key_names().collect()
         } else {
@@ -363,6 +368,26 @@ mod tests {
             object["spec"]["template"]["metadata"]["annotations"][DEFAULT_ANNOTATION],
             hex::encode(Sha256::digest(text.as_bytes()))
         );
+    }
+
+    #[test]
+    fn a_config_map_that_opted_out_counts_without_its_values() {
+        let env =
+            json!([{"name": "A", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "A"}}}]);
+        let opted_out = |value: &str| {
+            format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cfg, namespace: default, annotations: {{confgate.dev/rollout: 'false'}}}}\ndata: {{A: '{value}'}}\n"
+            )
+        };
+        let stamp = |state: &str| {
+            let (object, _) = mutate(&policy(), deployment(env.clone()), &cluster(state));
+            object["spec"]["template"]["metadata"]["annotations"][DEFAULT_ANNOTATION].clone()
+        };
+        let expected = hex::encode(Sha256::digest(b"configmap cfg unfollowed\n"));
+        assert_eq!(stamp(&opted_out("1")), expected);
+        // A change of its values changes nothing: its readers do not roll.
+        assert_eq!(stamp(&opted_out("2")), expected);
+        assert_ne!(stamp(STATE), expected);
     }
 
     /// A cluster with (or failing to load) a checksum key.

@@ -135,7 +135,7 @@ impl Workload {
 }
 
 /// The annotation on a workload that keeps the controller away from it.
-pub const OPT_OUT: &str = "confgate.dev/rollout";
+pub const OPT_OUT: &str = crate::cluster::ROLLOUT_OPT_OUT;
 
 pub use crate::workload::api_resource;
 

@@ -48,6 +48,7 @@ pub fn all() -> Vec<(&'static str, Case)> {
         audit::e2e_audit_reports_a_workload_broken_while_confgate_was_down,
         rollout::e2e_a_changed_consumed_key_rolls_the_workload_once,
         rollout::e2e_an_unconsumed_key_or_an_opted_out_workload_rolls_nothing,
+        rollout::e2e_a_config_map_that_opted_out_rolls_none_of_its_readers,
         rollout::e2e_a_restart_rolls_nothing_and_a_change_while_down_rolls_once,
         rollout::e2e_two_replicas_write_one_rollout_per_change,
         rollout::e2e_a_deleted_lease_is_recreated_and_a_standby_takes_over,

@@ -276,6 +276,65 @@ pub async fn e2e_a_stuck_rollout_does_not_hold_the_fix(cx: Cx) {
     assert_eq!(confgate.metric(triggered).await, 2.0);
 }
 
+pub async fn e2e_a_config_map_that_opted_out_rolls_none_of_its_readers(cx: Cx) {
+    let ns = cx.namespace("rollout-config-opt-out").await;
+    cx.kubectl()
+        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+        .await;
+    let _confgate = Confgate::start(&cx, Options::shipped(&ns)).await;
+    let kubectl = cx.kubectl();
+    // As a platform injects into every namespace: its changes must never roll the readers.
+    kubectl
+        .ok(
+            &[
+                "annotate",
+                "configmap",
+                "app-config",
+                "-n",
+                &ns,
+                "confgate.dev/rollout=false",
+            ],
+            None,
+        )
+        .await;
+    let kubectl = deployed(&cx, &ns, &web_deployment(&ns, "web", &[])).await;
+    set_config_key(
+        &kubectl,
+        &ns,
+        "app-config",
+        "DATABASE_URL",
+        "postgres://other",
+    )
+    .await;
+    stays(&kubectl, &ns, 1, Duration::from_secs(10)).await;
+    // The Secret it also reads still rolls it.
+    let patch = r#"{"stringData": {"API_KEY": "rotated"}}"#;
+    kubectl
+        .ok(
+            &[
+                "patch",
+                "secret",
+                "app-secret",
+                "-n",
+                &ns,
+                "--type=merge",
+                "-p",
+                patch,
+            ],
+            None,
+        )
+        .await;
+    set_config_key(&kubectl, &ns, "app-config", "LOG_LEVEL", "debug").await;
+    reaches(
+        &kubectl,
+        &ns,
+        2,
+        Duration::from_secs(15),
+        "a rollout for the Secret",
+    )
+    .await;
+}
+
 /// True when `confgate` logged that it leads now (its last leadership line; JSON logs).
 fn leads(confgate: &Confgate) -> bool {
     confgate
