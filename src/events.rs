@@ -53,11 +53,14 @@ pub async fn publish(
     note: String,
 ) -> kube::Result<()> {
     let reference = k8s_openapi::api::core::v1::ObjectReference {
-        api_version: crate::cluster::workloads::api_resource(on.kind).map(|r| r.api_version),
+        api_version: match on.kind {
+            "ConfigMap" | "Secret" | "Pod" => Some("v1".to_owned()),
+            kind => crate::cluster::workloads::api_resource(kind).map(|r| r.api_version),
+        },
         kind: Some(on.kind.to_owned()),
         name: Some(on.name.to_owned()),
         namespace: Some(on.namespace.to_owned()),
-        uid: Some(on.uid.to_owned()),
+        uid: Some(on.uid.to_owned()).filter(|uid| !uid.is_empty()),
         ..Default::default()
     };
     let event = Event {

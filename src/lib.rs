@@ -16,6 +16,7 @@ pub mod limitrange;
 pub mod metrics;
 pub mod owners;
 pub mod policy;
+pub mod protection;
 pub mod quantity;
 pub mod rollout;
 pub mod server;

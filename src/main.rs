@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         Command::Audit(args) => confgate::cli::audit::run(args),
         Command::Certs(args) => report(confgate::cli::certs::run(args)),
         Command::Webhooks(args) => report(confgate::cli::webhooks::run(args)),
+        Command::Release(args) => confgate::cli::release::run(args),
         Command::Serve(args) => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

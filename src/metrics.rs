@@ -109,6 +109,7 @@ pub struct Metrics {
     rollouts: Family<ResultLabels, Counter>,
     audit_violations: Family<AuditLabels, Gauge>,
     cache_forbidden: Family<ResourceLabels, Gauge>,
+    deletions_deferred: Gauge,
     confirmations: Family<ResultLabels, Counter>,
     confirmation_duration: Histogram,
     followups: Family<ResultLabels, Counter>,
@@ -231,6 +232,12 @@ impl Metrics {
             "1 for each resource the API server refuses to let confgate list (RBAC): what needs it is left out",
             cache_forbidden.clone(),
         );
+        let deletions_deferred = Gauge::default();
+        registry.register(
+            "deletions_deferred",
+            "ConfigMaps and Secrets whose deletion waits for the live workloads that read them (the config guard's finalizer)",
+            deletions_deferred.clone(),
+        );
         let confirmations = Family::<ResultLabels, Counter>::default();
         registry.register(
             "confirmations",
@@ -298,6 +305,7 @@ impl Metrics {
             rollouts,
             audit_violations,
             cache_forbidden,
+            deletions_deferred,
             confirmations,
             confirmation_duration,
             followups,
@@ -323,6 +331,12 @@ impl Metrics {
                 .inc_by(failed_reads as u64);
         }
         self.confirmation_duration.observe(took.as_secs_f64());
+    }
+
+    /// How many deletions wait for their readers now.
+    pub fn set_deletions_deferred(&self, count: usize) {
+        self.deletions_deferred
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// Counts the result of a follow-up judgement.

@@ -286,12 +286,22 @@ fn namespace_selector(policy: &LoadedPolicy, options: &Options) -> LabelSelector
 
 /// The server's own skip rules (`crate::policy::matcher`), as CEL for the apiserver, so that
 /// requests confgate would not judge are never sent, and a confgate outage cannot block them:
-/// updates of objects being deleted (finalizer removal), and objects made by a controller whose
-/// template the policy judges (every replacement Pod of every Deployment).
+/// updates of objects being deleted (finalizer removal; for the config guard, only the
+/// finalizer changes), and objects made by a controller whose template the policy judges
+/// (every replacement Pod of every Deployment).
 fn match_conditions(policy: &LoadedPolicy) -> Vec<MatchCondition> {
-    let mut conditions = vec![MatchCondition {
-        name: "not-being-deleted".into(),
-        expression: "oldObject == null || !has(oldObject.metadata.deletionTimestamp)".into(),
+    let mut conditions = vec![if policy.policy.judges_objects_being_deleted() {
+        // Changes to an object whose deletion waits (the config guard keeps its read keys)
+        // are sent; finalizer removals never are, so no deletion ever waits on confgate.
+        MatchCondition {
+            name: "not-a-finalizer-change-while-deleted".into(),
+            expression: "oldObject == null || !has(oldObject.metadata.deletionTimestamp) || (has(object.metadata.finalizers) == has(oldObject.metadata.finalizers) && (!has(object.metadata.finalizers) || object.metadata.finalizers == oldObject.metadata.finalizers))".into(),
+        }
+    } else {
+        MatchCondition {
+            name: "not-being-deleted".into(),
+            expression: "oldObject == null || !has(oldObject.metadata.deletionTimestamp)".into(),
+        }
     }];
     if policy
         .matcher

@@ -1,8 +1,9 @@
-//! The command line: `serve`, `review`, `test`, `audit`, `certs`, `webhooks`.
+//! The command line: `serve`, `review`, `test`, `audit`, `certs`, `webhooks`, `release`.
 
 pub mod audit;
 pub mod certs;
 pub mod policy_test;
+pub mod release;
 pub mod review;
 pub mod serve;
 pub mod webhooks;
@@ -31,4 +32,7 @@ pub enum Command {
     Certs(certs::CertsArgs),
     /// Print the webhook registration generated from the policy files.
     Webhooks(webhooks::WebhooksArgs),
+    /// Take the config guard's marks (finalizers) off every ConfigMap and Secret, for
+    /// uninstalling: stops the running replicas from marking first.
+    Release(release::ReleaseArgs),
 }

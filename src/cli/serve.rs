@@ -50,6 +50,11 @@ pub struct ServeArgs {
     /// How Secrets are read from a live cluster.
     #[arg(long, value_enum, default_value_t = SecretsMode::Get)]
     pub secrets: SecretsMode,
+    /// Let the config guard defer the deletion of Secrets that live workloads read, as it does
+    /// for ConfigMaps (a finalizer): needs `--secrets watch` and RBAC `patch` on secrets. Without
+    /// it, deleting such a Secret is allowed with a warning naming its readers.
+    #[arg(long)]
+    pub protect_secrets: bool,
     /// Largest accepted request body, in bytes (the apiserver's own limit is about 3 MiB of object).
     #[arg(long, default_value_t = Limits::default().max_body_bytes)]
     pub max_body_bytes: usize,
@@ -186,6 +191,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "DEVELOPMENT CERTIFICATES generated: a self-signed CA for localhost and confgate.confgate-system.svc; do not use in production (see `confgate certs` or cert-manager)"
         );
     }
+    if args.protect_secrets && args.secrets != crate::cluster::live::SecretsMode::Watch {
+        anyhow::bail!(
+            "--protect-secrets needs --secrets watch (the guard follows the Secrets it marks)"
+        );
+    }
     let registry = Registry::builtin();
     let policies = load_dir(&args.policies, &registry)
         .with_context(|| format!("loading policies from {}", args.policies.display()))?;
@@ -259,7 +269,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 state.reviews.judging(),
             ));
     }
-    if let (Some(client), Some((changed, workloads))) = (&client, config_changed) {
+    if let (Some(client), Some((changed, workloads, guarded))) = (&client, config_changed) {
         let settings = crate::rollout::Settings {
             per_minute: args.rollout_rate_per_minute,
             burst: args.rollout_burst,
@@ -274,7 +284,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             identity: crate::rollout::Election::identity(),
             owners: owners.clone(),
         };
+        let instance = crate::audit::Reporting::instance_of(&args.namespace, &args.lease_name);
         let leader = crate::rollout::leadership(client.clone(), election);
+        tokio::spawn(crate::protection::run(
+            client.clone(),
+            state.reviews.judging(),
+            workloads.clone(),
+            crate::protection::Guard {
+                finalizer: crate::protection::finalizer(&instance),
+                lease: (args.namespace.clone(), args.lease_name.clone()),
+                caches: guarded,
+            },
+            leader.clone(),
+        ));
         tokio::spawn(crate::rollout::run(
             client.clone(),
             state.reviews.judging(),
@@ -332,8 +354,15 @@ type ClusterParts = (
     Option<(
         Arc<crate::cluster::live::ConfigChanges>,
         Arc<crate::cluster::workloads::Index>,
+        Guarded,
     )>,
 );
+
+/// The caches whose objects the config guard marks while they are read.
+type Guarded = Vec<(
+    crate::workload::Source,
+    Arc<crate::cluster::live::Cache<crate::cluster::ConfigData>>,
+)>;
 
 /// The cluster state, and the client when there is a live cluster.
 async fn cluster_state(args: &ServeArgs) -> anyhow::Result<ClusterParts> {
@@ -352,7 +381,16 @@ async fn cluster_state(args: &ServeArgs) -> anyhow::Result<ClusterParts> {
             owners: args.owners(),
         };
         let state = LiveState::start(client.clone(), args.secrets, key, true);
-        let rollout = state.workloads().map(|w| (state.config_changes(), w));
+        let mut guarded: Guarded =
+            vec![(crate::workload::Source::ConfigMap, state.config_map_cache())];
+        if args.protect_secrets
+            && let Some(secrets) = state.secret_cache()
+        {
+            guarded.push((crate::workload::Source::Secret, secrets));
+        }
+        let rollout = state
+            .workloads()
+            .map(|w| (state.config_changes(), w, guarded));
         (state, Some(client), rollout)
     };
     match args.cluster {

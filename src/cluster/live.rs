@@ -143,6 +143,12 @@ impl<V: Send + Sync + 'static> Cache<V> {
         map.get(&(namespace.to_owned(), name.to_owned())).cloned()
     }
 
+    /// Every entry with its key, in no particular order.
+    pub fn entries(&self) -> Vec<(Key, Arc<V>)> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
     /// Every entry, in no particular order.
     pub fn values(&self) -> Vec<Arc<V>> {
         let map = self
@@ -478,6 +484,16 @@ impl LiveState {
             ));
         }
         state
+    }
+
+    /// The ConfigMap cache (the config guard's controller reads its marks).
+    pub fn config_map_cache(&self) -> Arc<Cache<ConfigData>> {
+        self.config_maps.clone()
+    }
+
+    /// The Secret cache, when Secrets are watched.
+    pub fn secret_cache(&self) -> Option<Arc<Cache<ConfigData>>> {
+        (self.secrets_mode == SecretsMode::Watch).then(|| self.watched_secrets.clone())
     }
 
     /// The workload index, when watched.

@@ -47,6 +47,41 @@ pub struct ConfigData {
     /// The object opted out of rolling its readers (`confgate.dev/rollout: "false"` on the
     /// ConfigMap or Secret): its values do not count in checksums.
     unfollowed: bool,
+    /// confgate's finalizers on the object and whether it is being deleted (the config guard's
+    /// deferred deletion); `None` for the common object that has neither.
+    marks: Option<Box<Marks>>,
+}
+
+/// The prefix of the config guard's finalizers (`confgate.dev/in-use-<installation>`).
+pub const IN_USE_PREFIX: &str = "confgate.dev/in-use";
+
+/// What the config guard needs of an object's life: its `confgate.dev/in-use*` finalizers, and
+/// whether its deletion has begun.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Marks {
+    /// The `confgate.dev/in-use*` finalizers it carries.
+    pub finalizers: Vec<String>,
+    /// It has a deletionTimestamp.
+    pub deleting: bool,
+}
+
+fn marks_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<Box<Marks>> {
+    let finalizers: Vec<String> = meta
+        .finalizers
+        .iter()
+        .flatten()
+        .filter(|f| f.starts_with(IN_USE_PREFIX))
+        .cloned()
+        .collect();
+    let deleting = meta.deletion_timestamp.is_some();
+    (deleting || !finalizers.is_empty()).then(|| {
+        Box::new(Marks {
+            finalizers,
+            deleting,
+        })
+    })
 }
 
 /// The annotation that opts a workload, or a ConfigMap or Secret, out of rollouts.
@@ -76,6 +111,7 @@ impl ConfigData {
             keys: keys.into_boxed_slice(),
             filled_by: None,
             unfollowed: false,
+            marks: None,
         }
     }
 
@@ -93,6 +129,7 @@ impl ConfigData {
             .map(|(k, v)| (k.as_str(), v.0.as_slice()));
         let mut digested = Self::from_values(data.chain(binary));
         digested.unfollowed = opted_out(&cm.metadata);
+        digested.marks = marks_of(&cm.metadata);
         digested
     }
 
@@ -111,10 +148,16 @@ impl ConfigData {
             .map(|(k, v)| (k.as_str(), v.as_bytes()));
         let mut digested = Self::from_values(data.chain(string_data));
         digested.unfollowed = opted_out(&secret.metadata);
+        digested.marks = marks_of(&secret.metadata);
         if secret.type_.as_deref() == Some("kubernetes.io/service-account-token") {
             digested.filled_by = Some(("the token controller", TOKEN_KEYS));
         }
         digested
+    }
+
+    /// The config guard's finalizers on the object, and whether it is being deleted.
+    pub fn marks(&self) -> Marks {
+        self.marks.as_deref().cloned().unwrap_or_default()
     }
 
     /// True when the object opted out of rolling its readers (`confgate.dev/rollout: "false"`).

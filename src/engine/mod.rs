@@ -289,6 +289,7 @@ impl Engine {
         }
         if request.operation == Operation::Update
             && crate::policy::being_deleted(review.old_object.as_ref())
+            && !policy.policy.judges_objects_being_deleted()
         {
             return Err("the object is being deleted".into());
         }

@@ -207,6 +207,12 @@ pub trait Policy: Send + Sync {
         &matcher::DEFAULT_OPERATIONS
     }
 
+    /// True when it judges UPDATEs of objects whose deletion has begun (by default they are
+    /// left alone: nothing of them starts anew).
+    fn judges_objects_being_deleted(&self) -> bool {
+        false
+    }
+
     /// Subresources (`scale`, `status`, ...) this policy evaluates; by default none.
     fn handles_subresource(&self, _subresource: &str) -> bool {
         false

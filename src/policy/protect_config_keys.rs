@@ -12,12 +12,13 @@
 //!
 //! Only key names are read, never values; messages name workloads and keys only.
 //!
-//! Never in the way of cleaning up: the namespace controller and the garbage collector are
-//! never judged (also excluded in the registration), workloads being deleted do not count, and
-//! deleting an object whose every consumer belongs to the same application instance (equal
-//! `sameAppLabels` values, by default `app.kubernetes.io/instance`: Helm charts, Argo CD and
-//! kustomize set it) is allowed with a warning, so removing a whole app at once
-//! (`kubectl delete -f dir/`, `helm uninstall`) goes through in any order.
+//! A DELETE is never refused, so removing a whole app goes through in any order
+//! (`kubectl delete -f dir/` in file order, GitOps prune, namespace deletion): with
+//! `action: Deny`, an object live workloads read carries the installation's finalizer
+//! (`crate::protection`) and its deletion waits for the last reader to go; the answer warns and
+//! names the readers. A key a live workload reads stays protected, also in an object whose
+//! deletion is waiting. The namespace controller and the garbage collector are never judged;
+//! workloads being deleted do not count.
 
 use super::{Capabilities, Context, Findings, Policy, PolicyError, SettingsError, parse_settings};
 use crate::cluster::workloads::Workload;
@@ -55,15 +56,14 @@ pub struct ProtectConfigKeysSettings {
     /// How many workloads a message names before "and N more" (default 3).
     #[serde(default = "default_max_named")]
     pub max_named: usize,
-    /// Labels that tie an object to its consumers as one application instance: deleting it
-    /// together with them is allowed (default `[app.kubernetes.io/instance]`; `[]`: never).
+    /// Accepted for policy files written before deletions were deferred; no longer used (an
+    /// app's config is deleted with it in any order, whatever its labels).
     #[serde(default = "default_same_app_labels")]
     pub same_app_labels: Vec<String>,
 }
 #[derive(Debug)]
 pub struct ProtectConfigKeys {
     max_named: usize,
-    same_app_labels: Vec<String>,
 }
 
 impl ProtectConfigKeys {
@@ -75,7 +75,6 @@ impl ProtectConfigKeys {
         }
         Ok(Self {
             max_named: settings.max_named,
-            same_app_labels: settings.same_app_labels,
         })
     }
 }
@@ -134,21 +133,6 @@ impl ProtectConfigKeys {
             _ => format!("{} and {more} more", named.join(", ")),
         }
     }
-
-    /// True when every reader shares one of the app labels' values with the object.
-    fn same_app(&self, object: &Value, readers: &[Reader]) -> Option<String> {
-        self.same_app_labels.iter().find_map(|label| {
-            let value = object
-                .pointer("/metadata/labels")
-                .and_then(|l| l.get(label))
-                .and_then(Value::as_str)
-                .filter(|v| !v.is_empty())?;
-            readers
-                .iter()
-                .all(|(_, reduced)| reduced.labels.iter().any(|(k, v)| k == label && v == value))
-                .then(|| format!("{label}={value}"))
-        })
-    }
 }
 
 impl Policy for ProtectConfigKeys {
@@ -165,6 +149,10 @@ impl Policy for ProtectConfigKeys {
     }
 
     fn fails_open(&self) -> bool {
+        true
+    }
+
+    fn judges_objects_being_deleted(&self) -> bool {
         true
     }
 
@@ -242,13 +230,22 @@ impl Policy for ProtectConfigKeys {
                 })
                 .collect();
             let users_text = self.name_users(&users, namespace);
-            if let Some(app) = self.same_app(object, &readers) {
-                out.warn(format!(
-                    "{label} is used by {users_text}; deleted anyway: they belong to the same application ({app}) and are expected to go with it"
-                ));
+            let marked = object
+                .pointer("/metadata/finalizers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .any(|f| f.starts_with(crate::cluster::IN_USE_PREFIX));
+            out.warn(if marked {
+                format!(
+                    "{label} is used by {users_text}; its deletion waits until they no longer read it, then completes by itself (delete or change them to let it go now)"
+                )
             } else {
-                out.violation(format!("{label} is used by {users_text}"));
-            }
+                format!(
+                    "{label} is used by {users_text}; it is deleted now, and their next Pods will not start"
+                )
+            });
             return Ok(());
         }
         for key in removed {
@@ -403,17 +400,18 @@ spec:
     }
 
     #[test]
-    fn deleting_a_consumed_object_names_the_first_few_and_counts_the_rest() {
+    fn deleting_a_consumed_object_is_never_refused_and_names_the_first_few_readers() {
         let old = config_map(&["REGION"], json!({}));
         let out = judge(
             &policy(json!({"maxNamed": 1})),
             &review("DELETE", None, Some(old.clone()), "alice"),
             STATE,
         );
+        assert!(out.violations.is_empty());
         assert_eq!(
-            out.violations,
+            out.warnings,
             vec![
-                r#"configmap "shop/app-config" is used by cronjob shop/report (init container fetch, env REGION) and 1 more"#
+                r#"configmap "shop/app-config" is used by cronjob shop/report (init container fetch, env REGION) and 1 more; it is deleted now, and their next Pods will not start"#
             ]
         );
         // The namespace controller and the garbage collector are never judged.
@@ -428,36 +426,41 @@ spec:
     }
 
     #[test]
-    fn deleting_it_with_its_whole_app_warns_instead() {
-        // Only web reads it here, and both carry the app's instance label.
+    fn deleting_a_marked_object_says_it_waits_for_its_readers() {
+        let mut marked = config_map(&["REGION"], json!({}));
+        marked["metadata"]["finalizers"] = json!(["confgate.dev/in-use-0123456789"]);
         let state = STATE.split("---").next().unwrap();
-        let labelled = config_map(&["REGION"], json!({"app.kubernetes.io/instance": "shop"}));
         let out = judge(
             &policy(json!({})),
-            &review("DELETE", None, Some(labelled.clone()), "alice"),
+            &review("DELETE", None, Some(marked), "alice"),
             state,
         );
         assert!(out.violations.is_empty());
         assert_eq!(
             out.warnings,
             vec![
-                r#"configmap "shop/app-config" is used by deployment shop/web (container web, env REGION; container web, envFrom; volume files); deleted anyway: they belong to the same application (app.kubernetes.io/instance=shop) and are expected to go with it"#
+                r#"configmap "shop/app-config" is used by deployment shop/web (container web, env REGION; container web, envFrom; volume files); its deletion waits until they no longer read it, then completes by itself (delete or change them to let it go now)"#
             ]
         );
-        // Another instance, or no such label setting: denied.
-        let other = config_map(&["REGION"], json!({"app.kubernetes.io/instance": "other"}));
+    }
+
+    #[test]
+    fn a_key_read_by_name_stays_protected_while_the_object_waits_to_be_deleted() {
+        let mut old = config_map(&["REGION", "OTHER"], json!({}));
+        old["metadata"]["deletionTimestamp"] = json!("2026-12-01T00:00:00Z");
+        old["metadata"]["finalizers"] = json!(["confgate.dev/in-use-0123456789"]);
+        let mut new = config_map(&["OTHER"], json!({}));
+        new["metadata"] = old["metadata"].clone();
         let out = judge(
             &policy(json!({})),
-            &review("DELETE", None, Some(other), "alice"),
-            state,
+            &review("UPDATE", Some(new), Some(old), "alice"),
+            STATE,
         );
-        assert_eq!(out.violations.len(), 1);
-        let out = judge(
-            &policy(json!({"sameAppLabels": []})),
-            &review("DELETE", None, Some(labelled), "alice"),
-            state,
+        assert_eq!(out.violations.len(), 1, "{out:?}");
+        assert!(
+            out.violations[0].contains("key REGION is used by"),
+            "{out:?}"
         );
-        assert_eq!(out.violations.len(), 1);
     }
 
     #[test]

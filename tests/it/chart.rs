@@ -87,7 +87,13 @@ fn chart_defaults_render_exactly_what_deploy_installs() {
     ] {
         let kustomized = keyed(&render(overlay));
         let mode_set = format!("certificates.mode={mode}");
-        let charted = keyed(&template("confgate", "confgate-system", &[&mode_set]).unwrap());
+        // Helm's hooks (the uninstall's `confgate release`) have no kustomize counterpart.
+        let charted: Vec<Value> = template("confgate", "confgate-system", &[&mode_set])
+            .unwrap()
+            .into_iter()
+            .filter(|d| d.pointer("/metadata/annotations/helm.sh~1hook").is_none())
+            .collect();
+        let charted = keyed(&charted);
         let names = |m: &std::collections::BTreeMap<(String, String), Value>| {
             m.keys().cloned().collect::<Vec<_>>()
         };
@@ -100,6 +106,56 @@ fn chart_defaults_render_exactly_what_deploy_installs() {
             assert_eq!(&charted[key], expected, "{overlay}: {key:?}");
         }
     }
+}
+
+#[test]
+fn chart_uninstall_releases_the_config_guard_marks_of_its_own_installation() {
+    let docs = template("team-a", "ops", &[]).unwrap();
+    let hook = docs
+        .iter()
+        .find(|d| d["kind"] == "Job" && d["metadata"]["name"] == "team-a-confgate-release")
+        .expect("the release hook");
+    assert_eq!(
+        hook["metadata"]["annotations"]["helm.sh/hook"],
+        "pre-delete"
+    );
+    let pod = &hook["spec"]["template"];
+    assert_eq!(pod["spec"]["serviceAccountName"], "team-a-confgate");
+    // Never selected by the Service (it must not receive reviews).
+    assert_eq!(
+        pod["metadata"]["labels"]["app.kubernetes.io/component"],
+        "release"
+    );
+    let args: Vec<String> = pod["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    use clap::Parser as _;
+    let cli = confgate::cli::Cli::try_parse_from(
+        std::iter::once("confgate".to_owned()).chain(args.iter().cloned()),
+    )
+    .unwrap();
+    let confgate::cli::Command::Release(release) = cli.command else {
+        panic!("not `confgate release`: {args:?}");
+    };
+    // The Lease the server elects on, so the marks are the ones this installation made.
+    let deployment = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("the Deployment");
+    let served: Vec<&str> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        served.contains(&format!("--lease-name={}", release.lease_name).as_str()),
+        "{served:?}"
+    );
+    assert_eq!((release.namespace.as_str(), release.all), ("ops", false));
 }
 
 #[test]

@@ -485,7 +485,7 @@ fn the_shipped_policies_pass_their_own_tests() {
     );
     assert_eq!(
         text(&out.stdout),
-        "policies/tests/shipped.yaml: shipped-policies\n  PASS  Deployment/shop/web: allow\n  PASS  Deployment/shop/web require-config-keys: pass\n  PASS  Deployment/shop/web checksum-config: pass\n  PASS  Deployment/shop/typo: deny\n  PASS  StatefulSet/shop/cache payments-database-url: warn\n  PASS  Pod/shop/huge limitrange-defaults: deny\n  PASS  ConfigMap/shop/app-config protect-config-keys: deny\n7 expectations: 7 passed, 0 failed\n"
+        "policies/tests/shipped.yaml: shipped-policies\n  PASS  Deployment/shop/web: allow\n  PASS  Deployment/shop/web require-config-keys: pass\n  PASS  Deployment/shop/web checksum-config: pass\n  PASS  Deployment/shop/typo: deny\n  PASS  StatefulSet/shop/cache payments-database-url: warn\n  PASS  Pod/shop/huge limitrange-defaults: deny\n  PASS  ConfigMap/shop/app-config protect-config-keys: pass\n7 expectations: 7 passed, 0 failed\n"
     );
 }
 

@@ -169,6 +169,10 @@ fn rbac_is_least_privilege() {
                     && ((rule["resourceNames"] == json!(["confgate-checksum-key"])
                         && verbs == ["get"])
                         || (rule.get("resourceNames").is_none() && verbs == ["create"]));
+                // The config guard adds and removes its finalizer on ConfigMaps.
+                let guard = role["metadata"]["name"] == "confgate-config-guard"
+                    && resources == ["configmaps"]
+                    && verbs == ["patch"];
                 // Follow-up judgements read workloads and record Events.
                 let followup = role["metadata"]["name"] == "confgate-followup"
                     && (verbs == ["get"]
@@ -183,6 +187,7 @@ fn rbac_is_least_privilege() {
                         || lease
                         || key
                         || followup
+                        || guard
                         || reports
                         || verbs.iter().all(|v| ["get", "list", "watch"].contains(v)),
                     "{overlay}: write verbs in {}",
