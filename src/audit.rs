@@ -179,6 +179,24 @@ pub async fn scan(client: &Client, engine: &Engine, set: &PolicySet) -> Result<A
             }
         }
     }
+    // Configuration whose deletion waits for its readers (the config guard's finalizer).
+    for (source, namespace, name, readers) in engine.cluster().deferred_deletions() {
+        audit.findings.push(Finding {
+            kind: match source {
+                crate::workload::Source::ConfigMap => "ConfigMap".into(),
+                crate::workload::Source::Secret => "Secret".into(),
+            },
+            namespace,
+            name,
+            uid: String::new(),
+            policy: "protect-config-keys".into(),
+            result: "warn",
+            message: format!(
+                "deletion deferred: read by {}; it is deleted as soon as none of them reads it",
+                readers.join(", ")
+            ),
+        });
+    }
     audit.findings.sort_by(|a, b| {
         (&a.namespace, &a.kind, &a.name, &a.policy).cmp(&(
             &b.namespace,
@@ -212,7 +230,10 @@ pub fn policy_report(audit: &Audit, namespace: &str, now: &str) -> Value {
                 "timestamp": {"seconds": seconds, "nanos": 0},
                 "message": f.message,
                 "resources": [{
-                    "apiVersion": api_resource(&f.kind).map(|r| r.api_version).unwrap_or_default(),
+                    "apiVersion": match f.kind.as_str() {
+                        "ConfigMap" | "Secret" => "v1".to_owned(),
+                        kind => api_resource(kind).map(|r| r.api_version).unwrap_or_default(),
+                    },
                     "kind": f.kind, "namespace": f.namespace, "name": f.name, "uid": f.uid,
                 }],
             })

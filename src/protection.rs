@@ -196,7 +196,7 @@ impl State {
 }
 
 /// The live workloads that read `key` without `optional: true`, as `deployment ns/web`.
-fn readers(index: &Index, source: Source, key: &Key) -> Vec<String> {
+pub fn readers(index: &Index, source: Source, key: &Key) -> Vec<String> {
     index
         .consumers(source, &key.0, &key.1)
         .into_iter()

@@ -52,7 +52,7 @@ pub fn run(args: AuditArgs) -> ExitCode {
 fn audit(args: &AuditArgs) -> Result<(String, bool), String> {
     let set = load_dir(&args.policies, &Registry::builtin())
         .map_err(|e| format!("loading policies from {}: {e}", args.policies.display()))?;
-    let (runtime, state) = super::review::live_state(&args.checksum_key_secret)?;
+    let (runtime, state) = super::review::live_state(&args.checksum_key_secret, true)?;
     let audit = runtime.block_on(async {
         let client = kube::Client::try_default()
             .await

@@ -3,9 +3,9 @@
 //! stop marking (they check every 5 s), waits for that, then removes the installation's
 //! finalizer (`--all`: every `confgate.dev/in-use*` finalizer) from every ConfigMap and, when
 //! it may list them, Secret. The Helm chart runs it as a pre-delete hook; with kustomize run it
-//! before `kubectl delete -k` (`kubectl -n confgate-system exec deploy/confgate -- confgate
-//! release`). Exit code 0 when every mark is gone, 1 when some could not be removed, 2 when it
-//! could not run.
+//! before `kubectl delete -k` (`kubectl -n confgate-system exec deploy/confgate --
+//! /usr/local/bin/confgate release`). Exit code 0 when every mark is gone, 1 when some could
+//! not be removed, 2 when it could not run.
 
 use crate::cluster::IN_USE_PREFIX;
 use crate::workload::Source;

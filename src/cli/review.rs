@@ -146,7 +146,7 @@ pub(crate) fn judge(
             Arc::new(StaticState::load(files).map_err(|e| e.to_string())?)
         }
         ClusterSource::Live(key_secret) => {
-            let (runtime, state) = live_state(key_secret)?;
+            let (runtime, state) = live_state(key_secret, false)?;
             live = Some(runtime);
             state
         }
@@ -180,9 +180,11 @@ pub(crate) fn judge(
 }
 
 /// The live cluster's state through the current kubeconfig, once its caches have synced (at
-/// most 30 s), and the runtime its watchers run on (keep it while reviewing).
+/// most 30 s), and the runtime its watchers run on (keep it while reviewing). `workloads`:
+/// also index the workloads (the audit reports the deletions that wait for their readers).
 pub(crate) fn live_state(
     key_secret: &str,
+    workloads: bool,
 ) -> Result<(tokio::runtime::Runtime, Arc<dyn ClusterState>), String> {
     use crate::cluster::live::{KeySecret, LiveState, SecretsMode};
     let (namespace, name) = key_secret
@@ -203,7 +205,7 @@ pub(crate) fn live_state(
         let client = kube::Client::try_default()
             .await
             .map_err(|e| format!("--cluster: cannot configure a Kubernetes client: {e}"))?;
-        let state = LiveState::start(client, SecretsMode::Get, key, false);
+        let state = LiveState::start(client, SecretsMode::Get, key, workloads);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while let Err(pending) = state.ready() {
             if std::time::Instant::now() > deadline {

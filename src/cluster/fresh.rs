@@ -154,6 +154,9 @@ impl ClusterState for View<'_> {
     fn forbidden(&self) -> Vec<&'static str> {
         self.base.forbidden()
     }
+    fn deferred_deletions(&self) -> Vec<(Source, String, String, Vec<String>)> {
+        self.base.deferred_deletions()
+    }
     fn consumers(
         &self,
         source: Source,

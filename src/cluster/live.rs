@@ -895,6 +895,31 @@ impl ClusterState for LiveState {
         self.refused()
     }
 
+    fn deferred_deletions(&self) -> Vec<(Source, String, String, Vec<String>)> {
+        let Some(index) = self.workloads.as_ref().filter(|w| w.settled()) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (source, cache) in [
+            (Source::ConfigMap, &self.config_maps),
+            (Source::Secret, &self.watched_secrets),
+        ] {
+            for ((namespace, name), data) in cache.entries() {
+                let marks = data.marks();
+                if !marks.deleting || marks.finalizers.is_empty() {
+                    continue;
+                }
+                let readers =
+                    crate::protection::readers(index, source, &(namespace.clone(), name.clone()));
+                if !readers.is_empty() {
+                    out.push((source, namespace, name, readers));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
     fn reads_secrets_on_demand(&self) -> bool {
         self.secrets_mode == SecretsMode::Get
     }

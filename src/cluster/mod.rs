@@ -356,6 +356,12 @@ pub trait ClusterState: Send + Sync {
         Vec::new()
     }
 
+    /// ConfigMaps and Secrets whose deletion waits for the live workloads that read them (the
+    /// config guard's finalizer), each with those readers (`deployment ns/web`).
+    fn deferred_deletions(&self) -> Vec<(crate::workload::Source, String, String, Vec<String>)> {
+        Vec::new()
+    }
+
     /// The resources the API server refuses to let confgate list (RBAC): their features are
     /// left out, and readiness does not wait for them.
     fn forbidden(&self) -> Vec<&'static str> {

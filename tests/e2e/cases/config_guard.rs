@@ -98,6 +98,25 @@ pub async fn e2e_config_in_use_keeps_its_keys_and_its_deletion_waits_for_the_las
         )]
     );
     assert_eq!(confgate.metric("confgate_deletions_deferred").await, 1.0);
+    // `confgate audit` lists it among what is waiting.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_confgate"))
+        .args(["audit", "--policies"])
+        .arg(confgate.policies_dir())
+        .env("KUBECONFIG", &cx.plane.kubeconfig)
+        .output()
+        .await
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(&ns) && l.contains("ConfigMap"))
+        .unwrap_or_else(|| panic!("{table}{}", String::from_utf8_lossy(&out.stderr)));
+    assert!(
+        line.contains(&format!(
+            "deletion deferred: read by deployment {ns}/web; it is deleted as soon as none of them reads it"
+        )),
+        "{line}"
+    );
     // A key read by name stays, also while the deletion waits; one only envFrom reads may go.
     let denied = remove_config_key(&kubectl, &ns, "DATABASE_URL").await;
     assert!(!denied.success);

@@ -227,6 +227,83 @@ fn generated(policies: &Path, ca: &Path, url: &str, minor: u32) -> Vec<Value> {
     confgate::yaml::documents(&String::from_utf8(out.stdout).unwrap()).unwrap()
 }
 
+/// The config guard's finalizers on an object.
+fn guard_marks(object: &Value) -> Vec<String> {
+    object["metadata"]["finalizers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter(|f| f.starts_with("confgate.dev/in-use"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Plays the kubelet for the chart's pre-delete hook: waits for its Pod, runs its container's
+/// command on the host as the Pod's ServiceAccount, and reports the Pod done.
+async fn run_release_hook(plane: &ControlPlane, kubectl: Kubectl) {
+    let pod = eventually(Duration::from_secs(60), "the release hook's Pod", || {
+        let kubectl = kubectl.clone();
+        async move {
+            let pods = kubectl.get(NAMESPACE, "pods").await?;
+            pods["items"]
+                .as_array()?
+                .iter()
+                .find(|p| p["metadata"]["labels"]["app.kubernetes.io/component"] == "release")
+                .cloned()
+        }
+    })
+    .await;
+    let spec = &pod["spec"];
+    let args: Vec<String> = spec["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    let account = spec["serviceAccountName"].as_str().unwrap();
+    let token = kubectl
+        .ok(&["create", "token", account, "-n", NAMESPACE], None)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    write_kubeconfig(&kubeconfig, &plane.server, token.trim()).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_confgate"))
+        .args(&args)
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .await
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "confgate {}: {said}", args.join(" "));
+    // The running replica may take its marks off itself once it sees the release: either way
+    // none is left (checked after the uninstall).
+    assert!(said.contains("released; waiting"), "{said}");
+    let name = pod["metadata"]["name"].as_str().unwrap();
+    let done = r#"{"status":{"phase":"Succeeded","containerStatuses":[{"name":"release","image":"confgate","imageID":"","ready":false,"restartCount":0,"state":{"terminated":{"exitCode":0,"reason":"Completed"}}}]}}"#;
+    kubectl
+        .ok(
+            &[
+                "-n",
+                NAMESPACE,
+                "patch",
+                "pod",
+                name,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                done,
+            ],
+            None,
+        )
+        .await;
+}
+
 pub async fn e2e_helm_chart_installs_upgrades_and_uninstalls_leaving_nothing(_shared: Cx) {
     let binaries = Binaries::from_env().expect("control plane binaries");
     let root_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-helm");
@@ -542,9 +619,72 @@ pub async fn e2e_helm_chart_installs_upgrades_and_uninstalls_leaving_nothing(_sh
     .await;
     assert_eq!(host.ca(), rotated, "the new certificate is served");
 
+    // A ConfigMap a workload reads carries the config guard's mark.
+    kubectl
+        .ok(
+            &[
+                "-n",
+                "apps",
+                "create",
+                "configmap",
+                "settings",
+                "--from-literal=MODE=on",
+            ],
+            None,
+        )
+        .await;
+    kubectl
+        .ok(
+            &["apply", "-f", "-"],
+            Some(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: reader, namespace: apps}\nspec:\n  selector: {matchLabels: {app: reader}}\n  template:\n    metadata: {labels: {app: reader}}\n    spec:\n      containers:\n      - name: app\n        image: nginx\n        env: [{name: MODE, valueFrom: {configMapKeyRef: {name: settings, key: MODE}}}]\n",
+            ),
+        )
+        .await;
+    eventually(
+        Duration::from_secs(20),
+        "the ConfigMap marked in use",
+        || {
+            let kubectl = kubectl.clone();
+            async move {
+                let cm = kubectl.get("apps", "configmap/settings").await?;
+                (!guard_marks(&cm).is_empty()).then_some(())
+            }
+        },
+    )
+    .await;
+
     // Uninstall while confgate still runs (its Pods get SIGTERM and drain meanwhile): the
+    // pre-delete hook takes the config guard's marks off first (this test plays the kubelet
+    // for it: runs its command as its ServiceAccount, then reports its Pod done); then the
     // garbage collector removes what confgate created, and nothing of the chart is left.
+    let hook = tokio::spawn(run_release_hook(plane, kubectl.clone()));
     helm(plane, &["uninstall", RELEASE, "--namespace", NAMESPACE]).await;
+    hook.await.unwrap();
+    let marked: Vec<String> = items(&kubectl, "configmaps")
+        .await
+        .iter()
+        .filter(|cm| !guard_marks(cm).is_empty())
+        .filter_map(|cm| cm["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
+    assert!(marked.is_empty(), "marks left after uninstall: {marked:?}");
+    // Deleting the ConfigMap now is not held by anything of confgate's.
+    kubectl
+        .ok(
+            &[
+                "-n",
+                "apps",
+                "delete",
+                "configmap",
+                "settings",
+                "--timeout=20s",
+            ],
+            None,
+        )
+        .await;
+    kubectl
+        .ok(&["-n", "apps", "delete", "deployment", "reader"], None)
+        .await;
     let mut left = Vec::new();
     for _ in 0..60 {
         // Besides what was there before: the test's own namespace and workload, and what the
