@@ -129,6 +129,12 @@ pub async fn e2e_config_in_use_keeps_its_keys_and_its_deletion_waits_for_the_las
     );
     let removed = remove_config_key(&kubectl, &ns, "LOG_LEVEL").await;
     assert!(removed.success, "{}", removed.stderr);
+    // The Deployment's next Pods still find it: a rollout now is admitted, not refused for a
+    // ConfigMap that is gone.
+    kubectl
+        .ok(&["-n", &ns, "rollout", "restart", "deployment/web"], None)
+        .await;
+    assert!(kubectl.get(&ns, "configmap/app-config").await.is_some());
     // A Secret is not marked without --protect-secrets: deleted, with the readers named.
     let run = kubectl
         .run(&["delete", "secret", "app-secret", "-n", &ns], None)
