@@ -294,16 +294,21 @@ pub async fn e2e_secrets_read_by_name_with_the_shipped_rbac(cx: Cx) {
         .await;
     for file in ["rbac.yaml", "rbac-secrets.yaml"] {
         let text = std::fs::read_to_string(root().join("deploy/base").join(file)).unwrap();
-        let text = text
-            .replace(
-                "name: confgate-cluster-state",
-                &format!("name: confgate-cluster-state-{ns}"),
-            )
-            .replace(
-                "name: confgate-secrets-reader",
-                &format!("name: confgate-secrets-reader-{ns}"),
-            )
-            .replace("namespace: confgate-system", &format!("namespace: {ns}"));
+        let mut text = text.replace("namespace: confgate-system", &format!("namespace: {ns}"));
+        for role in [
+            "cluster-state",
+            "secrets-reader",
+            "config-guard",
+            "followup",
+            "rollout",
+            "audit",
+            "manage-webhooks",
+        ] {
+            text = text.replace(
+                &format!("name: confgate-{role}\n"),
+                &format!("name: confgate-{role}-{ns}\n"),
+            );
+        }
         kubectl.ok(&["apply", "-f", "-"], Some(&text)).await;
     }
     let sa = format!("system:serviceaccount:{ns}:confgate");
