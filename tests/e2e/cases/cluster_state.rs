@@ -281,16 +281,17 @@ pub async fn e2e_readiness_waits_for_cache_sync(cx: Cx) {
     );
 }
 
-pub async fn e2e_secrets_read_by_name_with_the_shipped_rbac(cx: Cx) {
-    let ns = cx.namespace("secrets-rbac").await;
+/// deploy/base's RBAC (edited by `edit`), bound to a ServiceAccount `confgate` of namespace
+/// `ns` (its ClusterRoles renamed, so tests never rebind each other's), and a kubeconfig with
+/// that ServiceAccount's token (in the returned directory).
+async fn shipped_rbac(
+    cx: &Cx,
+    ns: &str,
+    edit: impl Fn(String) -> String,
+) -> (tempfile::TempDir, std::path::PathBuf) {
     let kubectl = cx.kubectl();
     kubectl
-        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
-        .await;
-    // deploy/base's RBAC, bound to a ServiceAccount of this test (ClusterRoles renamed so tests
-    // do not share them).
-    kubectl
-        .ok(&["create", "serviceaccount", "confgate", "-n", &ns], None)
+        .ok(&["create", "serviceaccount", "confgate", "-n", ns], None)
         .await;
     for file in ["rbac.yaml", "rbac-secrets.yaml"] {
         let text = std::fs::read_to_string(root().join("deploy/base").join(file)).unwrap();
@@ -309,8 +310,24 @@ pub async fn e2e_secrets_read_by_name_with_the_shipped_rbac(cx: Cx) {
                 &format!("name: confgate-{role}-{ns}\n"),
             );
         }
-        kubectl.ok(&["apply", "-f", "-"], Some(&text)).await;
+        kubectl.ok(&["apply", "-f", "-"], Some(&edit(text))).await;
     }
+    let token = kubectl
+        .ok(&["create", "token", "confgate", "-n", ns], None)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("sa-kubeconfig");
+    write_kubeconfig(&kubeconfig, &cx.plane.server, token.trim()).unwrap();
+    (dir, kubeconfig)
+}
+
+pub async fn e2e_secrets_read_by_name_with_the_shipped_rbac(cx: Cx) {
+    let ns = cx.namespace("secrets-rbac").await;
+    let kubectl = cx.kubectl();
+    kubectl
+        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+        .await;
+    let (_dir, kubeconfig) = shipped_rbac(&cx, &ns, |text| text).await;
     let sa = format!("system:serviceaccount:{ns}:confgate");
     for (verb, expected) in [("get", "yes"), ("list", "no"), ("watch", "no")] {
         let run = kubectl
@@ -318,12 +335,6 @@ pub async fn e2e_secrets_read_by_name_with_the_shipped_rbac(cx: Cx) {
             .await;
         assert_eq!(run.stdout.trim(), expected, "{verb} secrets");
     }
-    let token = kubectl
-        .ok(&["create", "token", "confgate", "-n", &ns], None)
-        .await;
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("sa-kubeconfig");
-    write_kubeconfig(&kubeconfig, &cx.plane.server, token.trim()).unwrap();
     let confgate = Confgate::start(
         &cx,
         Options::shipped(&ns)
@@ -420,32 +431,14 @@ pub async fn e2e_a_kind_confgate_may_not_list_is_left_out_and_it_still_becomes_r
     kubectl
         .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
         .await;
-    kubectl
-        .ok(&["create", "serviceaccount", "confgate", "-n", &ns], None)
-        .await;
-    // deploy/base's RBAC without `list`/`watch` on CronJobs (ClusterRoles renamed per test).
-    for file in ["rbac.yaml", "rbac-secrets.yaml"] {
-        let text = std::fs::read_to_string(root().join("deploy/base").join(file)).unwrap();
-        let mut text = text.replace("namespace: confgate-system", &format!("namespace: {ns}"));
-        for role in [
-            "cluster-state",
-            "secrets-reader",
-            "followup",
-            "rollout",
-            "audit",
-            "manage-webhooks",
-        ] {
-            text = text.replace(
-                &format!("name: confgate-{role}\n"),
-                &format!("name: confgate-{role}-{ns}\n"),
-            );
-        }
-        let text = text.replace(
+    // deploy/base's RBAC without `list`/`watch` on CronJobs.
+    let (_dir, kubeconfig) = shipped_rbac(&cx, &ns, |text| {
+        text.replace(
             "  resources: [cronjobs]\n  verbs: [get, list, watch, patch]",
             "  resources: [cronjobs]\n  verbs: [get, patch]",
-        );
-        kubectl.ok(&["apply", "-f", "-"], Some(&text)).await;
-    }
+        )
+    })
+    .await;
     let sa = format!("system:serviceaccount:{ns}:confgate");
     let run = kubectl
         .run(
@@ -454,12 +447,6 @@ pub async fn e2e_a_kind_confgate_may_not_list_is_left_out_and_it_still_becomes_r
         )
         .await;
     assert_eq!(run.stdout.trim(), "no");
-    let token = kubectl
-        .ok(&["create", "token", "confgate", "-n", &ns], None)
-        .await;
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("sa-kubeconfig");
-    write_kubeconfig(&kubeconfig, &cx.plane.server, token.trim()).unwrap();
     // Ready (start waits for /readyz 200), saying what it left out.
     let confgate = Confgate::start(&cx, Options::shipped(&ns).kubeconfig(&kubeconfig)).await;
     let (status, body) = confgate.get("/readyz").await.unwrap();
