@@ -115,6 +115,11 @@ pub trait LeaseStore: Send + Sync {
 pub struct Leader {
     rx: tokio::sync::watch::Receiver<bool>,
     valid: Arc<Validity>,
+    /// The Lease and this candidate, for [`Leader::release`].
+    store: Option<Arc<dyn LeaseStore>>,
+    me: String,
+    /// Set by [`Leader::release`]: the election task stops.
+    stopped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Until when the leadership holds: nanoseconds after `base` (0: not leading).
@@ -155,7 +160,36 @@ impl Leader {
             base: Instant::now(),
             until: AtomicU64::new(u64::MAX),
         });
-        Self { rx, valid }
+        Self {
+            rx,
+            valid,
+            store: None,
+            me: String::new(),
+            stopped: Arc::default(),
+        }
+    }
+
+    /// Stops taking part (at shutdown) and, when this replica holds the Lease, releases it (an
+    /// empty holder), so another replica takes over at once instead of after the lease's
+    /// duration. Writers stop first.
+    pub async fn release(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.valid.set(None);
+        let Some(store) = &self.store else {
+            return;
+        };
+        let released = async {
+            if let Ok(Some(record)) = store.get().await
+                && record.holder == self.me
+            {
+                store.write(&record, "").await.is_ok()
+            } else {
+                false
+            }
+        };
+        if let Ok(true) = tokio::time::timeout(RETRY, released).await {
+            tracing::info!(identity = %self.me, "leader-election Lease released");
+        }
     }
 }
 
@@ -166,13 +200,21 @@ pub fn run(store: Arc<dyn LeaseStore>, me: String) -> Leader {
         base: Instant::now(),
         until: AtomicU64::new(0),
     });
+    let stopped: Arc<std::sync::atomic::AtomicBool> = Arc::default();
     let leader = Leader {
         rx,
         valid: valid.clone(),
+        store: Some(store.clone()),
+        me: me.clone(),
+        stopped: stopped.clone(),
     };
     tokio::spawn(async move {
         let mut candidate = Candidate::new(me);
         loop {
+            if stopped.load(Ordering::Acquire) {
+                tx.send_replace(false);
+                return;
+            }
             let now = Instant::now();
             candidate.round(store.as_ref(), now).await;
             valid.set(candidate.renewed.map(|at| at + RENEW_DEADLINE));
@@ -560,6 +602,27 @@ mod tests {
         assert!(!a.leading(now));
         a.round(&store, now).await;
         assert!(!a.leading(now));
+    }
+
+    #[tokio::test]
+    async fn a_released_lease_is_taken_over_at_once() {
+        let store = Arc::new(Memory::default());
+        let leader = run(store.clone(), "a".into());
+        for _ in 0..100 {
+            if leader.holds() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(leader.holds());
+        leader.release().await;
+        assert!(!leader.holds());
+        assert_eq!(store.holder(), Some(String::new()));
+        let mut b = Candidate::new("b".into());
+        let now = Instant::now();
+        b.round(store.as_ref(), now).await;
+        assert!(b.leading(now));
+        assert_eq!(store.holder(), Some("b".into()));
     }
 
     #[test]

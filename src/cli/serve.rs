@@ -269,6 +269,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 state.reviews.judging(),
             ));
     }
+    let mut leadership: Option<crate::lease::Leader> = None;
     if let (Some(client), Some((changed, workloads, guarded))) = (&client, config_changed) {
         let settings = crate::rollout::Settings {
             per_minute: args.rollout_rate_per_minute,
@@ -286,6 +287,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         };
         let instance = crate::audit::Reporting::instance_of(&args.namespace, &args.lease_name);
         let leader = crate::rollout::leadership(client.clone(), election);
+        leadership = Some(leader.clone());
         tokio::spawn(crate::protection::run(
             client.clone(),
             state.reviews.judging(),
@@ -343,6 +345,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ));
     }
     serve_with(options, state, registry, handle).await?;
+    // The next leader takes over at once, not a lease's duration later.
+    if let Some(leader) = leadership {
+        leader.release().await;
+    }
     Ok(())
 }
 
