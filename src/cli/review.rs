@@ -61,9 +61,10 @@ pub struct ReviewArgs {
     /// Print the whole story for people: each policy's verdict, messages and the patch.
     #[arg(long)]
     pub explain: bool,
-    /// What to print (without --explain).
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Review)]
-    pub output: Output,
+    /// What to print (without --explain); by default one line per resource at a terminal,
+    /// the response AdmissionReviews when piped.
+    #[arg(short = 'o', long = "output", value_enum)]
+    pub output: Option<Output>,
     /// Also exit 1 on warnings, which include every reference that could not be checked.
     #[arg(long)]
     pub strict: bool,
@@ -231,7 +232,15 @@ fn render(args: &ReviewArgs, judged: &[Judged]) -> Result<String, String> {
         }
         return Ok(out);
     }
-    match args.output {
+    let output = args.output.unwrap_or_else(|| {
+        use std::io::IsTerminal;
+        if std::io::stdout().is_terminal() {
+            Output::Summary
+        } else {
+            Output::Review
+        }
+    });
+    match output {
         Output::Review => {
             for j in judged {
                 let response = j.decision.to_response(&j.review.request);

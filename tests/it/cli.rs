@@ -741,3 +741,29 @@ fn review_keeps_a_charts_own_checksum_as_serve_does() {
         "{deployment}"
     );
 }
+
+#[test]
+fn review_prints_a_line_per_resource_at_a_terminal_and_reviews_when_piped() {
+    let dir = files(&[("app.yaml", DEPLOYMENT)]);
+    let app = dir.path().join("app.yaml");
+    // At a terminal (util-linux `script` gives the command one).
+    let command = format!(
+        "{} review {}",
+        env!("CARGO_BIN_EXE_confgate"),
+        app.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(root())
+        .output()
+        .expect("script (util-linux) runs");
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("WARNED  Deployment shop/api") && !shown.contains("\"apiVersion\""),
+        "{shown}"
+    );
+    // Piped: the response AdmissionReview, for machines.
+    let out = confgate(&["review", app.to_str().unwrap()], None);
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["kind"], "AdmissionReview");
+}
