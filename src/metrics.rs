@@ -110,6 +110,8 @@ pub struct Metrics {
     audit_violations: Family<AuditLabels, Gauge>,
     cache_forbidden: Family<ResourceLabels, Gauge>,
     deletions_deferred: Gauge,
+    change_to_write: Histogram,
+    rollouts_held: Family<ReasonLabels, Gauge>,
     confirmations: Family<ResultLabels, Counter>,
     confirmation_duration: Histogram,
     followups: Family<ResultLabels, Counter>,
@@ -238,6 +240,26 @@ impl Metrics {
             "ConfigMaps and Secrets whose deletion waits for the live workloads that read them (the config guard's finalizer)",
             deletions_deferred.clone(),
         );
+        let change_to_write = Histogram::new(
+            [
+                0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+            ]
+            .into_iter(),
+        );
+        registry.register(
+            "rollout_change_to_write_seconds",
+            "Time from a configuration change being seen to the rollout write of one of its consumers (pacing and holds included)",
+            change_to_write.clone(),
+        );
+        let rollouts_held = Family::<ReasonLabels, Gauge>::default();
+        registry.register(
+            "rollouts_held",
+            "Rollouts held now, by reason (throttled: pace, interval or an unfinished rollout; config_missing: the new Pods could not start; failing_writes: backing off)",
+            rollouts_held.clone(),
+        );
+        for reason in ["throttled", "config_missing", "failing_writes"] {
+            drop(rollouts_held.get_or_create(&ReasonLabels { reason }));
+        }
         let confirmations = Family::<ResultLabels, Counter>::default();
         registry.register(
             "confirmations",
@@ -306,6 +328,8 @@ impl Metrics {
             audit_violations,
             cache_forbidden,
             deletions_deferred,
+            change_to_write,
+            rollouts_held,
             confirmations,
             confirmation_duration,
             followups,
@@ -331,6 +355,18 @@ impl Metrics {
                 .inc_by(failed_reads as u64);
         }
         self.confirmation_duration.observe(took.as_secs_f64());
+    }
+
+    /// Observes the time from a configuration change to one of its rollout writes.
+    pub fn observe_change_to_write(&self, took: Duration) {
+        self.change_to_write.observe(took.as_secs_f64());
+    }
+
+    /// How many rollouts are held now for `reason`.
+    pub fn set_rollouts_held(&self, reason: &'static str, count: usize) {
+        self.rollouts_held
+            .get_or_create(&ReasonLabels { reason })
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// How many deletions wait for their readers now.

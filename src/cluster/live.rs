@@ -345,6 +345,8 @@ const KEY_FIELD: &str = "key";
 #[derive(Default)]
 pub struct ConfigChanges {
     pending: Mutex<Changed>,
+    /// When the oldest pending change was recorded.
+    since: Mutex<Option<Instant>>,
     notify: tokio::sync::Notify,
     recorded: std::sync::atomic::AtomicU64,
 }
@@ -376,7 +378,15 @@ impl ConfigChanges {
 
     /// Takes what changed since the last call.
     pub fn take(&self) -> Changed {
-        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+        self.take_since().0
+    }
+
+    /// Takes what changed, with when the oldest of it was recorded (for the change-to-write
+    /// latency).
+    pub fn take_since(&self) -> (Changed, Option<Instant>) {
+        let changed = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        let since = self.since.lock().unwrap_or_else(|p| p.into_inner()).take();
+        (changed, since)
     }
 
     /// Records a change (as a watch cache does).
@@ -386,6 +396,10 @@ impl ConfigChanges {
             .unwrap_or_else(|p| p.into_inner())
             .entry((source, key.0.clone(), key.1.clone()))
             .or_insert_with(|| old.cloned());
+        self.since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(Instant::now);
         self.recorded.fetch_add(1, Ordering::AcqRel);
         self.notify.notify_one();
     }

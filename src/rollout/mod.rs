@@ -248,9 +248,11 @@ pub async fn run(
         tokio::select! {
             () = changes.wait() => {
                 settle(&changes, settings.coalesce).await;
-                let changed = changes.take();
+                let (changed, since) = changes.take_since();
                 if *leader.borrow() {
+                    controller.since = since;
                     controller.reconcile(&index, &changed, false).await;
+                    controller.since = None;
                 }
             }
             () = tokio::time::sleep(RETRY) => {}
@@ -361,6 +363,8 @@ struct Controller {
     /// Checked before every write: a replica that lost the Lease (or froze past its renewal
     /// deadline) writes nothing.
     leadership: crate::lease::Leader,
+    /// When the change being acted on was first recorded (the change-to-write latency).
+    since: Option<Instant>,
 }
 
 impl Controller {
@@ -382,6 +386,7 @@ impl Controller {
             progress: HashMap::new(),
             settings,
             leadership,
+            since: None,
         }
     }
 
@@ -437,6 +442,7 @@ impl Controller {
             writes.extend(self.plan(&engine, &set, w, what).await);
         }
         self.write_all(writes).await;
+        self.report_held();
     }
 
     /// True when `w`'s unfinished rollout is stuck: the Deployment controller gave up on it, or
@@ -465,6 +471,20 @@ impl Controller {
         stuck
     }
 
+    /// The held rollouts by reason, for the gauge.
+    fn report_held(&self) {
+        let metrics = &self.judging.metrics;
+        metrics.set_rollouts_held("throttled", self.held.len());
+        metrics.set_rollouts_held("config_missing", self.missing.len());
+        let now = Instant::now();
+        let backing_off = self
+            .failing
+            .values()
+            .filter(|(_, next)| *next > now)
+            .count();
+        metrics.set_rollouts_held("failing_writes", backing_off);
+    }
+
     /// Tries the held-back workloads again.
     async fn retry_held(&mut self, index: &Index) {
         if self.held.is_empty() {
@@ -480,6 +500,7 @@ impl Controller {
             }
         }
         self.write_all(writes).await;
+        self.report_held();
     }
 
     /// What to write to `w`, if anything may be written now; what is held back is counted
@@ -614,6 +635,9 @@ impl Controller {
                     self.last.insert(k.clone(), Instant::now());
                     self.held.remove(&k);
                     self.failing.remove(&k);
+                    if let Some(since) = self.since {
+                        metrics.observe_change_to_write(since.elapsed());
+                    }
                 }
                 Err(kube::Error::Api(status)) if status.code == 409 => {
                     // Written since the index saw it (its own apply, usually carrying the new

@@ -466,6 +466,12 @@ pub async fn e2e_a_missing_required_key_holds_the_rollout_until_it_is_back(cx: C
             .await
             >= 1.0
     );
+    assert_eq!(
+        confgate
+            .metric("confgate_rollouts_held{reason=\"config_missing\"}")
+            .await,
+        1.0
+    );
     // Back (with a new value): it rolls, once.
     set_config_key(
         &kubectl,
@@ -484,6 +490,19 @@ pub async fn e2e_a_missing_required_key_holds_the_rollout_until_it_is_back(cx: C
     )
     .await;
     stays(&kubectl, &ns, 2, Duration::from_secs(5)).await;
+    // Its rollout went out as soon as the change was seen, and nothing is held any more.
+    assert_eq!(
+        confgate
+            .metric("confgate_rollout_change_to_write_seconds_count")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        confgate
+            .metric("confgate_rollouts_held{reason=\"config_missing\"}")
+            .await,
+        0.0
+    );
 }
 
 /// The Event notes of `reason` in the namespace.
