@@ -240,12 +240,9 @@ impl Metrics {
             "ConfigMaps and Secrets whose deletion waits for the live workloads that read them (the config guard's finalizer)",
             deletions_deferred.clone(),
         );
-        let change_to_write = Histogram::new(
-            [
-                0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-            ]
-            .into_iter(),
-        );
+        let change_to_write = Histogram::new([
+            0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+        ]);
         registry.register(
             "rollout_change_to_write_seconds",
             "Time from a configuration change being seen to the rollout write of one of its consumers (pacing and holds included)",
