@@ -54,6 +54,12 @@ impl Fresh {
         self.promises.extend(other.promises);
     }
 
+    /// Drops the failed reads of `source`: the caches answer for them instead.
+    pub fn forget_failed(&mut self, source: Source) {
+        self.objects
+            .retain(|(s, _, _), lookup| *s != source || !matches!(lookup, Lookup::Unknown(_)));
+    }
+
     /// How many objects were read.
     pub fn len(&self) -> usize {
         self.objects.len()

@@ -107,20 +107,39 @@ impl Engine {
     /// [`Engine::evaluate_with`], which never waits on the API server.
     /// Reads already in `known` are not made again.
     pub async fn read_ahead(&self, review: &Review, known: &Fresh) -> Fresh {
-        if !self.cluster.reads_secrets_on_demand() {
+        self.read_ahead_as(review, known, false).await
+    }
+
+    /// [`Engine::read_ahead`], and with `stamping` (the mutating webhook, whose checksum of a
+    /// workload's configuration is written into the object) the ConfigMaps too when the caches
+    /// may lag: `kubectl apply -f dir/` writes a ConfigMap and its reader milliseconds apart,
+    /// and a checksum from a cache that has not seen the first write yet would roll the
+    /// workload a second time once the cache catches up.
+    pub async fn read_ahead_as(&self, review: &Review, known: &Fresh, stamping: bool) -> Fresh {
+        let secrets = self.cluster.reads_secrets_on_demand();
+        let config_maps = stamping && self.cluster.lags();
+        if !secrets && !config_maps {
             return Fresh::default();
         }
         let namespace = review.request.namespace.as_deref().unwrap_or_default();
         let wanted: Vec<(Source, String)> = referenced(review)
             .into_iter()
             .filter(|(source, name)| {
-                *source == Source::Secret && known.get(*source, namespace, name).is_none()
+                let wanted = match source {
+                    Source::Secret => secrets,
+                    Source::ConfigMap => config_maps,
+                };
+                wanted && known.get(*source, namespace, name).is_none()
             })
             .collect();
         if wanted.is_empty() {
             return Fresh::default();
         }
-        self.cluster.read_now(namespace, wanted, false).await
+        let mut fresh = self.cluster.read_now(namespace, wanted, false).await;
+        // A ConfigMap read that failed leaves the answer to the cache (a stale stamp is
+        // corrected by the rollout controller; no stamp at all would be worse).
+        fresh.forget_failed(Source::ConfigMap);
+        fresh
     }
 
     /// True when `decision` found violations that may rest on a cache lagging behind the API

@@ -159,7 +159,11 @@ impl ReviewService {
         }
         let costly = large || containers > OFFLOAD_CONTAINERS;
         let review = Arc::new(review);
-        let fresh = self.engine.read_ahead(&review, &Fresh::default()).await;
+        let stamping = endpoint == Phase::Mutate;
+        let fresh = self
+            .engine
+            .read_ahead_as(&review, &Fresh::default(), stamping)
+            .await;
         let (mut decision, mut fresh) = self
             .evaluate(&review, endpoint, only.clone(), costly, fresh)
             .await?;
