@@ -212,14 +212,16 @@ pub fn run(store: Arc<dyn LeaseStore>, me: String) -> Leader {
         let mut candidate = Candidate::new(me);
         loop {
             if stopped.load(Ordering::Acquire) {
-                tx.send_replace(false);
+                tx.send_if_modified(|was| std::mem::replace(was, false));
                 return;
             }
             let now = Instant::now();
             candidate.round(store.as_ref(), now).await;
             valid.set(candidate.renewed.map(|at| at + RENEW_DEADLINE));
             let leading = candidate.leading(Instant::now());
-            if tx.send_replace(leading) != leading {
+            // Receivers hear of changes only: the rollout controller compares every workload,
+            // and the audit runs, when this replica starts leading, not at every renewal.
+            if tx.send_if_modified(|was| std::mem::replace(was, leading) != leading) {
                 tracing::info!(leading, identity = %candidate.me, "leadership changed");
             }
             tokio::time::sleep(RETRY).await;
@@ -602,6 +604,23 @@ mod tests {
         assert!(!a.leading(now));
         a.round(&store, now).await;
         assert!(!a.leading(now));
+    }
+
+    #[tokio::test]
+    async fn renewals_are_not_leadership_changes() {
+        let store = Arc::new(Memory::default());
+        let leader = run(store.clone(), "a".into());
+        let mut watch = leader.watch();
+        // Leading from the first round; then rounds every RETRY renew without a change.
+        tokio::time::timeout(RETRY, watch.changed())
+            .await
+            .expect("the first round")
+            .unwrap();
+        assert!(*watch.borrow_and_update());
+        // Two renewals later, still no change announced.
+        let quiet = tokio::time::timeout(RETRY * 2 + RETRY / 2, watch.changed()).await;
+        assert!(quiet.is_err(), "a renewal was announced as a change");
+        assert_eq!(store.holder(), Some("a".into()));
     }
 
     #[tokio::test]

@@ -45,17 +45,37 @@ pub async fn e2e_generated_registration_applies_and_every_webhook_is_called(cx: 
         .await;
     // The config guard judges ConfigMap updates.
     set_config_key(&kubectl, &ns, "app-config", "NEW", "1").await;
-    let mut reviews = confgate.reviews_of(&format!("{ns}/web"));
-    reviews.extend(confgate.reviews_of(&format!("{ns}/app-config")));
-    for (policy, endpoint) in &webhooks {
-        assert!(
-            reviews.iter().any(|r| r["endpoint"] == endpoint.as_str()
+    let called = |reviews: &[Value], policy: &str, endpoint: &str| {
+        reviews.iter().any(|r| {
+            r["endpoint"] == endpoint
                 && (r["operation"] == "CREATE" || r["kind"] == "ConfigMap")
                 && r["policies"]
                     .as_str()
                     .unwrap_or("")
                     .split(',')
-                    .any(|p| p.starts_with(&format!("{policy}=")))),
+                    .any(|p| p.starts_with(&format!("{policy}=")))
+        })
+    };
+    // The log is written in the background: its last lines may lag the answers a moment.
+    let reviews = || {
+        let mut reviews = confgate.reviews_of(&format!("{ns}/web"));
+        reviews.extend(confgate.reviews_of(&format!("{ns}/app-config")));
+        reviews
+    };
+    for _ in 0..25 {
+        let seen = reviews();
+        if webhooks
+            .iter()
+            .all(|(policy, endpoint)| called(&seen, policy, endpoint))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let reviews = reviews();
+    for (policy, endpoint) in &webhooks {
+        assert!(
+            called(&reviews, policy, endpoint),
             "webhook {policy}.{endpoint} was not called: {reviews:#?}"
         );
     }
