@@ -588,37 +588,6 @@ pub async fn e2e_helm_chart_installs_upgrades_and_uninstalls_leaving_nothing(_sh
         );
     }
 
-    // Rotation, as the README says: delete the Secret. confgate makes a new one, serves it, and
-    // registers its CA, without a restart.
-    kubectl
-        .ok(
-            &[
-                "-n",
-                NAMESPACE,
-                "delete",
-                "secret",
-                &format!("{RELEASE}-tls"),
-            ],
-            None,
-        )
-        .await;
-    let rotated = eventually(Duration::from_secs(90), "a new CA is registered", || {
-        let kubectl = kubectl.clone();
-        let first_ca = secret_ca.clone();
-        async move {
-            let secret = kubectl
-                .get(NAMESPACE, &format!("secret/{RELEASE}-tls"))
-                .await?;
-            let ca = decoded(&secret["data"]["ca.crt"])?;
-            let stored = kubectl
-                .get("", &format!("validatingwebhookconfiguration/{RELEASE}"))
-                .await?;
-            (ca != first_ca && webhook_ca(&stored) == ca).then_some(ca)
-        }
-    })
-    .await;
-    assert_eq!(host.ca(), rotated, "the new certificate is served");
-
     // A ConfigMap a workload reads carries the config guard's mark.
     kubectl
         .ok(
@@ -653,6 +622,37 @@ pub async fn e2e_helm_chart_installs_upgrades_and_uninstalls_leaving_nothing(_sh
         },
     )
     .await;
+
+    // Rotation, as the README says: delete the Secret. confgate makes a new one, serves it, and
+    // registers its CA, without a restart.
+    kubectl
+        .ok(
+            &[
+                "-n",
+                NAMESPACE,
+                "delete",
+                "secret",
+                &format!("{RELEASE}-tls"),
+            ],
+            None,
+        )
+        .await;
+    let rotated = eventually(Duration::from_secs(90), "a new CA is registered", || {
+        let kubectl = kubectl.clone();
+        let first_ca = secret_ca.clone();
+        async move {
+            let secret = kubectl
+                .get(NAMESPACE, &format!("secret/{RELEASE}-tls"))
+                .await?;
+            let ca = decoded(&secret["data"]["ca.crt"])?;
+            let stored = kubectl
+                .get("", &format!("validatingwebhookconfiguration/{RELEASE}"))
+                .await?;
+            (ca != first_ca && webhook_ca(&stored) == ca).then_some(ca)
+        }
+    })
+    .await;
+    assert_eq!(host.ca(), rotated, "the new certificate is served");
 
     // Uninstall while confgate still runs (its Pods get SIGTERM and drain meanwhile): the
     // pre-delete hook takes the config guard's marks off first (this test plays the kubelet
