@@ -182,10 +182,7 @@ pub async fn scan(client: &Client, engine: &Engine, set: &PolicySet) -> Result<A
     // Configuration whose deletion waits for its readers (the config guard's finalizer).
     for (source, namespace, name, readers) in engine.cluster().deferred_deletions() {
         audit.findings.push(Finding {
-            kind: match source {
-                crate::workload::Source::ConfigMap => "ConfigMap".into(),
-                crate::workload::Source::Secret => "Secret".into(),
-            },
+            kind: source.kind().into(),
             namespace,
             name,
             uid: String::new(),

@@ -116,12 +116,16 @@ pub async fn run(
             };
         }
         let mut deferred = 0;
+        // Whether the policy guards a namespace, once per tick (not per object).
+        let mut guarded_in: HashMap<(Source, String), bool> = HashMap::new();
         for (source, cache) in &guard.caches {
             for (key, data) in cache.entries() {
                 let marks = data.marks();
                 let marked = marks.finalizers.contains(&guard.finalizer);
                 let readers = readers(&index, *source, &key);
-                let guarded = guards(&judging, *source, &key.0);
+                let guarded = *guarded_in
+                    .entry((*source, key.0.clone()))
+                    .or_insert_with(|| guards(&judging, *source, &key.0));
                 if marks.deleting && marked && !readers.is_empty() {
                     deferred += 1;
                     if state.evented.insert((*source, key.clone())) {
@@ -200,13 +204,7 @@ pub fn readers(index: &Index, source: Source, key: &Key) -> Vec<String> {
     index
         .consumers(source, &key.0, &key.1)
         .into_iter()
-        .filter(|w| !w.deleting)
-        .filter(|w| {
-            w.reduced()
-                .references
-                .iter()
-                .any(|r| r.source() == source && r.1 == key.1 && !r.3)
-        })
+        .filter(|w| !w.deleting && w.requires(source, &key.1))
         .map(|w| format!("{} {}/{}", w.kind.to_lowercase(), w.namespace, w.name))
         .collect()
 }
@@ -214,10 +212,7 @@ pub fn readers(index: &Index, source: Source, key: &Key) -> Vec<String> {
 /// True when a `protect-config-keys` policy with `action: Deny` covers deletions of `source`
 /// objects in `namespace`.
 fn guards(judging: &Judging, source: Source, namespace: &str) -> bool {
-    let kind = match source {
-        Source::ConfigMap => "ConfigMap",
-        Source::Secret => "Secret",
-    };
+    let kind = source.kind();
     let set = judging.policies.current();
     set.policies.iter().any(|p| {
         p.type_name == "protect-config-keys"
@@ -274,10 +269,7 @@ async fn deferred_event(
     key: &Key,
     readers: &[String],
 ) {
-    let kind = match source {
-        Source::ConfigMap => "ConfigMap",
-        Source::Secret => "Secret",
-    };
+    let kind = source.kind();
     let on = crate::events::On {
         kind,
         namespace: &key.0,

@@ -221,6 +221,14 @@ impl Source {
             Source::Secret => "secret",
         }
     }
+
+    /// `ConfigMap` or `Secret`: the object's kind.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Source::ConfigMap => "ConfigMap",
+            Source::Secret => "Secret",
+        }
+    }
 }
 
 /// Which keys of the object a reference uses.

@@ -266,6 +266,8 @@ pub enum CacheKind {
     LimitRanges,
     /// Deployments, StatefulSets, DaemonSets and CronJobs (the rollout controller's index).
     Workloads,
+    /// The objects that promise Secrets (Certificates, ExternalSecrets, ...).
+    Promisers,
 }
 
 impl CacheKind {
@@ -277,6 +279,7 @@ impl CacheKind {
             CacheKind::Namespaces => "namespaces",
             CacheKind::LimitRanges => "limitranges",
             CacheKind::Workloads => "workloads",
+            CacheKind::Promisers => "promisers",
         }
     }
 
@@ -288,6 +291,7 @@ impl CacheKind {
             CacheKind::Namespaces => "Namespace",
             CacheKind::LimitRanges => "LimitRange",
             CacheKind::Workloads => "workload",
+            CacheKind::Promisers => "Secret promiser",
         }
     }
 }

@@ -187,7 +187,7 @@ pub async fn follow(client: Client, followed: Weak<Followed>) {
             if this.follows(kind) {
                 continue;
             }
-            let cache = Cache::new(CacheKind::Secrets);
+            let cache = Cache::new(CacheKind::Promisers);
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
             let task = tokio::spawn(watch_into(api, cache.clone(), move |o: &DynamicObject| {
                 Some(entry(kind, o))

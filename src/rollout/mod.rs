@@ -852,26 +852,20 @@ fn missing(cluster: &dyn ClusterState, w: &Workload, reduced: &index::Reduced) -
     let mut problems: Vec<String> = Vec::new();
     for r in reduced.references.iter().filter(|r| !r.3) {
         let object = format!("{} \"{}/{}\"", r.0, w.namespace, r.1);
-        match cluster.lookup(r.source(), &w.namespace, &r.1) {
+        let found = match cluster.lookup(r.source(), &w.namespace, &r.1) {
             Lookup::Found(data) => {
-                for key in r.2.iter().flatten().filter(|k| !data.has(k)) {
-                    let problem = format!("{object} has no key \"{key}\"");
-                    if !problems.contains(&problem) {
-                        problems.push(problem);
-                    }
-                }
+                r.2.iter()
+                    .flatten()
+                    .filter(|k| !data.has(k))
+                    .map(|key| format!("{object} has no key \"{key}\""))
+                    .collect()
             }
-            Lookup::Missing => {
-                let problem = format!("{object} does not exist");
-                if !problems.contains(&problem) {
-                    problems.push(problem);
-                }
-            }
-            Lookup::Unknown(why) => {
-                let problem = format!("{object} cannot be read ({why})");
-                if !problems.contains(&problem) {
-                    problems.push(problem);
-                }
+            Lookup::Missing => vec![format!("{object} does not exist")],
+            Lookup::Unknown(why) => vec![format!("{object} cannot be read ({why})")],
+        };
+        for problem in found {
+            if !problems.contains(&problem) {
+                problems.push(problem);
             }
         }
     }

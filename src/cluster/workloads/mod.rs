@@ -48,6 +48,9 @@ pub struct Workload {
     pub failing: bool,
     /// The ConfigMaps and Secrets it references, by (kind, name), for the reverse index.
     pub objects: Box<[(Source, Box<str>)]>,
+    /// Those of `objects` it references only with `optional: true` (usually none): the config
+    /// guard asks "does it need this object?" every second without decoding [`Reduced`].
+    optional_only: Box<[(Source, Box<str>)]>,
     /// [`Reduced`], as compact text ([`compact`]).
     reduced: Box<str>,
 }
@@ -63,6 +66,16 @@ impl Workload {
         self.objects
             .iter()
             .any(|(s, n)| *s == source && **n == *name)
+    }
+
+    /// True when it references ConfigMap or Secret `name` at least once without
+    /// `optional: true`: its Pods could not start without it.
+    pub fn requires(&self, source: Source, name: &str) -> bool {
+        self.references(source, name)
+            && !self
+                .optional_only
+                .iter()
+                .any(|(s, n)| *s == source && **n == *name)
     }
 
     /// Bytes of the kept text (for the memory benchmark).
@@ -179,6 +192,15 @@ pub fn reduce(kind: &'static str, object: &Value) -> Option<Workload> {
         refs.iter().map(|r| (r.source, Box::from(r.name))).collect();
     objects.sort();
     objects.dedup();
+    let optional_only: Vec<(Source, Box<str>)> = objects
+        .iter()
+        .filter(|(source, name)| {
+            refs.iter()
+                .filter(|r| r.source == *source && r.name == &**name)
+                .all(|r| r.optional)
+        })
+        .cloned()
+        .collect();
     let reduced = Reduced {
         labels: pairs(metadata.get("labels")),
         annotations,
@@ -210,6 +232,7 @@ pub fn reduce(kind: &'static str, object: &Value) -> Option<Workload> {
             }),
         reduced: encode(&reduced, &objects),
         objects: objects.into_boxed_slice(),
+        optional_only: optional_only.into_boxed_slice(),
     })
 }
 
@@ -449,6 +472,21 @@ mod tests {
     use crate::policy::checksum_config::{ChecksumConfig, DEFAULT_ANNOTATION, OWN_ANNOTATION};
     use crate::policy::testing::{cluster, mutate};
     use crate::workload::pod_spec;
+
+    #[test]
+    fn a_workload_requires_what_it_reads_at_least_once_without_optional() {
+        let object = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"template": {"spec": {"containers": [{"name": "web", "env": [
+                {"name": "A", "valueFrom": {"configMapKeyRef": {"name": "both", "key": "A", "optional": true}}},
+                {"name": "B", "valueFrom": {"configMapKeyRef": {"name": "both", "key": "B"}}},
+                {"name": "C", "valueFrom": {"configMapKeyRef": {"name": "maybe", "key": "C", "optional": true}}}]}]}}}});
+        let w = reduce("Deployment", &object).unwrap();
+        assert!(w.requires(Source::ConfigMap, "both"));
+        assert!(!w.requires(Source::ConfigMap, "maybe"));
+        assert!(w.references(Source::ConfigMap, "maybe"));
+        assert!(!w.requires(Source::Secret, "both"));
+    }
 
     /// Every kind of reference, as a list returns it (no apiVersion, no kind).
     fn listed() -> Value {
