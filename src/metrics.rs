@@ -112,6 +112,7 @@ pub struct Metrics {
     deletions_deferred: Gauge,
     change_to_write: Histogram,
     rollouts_held: Family<ReasonLabels, Gauge>,
+    rollout_waves: Family<ResultLabels, Counter>,
     confirmations: Family<ResultLabels, Counter>,
     confirmation_duration: Histogram,
     followups: Family<ResultLabels, Counter>,
@@ -251,11 +252,26 @@ impl Metrics {
         let rollouts_held = Family::<ReasonLabels, Gauge>::default();
         registry.register(
             "rollouts_held",
-            "Rollouts held now, by reason (throttled: pace, interval or an unfinished rollout; config_missing: the new Pods could not start; failing_writes: backing off)",
+            "Rollouts held now, by reason (throttled: pace, interval or an unfinished rollout; config_missing: the new Pods could not start; failing_writes: backing off; wave_waiting: the first wave of a change it reads is rolling; wave_failed: that first wave failed)",
             rollouts_held.clone(),
         );
-        for reason in ["throttled", "config_missing", "failing_writes"] {
+        for reason in [
+            "throttled",
+            "config_missing",
+            "failing_writes",
+            "wave_waiting",
+            "wave_failed",
+        ] {
             drop(rollouts_held.get_or_create(&ReasonLabels { reason }));
+        }
+        let rollout_waves = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "rollout_waves",
+            "First waves of progressive config rollouts that finished, by result (passed: the other readers roll; failed: the change is held for them until the object is edited again)",
+            rollout_waves.clone(),
+        );
+        for result in ["passed", "failed"] {
+            drop(rollout_waves.get_or_create(&ResultLabels { result }));
         }
         let confirmations = Family::<ResultLabels, Counter>::default();
         registry.register(
@@ -327,6 +343,7 @@ impl Metrics {
             deletions_deferred,
             change_to_write,
             rollouts_held,
+            rollout_waves,
             confirmations,
             confirmation_duration,
             followups,
@@ -421,6 +438,13 @@ impl Metrics {
     pub fn set_connections_open(&self, open: usize) {
         self.connections_open
             .set(i64::try_from(open).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a first wave of a progressive config rollout that finished (`passed`, `failed`).
+    pub fn rollout_wave(&self, result: &'static str) {
+        self.rollout_waves
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// Counts a rollout decision of the rollout controller.

@@ -165,6 +165,17 @@ impl ConfigData {
         self.unfollowed
     }
 
+    /// A digest of what its readers see (key names and value digests, and whether it is
+    /// followed): equal for two versions of the object exactly when no reader's checksum could
+    /// tell them apart. The rollout controller's waves are per (object, fingerprint).
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.keys.hash(&mut hasher);
+        self.unfollowed.hash(&mut hasher);
+        hasher.finish()
+    }
+
     /// Who will write `key`, when a controller fills this object after its creation (the token
     /// controller fills a service-account-token Secret): a reader of such a key waits for it.
     pub fn filled_later(&self, key: &str) -> Option<&'static str> {

@@ -70,13 +70,66 @@ pub struct ChecksumConfigSettings {
     /// next write (default true; `confgate serve` with a live cluster).
     #[serde(default = "yes")]
     pub rollout: bool,
+    /// How the readers of one changed ConfigMap or Secret roll: the first wave, then the rest
+    /// once the first are healthy (progressive config rollouts).
+    #[serde(default)]
+    pub waves: Waves,
 }
+
+/// `settings.waves` of a `checksum-config` policy: the consumers of one change roll in waves.
+/// The first `firstWave` roll; the rest wait until those are healthy: every replica updated,
+/// ready and available, and staying so for `settleSeconds`, with no container of a new Pod
+/// restarting or failing to start. If one of the first fails (a crash loop, a container that
+/// cannot start, the Deployment's progress deadline, or not healthy within `timeoutSeconds`),
+/// the change is held for every other reader until the object is edited again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Waves {
+    /// How many readers roll first (default 1; 0 rolls every reader at once, paced only).
+    #[serde(default = "one")]
+    pub first_wave: u32,
+    /// How long the first wave must stay healthy before the rest roll (default 30).
+    #[serde(default = "thirty")]
+    pub settle_seconds: u64,
+    /// How long the first wave may take to become healthy before the change is held for the
+    /// rest (default 600, the Deployment controller's own progress deadline).
+    #[serde(default = "six_hundred")]
+    pub timeout_seconds: u64,
+    /// A container of a new Pod that restarts fails the wave (default true); off, only
+    /// readiness and the failing states (CrashLoopBackOff, CreateContainerConfigError, ...)
+    /// count.
+    #[serde(default = "yes")]
+    pub fail_on_restarts: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+fn thirty() -> u64 {
+    30
+}
+fn six_hundred() -> u64 {
+    600
+}
+
+impl Default for Waves {
+    fn default() -> Self {
+        Self {
+            first_wave: one(),
+            settle_seconds: thirty(),
+            timeout_seconds: six_hundred(),
+            fail_on_restarts: true,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct ChecksumConfig {
     kinds: Vec<String>,
     annotation: String,
     include_secrets: bool,
     rollout: bool,
+    waves: Waves,
 }
 
 impl ChecksumConfig {
@@ -105,6 +158,7 @@ impl ChecksumConfig {
             annotation: settings.annotation,
             include_secrets: settings.include_secrets,
             rollout: settings.rollout,
+            waves: settings.waves,
         })
     }
 }
@@ -259,6 +313,10 @@ impl Policy for ChecksumConfig {
         } else {
             Vec::new()
         }
+    }
+
+    fn rollout_waves(&self) -> Option<Waves> {
+        (self.rollout && self.waves.first_wave > 0).then_some(self.waves)
     }
 
     fn mutate(

@@ -225,6 +225,12 @@ pub trait Policy: Send + Sync {
         Vec::new()
     }
 
+    /// How the rollout controller rolls the readers of one change in waves, for the workloads
+    /// this policy stamps (`checksum-config`); `None`: all at once, paced only.
+    fn rollout_waves(&self) -> Option<checksum_config::Waves> {
+        None
+    }
+
     /// Judges the object. Violations go to `out`.
     fn validate(
         &self,

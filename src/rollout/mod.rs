@@ -24,12 +24,15 @@
 //! `confgate.dev/rollout: "false"` are left alone; a `checksum-config` policy with
 //! `rollout: false` stamps at admission only.
 
+mod waves;
+
 use crate::admission::{review_from_value, wrap_manifest};
 use crate::cluster::fresh::{Fresh, View};
 use crate::cluster::live::{Changed, ConfigChanges};
 use crate::cluster::workloads::{self as index, Index, Workload};
 use crate::cluster::{ClusterState, ConfigData, Lookup};
 use crate::engine::{Engine, Judging};
+use crate::policy::checksum_config::Waves as WaveSettings;
 use crate::policy::{Phase, PolicySet};
 use crate::workload::{FIELD_MANAGER, Keys, Source, nested, template_annotation, template_path};
 use kube::Client;
@@ -39,6 +42,7 @@ use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use waves::{Admission, ObjectKey, Outcome, WorkloadKey};
 
 /// How the controller paces itself.
 #[derive(Debug, Clone, Copy)]
@@ -243,6 +247,7 @@ pub async fn run(
             full_due = false;
             last_full = Instant::now();
         } else if leading {
+            controller.tend_waves(&index).await;
             controller.retry_held(&index).await;
         }
         tokio::select! {
@@ -317,15 +322,14 @@ impl Write {
     }
 }
 
-/// (kind, namespace, name) of a workload.
-type WorkloadKey = (&'static str, String, String);
-
-/// One annotation to write: key, the value it has, the value it should have.
+/// One annotation to write: key, the value it has, the value it should have, and how the
+/// policy that stamps it rolls a change's readers (in waves, or all at once).
 #[derive(Debug, Clone, PartialEq)]
 struct Stamp {
     annotation: String,
     current: String,
     desired: String,
+    waves: Option<WaveSettings>,
 }
 
 /// `checksum/config 1f2e3d4c5b6a -> 9ab0c1d2e3f4`: the annotation, and the first 12
@@ -349,9 +353,14 @@ struct Controller {
     recorder: Recorder,
     limiter: TokenBucket,
     last: HashMap<WorkloadKey, Instant>,
-    /// Workloads that should roll but were held back (rate, interval, unfinished rollout), with
-    /// what changed for them.
-    held: HashMap<WorkloadKey, Vec<String>>,
+    /// Workloads that should roll but were held back, with what changed for them and why they
+    /// wait: `throttled` (rate, interval, unfinished rollout), `wave_waiting` (the first wave
+    /// of a change they read is rolling), `wave_failed` (it failed).
+    held: HashMap<WorkloadKey, (Vec<String>, &'static str)>,
+    /// The changes rolling in waves ([`waves`]).
+    waves: waves::Waves,
+    /// A wave passed since the held workloads were last tried: those waiting for it are tried.
+    released: bool,
     /// Workloads held because their configuration is incomplete, with what is missing (an
     /// Event and an info line when it first is, or changes).
     missing: HashMap<WorkloadKey, String>,
@@ -381,6 +390,8 @@ impl Controller {
             limiter: TokenBucket::new(&settings),
             last: HashMap::new(),
             held: HashMap::new(),
+            waves: waves::Waves::default(),
+            released: false,
             missing: HashMap::new(),
             failing: HashMap::new(),
             progress: HashMap::new(),
@@ -415,7 +426,23 @@ impl Controller {
                 Lookup::Found(data) => Some(data),
                 _ => None,
             };
-            for w in index.consumers(*source, namespace, name) {
+            let consumers = index.consumers(*source, namespace, name);
+            let object: ObjectKey = (*source, namespace.clone(), name.clone());
+            match &after {
+                // A change with more than one reader rolls in waves (a wave of one is its
+                // reader's own rollout).
+                Some(data) if consumers.len() > 1 => {
+                    if self.waves.begin(object.clone(), data.fingerprint()) {
+                        tracing::debug!(
+                            object = waves::label(&object),
+                            readers = consumers.len(),
+                            "a change rolls in waves"
+                        );
+                    }
+                }
+                _ => self.waves.end(&object),
+            }
+            for w in consumers {
                 let what = changed_keys(&w, *source, name, before.as_deref(), after.as_deref());
                 candidates
                     .entry(key(&w))
@@ -432,17 +459,44 @@ impl Controller {
             );
         }
         let mut writes = Vec::new();
-        for (k, (w, what)) in candidates {
+        for (k, w, what) in self.first_wave_first(candidates) {
             let mut what = what;
             if what.is_empty()
-                && let Some(earlier) = self.held.get(&k)
+                && let Some((earlier, _)) = self.held.get(&k)
             {
                 what = earlier.clone();
             }
-            writes.extend(self.plan(&engine, &set, w, what).await);
+            writes.extend(self.plan(&engine, &set, index, w, what, all).await);
         }
         self.write_all(writes).await;
         self.report_held();
+    }
+
+    /// The candidates in the order they are planned, which decides the first wave of a change:
+    /// a workload whose rollout a change broke first (the next change may be its fix), then
+    /// workloads that run Pods (they can show whether the change is healthy), then by
+    /// namespace, kind and name.
+    fn first_wave_first(
+        &self,
+        candidates: HashMap<WorkloadKey, (Arc<Workload>, Vec<String>)>,
+    ) -> Vec<(WorkloadKey, Arc<Workload>, Vec<String>)> {
+        let mut ordered: Vec<(WorkloadKey, Arc<Workload>, Vec<String>)> = candidates
+            .into_iter()
+            .map(|(k, (w, what))| (k, w, what))
+            .collect();
+        ordered.sort_by(|a, b| {
+            let rank = |(k, w, _): &(WorkloadKey, Arc<Workload>, Vec<String>)| {
+                (
+                    !self.waves.broken(k),
+                    !w.shows_health,
+                    k.1.clone(),
+                    k.0,
+                    k.2.clone(),
+                )
+            };
+            rank(a).cmp(&rank(b))
+        });
+        ordered
     }
 
     /// True when `w`'s unfinished rollout is stuck: the Deployment controller gave up on it, or
@@ -474,7 +528,10 @@ impl Controller {
     /// The held rollouts by reason, for the gauge.
     fn report_held(&self) {
         let metrics = &self.judging.metrics;
-        metrics.set_rollouts_held("throttled", self.held.len());
+        for reason in ["throttled", "wave_waiting", "wave_failed"] {
+            let count = self.held.values().filter(|(_, r)| *r == reason).count();
+            metrics.set_rollouts_held(reason, count);
+        }
         metrics.set_rollouts_held("config_missing", self.missing.len());
         let now = Instant::now();
         let backing_off = self
@@ -485,32 +542,215 @@ impl Controller {
         metrics.set_rollouts_held("failing_writes", backing_off);
     }
 
-    /// Tries the held-back workloads again.
+    /// Tries the held-back workloads again: those throttled, and those waiting for a first
+    /// wave once one has passed. Those held by a failed wave wait for the next change of the
+    /// object, which compares them anyway.
     async fn retry_held(&mut self, index: &Index) {
-        if self.held.is_empty() {
+        self.held
+            .retain(|(kind, namespace, name), _| index.get(kind, namespace, name).is_some());
+        let released = std::mem::take(&mut self.released);
+        let due: Vec<WorkloadKey> = self
+            .held
+            .iter()
+            .filter(|(_, (_, reason))| {
+                *reason == "throttled" || (released && *reason == "wave_waiting")
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        if due.is_empty() {
+            self.report_held();
             return;
         }
         let set = self.judging.policies.current();
         let engine = Engine::new(self.judging.cluster.clone());
-        let held: Vec<(WorkloadKey, Vec<String>)> = self.held.drain().collect();
         let mut writes = Vec::new();
-        for ((kind, namespace, name), what) in held {
-            if let Some(w) = index.get(kind, &namespace, &name) {
-                writes.extend(self.plan(&engine, &set, w, what).await);
+        let mut candidates = HashMap::new();
+        for k in due {
+            if let (Some((what, _)), Some(w)) = (self.held.remove(&k), index.get(k.0, &k.1, &k.2)) {
+                candidates.insert(k, (w, what));
             }
+        }
+        for (_, w, what) in self.first_wave_first(candidates) {
+            writes.extend(self.plan(&engine, &set, index, w, what, false).await);
         }
         self.write_all(writes).await;
         self.report_held();
     }
 
+    /// Judges the first waves in flight from their workloads and Pods read now, and says what
+    /// finished: a wave that passed releases the readers waiting for it; one that failed is
+    /// announced on the object and the canary (Warning Events, a log line, a metric).
+    async fn tend_waves(&mut self, index: &Index) {
+        for (k, _, server_time) in self.waves.watched() {
+            if index.get(k.0, &k.1, &k.2).is_none() {
+                // Gone: the readers waiting for it are tried again, and one takes its place.
+                self.waves.forget(&k);
+                self.released = true;
+                continue;
+            }
+            let Some(health) = self.health(&k, server_time.as_deref()).await else {
+                continue;
+            };
+            for outcome in self.waves.observe(&k, &health, Instant::now()) {
+                self.announce(index, outcome).await;
+            }
+        }
+        self.report_held();
+    }
+
+    /// What canary `k` shows now: its status and its Pods read from the API server (a read
+    /// that fails judges nothing this time).
+    async fn health(&self, k: &WorkloadKey, since: Option<&str>) -> Option<waves::Health> {
+        let resource = index::api_resource(k.0)?;
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &k.1, &resource);
+        let object = match api.get(&k.2).await {
+            Ok(object) => serde_json::to_value(object).ok()?,
+            Err(error) => {
+                tracing::debug!(%error, workload = waves::workload_label(k), "cannot read a first-wave workload");
+                return None;
+            }
+        };
+        let mut health = waves::workload_health(k.0, &object);
+        let selector = object
+            .pointer("/spec/selector")
+            .cloned()
+            .and_then(|s| {
+                serde_json::from_value::<
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+                >(s)
+                .ok()
+            })
+            .and_then(|s| kube::core::Selector::try_from(s).ok());
+        if let Some(selector) = selector {
+            let pods: Api<k8s_openapi::api::core::v1::Pod> =
+                Api::namespaced(self.client.clone(), &k.1);
+            let params = kube::api::ListParams::default().labels(&selector.to_string());
+            match pods.list(&params).await {
+                Ok(list) => {
+                    let pods: Vec<Value> = list
+                        .items
+                        .iter()
+                        .filter_map(|p| serde_json::to_value(p).ok())
+                        .collect();
+                    waves::pods_health(&mut health, &pods, since);
+                }
+                Err(error) => {
+                    // Without Pods (RBAC), status, progress deadline and timeout still judge.
+                    tracing::debug!(%error, "cannot list the Pods of a first-wave workload");
+                }
+            }
+        }
+        Some(health)
+    }
+
+    /// Says how a first wave finished.
+    async fn announce(&mut self, index: &Index, outcome: Outcome) {
+        match outcome {
+            Outcome::Passed(object) => {
+                self.judging.metrics.rollout_wave("passed");
+                tracing::info!(
+                    object = waves::label(&object),
+                    "the first wave is healthy: the other readers roll"
+                );
+                self.released = true;
+            }
+            Outcome::Failed {
+                object,
+                workload,
+                why,
+            } => {
+                self.judging.metrics.rollout_wave("failed");
+                let readers = index.consumers(object.0, &object.1, &object.2);
+                let others = readers.len().saturating_sub(1);
+                // Those waiting for this wave are now held by its failure.
+                for r in &readers {
+                    if let Some((_, reason)) = self.held.get_mut(&key(r))
+                        && *reason == "wave_waiting"
+                    {
+                        *reason = "wave_failed";
+                    }
+                }
+                tracing::warn!(
+                    object = waves::label(&object),
+                    workload = waves::workload_label(&workload),
+                    %why,
+                    held = others,
+                    "the first wave of a configuration change failed: the change is held for the other readers"
+                );
+                let on_object = format!(
+                    "this change broke the first reader rolled ({}: {why}); it is held for the {others} other readers until {} is edited again",
+                    waves::workload_label(&workload),
+                    waves::label(&object)
+                );
+                let kind = match object.0 {
+                    Source::ConfigMap => "ConfigMap",
+                    Source::Secret => "Secret",
+                };
+                self.warn(kind, &object.1, &object.2, "", "RolloutHalted", on_object)
+                    .await;
+                let on_workload = format!(
+                    "its rollout for the change of {} failed: {why}; the change is held for the {others} other readers until {} is edited again",
+                    waves::label(&object),
+                    waves::label(&object)
+                );
+                let uid = index
+                    .get(workload.0, &workload.1, &workload.2)
+                    .map(|w| w.uid.clone())
+                    .unwrap_or_default();
+                self.warn(
+                    workload.0,
+                    &workload.1,
+                    &workload.2,
+                    &uid,
+                    "ConfigRolloutFailed",
+                    on_workload,
+                )
+                .await;
+            }
+        }
+    }
+
+    /// A Warning Event.
+    async fn warn(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        reason: &str,
+        note: String,
+    ) {
+        let on = crate::events::On {
+            kind,
+            namespace,
+            name,
+            uid,
+        };
+        if let Err(error) = crate::events::publish(
+            &self.recorder,
+            on,
+            EventType::Warning,
+            reason,
+            "Rollout",
+            note,
+        )
+        .await
+        {
+            tracing::warn!(%error, reason, "cannot publish an Event");
+        }
+    }
+
     /// What to write to `w`, if anything may be written now; what is held back is counted
-    /// and remembered for the retry.
+    /// and remembered for the retry. `begin`: a comparison of every workload, where the
+    /// changes it finds (made while this replica was not leading) begin their waves.
     async fn plan(
         &mut self,
         engine: &Engine,
         set: &PolicySet,
+        index: &Index,
         w: Arc<Workload>,
         what: Vec<String>,
+        begin: bool,
     ) -> Option<Write> {
         let metrics = self.judging.metrics.clone();
         let k = key(&w);
@@ -538,6 +778,7 @@ impl Controller {
             // Already right (its own write carried the new checksum), or not ours to roll.
             if !what.is_empty() {
                 metrics.rollout("coalesced");
+                self.waves.carried(&k, Instant::now());
             }
             self.held.remove(&k);
             return None;
@@ -545,18 +786,21 @@ impl Controller {
         if w.settled {
             self.progress.remove(&k);
         }
+        // A workload a change broke gets the next change at once: it may be the fix.
+        let broken = self.waves.broken(&k);
         let held = if w.opted_out {
             Some(("skipped", "opted out (confgate.dev/rollout: \"false\")"))
         } else if w.paused {
             Some(("skipped", "paused"))
         } else if w.deleting {
             Some(("skipped", "being deleted"))
-        } else if !w.settled && !self.stuck(&w, &k) {
+        } else if !w.settled && !broken && !self.stuck(&w, &k) {
             Some(("throttled", "its last rollout has not finished"))
-        } else if self
-            .last
-            .get(&k)
-            .is_some_and(|at| at.elapsed() < self.settings.min_interval)
+        } else if !broken
+            && self
+                .last
+                .get(&k)
+                .is_some_and(|at| at.elapsed() < self.settings.min_interval)
         {
             Some((
                 "throttled",
@@ -571,6 +815,10 @@ impl Controller {
             // refusing it) spends no token, so it never starves the others.
             tracing::debug!(kind = w.kind, namespace = %w.namespace, name = %w.name, failures, "backing off after failed writes");
             Some(("throttled", "backing off after failed writes"))
+        } else if let Some(wait) = self.wave_hold(engine, index, &w, &stamps, begin) {
+            metrics.rollout("held");
+            self.held.insert(k, (what, wait));
+            return None;
         } else if !self.limiter.take() {
             Some(("throttled", "over --rollout-rate-per-minute"))
         } else {
@@ -580,7 +828,7 @@ impl Controller {
             metrics.rollout(result);
             tracing::debug!(kind = w.kind, namespace = %w.namespace, name = %w.name, why, "rollout held");
             if result == "throttled" {
-                self.held.insert(k, what);
+                self.held.insert(k, (what, "throttled"));
             }
             return None;
         }
@@ -589,6 +837,53 @@ impl Controller {
             stamps,
             what,
         })
+    }
+
+    /// Whether a change in flight holds `w` (`wave_waiting`, `wave_failed`); joins `w` to the
+    /// first wave of the changes it reads that still need canaries.
+    fn wave_hold(
+        &mut self,
+        engine: &Engine,
+        index: &Index,
+        w: &Workload,
+        stamps: &[Stamp],
+        begin: bool,
+    ) -> Option<&'static str> {
+        let settings = stamps.iter().find_map(|s| s.waves)?;
+        let cluster = engine.cluster();
+        let mut objects: Vec<(ObjectKey, u64)> = Vec::new();
+        for (source, name) in &w.objects {
+            if let Lookup::Found(data) = cluster.lookup(*source, &w.namespace, name) {
+                let object: ObjectKey = (*source, w.namespace.clone(), name.to_string());
+                let fingerprint = data.fingerprint();
+                if begin
+                    && !self.waves.knows(&object, fingerprint)
+                    && index.consumers(*source, &w.namespace, name).len() > 1
+                {
+                    self.waves.begin(object.clone(), fingerprint);
+                }
+                objects.push((object, fingerprint));
+            }
+        }
+        let k = key(w);
+        match self.waves.admit(&k, &objects, &settings) {
+            Admission::Go => None,
+            Admission::Canary(changes) => {
+                let changes: Vec<String> = changes.iter().map(waves::label).collect();
+                tracing::info!(kind = w.kind, namespace = %w.namespace, name = %w.name, changes = ?changes, "rolling as the first wave of a change; its other readers wait until it is healthy");
+                None
+            }
+            Admission::Wait(object) => {
+                tracing::debug!(kind = w.kind, namespace = %w.namespace, name = %w.name, change = waves::label(&object), "rollout waits for the first wave of the change");
+                Some("wave_waiting")
+            }
+            Admission::Halted(object, canary, why) => {
+                if self.held.get(&k).map(|(_, r)| *r) != Some("wave_failed") {
+                    tracing::info!(kind = w.kind, namespace = %w.namespace, name = %w.name, change = waves::label(&object), first_wave = waves::workload_label(&canary), %why, "rollout held: the first wave of this change failed");
+                }
+                Some("wave_failed")
+            }
+        }
     }
 
     /// Writes the planned rollouts, [`PARALLEL_WRITES`] at a time (each is a round trip through
@@ -605,7 +900,7 @@ impl Controller {
             return;
         }
         let this = &*self;
-        let results: Vec<(Write, kube::Result<()>)> = futures::stream::iter(writes)
+        let results: Vec<(Write, kube::Result<Option<String>>)> = futures::stream::iter(writes)
             .map(|write| async move {
                 let result = this.patch(&write.workload, &write.stamps).await;
                 let w = &write.workload;
@@ -631,7 +926,8 @@ impl Controller {
             let w = &write.workload;
             let k = key(w);
             match result {
-                Ok(()) => {
+                Ok(server_time) => {
+                    self.waves.written(&k, Instant::now(), server_time);
                     self.last.insert(k.clone(), Instant::now());
                     self.held.remove(&k);
                     self.failing.remove(&k);
@@ -643,7 +939,7 @@ impl Controller {
                     // Written since the index saw it (its own apply, usually carrying the new
                     // checksum): compared again from the fresh copy.
                     tracing::debug!(kind = w.kind, namespace = %w.namespace, name = %w.name, "changed since seen; comparing again");
-                    self.held.insert(k, write.what);
+                    self.held.insert(k, (write.what, "throttled"));
                 }
                 Err(error) => {
                     metrics.rollout("failed");
@@ -652,7 +948,7 @@ impl Controller {
                     tracing::warn!(kind = w.kind, namespace = %w.namespace, name = %w.name, %error, failures, retry_in_s = wait.as_secs(), "rollout failed; retrying later");
                     self.failing
                         .insert(k.clone(), (failures, Instant::now() + wait));
-                    self.held.insert(k, write.what);
+                    self.held.insert(k, (write.what, "throttled"));
                 }
             }
         }
@@ -660,10 +956,11 @@ impl Controller {
 
     /// Writes the annotations: a merge patch of those keys, field manager `confgate`,
     /// conditional on the resourceVersion the index saw. The mutating webhook computes the
-    /// same values on this write, so it adds nothing.
-    async fn patch(&self, w: &Workload, stamps: &[Stamp]) -> kube::Result<()> {
+    /// same values on this write, so it adds nothing. Returns the API server's time of the
+    /// write (from `managedFields`), which tells the Pods of this rollout from older ones.
+    async fn patch(&self, w: &Workload, stamps: &[Stamp]) -> kube::Result<Option<String>> {
         let Some(resource) = index::api_resource(w.kind) else {
-            return Ok(());
+            return Ok(None);
         };
         let annotations: serde_json::Map<String, Value> = stamps
             .iter()
@@ -680,9 +977,15 @@ impl Controller {
             field_manager: Some(FIELD_MANAGER.into()),
             ..PatchParams::default()
         };
-        api.patch(&w.name, &params, &Patch::Merge(&body))
-            .await
-            .map(drop)
+        let written = api.patch(&w.name, &params, &Patch::Merge(&body)).await?;
+        Ok(written
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter(|f| f.manager.as_deref() == Some(FIELD_MANAGER))
+            .find_map(|f| f.time.as_ref())
+            .map(|t| t.0.to_string()))
     }
 
     /// A Warning `RolloutHeld` Event on the workload naming what its new Pods would miss.
@@ -789,11 +1092,17 @@ fn changed_keys(
 /// names what is missing when there is something to roll but the new Pods could not start
 /// ([`missing`]). Secrets read on demand are read first, as the webhook reads them.
 async fn desired(engine: &Engine, set: &PolicySet, w: &Workload) -> Result<Vec<Stamp>, String> {
-    let rolling: Vec<(&str, Vec<&str>)> = set
+    let rolling: Vec<(&str, Vec<&str>, Option<WaveSettings>)> = set
         .policies
         .iter()
-        .map(|p| (p.name.as_str(), p.policy.rollout_annotations()))
-        .filter(|(_, a)| !a.is_empty())
+        .map(|p| {
+            (
+                p.name.as_str(),
+                p.policy.rollout_annotations(),
+                p.policy.rollout_waves(),
+            )
+        })
+        .filter(|(_, a, _)| !a.is_empty())
         .collect();
     let object = w.object();
     let Some(review) = wrap_manifest(object.clone(), 1)
@@ -805,7 +1114,7 @@ async fn desired(engine: &Engine, set: &PolicySet, w: &Workload) -> Result<Vec<S
     let fresh = engine.read_ahead(&review, &Fresh::default()).await;
     let cluster = View::new(engine.cluster().as_ref(), &fresh);
     let mut stamps = Vec::new();
-    for (policy, annotations) in rolling {
+    for (policy, annotations, waves) in rolling {
         let Ok(decision) = engine.evaluate_with(set, &review, Phase::Mutate, Some(policy), &fresh)
         else {
             continue;
@@ -829,6 +1138,7 @@ async fn desired(engine: &Engine, set: &PolicySet, w: &Workload) -> Result<Vec<S
                     annotation: annotation.to_owned(),
                     current: current.to_owned(),
                     desired: desired.to_owned(),
+                    waves,
                 });
             }
         }

@@ -46,6 +46,10 @@ pub struct Workload {
     /// The Deployment controller gave up on its rollout (`Progressing` is `False`:
     /// `ProgressDeadlineExceeded`).
     pub failing: bool,
+    /// It runs Pods whose health a rollout can show (a Deployment or StatefulSet with replicas,
+    /// a DaemonSet with scheduled Pods); not a CronJob or a workload scaled to zero. Such
+    /// workloads are the first wave of a progressive rollout.
+    pub shows_health: bool,
     /// The ConfigMaps and Secrets it references, by (kind, name), for the reverse index.
     pub objects: Box<[(Source, Box<str>)]>,
     /// Those of `objects` it references only with `optional: true` (usually none): the config
@@ -230,10 +234,21 @@ pub fn reduce(kind: &'static str, object: &Value) -> Option<Workload> {
                 c.get("type").and_then(Value::as_str) == Some("Progressing")
                     && c.get("status").and_then(Value::as_str) == Some("False")
             }),
+        shows_health: shows_health(kind, object),
         reduced: encode(&reduced, &objects),
         objects: objects.into_boxed_slice(),
         optional_only: optional_only.into_boxed_slice(),
     })
+}
+
+/// Whether the workload runs Pods, so that its rollout can show whether they are healthy.
+fn shows_health(kind: &str, object: &Value) -> bool {
+    let number = |p: &str| object.pointer(p).and_then(Value::as_i64);
+    match kind {
+        "Deployment" | "StatefulSet" => number("/spec/replicas").unwrap_or(1) > 0,
+        "DaemonSet" => number("/status/desiredNumberScheduled").unwrap_or(0) > 0,
+        _ => false,
+    }
 }
 
 /// A digest of the status counts that move while a rollout progresses (and of the generation).

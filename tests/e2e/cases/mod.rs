@@ -10,6 +10,7 @@ mod limitranger;
 mod manage_webhooks;
 mod rollout;
 mod secrets_on_their_way;
+mod waves;
 
 use crate::Case;
 use std::collections::BTreeMap;
@@ -60,6 +61,7 @@ pub fn all() -> Vec<(&'static str, Case)> {
         rollout::e2e_a_chart_managed_checksum_is_left_alone_and_confgate_stamps_its_own,
         rollout::e2e_a_secret_change_rolls_when_secrets_are_watched,
         rollout::e2e_a_statefulset_rolls_and_a_cronjob_stamps_its_next_job,
+        waves::e2e_a_bad_edit_of_a_shared_config_map_stops_at_the_first_wave,
         secrets_on_their_way::e2e_a_certificate_and_the_deployment_mounting_its_secret_go_in_in_either_order,
         secrets_on_their_way::e2e_helm_install_of_a_chart_whose_deployment_mounts_its_certificate_secret,
         secrets_on_their_way::e2e_an_external_secret_and_its_reader,
