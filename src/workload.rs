@@ -493,6 +493,60 @@ mod tests {
 /// The field manager confgate writes with (the rollout controller's patches).
 pub const FIELD_MANAGER: &str = "confgate";
 
+/// A workload annotation naming ConfigMaps (comma-separated, its own namespace) whose changes
+/// roll it although its pod spec does not reference them (like Wave's `extra-configmaps` and
+/// Reloader's explicit lists). Every key counts; a missing one counts as missing, never denies.
+pub const EXTRA_CONFIGMAPS: &str = "confgate.dev/extra-configmaps";
+/// The same for Secrets.
+pub const EXTRA_SECRETS: &str = "confgate.dev/extra-secrets";
+/// A workload annotation, `"true"` or `"false"`: its app reloads the files it mounts from
+/// ConfigMaps and Secrets (the kubelet updates them in place, except with `subPath`), so
+/// volume-mounted references are left out of its checksum. Overrides the policy's
+/// `mountedFilesReload`.
+pub const MOUNTED_FILES_RELOAD: &str = "confgate.dev/mounted-files-reload";
+
+/// The workload annotations confgate reads (kept by the workload index).
+pub const READ_ANNOTATIONS: [&str; 3] = [EXTRA_CONFIGMAPS, EXTRA_SECRETS, MOUNTED_FILES_RELOAD];
+
+/// The objects a workload names in [`EXTRA_CONFIGMAPS`] and [`EXTRA_SECRETS`], in order, once
+/// each (names trimmed, empty entries ignored).
+pub fn extra_objects(metadata: Option<&Value>) -> Vec<(Source, &str)> {
+    let mut out: Vec<(Source, &str)> = Vec::new();
+    for (annotation, source) in [
+        (EXTRA_CONFIGMAPS, Source::ConfigMap),
+        (EXTRA_SECRETS, Source::Secret),
+    ] {
+        let names = metadata
+            .and_then(|m| m.get("annotations"))
+            .and_then(|a| a.get(annotation))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if !out.contains(&(source, name)) {
+                out.push((source, name));
+            }
+        }
+    }
+    out
+}
+
+/// The volumes some container mounts with `subPath`/`subPathExpr` (the kubelet never updates
+/// those files in place).
+pub fn sub_path_volumes(spec: &Value) -> std::collections::BTreeSet<&str> {
+    containers(spec)
+        .into_iter()
+        .flat_map(|c| {
+            c.value
+                .get("volumeMounts")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
+        .filter(|m| m.get("subPath").is_some() || m.get("subPathExpr").is_some())
+        .map(|m| str_at(m, "name"))
+        .collect()
+}
+
 /// The field managers other than confgate that own `metadata.annotations[key]` of the pod
 /// template, from the object's `managedFields`: a manifest (a Helm chart's `sha256sum`, a
 /// kubectl-applied file) that sets the annotation itself. What a mutating webhook adds is owned

@@ -27,8 +27,8 @@
 use super::{Capabilities, Context, Findings, Policy, PolicyError, SettingsError, parse_settings};
 use crate::cluster::{ChecksumKey, ConfigData, Lookup};
 use crate::workload::{
-    Keys, Source, WORKLOAD_KINDS, pod_spec, references, set_template_annotation,
-    template_annotation, template_annotation_owners,
+    Keys, MOUNTED_FILES_RELOAD, Site, Source, WORKLOAD_KINDS, extra_objects, pod_spec, references,
+    set_template_annotation, sub_path_volumes, template_annotation, template_annotation_owners,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -74,6 +74,12 @@ pub struct ChecksumConfigSettings {
     /// once the first are healthy (progressive config rollouts).
     #[serde(default)]
     pub waves: Waves,
+    /// The apps reload the files they mount from ConfigMaps and Secrets: volume-mounted
+    /// references (except those mounted with `subPath`, which the kubelet never updates) are
+    /// left out of the checksum, so their changes roll nothing (default false). A workload's
+    /// `confgate.dev/mounted-files-reload: "true"|"false"` overrides it.
+    #[serde(default)]
+    pub mounted_files_reload: bool,
 }
 
 /// `settings.waves` of a `checksum-config` policy: the consumers of one change roll in waves.
@@ -130,6 +136,7 @@ pub struct ChecksumConfig {
     include_secrets: bool,
     rollout: bool,
     waves: Waves,
+    mounted_files_reload: bool,
 }
 
 impl ChecksumConfig {
@@ -159,6 +166,7 @@ impl ChecksumConfig {
             include_secrets: settings.include_secrets,
             rollout: settings.rollout,
             waves: settings.waves,
+            mounted_files_reload: settings.mounted_files_reload,
         })
     }
 }
@@ -332,11 +340,34 @@ impl Policy for ChecksumConfig {
         let Some(spec) = pod_spec(kind, object) else {
             return Ok(());
         };
+        let metadata = object.get("metadata");
+        let reloads_files = match metadata
+            .and_then(|m| {
+                m.pointer(&format!(
+                    "/annotations/{}",
+                    MOUNTED_FILES_RELOAD.replace('/', "~1")
+                ))
+            })
+            .and_then(Value::as_str)
+        {
+            Some("true") => true,
+            Some("false") => false,
+            _ => self.mounted_files_reload,
+        };
+        let sub_path = sub_path_volumes(spec);
         let refs: Vec<_> = references(spec)
             .into_iter()
             .filter(|r| self.include_secrets || r.source == Source::ConfigMap)
+            .filter(|r| match r.site {
+                Site::Volume { volume, .. } => !reloads_files || sub_path.contains(volume),
+                _ => true,
+            })
             .collect();
-        if refs.is_empty() {
+        let extras: Vec<(Source, &str)> = extra_objects(metadata)
+            .into_iter()
+            .filter(|(source, _)| self.include_secrets || *source == Source::ConfigMap)
+            .collect();
+        if refs.is_empty() && extras.is_empty() {
             return Ok(());
         }
         let mut wanted: BTreeMap<(Source, &str), Selected> = BTreeMap::new();
@@ -347,6 +378,10 @@ impl Policy for ChecksumConfig {
                 Keys::All => entry.all = true,
                 Keys::Named(keys) => entry.keys.extend(keys.iter().copied()),
             }
+        }
+        // Named dependencies: every key, and never required.
+        for (source, name) in extras {
+            wanted.entry((source, name)).or_default().all = true;
         }
         let mut resolved: Resolved = BTreeMap::new();
         for ((source, name), selected) in wanted {

@@ -1064,18 +1064,21 @@ fn changed_keys(
     };
     let reduced = w.reduced();
     let mut all = false;
+    let mut matched = false;
     let mut keys: BTreeSet<&str> = BTreeSet::new();
     for r in &reduced.references {
         let r = r.borrow();
         if r.source != source || r.name != name {
             continue;
         }
+        matched = true;
         match r.keys {
             Keys::All => all = true,
             Keys::Named(k) => keys.extend(k),
         }
     }
-    if all {
+    // Named only as an extra dependency (no pod-spec reference): every key counts.
+    if all || (!matched && w.references(source, name)) {
         keys.extend(before.key_names());
         keys.extend(after.key_names());
     }

@@ -9,6 +9,8 @@
 //! L␟key␟value                 a label
 //! A␟key␟value                 a pod-template annotation
 //! O␟key␟manager               a field manager (other than confgate) owning that annotation
+//! M␟key␟value                 a workload annotation confgate reads (extra dependencies, ...)
+//! P␟volume                    a volume some container mounts with subPath
 //! C␟name␟list                 a container (list: initContainers, containers, ...)
 //! R␟object␟keys␟optional␟site a reference: object index, `*` or keys, 0/1, and where:
 //!                             e␟container␟var | f␟container␟prefix | v␟volume␟projected(0/1)
@@ -43,6 +45,13 @@ pub struct Reduced {
     pub owners: Vec<(String, Vec<String>)>,
     /// The references, in [`crate::workload::references`] order.
     pub references: Vec<OwnedReference>,
+    /// The workload's own annotations that confgate reads
+    /// ([`crate::workload::READ_ANNOTATIONS`]).
+    #[serde(default)]
+    pub metadata: Vec<(String, String)>,
+    /// The volumes mounted with `subPath` somewhere.
+    #[serde(default)]
+    pub sub_path: Vec<String>,
 }
 
 fn clean(s: &str) -> bool {
@@ -81,6 +90,12 @@ fn compact(reduced: &Reduced, objects: &[(Source, Box<str>)]) -> Option<String> 
         for m in managers {
             record(&["O", k, m])?;
         }
+    }
+    for (k, v) in &reduced.metadata {
+        record(&["M", k, v])?;
+    }
+    for volume in &reduced.sub_path {
+        record(&["P", volume])?;
     }
     let mut containers: Vec<(&str, &str)> = Vec::new();
     for r in &reduced.references {
@@ -139,6 +154,8 @@ pub fn decode(text: &str, objects: &[(Source, Box<str>)]) -> Reduced {
                 None => reduced.owners.push(((*k).into(), vec![(*m).into()])),
             },
             ["C", name, list] => containers.push((name, list)),
+            ["M", k, v] => reduced.metadata.push(((*k).into(), (*v).into())),
+            ["P", volume] => reduced.sub_path.push((*volume).into()),
             ["R", object, keys, optional, rest @ ..] => {
                 let Some((source, name)) =
                     object.parse::<usize>().ok().and_then(|i| objects.get(i))
@@ -237,6 +254,8 @@ mod tests {
                     &["envFrom", "web", "containers", ""],
                 ),
             ],
+            metadata: vec![("confgate.dev/extra-configmaps".into(), "flags".into())],
+            sub_path: vec!["c".into()],
         };
         let objects = vec![
             (Source::ConfigMap, "cfg".into()),

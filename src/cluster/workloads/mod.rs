@@ -7,8 +7,8 @@
 use crate::cluster::CacheKind;
 use crate::cluster::live::{Cache, Key, Observer, watch_into};
 use crate::workload::{
-    OwnedReference, Source, nested, references, spec_from_references, template_annotation_owners,
-    template_path,
+    OwnedReference, READ_ANNOTATIONS, Source, extra_objects, nested, references,
+    spec_from_references, sub_path_volumes, template_annotation_owners, template_path,
 };
 use kube::api::{Api, DynamicObject};
 use serde_json::{Map, Value, json};
@@ -109,11 +109,27 @@ impl Workload {
             .iter()
             .map(|(k, v)| (k.clone(), Value::String(v.clone())))
             .collect();
+        let mut spec = spec_from_references(&refs);
+        if !reduced.sub_path.is_empty() {
+            // Which volumes are mounted with subPath is all the checksum needs of the mounts.
+            let mounts: Vec<Value> = reduced
+                .sub_path
+                .iter()
+                .map(|v| json!({"name": v, "mountPath": format!("/{v}"), "subPath": v}))
+                .collect();
+            if let Some(containers) = spec.get_mut("containers").and_then(Value::as_array_mut) {
+                containers
+                    .push(json!({"name": "confgate-sub-path-mounts", "volumeMounts": mounts}));
+            } else {
+                spec["containers"] =
+                    json!([{"name": "confgate-sub-path-mounts", "volumeMounts": mounts}]);
+            }
+        }
         let template = nested(
             path.iter(),
             json!({
                 "metadata": {"annotations": annotations},
-                "spec": spec_from_references(&refs),
+                "spec": spec,
             }),
         );
         let managed: Vec<Value> = reduced
@@ -143,6 +159,14 @@ impl Workload {
         });
         if !managed.is_empty() {
             object["metadata"]["managedFields"] = Value::Array(managed);
+        }
+        if !reduced.metadata.is_empty() {
+            object["metadata"]["annotations"] = reduced
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect::<Map<String, Value>>()
+                .into();
         }
         if let (Some(target), Value::Object(source)) = (object.as_object_mut(), template) {
             target.extend(source);
@@ -192,10 +216,16 @@ pub fn reduce(kind: &'static str, object: &Value) -> Option<Workload> {
         })
         .collect();
     let refs = references(spec);
-    let mut objects: Vec<(Source, Box<str>)> =
-        refs.iter().map(|r| (r.source, Box::from(r.name))).collect();
+    let extras = extra_objects(Some(metadata));
+    let mut objects: Vec<(Source, Box<str>)> = refs
+        .iter()
+        .map(|r| (r.source, r.name))
+        .chain(extras.iter().copied())
+        .map(|(source, name)| (source, Box::from(name)))
+        .collect();
     objects.sort();
     objects.dedup();
+    // Named dependencies (extras) are never required.
     let optional_only: Vec<(Source, Box<str>)> = objects
         .iter()
         .filter(|(source, name)| {
@@ -205,11 +235,18 @@ pub fn reduce(kind: &'static str, object: &Value) -> Option<Workload> {
         })
         .cloned()
         .collect();
+    let mut read = pairs(metadata.get("annotations"));
+    read.retain(|(k, v)| READ_ANNOTATIONS.contains(&k.as_str()) && v.len() <= MAX_ANNOTATION * 16);
     let reduced = Reduced {
         labels: pairs(metadata.get("labels")),
         annotations,
         owners,
         references: refs.iter().map(OwnedReference::from).collect(),
+        metadata: read,
+        sub_path: sub_path_volumes(spec)
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
     };
     Some(Workload {
         kind,
@@ -623,6 +660,100 @@ mod tests {
             vec![format!(
                 "checksum/config is managed by \"helm\" (the manifest sets it); confgate leaves it alone and stamps {OWN_ANNOTATION} instead"
             )]
+        );
+    }
+
+    #[test]
+    fn named_dependencies_and_reloaded_files_count_alike_in_the_rebuilt_workload() {
+        let state = cluster(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg, namespace: shop}\ndata: {A: '1', B: '2'}\n---\n\
+             apiVersion: v1\nkind: ConfigMap\nmetadata: {name: proxy, namespace: shop}\ndata: {X: '1'}\n---\n\
+             apiVersion: v1\nkind: ConfigMap\nmetadata: {name: flags, namespace: shop}\ndata: {F: '1'}\n---\n\
+             apiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: shop}\ndata: {token: YQ==, ca: Yg==}\n",
+        );
+        let annotations = |o: &Value| o["spec"]["template"]["metadata"]["annotations"].clone();
+        let mut full = listed();
+        full["apiVersion"] = json!("apps/v1");
+        full["kind"] = json!("Deployment");
+        full["metadata"]["annotations"] = json!({
+            "confgate.dev/extra-configmaps": " flags, ,cfg ",
+            "confgate.dev/extra-secrets": "vault-token",
+            "unrelated": "kept out"});
+        let w = reduce("Deployment", &full).unwrap();
+        // Named dependencies are indexed (their changes find the workload), never required.
+        assert!(
+            w.references(Source::ConfigMap, "flags") && !w.requires(Source::ConfigMap, "flags")
+        );
+        assert!(w.references(Source::Secret, "vault-token"));
+        assert_eq!(
+            w.object()["metadata"]["annotations"],
+            json!({"confgate.dev/extra-configmaps": " flags, ,cfg ", "confgate.dev/extra-secrets": "vault-token"})
+        );
+        for settings in [json!({}), json!({"mountedFilesReload": true})] {
+            let policy = ChecksumConfig::from_settings(settings.clone()).unwrap();
+            let (from_full, _) = mutate(&policy, full.clone(), &state);
+            let (from_reduced, _) = mutate(&policy, w.object(), &state);
+            assert_eq!(
+                annotations(&from_full),
+                annotations(&from_reduced),
+                "{settings}"
+            );
+        }
+        // A named ConfigMap's change changes the checksum; with reloaded files, a mounted one's
+        // does not, unless it is mounted with subPath.
+        let stamp = |full: &Value, settings: Value, state: &str| {
+            let policy = ChecksumConfig::from_settings(settings).unwrap();
+            annotations(&mutate(&policy, full.clone(), &cluster(state)).0)[DEFAULT_ANNOTATION]
+                .clone()
+        };
+        let base = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg, namespace: shop}\ndata: {A: '1', B: '2'}\n---\n\
+             apiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: shop}\ndata: {token: YQ==, ca: Yg==}\n";
+        let with = |flags: &str| {
+            format!(
+                "{base}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: flags, namespace: shop}}\ndata: {{F: '{flags}'}}\n"
+            )
+        };
+        assert_ne!(
+            stamp(&full, json!({}), &with("1")),
+            stamp(&full, json!({}), &with("2"))
+        );
+        let cfg = |b: &str| {
+            format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cfg, namespace: shop}}\ndata: {{A: '1', B: '{b}'}}\n"
+            )
+        };
+        let mut mounted = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "m", "namespace": "shop"},
+            "spec": {"template": {"spec": {
+                "containers": [{"name": "app", "volumeMounts": [{"name": "conf", "mountPath": "/etc/app"}]}],
+                "volumes": [{"name": "conf", "configMap": {"name": "cfg"}}]}}}});
+        let reload = json!({"mountedFilesReload": true});
+        assert_eq!(
+            stamp(&mounted, reload.clone(), &cfg("2")),
+            stamp(&mounted, reload.clone(), &cfg("3"))
+        );
+        assert_ne!(
+            stamp(&mounted, json!({}), &cfg("2")),
+            stamp(&mounted, json!({}), &cfg("3"))
+        );
+        // The workload's own annotation wins over the policy's setting.
+        mounted["metadata"]["annotations"] = json!({"confgate.dev/mounted-files-reload": "false"});
+        assert_ne!(
+            stamp(&mounted, reload.clone(), &cfg("2")),
+            stamp(&mounted, reload.clone(), &cfg("3"))
+        );
+        mounted["metadata"]["annotations"] = json!({});
+        mounted["spec"]["template"]["spec"]["containers"][0]["volumeMounts"][0]["subPath"] =
+            json!("app.yaml");
+        assert_ne!(
+            stamp(&mounted, reload.clone(), &cfg("2")),
+            stamp(&mounted, reload.clone(), &cfg("3"))
+        );
+        let w = reduce("Deployment", &mounted).unwrap();
+        let policy = ChecksumConfig::from_settings(reload).unwrap();
+        assert_eq!(
+            annotations(&mutate(&policy, mounted.clone(), &cluster(&cfg("2"))).0),
+            annotations(&mutate(&policy, w.object(), &cluster(&cfg("2"))).0)
         );
     }
 

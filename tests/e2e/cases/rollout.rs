@@ -781,3 +781,92 @@ spec:
         );
     }
 }
+
+/// Deployment `name` (0 replicas: its rollouts finish at once) mounting ConfigMap `files` as a
+/// volume, with these workload annotations (a YAML flow mapping's entries).
+fn file_reader(ns: &str, name: &str, annotations: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+  namespace: {ns}
+  annotations: {{{annotations}}}
+spec:
+  replicas: 0
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      containers:
+      - name: app
+        image: registry.example/app:1
+        volumeMounts: [{{name: files, mountPath: /etc/app}}]
+      volumes:
+      - name: files
+        configMap: {{name: files}}
+"#
+    )
+}
+
+pub async fn e2e_a_named_dependency_rolls_and_reloaded_files_do_not(cx: Cx) {
+    let ns = cx.namespace("rollout-named-deps").await;
+    let kubectl = cx.kubectl();
+    let config = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: files, namespace: {ns}}}\ndata: {{app.yaml: 'a: 1'}}\n---\n\
+         apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: feature-flags, namespace: {ns}}}\ndata: {{NEW_UI: 'off'}}\n"
+    );
+    kubectl.ok(&["apply", "-f", "-"], Some(&config)).await;
+    let _confgate = Confgate::start(&cx, Options::shipped(&ns)).await;
+    // `named` reads feature-flags although its pod spec does not (the app fetches it from the
+    // API); `reloads` reloads the files it mounts by itself.
+    let apps = [
+        file_reader(
+            &ns,
+            "named",
+            "confgate.dev/extra-configmaps: feature-flags, confgate.dev/mounted-files-reload: 'true'",
+        ),
+        file_reader(&ns, "reloads", "confgate.dev/mounted-files-reload: 'true'"),
+        file_reader(&ns, "plain", ""),
+    ]
+    .join("---\n");
+    kubectl.ok(&["apply", "-f", "-"], Some(&apps)).await;
+    let count = |name: &'static str| {
+        let (kubectl, ns) = (kubectl.clone(), ns.clone());
+        async move { replica_sets(&kubectl, &ns, name).await }
+    };
+    eventually(Duration::from_secs(20), "the first ReplicaSets", || async {
+        (count("named").await == 1 && count("reloads").await == 1 && count("plain").await == 1)
+            .then_some(())
+    })
+    .await;
+    // The named dependency changes: only `named` rolls, and the Event says why.
+    set_config_key(&kubectl, &ns, "feature-flags", "NEW_UI", "on").await;
+    eventually(Duration::from_secs(15), "named rolls", || async {
+        (count("named").await == 2).then_some(())
+    })
+    .await;
+    let notes = event_notes(&kubectl, &ns, "ConfigChanged").await;
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0].starts_with(
+            "the configuration it consumes changed (configmap feature-flags: NEW_UI); rolling: "
+        ),
+        "{notes:?}"
+    );
+    // The mounted file changes: only the workload that does not reload files rolls.
+    set_config_key(&kubectl, &ns, "files", "app.yaml", "a: 2").await;
+    eventually(Duration::from_secs(15), "plain rolls", || async {
+        (count("plain").await == 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        (
+            count("named").await,
+            count("reloads").await,
+            count("plain").await
+        ),
+        (2, 1, 2)
+    );
+}
