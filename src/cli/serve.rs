@@ -116,10 +116,14 @@ pub struct ServeArgs {
     /// milliseconds: the changes of one `kubectl apply -f dir/` or Helm upgrade roll once.
     #[arg(long, default_value_t = crate::rollout::Settings::default().coalesce.as_millis() as u64)]
     pub rollout_coalesce_ms: u64,
-    /// How often every workload is compared even without a change, in seconds (a safety net;
-    /// with `--secrets get`, Secret changes are found here or with the next ConfigMap change).
+    /// How often every workload is compared even without a change, in seconds (a safety net).
     #[arg(long, default_value_t = crate::rollout::Settings::default().resync.as_secs())]
     pub rollout_resync_seconds: u64,
+    /// With `--secrets get`: how often the leading replica reads each Secret a workload
+    /// references (by name, at most 50 reads a second), so that a rotation rolls its readers
+    /// within this time (plus coalescing) without a Secret watch.
+    #[arg(long, default_value_t = crate::rollout::secret_poll::PERIOD.as_secs())]
+    pub secret_poll_seconds: u64,
     /// An unfinished rollout whose status has not moved for this many seconds is stuck (or the
     /// Deployment controller gave up on it): it no longer holds the next configuration change,
     /// which may be the fix.
@@ -299,6 +303,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             },
             leader.clone(),
         ));
+        if args.secrets == crate::cluster::live::SecretsMode::Get {
+            // No Secret watch: the referenced Secrets are read by name, so a rotation rolls
+            // its readers within a minute.
+            tokio::spawn(crate::rollout::secret_poll::run(
+                client.clone(),
+                workloads.clone(),
+                changed.clone(),
+                leader.clone(),
+                Duration::from_secs(args.secret_poll_seconds.max(1)),
+            ));
+        }
         tokio::spawn(crate::rollout::run(
             client.clone(),
             state.reviews.judging(),

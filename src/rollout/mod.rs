@@ -24,6 +24,7 @@
 //! `confgate.dev/rollout: "false"` are left alone; a `checksum-config` policy with
 //! `rollout: false` stamps at admission only.
 
+pub mod secret_poll;
 mod waves;
 
 use crate::admission::{review_from_value, wrap_manifest};
@@ -420,7 +421,18 @@ impl Controller {
                 candidates.insert(key(&w), (w, Vec::new()));
             }
         }
-        let cluster = engine.cluster();
+        let base = engine.cluster();
+        // Secrets read on demand (`--secrets get`) are not in a cache: read what changed now.
+        let mut fresh = Fresh::default();
+        for (source, namespace, name) in changed.keys() {
+            if matches!(base.lookup(*source, namespace, name), Lookup::Unknown(_)) {
+                fresh.merge(
+                    base.read_now(namespace, vec![(*source, name.clone())], false)
+                        .await,
+                );
+            }
+        }
+        let cluster = View::new(base.as_ref(), &fresh);
         for ((source, namespace, name), before) in changed {
             let after = match cluster.lookup(*source, namespace, name) {
                 Lookup::Found(data) => Some(data),
@@ -754,7 +766,8 @@ impl Controller {
     ) -> Option<Write> {
         let metrics = self.judging.metrics.clone();
         let k = key(&w);
-        let stamps = match desired(engine, set, &w).await {
+        let mut fresh = Fresh::default();
+        let stamps = match desired(engine, set, &w, &mut fresh).await {
             Ok(stamps) => {
                 self.missing.remove(&k);
                 stamps
@@ -815,7 +828,7 @@ impl Controller {
             // refusing it) spends no token, so it never starves the others.
             tracing::debug!(kind = w.kind, namespace = %w.namespace, name = %w.name, failures, "backing off after failed writes");
             Some(("throttled", "backing off after failed writes"))
-        } else if let Some(wait) = self.wave_hold(engine, index, &w, &stamps, begin) {
+        } else if let Some(wait) = self.wave_hold(engine, &fresh, index, &w, &stamps, begin) {
             metrics.rollout("held");
             self.held.insert(k, (what, wait));
             return None;
@@ -844,13 +857,15 @@ impl Controller {
     fn wave_hold(
         &mut self,
         engine: &Engine,
+        fresh: &Fresh,
         index: &Index,
         w: &Workload,
         stamps: &[Stamp],
         begin: bool,
     ) -> Option<&'static str> {
         let settings = stamps.iter().find_map(|s| s.waves)?;
-        let cluster = engine.cluster();
+        // What the checksum was computed from (Secrets read on demand are in `fresh`).
+        let cluster = View::new(engine.cluster().as_ref(), fresh);
         let mut objects: Vec<(ObjectKey, u64)> = Vec::new();
         for (source, name) in &w.objects {
             if let Lookup::Found(data) = cluster.lookup(*source, &w.namespace, name) {
@@ -1094,7 +1109,12 @@ fn changed_keys(
 /// stamped is left for its next write: stamping it now would roll it for no change). `Err`
 /// names what is missing when there is something to roll but the new Pods could not start
 /// ([`missing`]). Secrets read on demand are read first, as the webhook reads them.
-async fn desired(engine: &Engine, set: &PolicySet, w: &Workload) -> Result<Vec<Stamp>, String> {
+async fn desired(
+    engine: &Engine,
+    set: &PolicySet,
+    w: &Workload,
+    fresh: &mut Fresh,
+) -> Result<Vec<Stamp>, String> {
     let rolling: Vec<(&str, Vec<&str>, Option<WaveSettings>)> = set
         .policies
         .iter()
@@ -1114,11 +1134,12 @@ async fn desired(engine: &Engine, set: &PolicySet, w: &Workload) -> Result<Vec<S
     else {
         return Ok(Vec::new());
     };
-    let fresh = engine.read_ahead(&review, &Fresh::default()).await;
-    let cluster = View::new(engine.cluster().as_ref(), &fresh);
+    *fresh = engine.read_ahead(&review, &Fresh::default()).await;
+    let fresh = &*fresh;
+    let cluster = View::new(engine.cluster().as_ref(), fresh);
     let mut stamps = Vec::new();
     for (policy, annotations, waves) in rolling {
-        let Ok(decision) = engine.evaluate_with(set, &review, Phase::Mutate, Some(policy), &fresh)
+        let Ok(decision) = engine.evaluate_with(set, &review, Phase::Mutate, Some(policy), fresh)
         else {
             continue;
         };

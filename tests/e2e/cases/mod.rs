@@ -61,6 +61,7 @@ pub fn all() -> Vec<(&'static str, Case)> {
         rollout::e2e_a_config_map_and_its_deployment_applied_together_roll_once,
         rollout::e2e_a_chart_managed_checksum_is_left_alone_and_confgate_stamps_its_own,
         rollout::e2e_a_secret_change_rolls_when_secrets_are_watched,
+        rollout::e2e_a_secret_rotation_rolls_without_watching_secrets,
         rollout::e2e_a_statefulset_rolls_and_a_cronjob_stamps_its_next_job,
         waves::e2e_a_bad_edit_of_a_shared_config_map_stops_at_the_first_wave,
         secrets_on_their_way::e2e_a_certificate_and_the_deployment_mounting_its_secret_go_in_in_either_order,

@@ -626,11 +626,23 @@ pub async fn e2e_a_chart_managed_checksum_is_left_alone_and_confgate_stamps_its_
 }
 
 pub async fn e2e_a_secret_change_rolls_when_secrets_are_watched(cx: Cx) {
+    a_secret_change_rolls(cx, "--secrets=watch", Duration::from_secs(10)).await;
+}
+
+/// The default `--secrets get` (no list or watch of Secrets): the referenced Secrets are read
+/// by name every `--secret-poll-seconds` (45 by default; 5 here).
+pub async fn e2e_a_secret_rotation_rolls_without_watching_secrets(cx: Cx) {
+    a_secret_change_rolls(cx, "--secret-poll-seconds=5", Duration::from_secs(20)).await;
+}
+
+/// A change of a Secret key the Deployment reads rolls it once, naming the key, never the
+/// value; a key it does not read rolls nothing.
+async fn a_secret_change_rolls(cx: Cx, arg: &str, limit: Duration) {
     let ns = cx.namespace("rollout-secret").await;
     cx.kubectl()
         .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
         .await;
-    let _confgate = Confgate::start(&cx, Options::shipped(&ns).arg("--secrets=watch")).await;
+    let _confgate = Confgate::start(&cx, Options::shipped(&ns).arg(arg)).await;
     let kubectl = deployed(&cx, &ns, &web_deployment(&ns, "web", &[])).await;
     // A key the Deployment does not consume: nothing.
     let patch =
@@ -650,7 +662,7 @@ pub async fn e2e_a_secret_change_rolls_when_secrets_are_watched(cx: Cx) {
             None,
         )
         .await;
-    stays(&kubectl, &ns, 1, Duration::from_secs(5)).await;
+    stays(&kubectl, &ns, 1, limit / 2).await;
     kubectl
         .ok(
             &[
@@ -666,14 +678,7 @@ pub async fn e2e_a_secret_change_rolls_when_secrets_are_watched(cx: Cx) {
             None,
         )
         .await;
-    reaches(
-        &kubectl,
-        &ns,
-        2,
-        Duration::from_secs(10),
-        "a new ReplicaSet",
-    )
-    .await;
+    reaches(&kubectl, &ns, 2, limit, "a new ReplicaSet").await;
     let notes = event_notes(&kubectl, &ns, "ConfigChanged").await;
     assert_eq!(notes.len(), 1, "{notes:?}");
     assert!(
