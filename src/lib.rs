@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod audit;
+pub mod background;
 pub mod certs;
 pub mod cli;
 pub mod cluster;

@@ -292,7 +292,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let instance = crate::audit::Reporting::instance_of(&args.namespace, &args.lease_name);
         let leader = crate::rollout::leadership(client.clone(), election);
         leadership = Some(leader.clone());
-        tokio::spawn(crate::protection::run(
+        // The controllers run on their own runtime, at a lower CPU priority, with their own
+        // client: a burst of rollouts or an audit never delays an admission answer.
+        let background = crate::background::runtime().context("the controllers' runtime")?;
+        let webhook_client = client;
+        let client = &background_client(&background, webhook_client).await;
+        background.spawn(crate::protection::run(
             client.clone(),
             state.reviews.judging(),
             workloads.clone(),
@@ -306,7 +311,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         if args.secrets == crate::cluster::live::SecretsMode::Get {
             // No Secret watch: the referenced Secrets are read by name, so a rotation rolls
             // its readers within a minute.
-            tokio::spawn(crate::rollout::secret_poll::run(
+            background.spawn(crate::rollout::secret_poll::run(
                 client.clone(),
                 workloads.clone(),
                 changed.clone(),
@@ -314,7 +319,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 Duration::from_secs(args.secret_poll_seconds.max(1)),
             ));
         }
-        tokio::spawn(crate::rollout::run(
+        background.spawn(crate::rollout::run(
             client.clone(),
             state.reviews.judging(),
             workloads,
@@ -323,7 +328,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             leader.clone(),
         ));
         if let Some(interval) = args.audit_interval.0 {
-            tokio::spawn(crate::audit::run(
+            background.spawn(crate::audit::run(
                 client.clone(),
                 state.reviews.judging(),
                 leader,
@@ -445,10 +450,7 @@ async fn cluster_state(args: &ServeArgs) -> anyhow::Result<ClusterParts> {
 /// server's address stops answering, and their staleness would go unreported in between
 /// (`cluster::live::RECOVERED_AFTER`).
 async fn client() -> Result<kube::Client, kube::Error> {
-    let mut config = kube::Config::infer()
-        .await
-        .map_err(kube::Error::InferConfig)?;
-    config.connect_timeout = Some(Duration::from_secs(4));
+    let config = config().await?;
     // Never silently: a kubeconfig left on a laptop may point at production.
     tracing::warn!(
         server = %config.cluster_url,
@@ -456,6 +458,37 @@ async fn client() -> Result<kube::Client, kube::Error> {
         config.cluster_url
     );
     kube::Client::try_from(config)
+}
+
+/// The in-cluster config or the kubeconfig, with the short connect timeout.
+async fn config() -> Result<kube::Config, kube::Error> {
+    let mut config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    config.connect_timeout = Some(Duration::from_secs(4));
+    Ok(config)
+}
+
+/// A client whose connections live on the controllers' runtime (`background`), so that their
+/// I/O and the work it wakes run there too; the webhook's client is used when it cannot be
+/// made.
+async fn background_client(
+    background: &tokio::runtime::Handle,
+    fallback: &kube::Client,
+) -> kube::Client {
+    match config().await {
+        Ok(config) => {
+            let _on = background.enter();
+            kube::Client::try_from(config).unwrap_or_else(|error| {
+                tracing::warn!(%error, "the controllers share the webhook's client");
+                fallback.clone()
+            })
+        }
+        Err(error) => {
+            tracing::warn!(%error, "the controllers share the webhook's client");
+            fallback.clone()
+        }
+    }
 }
 
 /// In a Pod, or with a kubeconfig in `KUBECONFIG` or `~/.kube/config`.
