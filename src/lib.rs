@@ -15,6 +15,7 @@ pub mod followup;
 pub mod lease;
 pub mod limitrange;
 pub mod metrics;
+pub mod notify;
 pub mod owners;
 pub mod policy;
 pub mod protection;

@@ -124,6 +124,11 @@ pub struct ServeArgs {
     /// within this time (plus coalescing) without a Secret watch.
     #[arg(long, default_value_t = crate::rollout::secret_poll::PERIOD.as_secs())]
     pub secret_poll_seconds: u64,
+    /// A Secret in confgate's namespace whose key `url` is a JSON webhook (Slack's incoming
+    /// webhooks, or anything taking a `text` field) that hears of rollouts, holds and failures,
+    /// batched every 5 s. Needs RBAC `get` on that Secret.
+    #[arg(long)]
+    pub notify_secret: Option<String>,
     /// An unfinished rollout whose status has not moved for this many seconds is stuck (or the
     /// Deployment controller gave up on it): it no longer holds the next configuration change,
     /// which may be the fix.
@@ -319,6 +324,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 Duration::from_secs(args.secret_poll_seconds.max(1)),
             ));
         }
+        let notifier = match &args.notify_secret {
+            Some(name) => {
+                let _on = background.enter();
+                crate::notify::start(crate::notify::Url::Secret {
+                    client: client.clone(),
+                    namespace: args.namespace.clone(),
+                    name: name.clone(),
+                })
+            }
+            None => crate::notify::Notifier::off(),
+        };
         background.spawn(crate::rollout::run(
             client.clone(),
             state.reviews.judging(),
@@ -326,6 +342,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             changed.clone(),
             settings,
             leader.clone(),
+            notifier,
         ));
         if let Some(interval) = args.audit_interval.0 {
             background.spawn(crate::audit::run(

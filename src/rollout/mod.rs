@@ -223,6 +223,7 @@ pub async fn run(
     changes: Arc<ConfigChanges>,
     settings: Settings,
     leadership: crate::lease::Leader,
+    notifier: crate::notify::Notifier,
 ) {
     let mut leader = leadership.watch();
     let cluster = judging.cluster.clone();
@@ -236,6 +237,7 @@ pub async fn run(
         "rollout controller started: workloads roll when the configuration they consume changes"
     );
     let mut controller = Controller::new(client.clone(), judging, settings, leadership);
+    controller.notifier = notifier;
     let mut full_due = true;
     let mut last_full = Instant::now();
     loop {
@@ -375,6 +377,8 @@ struct Controller {
     leadership: crate::lease::Leader,
     /// When the change being acted on was first recorded (the change-to-write latency).
     since: Option<Instant>,
+    /// Where rollouts, holds and failures are announced (`--notify-secret`).
+    notifier: crate::notify::Notifier,
 }
 
 impl Controller {
@@ -399,6 +403,7 @@ impl Controller {
             settings,
             leadership,
             since: None,
+            notifier: crate::notify::Notifier::off(),
         }
     }
 
@@ -664,6 +669,13 @@ impl Controller {
                     object = waves::label(&object),
                     "the first wave is healthy: the other readers roll"
                 );
+                self.notifier.send(
+                    crate::notify::Kind::WavePassed,
+                    format!(
+                        "{}: the first wave is healthy; the other readers roll",
+                        waves::label(&object)
+                    ),
+                );
                 self.released = true;
             }
             Outcome::Failed {
@@ -693,6 +705,10 @@ impl Controller {
                     "this change broke the first reader rolled ({}: {why}); it is held for the {others} other readers until {} is edited again",
                     waves::workload_label(&workload),
                     waves::label(&object)
+                );
+                self.notifier.send(
+                    crate::notify::Kind::WaveFailed,
+                    format!("{}: {on_object}", waves::label(&object)),
                 );
                 let kind = match object.0 {
                     Source::ConfigMap => "ConfigMap",
@@ -781,6 +797,13 @@ impl Controller {
                     tracing::debug!(kind = w.kind, namespace = %w.namespace, name = %w.name, %missing, "rollout held");
                 } else if self.missing.get(&k) != Some(&missing) {
                     tracing::info!(kind = w.kind, namespace = %w.namespace, name = %w.name, %missing, "rollout held: its new Pods could not start");
+                    self.notifier.send(
+                        crate::notify::Kind::Held,
+                        format!(
+                            "{} not rolled: its new Pods could not start: {missing}",
+                            waves::workload_label(&k)
+                        ),
+                    );
                     self.held_event(&w, &missing).await;
                     self.missing.insert(k, missing);
                 }
@@ -929,6 +952,14 @@ impl Controller {
                         stamps = ?write.stamps.iter().map(Stamp::to_string).collect::<Vec<_>>(),
                         "configuration changed: rolling"
                     );
+                    this.notifier.send(
+                        crate::notify::Kind::Rolled,
+                        format!(
+                            "{} rolled: {}",
+                            waves::workload_label(&key(w)),
+                            write.changed()
+                        ),
+                    );
                     this.event(w, &write.stamps, &write.changed()).await;
                 }
                 (write, result)
@@ -961,6 +992,15 @@ impl Controller {
                     let failures = self.failing.get(&k).map_or(0, |(n, _)| *n) + 1;
                     let wait = failed_write_backoff(failures);
                     tracing::warn!(kind = w.kind, namespace = %w.namespace, name = %w.name, %error, failures, retry_in_s = wait.as_secs(), "rollout failed; retrying later");
+                    if failures == 1 {
+                        self.notifier.send(
+                            crate::notify::Kind::WriteFailed,
+                            format!(
+                                "{} not rolled: the write failed: {error}",
+                                waves::workload_label(&k)
+                            ),
+                        );
+                    }
                     self.failing
                         .insert(k.clone(), (failures, Instant::now() + wait));
                     self.held.insert(k, (write.what, "throttled"));

@@ -159,14 +159,54 @@ async fn set_mode(kubectl: &Kubectl, ns: &str, mode: &str) {
     super::set_config_key(kubectl, ns, "shared", "MODE", mode).await;
 }
 
+/// A JSON webhook receiver (as Slack's incoming webhooks): the `text` of every POST.
+async fn receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::{Json, Router, routing::post};
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    let app = Router::new().route(
+        "/hook",
+        post(move |Json(body): Json<Value>| {
+            let sink = sink.clone();
+            async move {
+                let text = body["text"].as_str().unwrap_or_default().to_owned();
+                sink.lock().unwrap().push(text);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, got)
+}
+
 pub async fn e2e_a_bad_edit_of_a_shared_config_map_stops_at_the_first_wave(cx: Cx) {
     let ns = cx.namespace("waves").await;
+    let kubectl = cx.kubectl();
+    // Notifications go to a webhook whose URL is in a Secret.
+    let (url, notices) = receiver().await;
+    kubectl
+        .ok(
+            &[
+                "create",
+                "secret",
+                "generic",
+                "confgate-notify",
+                "-n",
+                &ns,
+                &format!("--from-literal=url={url}"),
+            ],
+            None,
+        )
+        .await;
     let confgate = Confgate::start(
         &cx,
-        Options::with_policies(&ns, &policy(&ns)).arg("--rollout-rate-per-minute=600"),
+        Options::with_policies(&ns, &policy(&ns))
+            .arg("--rollout-rate-per-minute=600")
+            .arg("--notify-secret=confgate-notify"),
     )
     .await;
-    let kubectl = cx.kubectl();
     kubectl.ok(&["apply", "-f", "-"], Some(&app(&ns))).await;
     let player = kubelet(kubectl.clone(), ns.clone());
     eventually(Duration::from_secs(60), "every reader available", || {
@@ -223,6 +263,15 @@ pub async fn e2e_a_bad_edit_of_a_shared_config_map_stops_at_the_first_wave(cx: C
             .await,
         1.0
     );
+    let failure = format!("❌ configmap {ns}/shared: {}", halted[0]);
+    eventually(Duration::from_secs(15), "the failure notified", || {
+        let (notices, failure) = (notices.clone(), failure.clone());
+        async move {
+            let notices = notices.lock().unwrap().join("\n");
+            notices.contains(&failure).then_some(())
+        }
+    })
+    .await;
 
     // The fix: the broken reader rolls first, then, once it is healthy, every other one, once.
     set_mode(&kubectl, &ns, "fixed").await;
@@ -259,5 +308,17 @@ pub async fn e2e_a_bad_edit_of_a_shared_config_map_stops_at_the_first_wave(cx: C
             .await,
         (READERS + 1) as f64
     );
+    eventually(Duration::from_secs(15), "the passed wave notified", || {
+        let (notices, ns) = (notices.clone(), ns.clone());
+        async move {
+            let notices = notices.lock().unwrap().join("\n");
+            notices
+                .contains(&format!(
+                    "✅ configmap {ns}/shared: the first wave is healthy; the other readers roll"
+                ))
+                .then_some(())
+        }
+    })
+    .await;
     player.abort();
 }
