@@ -141,6 +141,8 @@ pub async fn scan(client: &Client, engine: &Engine, set: &PolicySet) -> Result<A
                     tracing::debug!(kind, "not permitted to list: left out of the audit");
                     break;
                 }
+                // A kind the cluster does not serve (Argo Rollouts without its CRD).
+                Err(kube::Error::Api(status)) if status.code == 404 => break,
                 Err(error) => return Err(error),
             };
             for object in page.items {

@@ -14,7 +14,21 @@ pub const WORKLOAD_KINDS: &[&str] = &[
     "ReplicationController",
     "Job",
     "CronJob",
+    "Rollout",
 ];
+
+/// Argo Rollouts' `Rollout` (`argoproj.io/v1alpha1`): a Deployment with progressive delivery,
+/// whose `spec.template` rolls it (one with `workloadRef` has no template: the Deployment it
+/// names carries it, and rolls it when stamped). Served only where its CRD is installed.
+pub fn argo_rollout() -> kube::core::ApiResource {
+    kube::core::ApiResource {
+        group: "argoproj.io".into(),
+        version: "v1alpha1".into(),
+        api_version: "argoproj.io/v1alpha1".into(),
+        kind: "Rollout".into(),
+        plural: "rollouts".into(),
+    }
+}
 
 /// The one kind table: the API resource (group, version, plural) of each kind confgate judges,
 /// watches or writes — the workload kinds and the configuration they read — derived from
@@ -36,6 +50,7 @@ pub fn api_resource(kind: &str) -> Option<kube::core::ApiResource> {
         "ReplicaSet" => ApiResource::erase::<ReplicaSet>(&()),
         "Job" => ApiResource::erase::<Job>(&()),
         "CronJob" => ApiResource::erase::<CronJob>(&()),
+        "Rollout" => argo_rollout(),
         _ => return None,
     })
 }
@@ -50,7 +65,8 @@ pub fn template_path(kind: &str) -> Option<&'static [&'static str]> {
         | "DaemonSet"
         | "ReplicaSet"
         | "ReplicationController"
-        | "Job" => Some(&["spec", "template"]),
+        | "Job"
+        | "Rollout" => Some(&["spec", "template"]),
         "CronJob" => Some(&["spec", "jobTemplate", "spec", "template"]),
         _ => None,
     }

@@ -47,6 +47,8 @@ pub struct Cache<V> {
     /// The API server refuses to list it (RBAC: 403): the feature it serves is left out, and
     /// readiness does not wait for it.
     forbidden: AtomicBool,
+    /// The API server does not serve the kind (a CRD not installed): empty, nothing to wait for.
+    absent: AtomicBool,
     /// When a refusal was last logged (at most every [`FORBIDDEN_LOG_EVERY`]).
     forbidden_logged: Mutex<Option<Instant>>,
 }
@@ -104,6 +106,7 @@ impl<V: Send + Sync + 'static> Cache<V> {
             health: Mutex::new(WatchHealth::default()),
             observer,
             forbidden: AtomicBool::new(false),
+            absent: AtomicBool::new(false),
             forbidden_logged: Mutex::new(None),
         })
     }
@@ -178,9 +181,14 @@ impl<V: Send + Sync + 'static> Cache<V> {
         self.forbidden.load(Ordering::Acquire)
     }
 
-    /// Synced, or refused: nothing to wait for either way.
+    /// Synced, refused, or not served: nothing to wait for either way.
     pub fn is_settled(&self) -> bool {
-        self.is_synced() || self.is_forbidden()
+        self.is_synced() || self.is_forbidden() || self.absent.load(Ordering::Acquire)
+    }
+
+    /// Records whether the API server serves the kind at all (a CRD's).
+    pub fn set_absent(&self, absent: bool) {
+        self.absent.store(absent, Ordering::Release);
     }
 
     /// Applies watcher events until the stream ends, keeping only `convert(object)` of each

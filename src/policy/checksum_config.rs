@@ -42,8 +42,9 @@ pub const DEFAULT_ANNOTATION: &str = "checksum/config";
 /// Where the checksum goes when the workload's manifest manages the configured annotation
 /// itself (a Helm chart's `checksum/config: {{ sha256sum ... }}`): that value is left alone.
 pub const OWN_ANNOTATION: &str = "confgate.dev/config-checksum";
-/// Kinds stamped by default: the ones that roll their Pods when the template changes.
-pub const DEFAULT_KINDS: [&str; 3] = ["Deployment", "StatefulSet", "DaemonSet"];
+/// Kinds stamped by default: the ones that roll their Pods when the template changes (Argo
+/// Rollouts' `Rollout` where its CRD is installed).
+pub const DEFAULT_KINDS: [&str; 4] = ["Deployment", "StatefulSet", "DaemonSet", "Rollout"];
 
 fn default_annotation() -> String {
     DEFAULT_ANNOTATION.to_owned()

@@ -250,6 +250,7 @@ pub const CONTROLLER_KINDS: &[&str] = &[
     "Job",
     "CronJob",
     "ReplicationController",
+    "Rollout",
 ];
 
 /// The kind and name of the controller that made `object` (`ownerReferences` with

@@ -399,15 +399,10 @@ pub fn workload_health(kind: &str, object: &Value) -> Health {
         }
         _ => true,
     };
-    let reduced = crate::cluster::workloads::reduce(
-        match kind {
-            "Deployment" => "Deployment",
-            "StatefulSet" => "StatefulSet",
-            "DaemonSet" => "DaemonSet",
-            _ => "CronJob",
-        },
-        object,
-    );
+    let reduced = crate::cluster::workloads::KINDS
+        .iter()
+        .find(|k| **k == kind)
+        .and_then(|kind| crate::cluster::workloads::reduce(kind, object));
     Health {
         settled: reduced.as_ref().is_some_and(|w| w.settled),
         failing: reduced.as_ref().is_some_and(|w| w.failing),

@@ -148,6 +148,8 @@ fn rbac_is_least_privilege() {
                             "statefulsets",
                             "daemonsets",
                             "cronjobs",
+                            "rollouts",
+                            "pods",
                             "events",
                         ]
                         .contains(r)

@@ -81,7 +81,9 @@ fn rules_name_groups_and_resources_correctly() {
     let checksum = by_name(&m, "checksum-config.mutate.confgate.dev");
     assert_eq!(
         checksum["rules"],
-        json!([{"apiGroups": ["apps"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"], "resources": ["deployments", "statefulsets", "daemonsets"], "scope": "Namespaced"}])
+        json!([
+            {"apiGroups": ["apps"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"], "resources": ["deployments", "statefulsets", "daemonsets"], "scope": "Namespaced"},
+            {"apiGroups": ["argoproj.io"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"], "resources": ["rollouts"], "scope": "Namespaced"}])
     );
     let refs = by_name(&v, "require-config-keys.validate.confgate.dev");
     let groups: Vec<(Value, Value)> = refs["rules"]
@@ -98,6 +100,7 @@ fn rules_name_groups_and_resources_correctly() {
                 json!(["apps"]),
                 json!(["deployments", "statefulsets", "daemonsets", "replicasets"])
             ),
+            (json!(["argoproj.io"]), json!(["rollouts"])),
             (json!(["batch"]), json!(["jobs", "cronjobs"])),
         ]
     );
@@ -193,15 +196,15 @@ fn match_conditions_skip_deletions_and_objects_made_by_judged_controllers() {
             {"name": "not-being-deleted",
              "expression": "oldObject == null || !has(oldObject.metadata.deletionTimestamp)"},
             {"name": "not-made-by-a-judged-controller",
-             "expression": "object == null || !has(object.metadata.ownerReferences) || !object.metadata.ownerReferences.exists(r, has(r.controller) && r.controller && r.kind in ['Deployment', 'StatefulSet', 'DaemonSet', 'ReplicaSet', 'ReplicationController', 'Job', 'CronJob'])"}
+             "expression": "object == null || !has(object.metadata.ownerReferences) || !object.metadata.ownerReferences.exists(r, has(r.controller) && r.controller && r.kind in ['Deployment', 'StatefulSet', 'DaemonSet', 'ReplicaSet', 'ReplicationController', 'Job', 'CronJob', 'Rollout'])"}
         ])
     );
-    // checksum-config judges Deployments, StatefulSets and DaemonSets only.
+    // checksum-config judges Deployments, StatefulSets, DaemonSets and Argo Rollouts only.
     assert!(
         by_name(&m, "checksum-config.mutate.confgate.dev")["matchConditions"][1]["expression"]
             .as_str()
             .unwrap()
-            .ends_with("r.kind in ['Deployment', 'StatefulSet', 'DaemonSet'])")
+            .ends_with("r.kind in ['Deployment', 'StatefulSet', 'DaemonSet', 'Rollout'])")
     );
     // A policy for Pods alone judges every Pod: no controller condition.
     let set = policies(

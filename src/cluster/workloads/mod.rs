@@ -15,8 +15,18 @@ use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-/// The kinds that roll (CronJob: its next Job runs with the new configuration).
-pub const KINDS: [&str; 4] = ["Deployment", "StatefulSet", "DaemonSet", "CronJob"];
+/// The kinds that roll (CronJob: its next Job runs with the new configuration; Argo Rollouts'
+/// Rollout where its CRD is installed).
+pub const KINDS: [&str; 5] = [
+    "Deployment",
+    "StatefulSet",
+    "DaemonSet",
+    "CronJob",
+    "Rollout",
+];
+
+/// How often the index looks for the Rollout CRD while it is not installed.
+const DISCOVERY_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// One workload, as far as rolling it goes.
 #[derive(Debug, Clone, PartialEq)]
@@ -180,6 +190,30 @@ pub const OPT_OUT: &str = crate::cluster::ROLLOUT_OPT_OUT;
 
 pub use crate::workload::api_resource;
 
+/// Runs `watch` once the API server serves `resource` (a CRD's kind, such as Argo Rollouts'
+/// Rollout), looking every [`DISCOVERY_EVERY`]; until then the cache is empty and counts as
+/// settled (nothing to wait for), so readiness never waits for a kind the cluster lacks.
+async fn when_served(
+    client: kube::Client,
+    resource: kube::core::ApiResource,
+    cache: Arc<Cache<Workload>>,
+    watch: impl std::future::Future<Output = ()>,
+) {
+    loop {
+        match client.list_api_group_resources(&resource.api_version).await {
+            Ok(list) if list.resources.iter().any(|r| r.name == resource.plural) => break,
+            Ok(_) | Err(kube::Error::Api(_)) => cache.set_absent(true),
+            Err(error) => {
+                tracing::debug!(%error, api_version = %resource.api_version, "discovery failed");
+            }
+        }
+        tokio::time::sleep(DISCOVERY_EVERY).await;
+    }
+    tracing::info!(kind = %resource.kind, api_version = %resource.api_version, "served: its workloads are indexed and rolled");
+    cache.set_absent(false);
+    watch.await;
+}
+
 /// The reduced workload, or `None` for an object without a pod template.
 pub fn reduce(kind: &'static str, object: &Value) -> Option<Workload> {
     let path = template_path(kind)?;
@@ -270,7 +304,8 @@ pub fn reduce(kind: &'static str, object: &Value) -> Option<Workload> {
             .any(|c| {
                 c.get("type").and_then(Value::as_str) == Some("Progressing")
                     && c.get("status").and_then(Value::as_str) == Some("False")
-            }),
+            })
+            || object.pointer("/status/phase").and_then(Value::as_str) == Some("Degraded"),
         shows_health: shows_health(kind, object),
         reduced: encode(&reduced, &objects),
         objects: objects.into_boxed_slice(),
@@ -282,7 +317,7 @@ pub fn reduce(kind: &'static str, object: &Value) -> Option<Workload> {
 fn shows_health(kind: &str, object: &Value) -> bool {
     let number = |p: &str| object.pointer(p).and_then(Value::as_i64);
     match kind {
-        "Deployment" | "StatefulSet" => number("/spec/replicas").unwrap_or(1) > 0,
+        "Deployment" | "StatefulSet" | "Rollout" => number("/spec/replicas").unwrap_or(1) > 0,
         "DaemonSet" => number("/status/desiredNumberScheduled").unwrap_or(0) > 0,
         _ => false,
     }
@@ -295,6 +330,10 @@ fn progress(object: &Value) -> u64 {
     object
         .pointer("/metadata/generation")
         .map(Value::to_string)
+        .hash(&mut hasher);
+    object
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
         .hash(&mut hasher);
     for field in [
         "observedGeneration",
@@ -319,9 +358,24 @@ fn progress(object: &Value) -> u64 {
 /// every replica runs it, ready. Rolling again before that only piles up ReplicaSets.
 fn settled(kind: &str, object: &Value) -> bool {
     let number = |p: &str| object.pointer(p).and_then(Value::as_i64);
-    let observed = number("/status/observedGeneration").unwrap_or(0)
-        >= number("/metadata/generation").unwrap_or(0);
+    // Argo Rollouts writes observedGeneration as a string.
+    let observed_generation = object.pointer("/status/observedGeneration").and_then(|v| {
+        v.as_i64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    });
+    let observed = observed_generation.unwrap_or(0) >= number("/metadata/generation").unwrap_or(0);
     match kind {
+        // Argo Rollouts says it itself: `Healthy` once every step is done and every replica
+        // is available; `Progressing`, `Paused` (a canary step waiting) and `Degraded` are not.
+        "Rollout" => match object.pointer("/status/phase").and_then(Value::as_str) {
+            Some(phase) => observed && phase == "Healthy",
+            None => {
+                let wanted = number("/spec/replicas").unwrap_or(1);
+                observed
+                    && number("/status/updatedReplicas").unwrap_or(0) >= wanted
+                    && number("/status/availableReplicas").unwrap_or(0) >= wanted
+            }
+        },
         // As `kubectl rollout status`: every replica updated and ready, and no old replica left
         // (while the old Pods still run, they count as ready but the rollout is not done).
         "Deployment" | "StatefulSet" => {
@@ -421,9 +475,14 @@ impl Index {
                 continue;
             };
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-            tokio::spawn(watch_into(api, cache, move |o: &DynamicObject| {
+            let watch = watch_into(api, cache.clone(), move |o: &DynamicObject| {
                 serde_json::to_value(o).ok().and_then(|v| reduce(kind, &v))
-            }));
+            });
+            if kind == "Rollout" {
+                tokio::spawn(when_served(client.clone(), resource, cache, watch));
+            } else {
+                tokio::spawn(watch);
+            }
         }
         index
     }
@@ -472,6 +531,7 @@ impl Index {
                 "StatefulSet" => Some("statefulsets"),
                 "DaemonSet" => Some("daemonsets"),
                 "CronJob" => Some("cronjobs"),
+                "Rollout" => Some("rollouts.argoproj.io"),
                 _ => None,
             })
             .collect()

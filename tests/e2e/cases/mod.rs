@@ -52,6 +52,7 @@ pub fn all() -> Vec<(&'static str, Case)> {
         rollout::e2e_an_unconsumed_key_or_an_opted_out_workload_rolls_nothing,
         rollout::e2e_a_config_map_that_opted_out_rolls_none_of_its_readers,
         rollout::e2e_a_named_dependency_rolls_and_reloaded_files_do_not,
+        rollout::e2e_an_argo_rollout_is_stamped_and_rolled_when_its_crd_is_installed,
         rollout::e2e_a_restart_rolls_nothing_and_a_change_while_down_rolls_once,
         rollout::e2e_two_replicas_write_one_rollout_per_change,
         rollout::e2e_a_deleted_lease_is_recreated_and_a_standby_takes_over,

@@ -875,3 +875,99 @@ pub async fn e2e_a_named_dependency_rolls_and_reloaded_files_do_not(cx: Cx) {
         (2, 1, 2)
     );
 }
+
+pub async fn e2e_an_argo_rollout_is_stamped_and_rolled_when_its_crd_is_installed(cx: Cx) {
+    let ns = cx.namespace("rollout-argo").await;
+    let kubectl = cx.kubectl();
+    let crd = crate::harness::root().join("tests/fixtures/crds/argo-rollouts.yaml");
+    kubectl
+        .ok(&["apply", "-f", crd.to_str().unwrap()], None)
+        .await;
+    kubectl
+        .ok(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "crd/rollouts.argoproj.io",
+                "--timeout=30s",
+            ],
+            None,
+        )
+        .await;
+    kubectl
+        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+        .await;
+    let confgate = Confgate::start(&cx, Options::shipped(&ns)).await;
+    let rollout = format!(
+        r#"apiVersion: argoproj.io/v1alpha1
+kind: Rollout
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: web}}}}
+  strategy: {{canary: {{steps: [{{setWeight: 20}}, {{pause: {{duration: 10}}}}]}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers:
+      - name: web
+        image: registry.example/shop/web:1.4.2
+        env:
+        - name: LOG_LEVEL
+          valueFrom: {{configMapKeyRef: {{name: app-config, key: LOG_LEVEL}}}}
+"#
+    );
+    kubectl.ok(&["apply", "-f", "-"], Some(&rollout)).await;
+    let stamped = |r: &Value| template_annotation(r, "checksum/config");
+    let first = kubectl.get(&ns, "rollout/web").await.unwrap();
+    assert!(
+        stamped(&first).is_string(),
+        "the webhook stamps a Rollout: {first}"
+    );
+    // Plays the Argo Rollouts controller: the rollout is done.
+    let healthy = |generation: &Value| {
+        serde_json::json!({"status": {"observedGeneration": generation.to_string(), "phase": "Healthy",
+            "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2, "availableReplicas": 2}})
+        .to_string()
+    };
+    kubectl
+        .ok(
+            &[
+                "patch",
+                "rollout",
+                "web",
+                "-n",
+                &ns,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &healthy(&first["metadata"]["generation"]),
+            ],
+            None,
+        )
+        .await;
+    set_config_key(&kubectl, &ns, "app-config", "LOG_LEVEL", "debug").await;
+    let rolled = eventually(Duration::from_secs(20), "the Rollout rolled", || {
+        let (kubectl, ns, before) = (kubectl.clone(), ns.clone(), stamped(&first));
+        async move {
+            let now = kubectl.get(&ns, "rollout/web").await?;
+            (template_annotation(&now, "checksum/config") != before).then_some(now)
+        }
+    })
+    .await;
+    assert_eq!(rolled["metadata"]["generation"], 2);
+    let notes = event_notes(&kubectl, &ns, "ConfigChanged").await;
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0].starts_with(
+            "the configuration it consumes changed (configmap app-config: LOG_LEVEL); rolling: "
+        ),
+        "{notes:?}"
+    );
+    assert_eq!(
+        confgate
+            .metric("confgate_rollouts_total{result=\"triggered\"}")
+            .await,
+        1.0
+    );
+}
