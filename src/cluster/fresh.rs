@@ -145,6 +145,12 @@ impl ClusterState for View<'_> {
     fn limit_ranges(&self, namespace: &str) -> Option<Vec<Arc<LimitRangeSpec>>> {
         self.base.limit_ranges(namespace)
     }
+    fn resource_quotas(
+        &self,
+        namespace: &str,
+    ) -> Option<Vec<Arc<k8s_openapi::api::core::v1::ResourceQuota>>> {
+        self.base.resource_quotas(namespace)
+    }
     fn server_minor_version(&self) -> Option<u32> {
         self.base.server_minor_version()
     }

@@ -90,6 +90,22 @@ impl ClusterState for Layered {
             None => Some(local),
         }
     }
+    fn resource_quotas(
+        &self,
+        namespace: &str,
+    ) -> Option<Vec<Arc<k8s_openapi::api::core::v1::ResourceQuota>>> {
+        let local = self.local.resource_quotas(namespace).unwrap_or_default();
+        match self.fallback.resource_quotas(namespace) {
+            Some(mut known) => {
+                // The input's own quota of a name replaces the cluster's.
+                known.retain(|q| !local.iter().any(|l| l.metadata.name == q.metadata.name));
+                known.extend(local);
+                Some(known)
+            }
+            None if local.is_empty() => None,
+            None => Some(local),
+        }
+    }
     fn counts(&self) -> Vec<(CacheKind, usize)> {
         self.local.counts()
     }

@@ -11,7 +11,9 @@ use super::{CacheKind, ChecksumKey, ClusterState, ConfigData, Lookup, NotReady};
 use crate::workload::Source;
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, LimitRangeSpec, Namespace, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, LimitRange, LimitRangeSpec, Namespace, ResourceQuota, Secret,
+};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::utils::ResetTimerBackoff;
 use kube::runtime::watcher::{self, Event};
@@ -312,6 +314,9 @@ pub struct LiveState {
     config_maps: Arc<Cache<ConfigData>>,
     namespaces: Arc<Cache<BTreeMap<String, String>>>,
     limit_ranges: Arc<Cache<LimitRangeSpec>>,
+    /// ResourceQuotas with their status (`quota-fit`): small objects, kept whole but for
+    /// `managedFields`.
+    resource_quotas: Arc<Cache<ResourceQuota>>,
     secrets_mode: SecretsMode,
     watched_secrets: Arc<Cache<ConfigData>>,
     /// The kinds that promise Secrets whose CRDs are served, each with its watch cache.
@@ -458,6 +463,7 @@ impl LiveState {
             ),
             namespaces: Cache::new(CacheKind::Namespaces),
             limit_ranges: Cache::new(CacheKind::LimitRanges),
+            resource_quotas: Cache::new(CacheKind::ResourceQuotas),
             secrets_mode,
             watched_secrets: Cache::observed(
                 CacheKind::Secrets,
@@ -498,6 +504,15 @@ impl LiveState {
             state.limit_ranges.clone(),
             |lr: &LimitRange| lr.spec.clone().unwrap_or_default(),
         ));
+        tokio::spawn(run_watch(
+            Api::<ResourceQuota>::all(client.clone()),
+            state.resource_quotas.clone(),
+            |quota: &ResourceQuota| {
+                let mut quota = quota.clone();
+                quota.metadata.managed_fields = None;
+                quota
+            },
+        ));
         if secrets_mode == SecretsMode::Watch {
             tokio::spawn(run_watch(
                 Api::<Secret>::all(client),
@@ -535,6 +550,7 @@ impl LiveState {
             (CacheKind::ConfigMaps, self.config_maps.is_settled()),
             (CacheKind::Namespaces, self.namespaces.is_settled()),
             (CacheKind::LimitRanges, self.limit_ranges.is_settled()),
+            (CacheKind::ResourceQuotas, self.resource_quotas.is_settled()),
         ];
         if self.secrets_mode == SecretsMode::Watch {
             out.push((CacheKind::Secrets, self.watched_secrets.is_settled()));
@@ -557,6 +573,9 @@ impl LiveState {
         }
         if self.limit_ranges.is_forbidden() {
             out.push(CacheKind::LimitRanges.as_str());
+        }
+        if self.resource_quotas.is_forbidden() {
+            out.push(CacheKind::ResourceQuotas.as_str());
         }
         if let Some(index) = &self.workloads {
             out.extend(index.forbidden());
@@ -834,6 +853,24 @@ impl ClusterState for LiveState {
         Some(found.into_iter().map(|(_, spec)| spec.clone()).collect())
     }
 
+    fn resource_quotas(&self, namespace: &str) -> Option<Vec<Arc<ResourceQuota>>> {
+        if !self.resource_quotas.is_synced() {
+            return None;
+        }
+        let map = self
+            .resource_quotas
+            .map
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut found: Vec<(&String, &Arc<ResourceQuota>)> = map
+            .iter()
+            .filter(|((ns, _), _)| ns == namespace)
+            .map(|((_, name), quota)| (name, quota))
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(b.0));
+        Some(found.into_iter().map(|(_, quota)| quota.clone()).collect())
+    }
+
     fn consumers(
         &self,
         source: Source,
@@ -885,6 +922,10 @@ impl ClusterState for LiveState {
             (CacheKind::ConfigMaps, self.config_maps.stale_for(now)),
             (CacheKind::Namespaces, self.namespaces.stale_for(now)),
             (CacheKind::LimitRanges, self.limit_ranges.stale_for(now)),
+            (
+                CacheKind::ResourceQuotas,
+                self.resource_quotas.stale_for(now),
+            ),
         ];
         if self.secrets_mode == SecretsMode::Watch {
             out.push((CacheKind::Secrets, self.watched_secrets.stale_for(now)));
@@ -902,6 +943,7 @@ impl ClusterState for LiveState {
             (CacheKind::Secrets, secrets),
             (CacheKind::Namespaces, self.namespaces.len()),
             (CacheKind::LimitRanges, self.limit_ranges.len()),
+            (CacheKind::ResourceQuotas, self.resource_quotas.len()),
         ]
     }
 

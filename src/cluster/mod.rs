@@ -275,6 +275,7 @@ pub enum CacheKind {
     Secrets,
     Namespaces,
     LimitRanges,
+    ResourceQuotas,
     /// Deployments, StatefulSets, DaemonSets and CronJobs (the rollout controller's index).
     Workloads,
     /// The objects that promise Secrets (Certificates, ExternalSecrets, ...).
@@ -289,6 +290,7 @@ impl CacheKind {
             CacheKind::Secrets => "secrets",
             CacheKind::Namespaces => "namespaces",
             CacheKind::LimitRanges => "limitranges",
+            CacheKind::ResourceQuotas => "resourcequotas",
             CacheKind::Workloads => "workloads",
             CacheKind::Promisers => "promisers",
         }
@@ -301,6 +303,7 @@ impl CacheKind {
             CacheKind::Secrets => "Secret",
             CacheKind::Namespaces => "Namespace",
             CacheKind::LimitRanges => "LimitRange",
+            CacheKind::ResourceQuotas => "ResourceQuota",
             CacheKind::Workloads => "workload",
             CacheKind::Promisers => "Secret promiser",
         }
@@ -353,6 +356,15 @@ pub trait ClusterState: Send + Sync {
 
     /// The LimitRanges of a namespace (sorted by name); `None` when unknown.
     fn limit_ranges(&self, namespace: &str) -> Option<Vec<Arc<LimitRangeSpec>>>;
+
+    /// The ResourceQuotas of a namespace (sorted by name, with their status); `None` when
+    /// unknown.
+    fn resource_quotas(
+        &self,
+        _namespace: &str,
+    ) -> Option<Vec<Arc<k8s_openapi::api::core::v1::ResourceQuota>>> {
+        None
+    }
 
     /// The minor version of the cluster's Kubernetes (from discovery); `None` when not known
     /// (no cluster, or not asked yet).

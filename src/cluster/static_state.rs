@@ -3,7 +3,9 @@
 
 use super::promises::{Promise, Promises};
 use super::{CacheKind, ClusterState, ConfigData, Lookup};
-use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, LimitRangeSpec, Namespace, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, LimitRange, LimitRangeSpec, Namespace, ResourceQuota, Secret,
+};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -58,6 +60,7 @@ pub struct StaticState {
     secrets: HashMap<Key, Arc<ConfigData>>,
     namespaces: HashMap<String, BTreeMap<String, String>>,
     limit_ranges: BTreeMap<Key, Arc<LimitRangeSpec>>,
+    resource_quotas: BTreeMap<Key, Arc<ResourceQuota>>,
     workloads: Vec<Arc<super::workloads::Workload>>,
     /// Secrets promised by the manifests (Certificates, ExternalSecrets, ...), by Secret.
     promises: HashMap<Key, Vec<Promise>>,
@@ -193,6 +196,12 @@ impl StaticState {
                 crate::limitrange::default_spec(&mut spec);
                 self.limit_ranges.insert(key(&lr.metadata), Arc::new(spec));
             }
+            "ResourceQuota" => {
+                let mut quota: ResourceQuota = typed(&kind, doc)?;
+                quota.metadata.managed_fields = None;
+                self.resource_quotas
+                    .insert(key(&quota.metadata), Arc::new(quota));
+            }
             _ => {}
         }
         Ok(())
@@ -265,12 +274,22 @@ impl ClusterState for StaticState {
                 .collect(),
         )
     }
+    fn resource_quotas(&self, namespace: &str) -> Option<Vec<Arc<ResourceQuota>>> {
+        Some(
+            self.resource_quotas
+                .iter()
+                .filter(|((ns, _), _)| ns == namespace)
+                .map(|(_, q)| q.clone())
+                .collect(),
+        )
+    }
     fn counts(&self) -> Vec<(CacheKind, usize)> {
         vec![
             (CacheKind::ConfigMaps, self.config_maps.len()),
             (CacheKind::Secrets, self.secrets.len()),
             (CacheKind::Namespaces, self.namespaces.len()),
             (CacheKind::LimitRanges, self.limit_ranges.len()),
+            (CacheKind::ResourceQuotas, self.resource_quotas.len()),
         ]
     }
 }

@@ -9,6 +9,7 @@ mod file;
 pub mod limitrange_defaults;
 mod matcher;
 pub mod protect_config_keys;
+pub mod quota_fit;
 mod registry;
 pub mod require_config_keys;
 mod store;

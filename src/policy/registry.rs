@@ -77,6 +77,9 @@ impl Registry {
                     super::checksum_config::ChecksumConfig::from_settings(s)?,
                 ))
             })
+            .register("quota-fit", |s| {
+                Ok(Box::new(super::quota_fit::QuotaFit::from_settings(s)?))
+            })
             .register("protect-config-keys", |s| {
                 Ok(Box::new(
                     super::protect_config_keys::ProtectConfigKeys::from_settings(s)?,

@@ -354,6 +354,7 @@ fn chart_values_name_every_object_and_argument_consistently() {
         [
             "checksum-config.yaml",
             "limitrange-defaults.yaml",
+            "quota-fit.yaml",
             "require-config-keys.yaml",
             "team.yaml"
         ]

@@ -489,6 +489,25 @@ fn the_shipped_policies_pass_their_own_tests() {
     );
 }
 
+/// The ResourceQuota table: 192 Pods and Deployments whose verdicts are the API server's own
+/// (the e2e test `e2e_quota_fit_agrees_with_the_resourcequota_plugin` keeps the file so).
+#[test]
+fn quota_fit_passes_the_api_servers_quota_table() {
+    let out = confgate(&["test", "tests/quota-fit"], None);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).ends_with("192 expectations: 192 passed, 0 failed\n"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
 #[test]
 fn a_test_whose_expectation_fails_exits_1_and_says_which() {
     let shipped = root().join("policies");

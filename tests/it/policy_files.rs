@@ -27,6 +27,7 @@ fn shipped_examples_load() {
             "checksum-config",
             "limitrange-defaults",
             "protect-config-keys",
+            "quota-fit",
             "require-config-keys",
             "payments-database-url"
         ]
@@ -56,7 +57,7 @@ fn reports_file_document_and_field() {
             "{HEAD}metadata: {{name: a}}\nspec: {{type: nope}}\n"
         )),
         vec![
-            "p.yaml: document 1: spec.type: unknown policy type \"nope\" (known: checksum-config, limitrange-defaults, protect-config-keys, require-config-keys)"
+            "p.yaml: document 1: spec.type: unknown policy type \"nope\" (known: checksum-config, limitrange-defaults, protect-config-keys, quota-fit, require-config-keys)"
         ]
     );
     assert_eq!(errors(&format!("{HEAD}metadata: {{name: a}}\nspec: {{type: checksum-config, match: {{kinds: [Service]}}}}\n"))[0].split(" (it").next().unwrap(),

@@ -52,6 +52,7 @@ fn one_webhook_per_policy_and_endpoint_at_its_own_path() {
         vec![
             "limitrange-defaults.validate.confgate.dev",
             "protect-config-keys.validate.confgate.dev",
+            "quota-fit.validate.confgate.dev",
             "require-config-keys.validate.confgate.dev",
             "payments-database-url.validate.confgate.dev"
         ]

@@ -8,6 +8,7 @@ mod config_guard;
 mod helm_chart;
 mod limitranger;
 mod manage_webhooks;
+mod quota_fit;
 mod rollout;
 mod secrets_on_their_way;
 mod waves;
@@ -37,6 +38,8 @@ pub fn all() -> Vec<(&'static str, Case)> {
         helm_chart::e2e_helm_chart_installs_upgrades_and_uninstalls_leaving_nothing,
         limitranger::e2e_builtin_limitranger_plus_confgate_equals_builtin_alone,
         limitranger::e2e_confgate_alone_judges_pods_as_the_builtin_limitranger,
+        quota_fit::e2e_quota_fit_agrees_with_the_resourcequota_plugin,
+        quota_fit::e2e_a_deployment_a_quota_would_starve_is_denied_and_without_confgate_it_fails_to_create_pods,
         cluster_state::e2e_live_cache_follows_initial_list_and_watch_events,
         cluster_state::e2e_apiserver_loss_serves_last_cache_reports_staleness_and_recovers,
         cluster_state::e2e_readiness_waits_for_cache_sync,

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 /// The admission plugins (the ServiceAccount plugin is off: there are no token controllers for
 /// Pods without a kubelet, and Pods need no token here).
-pub const ADMISSION_PLUGINS: &str =
-    "NamespaceLifecycle,LimitRanger,MutatingAdmissionWebhook,ValidatingAdmissionWebhook";
+pub const ADMISSION_PLUGINS: &str = "NamespaceLifecycle,LimitRanger,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ResourceQuota";
 
 /// Where the binaries are, from the environment.
 #[derive(Debug, Clone)]
