@@ -379,6 +379,9 @@ struct Controller {
     since: Option<Instant>,
     /// Where rollouts, holds and failures are announced (`--notify-secret`).
     notifier: crate::notify::Notifier,
+    /// Writes planned in the current round: at most `--rollout-burst` go out together, even
+    /// when the bucket refilled while the round was planned.
+    planned: u32,
 }
 
 impl Controller {
@@ -404,6 +407,7 @@ impl Controller {
             leadership,
             since: None,
             notifier: crate::notify::Notifier::off(),
+            planned: 0,
         }
     }
 
@@ -855,7 +859,7 @@ impl Controller {
             metrics.rollout("held");
             self.held.insert(k, (what, wait));
             return None;
-        } else if !self.limiter.take() {
+        } else if self.planned >= self.settings.burst.max(1) || !self.limiter.take() {
             Some(("throttled", "over --rollout-rate-per-minute"))
         } else {
             None
@@ -868,6 +872,7 @@ impl Controller {
             }
             return None;
         }
+        self.planned += 1;
         Some(Write {
             workload: w,
             stamps,
@@ -928,6 +933,7 @@ impl Controller {
     /// the apiserver and its webhooks), then records how each went.
     async fn write_all(&mut self, writes: Vec<Write>) {
         use futures::StreamExt;
+        self.planned = 0;
         if !writes.is_empty() && !self.leadership.holds() {
             // Lost the Lease (or froze past its renewal deadline) since deciding: the next
             // leader compares everything when it starts leading.
