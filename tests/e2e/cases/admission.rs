@@ -34,7 +34,7 @@ pub async fn e2e_generated_registration_applies_and_every_webhook_is_called(cx: 
         .collect();
     assert_eq!(
         webhooks.len(),
-        6,
+        7,
         "one webhook per policy and endpoint: {webhooks:?}"
     );
     kubectl

@@ -263,7 +263,7 @@ pub async fn e2e_readiness_waits_for_cache_sync(cx: Cx) {
     assert_eq!(status, 503);
     assert_eq!(
         body.trim(),
-        "not ready: waiting for caches to sync: configmaps, namespaces, limitranges"
+        "not ready: waiting for caches to sync: configmaps, namespaces, limitranges, resourcequotas"
     );
     proxy.restore();
     confgate.wait_ready().await;
