@@ -59,6 +59,7 @@ pub fn all() -> Vec<(&'static str, Case)> {
         rollout::e2e_a_restart_rolls_nothing_and_a_change_while_down_rolls_once,
         rollout::e2e_two_replicas_write_one_rollout_per_change,
         rollout::e2e_a_deleted_lease_is_recreated_and_a_standby_takes_over,
+        rollout::e2e_a_leader_frozen_past_its_lease_writes_nothing_when_it_resumes,
         rollout::e2e_a_stuck_rollout_does_not_hold_the_fix,
         rollout::e2e_a_deleted_required_config_map_rolls_nothing,
         rollout::e2e_a_missing_required_key_holds_the_rollout_until_it_is_back,

@@ -971,3 +971,51 @@ spec:
         1.0
     );
 }
+
+/// A leader frozen (SIGSTOP) past its Lease: the standby takes over and writes the next
+/// rollout; the frozen one, resumed, writes nothing (it checks its renewal deadline before
+/// every write), so the change rolls once.
+pub async fn e2e_a_leader_frozen_past_its_lease_writes_nothing_when_it_resumes(cx: Cx) {
+    let ns = cx.namespace("rollout-frozen-leader").await;
+    cx.kubectl()
+        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+        .await;
+    // The replica that will freeze leads first; the apiserver calls the other one, so admission
+    // never waits for the frozen process.
+    let frozen = Confgate::start(&cx, Options::shipped(&ns).unregistered()).await;
+    eventually(
+        Duration::from_secs(30),
+        "the first replica leads",
+        || async { leads(&frozen).then_some(()) },
+    )
+    .await;
+    let standby = Confgate::start(&cx, Options::shipped(&ns)).await;
+    let kubectl = deployed(&cx, &ns, &web_deployment(&ns, "web", &[])).await;
+    let pid = frozen.pid().expect("running");
+    crate::harness::process::signal(pid, "STOP");
+    eventually(
+        Duration::from_secs(45),
+        "the standby takes over",
+        || async { leads(&standby).then_some(()) },
+    )
+    .await;
+    set_config_key(&kubectl, &ns, "app-config", "LOG_LEVEL", "warn").await;
+    reaches(
+        &kubectl,
+        &ns,
+        2,
+        Duration::from_secs(15),
+        "a new ReplicaSet",
+    )
+    .await;
+    crate::harness::process::signal(pid, "CONT");
+    // Resumed with the change still in its queue and its Lease long lost: nothing more.
+    stays(&kubectl, &ns, 2, Duration::from_secs(10)).await;
+    let triggered = "confgate_rollouts_total{result=\"triggered\"}";
+    assert_eq!(
+        frozen.metric(triggered).await,
+        0.0,
+        "the frozen replica wrote"
+    );
+    assert_eq!(standby.metric(triggered).await, 1.0);
+}

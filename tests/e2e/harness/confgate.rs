@@ -198,6 +198,11 @@ impl Confgate {
         self.wait_ready().await;
     }
 
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Daemon::pid)
+    }
+
     /// Stops the process with SIGTERM and returns how it exited.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         self.daemon.take()?.stop(Duration::from_secs(10))

@@ -34,6 +34,11 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts `command` with stdout and stderr appended to `dir/<name>.log`, and records its PID
     /// (with the binary's path, so [`reap_stale`] never kills an unrelated process).
     pub fn spawn(
