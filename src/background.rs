@@ -1,9 +1,8 @@
 //! The controllers' own runtime: the rollout controller, the Secret poller, the config guard and
-//! the audit run on one worker thread of their own, scheduled `SCHED_BATCH` (Linux), with
-//! their own API client. Measured before this: while the controller wrote rollouts at full
-//! speed, `/validate` p99 went from 8 to 61 ms although confgate's own handling stayed under
-//! 4 ms, because rollout judgements and Event writes queued on the webhook's runtime. Now a
-//! burst of rollouts or an audit waits for the webhook, never the other way round.
+//! the audit run on one worker thread of their own, scheduled `SCHED_IDLE` (Linux: it runs
+//! only on CPU nothing else wants), with their own API client, so a burst of rollouts or an
+//! audit waits for the webhook, not the other way round. Measured (BENCHMARKS.md, "Admission
+//! answers while 200 workloads roll") shows what is left: the API server on the same cores.
 //!
 //! Leader election stays on the webhook's runtime: its renewals are tiny and must not starve.
 
@@ -30,7 +29,7 @@ fn lower_priority() {
         NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
         set_thread_priority_and_policy, thread_native_id,
     };
-    let policy = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch);
+    let policy = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
     if let Err(error) =
         set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, policy)
     {
@@ -49,7 +48,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_controllers_run_on_their_own_batch_scheduled_thread() {
+    fn the_controllers_run_on_their_own_idle_scheduled_thread() {
         let handle = runtime().expect("a runtime");
         let (tx, rx) = std::sync::mpsc::channel();
         handle.spawn(async move {
@@ -65,7 +64,7 @@ mod tests {
             .expect("the task ran");
         assert_eq!(name.as_deref(), Some("confgate-controllers"));
         #[cfg(target_os = "linux")]
-        assert_eq!(policy, "Some(Normal(Batch))");
+        assert_eq!(policy, "Some(Normal(Idle))");
         let _ = policy;
     }
 }

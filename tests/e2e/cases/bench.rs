@@ -280,3 +280,78 @@ async fn latencies(
     assert_eq!(out.len(), rounds * consumers);
     out
 }
+
+/// `/validate` answer times at the client, `count` requests ~10 ms apart, sorted, in
+/// milliseconds. The review is a Deployment of `ns` reading ConfigMap `shared`: judged from the
+/// caches alone (no API read), so what it measures is confgate, not the API server.
+async fn validate_times(confgate: &Confgate, ns: &str, count: usize) -> Vec<f64> {
+    let ca = std::fs::read(confgate.ca_path()).expect("the CA");
+    let client = crate::harness::confgate::https_client(&ca);
+    let object: Value = confgate::yaml::documents(&deployment(ns, "probe", "shared"))
+        .expect("a Deployment")
+        .remove(0);
+    let body = serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "5b3c1e6e-0d1f-4a57-9d55-3b7f0b1a2c3d",
+            "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+            "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
+            "name": "probe", "namespace": ns, "operation": "CREATE",
+            "userInfo": {"username": "bench"}, "object": object}})
+    .to_string();
+    let url = format!("{}/validate", confgate.url());
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let started = std::time::Instant::now();
+        let answer = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(answer.status(), 200);
+        let answer: Value = answer.json().await.expect("a review");
+        assert_eq!(answer["response"]["allowed"], true, "{answer}");
+        out.push(started.elapsed().as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    out.sort_by(f64::total_cmp);
+    out
+}
+
+/// Whether the controller's work delays admission answers: `/validate` times at the client
+/// while idle, and while 200 Deployments roll at full speed (the controllers run on their own
+/// runtime, `src/background.rs`).
+pub async fn bench_validate_latency_while_200_workloads_roll(cx: Cx) {
+    let ns = cx.namespace("bench-validate-load").await;
+    let confgate = Confgate::start(
+        &cx,
+        Options::shipped(&ns)
+            .arg("--rollout-rate-per-minute=1000000")
+            .arg("--rollout-burst=100000")
+            .arg("--rollout-min-interval-seconds=0"),
+    )
+    .await;
+    let kubectl = deploy(&cx, &ns).await;
+    // Warm the connection and the caches.
+    validate_times(&confgate, &ns, 50).await;
+    let idle = validate_times(&confgate, &ns, 500).await;
+    let seen = writes(&confgate).len();
+    set_level(&kubectl, &ns, "shared", 7).await;
+    let mut loaded = Vec::new();
+    while writes(&confgate).len() < seen + DEPLOYMENTS {
+        loaded.extend(validate_times(&confgate, &ns, 50).await);
+    }
+    loaded.sort_by(f64::total_cmp);
+    if let Ok(path) = std::env::var("BENCH_KEEP_LOG") {
+        let _ = std::fs::copy(confgate.dir.path().join("confgate.log"), path);
+    }
+    for (what, times) in [("idle", &idle), ("while 200 roll", &loaded)] {
+        eprintln!(
+            "bench: /validate at the client, {what}, {} requests: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            times.len(),
+            percentile(times, 50.0),
+            percentile(times, 99.0),
+            times.last().copied().unwrap_or(f64::NAN),
+        );
+    }
+}

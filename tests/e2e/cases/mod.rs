@@ -83,6 +83,7 @@ pub fn benches() -> Vec<(&'static str, Case)> {
     cases![
         bench::bench_rollout_200_deployments_at_the_configured_rate,
         bench::bench_rollout_latency_from_change_to_write,
+        bench::bench_validate_latency_while_200_workloads_roll,
     ]
 }
 
