@@ -505,6 +505,20 @@ pub async fn e2e_a_missing_required_key_holds_the_rollout_until_it_is_back(cx: C
     );
 }
 
+/// The `ConfigChanged` notes of the namespace once there are at least `count` (an Event follows
+/// its write by a moment).
+async fn config_changed(kubectl: &Kubectl, ns: &str, count: usize) -> Vec<String> {
+    eventually(
+        Duration::from_secs(10),
+        "the ConfigChanged Events",
+        || async {
+            let notes = event_notes(kubectl, ns, "ConfigChanged").await;
+            (notes.len() >= count).then_some(notes)
+        },
+    )
+    .await
+}
+
 /// The Event notes of `reason` in the namespace.
 pub(crate) async fn event_notes(kubectl: &Kubectl, ns: &str, reason: &str) -> Vec<String> {
     let selector = format!("reason={reason}");
@@ -679,7 +693,7 @@ async fn a_secret_change_rolls(cx: Cx, arg: &str, limit: Duration) {
         )
         .await;
     reaches(&kubectl, &ns, 2, limit, "a new ReplicaSet").await;
-    let notes = event_notes(&kubectl, &ns, "ConfigChanged").await;
+    let notes = config_changed(&kubectl, &ns, 1).await;
     assert_eq!(notes.len(), 1, "{notes:?}");
     assert!(
         notes[0].starts_with("the configuration it consumes changed (secret app-secret: API_KEY); rolling: checksum/config "),
@@ -777,7 +791,7 @@ spec:
         }
     })
     .await;
-    let notes = event_notes(&kubectl, &ns, "ConfigChanged").await;
+    let notes = config_changed(&kubectl, &ns, 2).await;
     assert_eq!(notes.len(), 2, "{notes:?}");
     for note in notes {
         assert!(
@@ -851,7 +865,7 @@ pub async fn e2e_a_named_dependency_rolls_and_reloaded_files_do_not(cx: Cx) {
         (count("named").await == 2).then_some(())
     })
     .await;
-    let notes = event_notes(&kubectl, &ns, "ConfigChanged").await;
+    let notes = config_changed(&kubectl, &ns, 1).await;
     assert_eq!(notes.len(), 1, "{notes:?}");
     assert!(
         notes[0].starts_with(
@@ -956,7 +970,7 @@ spec:
     })
     .await;
     assert_eq!(rolled["metadata"]["generation"], 2);
-    let notes = event_notes(&kubectl, &ns, "ConfigChanged").await;
+    let notes = config_changed(&kubectl, &ns, 1).await;
     assert_eq!(notes.len(), 1, "{notes:?}");
     assert!(
         notes[0].starts_with(
