@@ -1,8 +1,11 @@
 //! The controllers' own runtime: the rollout controller, the Secret poller, the config guard and
-//! the audit run on one worker thread of their own, scheduled `SCHED_IDLE` (Linux: it runs
-//! only on CPU nothing else wants), with their own API client, so a burst of rollouts or an
-//! audit waits for the webhook, not the other way round. Measured (BENCHMARKS.md, "Admission
-//! answers while 200 workloads roll") shows what is left: the API server on the same cores.
+//! the audit run on one worker thread of their own, scheduled `SCHED_BATCH` (Linux: never
+//! preempting the webhook's threads on wake-up, yet with its fair share of CPU), with their own
+//! API client, so a burst of rollouts or an audit yields to the webhook. Not `SCHED_IDLE`: on a
+//! node whose CPU is busy, an idle-class thread gets almost nothing, and the config guard's
+//! finalizer removal (a teardown) or a rollout would wait for minutes (in CI, under the
+//! suite's load, the first comparison of an idle-class controller came late). BENCHMARKS.md,
+//! "Admission answers while 200 workloads roll", measures what is left.
 //!
 //! Leader election stays on the webhook's runtime: its renewals are tiny and must not starve.
 
@@ -23,32 +26,49 @@ pub fn runtime() -> std::io::Result<Handle> {
     Ok(handle)
 }
 
-#[cfg(target_os = "linux")]
 fn lower_priority() {
+    lower_this_thread(Lower::Batch, "the controllers' thread");
+}
+
+/// How far a thread steps back from the webhook's threads.
+#[derive(Debug, Clone, Copy)]
+pub enum Lower {
+    /// `SCHED_BATCH`: never preempts on wake-up, keeps its fair share.
+    Batch,
+    /// `SCHED_IDLE`: runs only on CPU nothing else wants.
+    Idle,
+}
+
+/// Puts the calling thread in `policy` (Linux; elsewhere nothing), logging a refusal.
+#[cfg(target_os = "linux")]
+pub fn lower_this_thread(policy: Lower, what: &str) {
     use thread_priority::{
         NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
         set_thread_priority_and_policy, thread_native_id,
     };
-    let policy = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-    if let Err(error) =
-        set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, policy)
-    {
-        tracing::warn!(
-            ?error,
-            "cannot lower the priority of the controllers' thread"
-        );
+    let normal = match policy {
+        Lower::Batch => NormalThreadSchedulePolicy::Batch,
+        Lower::Idle => NormalThreadSchedulePolicy::Idle,
+    };
+    if let Err(error) = set_thread_priority_and_policy(
+        thread_native_id(),
+        ThreadPriority::Min,
+        ThreadSchedulePolicy::Normal(normal),
+    ) {
+        tracing::warn!(?error, "cannot lower the priority of {what}");
     }
 }
 
+/// Puts the calling thread in `policy` (Linux; elsewhere nothing).
 #[cfg(not(target_os = "linux"))]
-fn lower_priority() {}
+pub fn lower_this_thread(_policy: Lower, _what: &str) {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_controllers_run_on_their_own_idle_scheduled_thread() {
+    fn the_controllers_run_on_their_own_batch_scheduled_thread() {
         let handle = runtime().expect("a runtime");
         let (tx, rx) = std::sync::mpsc::channel();
         handle.spawn(async move {
@@ -64,7 +84,7 @@ mod tests {
             .expect("the task ran");
         assert_eq!(name.as_deref(), Some("confgate-controllers"));
         #[cfg(target_os = "linux")]
-        assert_eq!(policy, "Some(Normal(Idle))");
+        assert_eq!(policy, "Some(Normal(Batch))");
         let _ = policy;
     }
 }

@@ -244,9 +244,10 @@ pub async fn run(
         let leading = *leader.borrow_and_update();
         if leading && (full_due || last_full.elapsed() >= settings.resync) {
             // What changed while this replica was not leading (or confgate was down) is found
-            // by comparing every workload: state, not history.
-            changes.take();
-            controller.reconcile(&index, &Changed::new(), true).await;
+            // by comparing every workload: state, not history. Changes recorded meanwhile are
+            // kept, so their rollouts still name what changed.
+            let changed = changes.take();
+            controller.reconcile(&index, &changed, true).await;
             full_due = false;
             last_full = Instant::now();
         } else if leading {

@@ -101,22 +101,9 @@ fn work(queue: &Mutex<Receiver<Job>>) {
     }
 }
 
-#[cfg(target_os = "linux")]
 fn lower_priority() {
-    use thread_priority::{
-        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
-        set_thread_priority_and_policy, thread_native_id,
-    };
-    let policy = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-    if let Err(error) =
-        set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, policy)
-    {
-        tracing::warn!(?error, "cannot lower the priority of a large-review thread");
-    }
+    crate::background::lower_this_thread(crate::background::Lower::Idle, "a large-review thread");
 }
-
-#[cfg(not(target_os = "linux"))]
-fn lower_priority() {}
 
 #[cfg(test)]
 mod tests {
