@@ -27,6 +27,41 @@ pub const FIRST_REQUEST: Duration = Duration::from_secs(30);
 /// How long a connection may carry no traffic at all.
 pub const IDLE: Duration = Duration::from_secs(120);
 
+/// File descriptors kept for everything but webhook connections: the API server's watches and
+/// requests, the policy and certificate files, the log.
+pub const RESERVED_FILES: u64 = 64;
+
+/// The open-connection cap to use: `requested` (`--max-connections`), lowered so that open
+/// connections never take the descriptors the process needs besides them (`open_files`: the
+/// soft `RLIMIT_NOFILE`). A connection past the file limit would fail in `accept` without a
+/// word, and locked-out clients would see only timeouts; past the cap they are refused at once,
+/// logged and counted.
+pub fn connection_cap(requested: usize, open_files: Option<u64>) -> usize {
+    match open_files {
+        Some(limit) => {
+            let room = usize::try_from(limit.saturating_sub(RESERVED_FILES)).unwrap_or(usize::MAX);
+            requested.min(room.max(1))
+        }
+        None => requested,
+    }
+}
+
+/// The soft limit on open files from `/proc/self/limits` (`Max open files`), when readable.
+pub fn open_files_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    soft_open_files(&text)
+}
+
+/// The soft `Max open files` of a `/proc/<pid>/limits` text (`None`: unlimited or absent).
+pub fn soft_open_files(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The limits and counters shared by all connections.
 pub struct Connections {
     open: AtomicUsize,
@@ -237,5 +272,35 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_leaves_the_files_the_process_needs() {
+        assert_eq!(connection_cap(1024, None), 1024);
+        assert_eq!(connection_cap(1024, Some(1_048_576)), 1024);
+        assert_eq!(connection_cap(1024, Some(1024)), 960);
+        assert_eq!(connection_cap(1024, Some(128)), 64);
+        assert_eq!(connection_cap(1024, Some(10)), 1);
+    }
+
+    #[test]
+    fn the_soft_open_file_limit_is_read_from_proc_limits() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \nMax processes             127336               127336               processes \nMax open files            128                  524288               files     \n";
+        assert_eq!(soft_open_files(limits), Some(128));
+        assert_eq!(
+            soft_open_files(
+                "Max open files            unlimited            unlimited            files\n"
+            ),
+            None
+        );
+        assert!(
+            open_files_limit().is_some_and(|n| n > 0),
+            "this machine's limit"
+        );
     }
 }

@@ -236,8 +236,19 @@ pub async fn serve_with(
         tls_key: options.tls_key.clone(),
         allow_policy_removal: options.allow_policy_removal,
     });
+    let open_files = conn::open_files_limit();
+    let max_connections = conn::connection_cap(options.max_connections, open_files);
+    if max_connections < options.max_connections {
+        tracing::warn!(
+            requested = options.max_connections,
+            max_connections,
+            open_files,
+            reserved = conn::RESERVED_FILES,
+            "--max-connections lowered to fit the open-file limit (RLIMIT_NOFILE); raise the limit for more"
+        );
+    }
     let connections = conn::Connections::with_timeouts(
-        options.max_connections,
+        max_connections,
         state.reviews.metrics.clone(),
         options.first_request_timeout,
         options.idle_timeout,
