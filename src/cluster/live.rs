@@ -154,6 +154,21 @@ impl<V: Send + Sync + 'static> Cache<V> {
         map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
+    /// The entries of `namespace`, sorted by name; `None` until the first list is applied.
+    pub fn in_namespace(&self, namespace: &str) -> Option<Vec<Arc<V>>> {
+        if !self.is_synced() {
+            return None;
+        }
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        let mut found: Vec<(&String, &Arc<V>)> = map
+            .iter()
+            .filter(|((ns, _), _)| ns == namespace)
+            .map(|((_, name), value)| (name, value))
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(b.0));
+        Some(found.into_iter().map(|(_, value)| value.clone()).collect())
+    }
+
     /// Every entry, in no particular order.
     pub fn values(&self) -> Vec<Arc<V>> {
         let map = self
@@ -836,39 +851,11 @@ impl ClusterState for LiveState {
         Some(self.minor_version.load(Ordering::Acquire)).filter(|m| *m > 0)
     }
     fn limit_ranges(&self, namespace: &str) -> Option<Vec<Arc<LimitRangeSpec>>> {
-        if !self.limit_ranges.is_synced() {
-            return None;
-        }
-        let map = self
-            .limit_ranges
-            .map
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        let mut found: Vec<(&String, &Arc<LimitRangeSpec>)> = map
-            .iter()
-            .filter(|((ns, _), _)| ns == namespace)
-            .map(|((_, name), spec)| (name, spec))
-            .collect();
-        found.sort_by(|a, b| a.0.cmp(b.0));
-        Some(found.into_iter().map(|(_, spec)| spec.clone()).collect())
+        self.limit_ranges.in_namespace(namespace)
     }
 
     fn resource_quotas(&self, namespace: &str) -> Option<Vec<Arc<ResourceQuota>>> {
-        if !self.resource_quotas.is_synced() {
-            return None;
-        }
-        let map = self
-            .resource_quotas
-            .map
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        let mut found: Vec<(&String, &Arc<ResourceQuota>)> = map
-            .iter()
-            .filter(|((ns, _), _)| ns == namespace)
-            .map(|((_, name), quota)| (name, quota))
-            .collect();
-        found.sort_by(|a, b| a.0.cmp(b.0));
-        Some(found.into_iter().map(|(_, quota)| quota.clone()).collect())
+        self.resource_quotas.in_namespace(namespace)
     }
 
     fn consumers(

@@ -268,6 +268,16 @@ pub enum Lookup {
     Unknown(String),
 }
 
+/// Whether the API server serves resource `plural` in `api_version` (discovery); a group or
+/// version it does not serve at all (404) is `false`, other failures are errors.
+pub async fn serves(client: &kube::Client, api_version: &str, plural: &str) -> kube::Result<bool> {
+    match client.list_api_group_resources(api_version).await {
+        Ok(list) => Ok(list.resources.iter().any(|r| r.name == plural)),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
 /// Which objects a cache holds, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum CacheKind {

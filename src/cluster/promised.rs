@@ -214,22 +214,21 @@ pub async fn follow(client: Client, followed: Weak<Followed>) {
 async fn served_version(client: &Client, kind: &PromiserKind) -> Result<Option<ApiResource>, ()> {
     for version in kind.versions {
         let api_version = format!("{}/{version}", kind.group);
-        let list = match client.list_api_group_resources(&api_version).await {
-            Ok(list) => list,
-            Err(kube::Error::Api(e)) if e.code == 404 => continue,
+        match super::serves(client, &api_version, kind.plural).await {
+            Ok(false) => continue,
+            Ok(true) => {
+                return Ok(Some(ApiResource {
+                    group: kind.group.to_owned(),
+                    version: (*version).to_owned(),
+                    api_version,
+                    kind: kind.kind.to_owned(),
+                    plural: kind.plural.to_owned(),
+                }));
+            }
             Err(error) => {
                 tracing::debug!(%api_version, %error, "discovery failed");
                 return Err(());
             }
-        };
-        if list.resources.iter().any(|r| r.name == kind.plural) {
-            return Ok(Some(ApiResource {
-                group: kind.group.to_owned(),
-                version: (*version).to_owned(),
-                api_version,
-                kind: kind.kind.to_owned(),
-                plural: kind.plural.to_owned(),
-            }));
         }
     }
     Ok(None)

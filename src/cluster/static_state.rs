@@ -266,22 +266,10 @@ impl ClusterState for StaticState {
         self.namespaces.get(namespace).cloned()
     }
     fn limit_ranges(&self, namespace: &str) -> Option<Vec<Arc<LimitRangeSpec>>> {
-        Some(
-            self.limit_ranges
-                .iter()
-                .filter(|((ns, _), _)| ns == namespace)
-                .map(|(_, lr)| lr.clone())
-                .collect(),
-        )
+        Some(in_namespace(&self.limit_ranges, namespace))
     }
     fn resource_quotas(&self, namespace: &str) -> Option<Vec<Arc<ResourceQuota>>> {
-        Some(
-            self.resource_quotas
-                .iter()
-                .filter(|((ns, _), _)| ns == namespace)
-                .map(|(_, q)| q.clone())
-                .collect(),
-        )
+        Some(in_namespace(&self.resource_quotas, namespace))
     }
     fn counts(&self) -> Vec<(CacheKind, usize)> {
         vec![
@@ -292,6 +280,14 @@ impl ClusterState for StaticState {
             (CacheKind::ResourceQuotas, self.resource_quotas.len()),
         ]
     }
+}
+
+/// The objects of `namespace`, sorted by name (the map's order).
+fn in_namespace<V>(map: &BTreeMap<Key, Arc<V>>, namespace: &str) -> Vec<Arc<V>> {
+    map.iter()
+        .filter(|((ns, _), _)| ns == namespace)
+        .map(|(_, v)| v.clone())
+        .collect()
 }
 
 #[cfg(test)]

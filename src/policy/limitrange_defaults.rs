@@ -245,8 +245,12 @@ fn skipped(cx: &Context) -> bool {
 }
 
 /// Copies limits into requests, then merges each range's defaults; the annotation text when
-/// anything was set.
-fn apply(spec: &mut Value, ranges: &[LimitRange], semantics: Semantics) -> Option<String> {
+/// anything was set. `quota-fit` judges Pods after the same defaulting.
+pub(super) fn apply(
+    spec: &mut Value,
+    ranges: &[LimitRange],
+    semantics: Semantics,
+) -> Option<String> {
     copy_limits_to_requests(spec, semantics);
     let mut annotation = None;
     for range in ranges {

@@ -218,15 +218,9 @@ fn best_effort(spec: &Value) -> bool {
             .iter()
             .any(|r| list.get(*r).is_some_and(|q| q.nanos() > 0))
     };
-    let pod_level = spec.get("resources").is_some_and(|r| {
-        positive(&resource_list(
-            &Value::Object([("resources".to_owned(), r.clone())].into_iter().collect()),
-            "requests",
-        )) || positive(&resource_list(
-            &Value::Object([("resources".to_owned(), r.clone())].into_iter().collect()),
-            "limits",
-        ))
-    });
+    // The pod-level `resources` sit where a container's do.
+    let pod_level =
+        positive(&resource_list(spec, "requests")) || positive(&resource_list(spec, "limits"));
     !pod_level
         && containers(spec)
             .iter()
@@ -372,15 +366,16 @@ pub fn judge(quota: &ResourceQuota, spec: &Value, semantics: Semantics, pods: u3
         .into_iter()
         .filter(|(_, q)| q.nanos() != 0)
         .collect();
-    let zero = Quantity::from_units(0);
-    let over = |need: &dyn Fn(&Quantity) -> Quantity| -> BTreeSet<String> {
+    let used_of = |k: &str| used.get(k).copied().unwrap_or(Quantity::from_units(0));
+    // The tracked resources for which `need` (of a resource's name and one Pod's request)
+    // is above `hard`.
+    let over = |need: &dyn Fn(&str, &Quantity) -> Quantity| -> BTreeSet<String> {
         requested
             .iter()
-            .filter(|(k, q)| hard.get(*k).is_some_and(|h| need(q) > *h))
+            .filter(|(k, q)| hard.get(*k).is_some_and(|h| need(k, q) > *h))
             .map(|(k, _)| k.clone())
             .collect()
     };
-    let alone = over(&|q| *q);
     let message = |exceeded: &BTreeSet<String>| {
         format!(
             "exceeded quota: {name}, requested: {}, used: {}, limited: {}",
@@ -389,56 +384,40 @@ pub fn judge(quota: &ResourceQuota, spec: &Value, semantics: Semantics, pods: u3
             pretty(&mask(&hard, exceeded))
         )
     };
+    let alone = over(&|_, q| *q);
     if !alone.is_empty() {
         verdict.refused = Some(message(&alone));
         return verdict;
     }
-    let used_of = |k: &str| used.get(k).copied().unwrap_or(zero);
-    let now = {
-        let names: BTreeSet<String> = requested
-            .iter()
-            .filter(|(k, q)| hard.get(*k).is_some_and(|h| used_of(k).add(q) > *h))
-            .map(|(k, _)| k.clone())
-            .collect();
-        names
-    };
+    let now = over(&|k, q| used_of(k).add(q));
     if !now.is_empty() {
         verdict.warnings.push(format!(
             "refused while the namespace uses what it does now: {}",
             message(&now)
         ));
-    } else if pods > 1 {
-        let all: BTreeSet<String> = requested
-            .iter()
-            .filter(|(k, q)| {
-                let mut need = used_of(k);
-                for _ in 0..pods {
-                    need = need.add(q);
-                }
-                hard.get(*k).is_some_and(|h| need > *h)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        if !all.is_empty() {
-            let need: ResourceList = mask(&requested, &all)
+        return verdict;
+    }
+    if pods > 1 {
+        let together = over(&|k, q| used_of(k).add(&times(q, pods)));
+        if !together.is_empty() {
+            let need: ResourceList = mask(&requested, &together)
                 .into_iter()
-                .map(|(k, q)| {
-                    let mut total = Quantity::from_units(0);
-                    for _ in 0..pods {
-                        total = total.add(&q);
-                    }
-                    (k, total)
-                })
+                .map(|(k, q)| (k, times(&q, pods)))
                 .collect();
             verdict.warnings.push(format!(
                 "{pods} Pods together exceed quota {name}: requested: {}, used: {}, limited: {} (Pods beyond it fail to be created)",
                 pretty(&need),
-                pretty(&mask(&used, &all)),
-                pretty(&mask(&hard, &all))
+                pretty(&mask(&used, &together)),
+                pretty(&mask(&hard, &together))
             ));
         }
     }
     verdict
+}
+
+/// `q` added `n` times (exact, as upstream's `Quantity.Add`).
+fn times(q: &Quantity, n: u32) -> Quantity {
+    (0..n).fold(Quantity::from_units(0), |total, _| total.add(q))
 }
 
 impl Policy for QuotaFit {
@@ -490,10 +469,12 @@ impl Policy for QuotaFit {
             Semantics::of_release(release, spec.get("resources").is_some_and(|r| !r.is_null()));
         // A Pod's own defaulting copies limits into missing requests; then the LimitRanger
         // fills what the namespace's LimitRanges default.
-        crate::limitrange::copy_limits_to_requests(&mut spec, semantics);
-        if self.from_namespace_limit_ranges {
-            self.default(cx, &mut spec, out);
-        }
+        let ranges = if self.from_namespace_limit_ranges {
+            self.ranges(cx, out)
+        } else {
+            Vec::new()
+        };
+        super::limitrange_defaults::apply(&mut spec, &ranges, semantics);
         let pods = if kind == "Pod" || cx.request.operation == Operation::Update {
             // An update rolls one new Pod at a time beside the running ones (maxSurge).
             1
@@ -519,19 +500,21 @@ impl Policy for QuotaFit {
 }
 
 impl QuotaFit {
-    /// Gives `spec` the defaults the namespace's LimitRanges give each Pod.
-    fn default(&self, cx: &Context, spec: &mut Value, out: &mut Findings) {
+    /// The namespace's LimitRanges whose defaults each Pod gets (those that cannot be read are
+    /// left out, as the LimitRanger leaves them).
+    fn ranges(&self, cx: &Context, out: &mut Findings) -> Vec<LimitRange> {
         match cx.cluster.limit_ranges(cx.namespace()) {
-            Some(found) => {
-                for range in found.iter().filter_map(|s| LimitRange::from_api(s).ok()) {
-                    let (requests, limits) = range.default_requirements();
-                    crate::limitrange::merge_defaults(spec, &requests, &limits);
-                }
+            Some(found) => found
+                .iter()
+                .filter_map(|s| LimitRange::from_api(s).ok())
+                .collect(),
+            None => {
+                out.warn(format!(
+                    "judged without the namespace's LimitRange defaults: {}",
+                    cx.cluster.why_unknown(CacheKind::LimitRanges)
+                ));
+                Vec::new()
             }
-            None => out.warn(format!(
-                "judged without the namespace's LimitRange defaults: {}",
-                cx.cluster.why_unknown(CacheKind::LimitRanges)
-            )),
         }
     }
 }

@@ -715,11 +715,13 @@ impl Controller {
                     crate::notify::Kind::WaveFailed,
                     format!("{}: {on_object}", waves::label(&object)),
                 );
-                let kind = match object.0 {
-                    Source::ConfigMap => "ConfigMap",
-                    Source::Secret => "Secret",
+                let on = crate::events::On {
+                    kind: object.0.kind(),
+                    namespace: &object.1,
+                    name: &object.2,
+                    uid: "",
                 };
-                self.warn(kind, &object.1, &object.2, "", "RolloutHalted", on_object)
+                self.publish(on, EventType::Warning, "RolloutHalted", on_object)
                     .await;
                 let on_workload = format!(
                     "its rollout for the change of {} failed: {why}; the change is held for the {others} other readers until {} is edited again",
@@ -730,44 +732,28 @@ impl Controller {
                     .get(workload.0, &workload.1, &workload.2)
                     .map(|w| w.uid.clone())
                     .unwrap_or_default();
-                self.warn(
-                    workload.0,
-                    &workload.1,
-                    &workload.2,
-                    &uid,
-                    "ConfigRolloutFailed",
-                    on_workload,
-                )
-                .await;
+                let on = crate::events::On {
+                    kind: workload.0,
+                    namespace: &workload.1,
+                    name: &workload.2,
+                    uid: &uid,
+                };
+                self.publish(on, EventType::Warning, "ConfigRolloutFailed", on_workload)
+                    .await;
             }
         }
     }
 
-    /// A Warning Event.
-    async fn warn(
+    /// Publishes an Event of the rollout controller (action `Rollout`); a failure is logged.
+    async fn publish(
         &self,
-        kind: &str,
-        namespace: &str,
-        name: &str,
-        uid: &str,
+        on: crate::events::On<'_>,
+        type_: EventType,
         reason: &str,
         note: String,
     ) {
-        let on = crate::events::On {
-            kind,
-            namespace,
-            name,
-            uid,
-        };
-        if let Err(error) = crate::events::publish(
-            &self.recorder,
-            on,
-            EventType::Warning,
-            reason,
-            "Rollout",
-            note,
-        )
-        .await
+        if let Err(error) =
+            crate::events::publish(&self.recorder, on, type_, reason, "Rollout", note).await
         {
             tracing::warn!(%error, reason, "cannot publish an Event");
         }
@@ -1052,27 +1038,11 @@ impl Controller {
 
     /// A Warning `RolloutHeld` Event on the workload naming what its new Pods would miss.
     async fn held_event(&self, w: &Workload, missing: &str) {
-        let on = crate::events::On {
-            kind: w.kind,
-            namespace: &w.namespace,
-            name: &w.name,
-            uid: &w.uid,
-        };
         let note = format!(
             "not rolled: its new Pods could not start: {missing}; it rolls once the configuration is whole again"
         );
-        if let Err(error) = crate::events::publish(
-            &self.recorder,
-            on,
-            EventType::Warning,
-            "RolloutHeld",
-            "Rollout",
-            note,
-        )
-        .await
-        {
-            tracing::warn!(%error, "cannot publish the RolloutHeld Event");
-        }
+        self.publish(on(w), EventType::Warning, "RolloutHeld", note)
+            .await;
     }
 
     /// A `ConfigChanged` Event on the workload, so `kubectl describe` says why it rolled.
@@ -1082,25 +1052,19 @@ impl Controller {
             .map(Stamp::to_string)
             .collect::<Vec<_>>()
             .join(", ");
-        let on = crate::events::On {
-            kind: w.kind,
-            namespace: &w.namespace,
-            name: &w.name,
-            uid: &w.uid,
-        };
         let note = format!("the configuration it consumes changed ({changed}); rolling: {stamped}");
-        let published = crate::events::publish(
-            &self.recorder,
-            on,
-            EventType::Normal,
-            "ConfigChanged",
-            "Rollout",
-            note,
-        )
-        .await;
-        if let Err(error) = published {
-            tracing::warn!(%error, "cannot publish the ConfigChanged event");
-        }
+        self.publish(on(w), EventType::Normal, "ConfigChanged", note)
+            .await;
+    }
+}
+
+/// The workload an Event is about.
+fn on(w: &Workload) -> crate::events::On<'_> {
+    crate::events::On {
+        kind: w.kind,
+        namespace: &w.namespace,
+        name: &w.name,
+        uid: &w.uid,
     }
 }
 

@@ -278,10 +278,20 @@ impl Waves {
         Admission::Canary(joins)
     }
 
-    /// `w`'s rollout was written (or its own write carried the change): its canaries start
-    /// being judged, and it is no longer broken.
+    /// `w`'s rollout was written: its canaries start being judged, and it is no longer broken.
     pub fn written(&mut self, w: &WorkloadKey, at: Instant, server_time: Option<String>) {
         self.broken.remove(w);
+        self.start_judging(w, at, server_time);
+    }
+
+    /// `w` was to roll as a canary, but its own write carried the change (a workload applied
+    /// with its ConfigMap): its rollout is under way, and is judged like a written one.
+    pub fn carried(&mut self, w: &WorkloadKey, at: Instant) {
+        self.start_judging(w, at, None);
+    }
+
+    /// Marks `w`'s canaries, in waves still canarying, as rolling since `at`.
+    fn start_judging(&mut self, w: &WorkloadKey, at: Instant, server_time: Option<String>) {
         for wave in self.waves.values_mut() {
             if wave.phase != Phase::Canarying {
                 continue;
@@ -289,21 +299,6 @@ impl Waves {
             for canary in &mut wave.canaries {
                 if canary.workload == *w && canary.written.is_none() {
                     canary.written = Some((at, server_time.clone()));
-                }
-            }
-        }
-    }
-
-    /// `w` was to roll as a canary, but its own write carried the change (a workload applied
-    /// with its ConfigMap): its rollout is under way, and is judged like a written one.
-    pub fn carried(&mut self, w: &WorkloadKey, at: Instant) {
-        for wave in self.waves.values_mut() {
-            if wave.phase != Phase::Canarying {
-                continue;
-            }
-            for canary in &mut wave.canaries {
-                if canary.workload == *w && canary.written.is_none() {
-                    canary.written = Some((at, None));
                 }
             }
         }
@@ -387,6 +382,7 @@ impl Waves {
 
 /// What a Deployment, StatefulSet or DaemonSet shows (its status), apart from its Pods.
 pub fn workload_health(kind: &str, object: &Value) -> Health {
+    use crate::cluster::workloads::{failing, settled, shows_health};
     let number = |p: &str| object.pointer(p).and_then(Value::as_i64);
     let available = match kind {
         "Deployment" | "StatefulSet" => {
@@ -399,14 +395,10 @@ pub fn workload_health(kind: &str, object: &Value) -> Health {
         }
         _ => true,
     };
-    let reduced = crate::cluster::workloads::KINDS
-        .iter()
-        .find(|k| **k == kind)
-        .and_then(|kind| crate::cluster::workloads::reduce(kind, object));
     Health {
-        settled: reduced.as_ref().is_some_and(|w| w.settled),
-        failing: reduced.as_ref().is_some_and(|w| w.failing),
-        shows_health: reduced.as_ref().is_some_and(|w| w.shows_health),
+        settled: settled(kind, object),
+        failing: failing(object),
+        shows_health: shows_health(kind, object),
         available,
         broken_pod: None,
         restarted_pod: None,

@@ -200,9 +200,9 @@ async fn when_served(
     watch: impl std::future::Future<Output = ()>,
 ) {
     loop {
-        match client.list_api_group_resources(&resource.api_version).await {
-            Ok(list) if list.resources.iter().any(|r| r.name == resource.plural) => break,
-            Ok(_) | Err(kube::Error::Api(_)) => cache.set_absent(true),
+        match crate::cluster::serves(&client, &resource.api_version, &resource.plural).await {
+            Ok(true) => break,
+            Ok(false) | Err(kube::Error::Api(_)) => cache.set_absent(true),
             Err(error) => {
                 tracing::debug!(%error, api_version = %resource.api_version, "discovery failed");
             }
@@ -296,16 +296,7 @@ pub fn reduce(kind: &'static str, object: &Value) -> Option<Workload> {
         deleting: metadata.get("deletionTimestamp").is_some(),
         settled: settled(kind, object),
         progress: progress(object),
-        failing: object
-            .pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .any(|c| {
-                c.get("type").and_then(Value::as_str) == Some("Progressing")
-                    && c.get("status").and_then(Value::as_str) == Some("False")
-            })
-            || object.pointer("/status/phase").and_then(Value::as_str) == Some("Degraded"),
+        failing: failing(object),
         shows_health: shows_health(kind, object),
         reduced: encode(&reduced, &objects),
         objects: objects.into_boxed_slice(),
@@ -313,8 +304,23 @@ pub fn reduce(kind: &'static str, object: &Value) -> Option<Workload> {
     })
 }
 
+/// Whether the workload's controller gave up on its rollout: a Deployment's `Progressing` is
+/// `False` (`ProgressDeadlineExceeded`), an Argo Rollout is `Degraded`.
+pub fn failing(object: &Value) -> bool {
+    object
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            c.get("type").and_then(Value::as_str) == Some("Progressing")
+                && c.get("status").and_then(Value::as_str) == Some("False")
+        })
+        || object.pointer("/status/phase").and_then(Value::as_str) == Some("Degraded")
+}
+
 /// Whether the workload runs Pods, so that its rollout can show whether they are healthy.
-fn shows_health(kind: &str, object: &Value) -> bool {
+pub fn shows_health(kind: &str, object: &Value) -> bool {
     let number = |p: &str| object.pointer(p).and_then(Value::as_i64);
     match kind {
         "Deployment" | "StatefulSet" | "Rollout" => number("/spec/replicas").unwrap_or(1) > 0,
@@ -356,7 +362,7 @@ fn progress(object: &Value) -> u64 {
 
 /// Whether the workload's last rollout is done: the controller has seen the current spec and
 /// every replica runs it, ready. Rolling again before that only piles up ReplicaSets.
-fn settled(kind: &str, object: &Value) -> bool {
+pub fn settled(kind: &str, object: &Value) -> bool {
     let number = |p: &str| object.pointer(p).and_then(Value::as_i64);
     // Argo Rollouts writes observedGeneration as a string.
     let observed_generation = object.pointer("/status/observedGeneration").and_then(|v| {
