@@ -385,7 +385,7 @@ pub fn workload_health(kind: &str, object: &Value) -> Health {
     use crate::cluster::workloads::{failing, settled, shows_health};
     let number = |p: &str| object.pointer(p).and_then(Value::as_i64);
     let available = match kind {
-        "Deployment" | "StatefulSet" => {
+        "Deployment" | "StatefulSet" | "Rollout" => {
             number("/status/availableReplicas").unwrap_or(0)
                 >= number("/spec/replicas").unwrap_or(1)
         }
@@ -767,5 +767,8 @@ mod tests {
         let h = workload_health("Deployment", &d(2));
         assert!(h.settled && h.available && h.shows_health && !h.failing);
         assert!(!workload_health("Deployment", &d(1)).available);
+        // An Argo Rollout counts its available replicas too.
+        assert!(workload_health("Rollout", &d(2)).available);
+        assert!(!workload_health("Rollout", &d(1)).available);
     }
 }
