@@ -471,7 +471,7 @@ async fn client() -> Result<kube::Client, kube::Error> {
     // Never silently: a kubeconfig left on a laptop may point at production.
     tracing::warn!(
         server = %config.cluster_url,
-        "LIVE CLUSTER: reading ConfigMaps, Namespaces and LimitRanges (and Secrets by --secrets) from {}; pass --cluster none to run standalone",
+        "LIVE CLUSTER: reading ConfigMaps, Namespaces, LimitRanges and ResourceQuotas (and Secrets by --secrets) from {}; pass --cluster none to run standalone",
         config.cluster_url
     );
     kube::Client::try_from(config)
