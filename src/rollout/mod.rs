@@ -244,8 +244,11 @@ pub async fn run(
         let leading = *leader.borrow_and_update();
         if leading && (full_due || last_full.elapsed() >= settings.resync) {
             // What changed while this replica was not leading (or confgate was down) is found
-            // by comparing every workload: state, not history. Changes recorded meanwhile are
-            // kept, so their rollouts still name what changed.
+            // by comparing every workload: state, not history. Like a change, it waits until
+            // changes are quiet first, so a ConfigMap and the workload applied with it
+            // (`kubectl apply -f dir/`) are compared together and roll once. Changes recorded
+            // meanwhile are kept, so their rollouts still name what changed.
+            settle(&changes, settings.coalesce).await;
             let changed = changes.take();
             controller.reconcile(&index, &changed, true).await;
             full_due = false;
