@@ -404,6 +404,14 @@ impl ConfigChanges {
         self.recorded.load(Ordering::Acquire)
     }
 
+    /// Whether a change of this object is recorded and not yet taken.
+    pub fn pending(&self, source: Source, namespace: &str, name: &str) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&(source, namespace.to_owned(), name.to_owned()))
+    }
+
     /// Takes what changed since the last call.
     pub fn take(&self) -> Changed {
         self.take_since().0

@@ -236,7 +236,13 @@ pub async fn run(
         workloads = index.len(),
         "rollout controller started: workloads roll when the configuration they consume changes"
     );
-    let mut controller = Controller::new(client.clone(), judging, settings, leadership);
+    let mut controller = Controller::new(
+        client.clone(),
+        judging,
+        settings,
+        leadership,
+        changes.clone(),
+    );
     controller.notifier = notifier;
     let mut full_due = true;
     let mut last_full = Instant::now();
@@ -386,6 +392,9 @@ struct Controller {
     /// Writes planned in the current round: at most `--rollout-burst` go out together, even
     /// when the bucket refilled while the round was planned.
     planned: u32,
+    /// The changes not yet acted on: a comparison of every workload leaves a workload whose
+    /// configuration changed meanwhile to the change's own round.
+    changes: Arc<ConfigChanges>,
 }
 
 impl Controller {
@@ -394,8 +403,10 @@ impl Controller {
         judging: Judging,
         settings: Settings,
         leadership: crate::lease::Leader,
+        changes: Arc<ConfigChanges>,
     ) -> Self {
         Self {
+            changes,
             recorder: crate::events::recorder(client.clone()),
             client,
             judging,
@@ -813,6 +824,14 @@ impl Controller {
             self.held.remove(&k);
             return None;
         }
+        if begin && what.is_empty() && changed_meanwhile(&w, &self.changes) {
+            // Its configuration changed while every workload was being compared: the change's
+            // own round compares it again after the quiet wait, so a ConfigMap and the workload
+            // applied right after it (`kubectl apply -f dir/`) still roll once, and the rollout
+            // names what changed.
+            tracing::debug!(kind = w.kind, namespace = %w.namespace, name = %w.name, "its configuration changed during the comparison: compared in the change's round");
+            return None;
+        }
         if w.settled {
             self.progress.remove(&k);
         }
@@ -1220,6 +1239,13 @@ fn missing(cluster: &dyn ClusterState, w: &Workload, reduced: &index::Reduced) -
     (!problems.is_empty()).then(|| problems.join("; "))
 }
 
+/// Whether an object `w` reads has a change recorded and not yet acted on.
+fn changed_meanwhile(w: &Workload, changes: &ConfigChanges) -> bool {
+    w.objects
+        .iter()
+        .any(|(source, name)| changes.pending(*source, &w.namespace, name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1249,6 +1275,27 @@ mod tests {
                 "failing {failing}, stalled {stalled}s"
             );
         }
+    }
+
+    #[test]
+    fn a_change_not_yet_acted_on_is_seen_for_the_workloads_that_read_it() {
+        let w = web(
+            json!([{"name": "A", "valueFrom": {"configMapKeyRef": {"name": "app", "key": "A"}}}]),
+            json!([{"name": "tls", "secret": {"secretName": "web-tls"}}]),
+        );
+        let changes = ConfigChanges::default();
+        assert!(!changed_meanwhile(&w, &changes));
+        // Another namespace's `app`, and an object `web` does not read: not its change.
+        changes.record(Source::ConfigMap, &("other".into(), "app".into()), None);
+        changes.record(Source::ConfigMap, &("shop".into(), "unread".into()), None);
+        assert!(!changed_meanwhile(&w, &changes));
+        changes.record(Source::Secret, &("shop".into(), "web-tls".into()), None);
+        assert!(changed_meanwhile(&w, &changes));
+        // Taken (its round began): no longer pending.
+        assert_eq!(changes.take().len(), 3);
+        assert!(!changed_meanwhile(&w, &changes));
+        changes.record(Source::ConfigMap, &("shop".into(), "app".into()), None);
+        assert!(changed_meanwhile(&w, &changes));
     }
 
     #[test]
