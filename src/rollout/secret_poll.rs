@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 pub const PERIOD: Duration = Duration::from_secs(45);
 /// The most Secret reads a second.
 pub const PER_SECOND: u32 = 50;
+/// How long one read may take before the pass moves on (it is read again next pass).
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What one read of a Secret found: its fingerprint and digests, or that it does not exist.
 type Seen = Option<Arc<ConfigData>>;
@@ -73,16 +75,25 @@ pub async fn run(
         seen.retain(|k, _| wanted.contains(k));
         let gap = pace(wanted.len(), period);
         let mut changed_now = 0usize;
+        // Each read has its slot in the pass: a slow read (a loaded apiserver) shortens the
+        // pause before the next one, so a pass still takes about one period.
+        let mut slot = tokio::time::Instant::now();
         for (namespace, name) in &wanted {
+            tokio::time::sleep_until(slot).await;
+            slot += gap;
             if !leadership.holds() {
                 break;
             }
             let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-            let now: Seen = match api.get_opt(name).await {
-                Ok(secret) => secret.map(|s| Arc::new(ConfigData::from_secret(&s))),
-                Err(error) => {
+            let read = tokio::time::timeout(READ_TIMEOUT, api.get_opt(name)).await;
+            let now: Seen = match read {
+                Ok(Ok(secret)) => secret.map(|s| Arc::new(ConfigData::from_secret(&s))),
+                Ok(Err(error)) => {
                     tracing::debug!(%error, %namespace, %name, "cannot read a referenced Secret; next pass");
-                    tokio::time::sleep(gap).await;
+                    continue;
+                }
+                Err(_) => {
+                    tracing::debug!(%namespace, %name, "reading a referenced Secret timed out; next pass");
                     continue;
                 }
             };
@@ -92,7 +103,6 @@ pub async fn run(
                 changed_now += 1;
             }
             seen.insert(key, now);
-            tokio::time::sleep(gap).await;
         }
         tracing::debug!(
             secrets = wanted.len(),
