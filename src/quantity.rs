@@ -3,13 +3,18 @@
 //! precision as upstream does), and [`Quantity`]'s `Display` is Go's canonical `String()`
 //! (`0.1` → `100m`, `1536Mi` stays, `0.5Gi` → `512Mi`, `1e3` → `1e3`, `1000` → `1k`).
 //!
-//! A value is never wrapped or clipped: one whose magnitude is above [`MAX_UNITS`] (10^24, a
-//! yottabyte or a septillion cores; upstream's arbitrary-precision decimals accept more) is
-//! refused with [`QuantityError::OutOfRange`], so a policy judges it as an error, never as a
-//! small number. The one cap is upstream's own: a binary-suffixed value (`Ki`..`Ei`) above
-//! 2^63-1 units *is* 2^63-1 to the apiserver, so it is to confgate too. Every exponent computation is done in 64 bits from a 32-bit exponent, so it
-//! cannot overflow.
+//! A value is never wrapped or clipped. Values up to 10^24 in magnitude (a yottabyte, a
+//! septillion cores) are held in 128 bits; larger ones (`1e2147483647` is a quantity the
+//! apiserver accepts) as a big integer and a power of ten, so `1e2147483647` costs a few bytes
+//! and is compared by its magnitude first, never by writing out its digits. The one bound is
+//! [`MAX_DIGITS`] significant digits, for a value written out (a 100,001-digit number, or a sum of
+//! `1e100001` and `1n`): past it a quantity is refused with [`QuantityError::OutOfRange`] and
+//! a policy judges it as an error, never as another number. Upstream's own caps are kept: a
+//! binary-suffixed value (`Ki`..`Ei`) above 2^63-1 units *is* 2^63-1 to the apiserver, so it is
+//! to confgate too; an exponent is read as 64 bits and kept as its low 32 (`1e4294967296` is 1),
+//! as upstream's `ParseQuantity` does.
 
+use num_bigint::{BigInt, Sign};
 use std::cmp::Ordering;
 use std::fmt;
 
@@ -25,10 +30,24 @@ pub enum Format {
 }
 
 /// A parsed quantity.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Quantity {
-    nanos: i128,
+    amount: Amount,
     format: Format,
+    /// The power of ten upstream's representation of the value is scaled by (`1k` is 1 × 10^3,
+    /// `1000` is 1000 × 10^0, `1.5Gi` is 1610612736000000000 × 10^-9): it decides only whether a
+    /// ratio message prints in full or with an exponent, as upstream's `ratioString` does.
+    scale: i64,
+}
+
+/// The exact value, in nano-units.
+#[derive(Debug, Clone)]
+enum Amount {
+    /// At most [`MAX_NANOS`] in magnitude.
+    Nanos(i128),
+    /// Above [`MAX_NANOS`] in magnitude: `mantissa × 10^exp` nanos, the mantissa without
+    /// trailing zeros and `exp >= 0`.
+    Big { mantissa: BigInt, exp: i64 },
 }
 
 /// Why a string is not a quantity confgate can judge.
@@ -37,24 +56,31 @@ pub enum QuantityError {
     /// Not a quantity at all.
     #[error("{0:?} is not a valid quantity (examples: 100m, 0.5, 1Gi, 1G, 1e3)")]
     Malformed(String),
-    /// A quantity too large to judge exactly.
-    #[error("{0:?} is too large to judge exactly: quantities up to 1e24 in magnitude are")]
+    /// A quantity with more significant digits than confgate writes out.
+    #[error(
+        "{0:?} is too large to judge exactly: quantities of up to 100000 significant digits are"
+    )]
     OutOfRange(String),
 }
 
-/// The largest magnitude, in units, of a quantity confgate judges.
-pub const MAX_UNITS: i128 = 1_000_000_000_000_000_000_000_000;
+/// The most significant digits a value may have when written out in full (`1e2147483647`
+/// has one).
+pub const MAX_DIGITS: u64 = 100_000;
 
+/// The largest magnitude, in units, held in 128 bits.
+const MAX_UNITS: i128 = 1_000_000_000_000_000_000_000_000;
 const NANO: i128 = 1_000_000_000;
 const MAX_NANOS: i128 = MAX_UNITS * NANO;
 /// Upstream's cap for binary-suffixed quantities (`maxAllowed`, 2^63-1 units), in nanos.
 const MAX_BINARY_NANOS: i128 = i64::MAX as i128 * NANO;
 /// Above this, upstream compares at unit rather than milli precision.
 const MAX_MILLI_VALUE: i128 = (i64::MAX / 1000) as i128;
+/// Upstream's `ratioFoldLimit`: past this difference of scales a ratio prints with an exponent.
+const RATIO_FOLD_LIMIT: i64 = 40;
 
 impl PartialEq for Quantity {
     fn eq(&self, other: &Self) -> bool {
-        self.nanos == other.nanos
+        self.cmp(other) == Ordering::Equal
     }
 }
 impl Eq for Quantity {}
@@ -65,7 +91,13 @@ impl PartialOrd for Quantity {
 }
 impl Ord for Quantity {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.nanos.cmp(&other.nanos)
+        match (&self.amount, &other.amount) {
+            (Amount::Nanos(a), Amount::Nanos(b)) => a.cmp(b),
+            _ => {
+                let ((a, ea), (b, eb)) = (self.parts(), other.parts());
+                cmp_scaled(&a, ea, &b, eb)
+            }
+        }
     }
 }
 
@@ -73,41 +105,123 @@ fn pow10(exp: u32) -> Option<i128> {
     10i128.checked_pow(exp)
 }
 
+fn big_pow10(exp: u64) -> BigInt {
+    // Callers bound `exp` by [`MAX_DIGITS`] or by a digit count, far below u32::MAX.
+    BigInt::from(10).pow(u32::try_from(exp).unwrap_or(u32::MAX))
+}
+
+/// The number of decimal digits of `|n|` (1 for zero).
+fn digits(n: &BigInt) -> u64 {
+    n.magnitude().to_str_radix(10).len() as u64
+}
+
+/// Compares `a × 10^ea` with `b × 10^eb` exactly, by magnitude first: the digits of a power of
+/// ten are never written out, only a shift as small as the difference of the digit counts.
+fn cmp_scaled(a: &BigInt, ea: i64, b: &BigInt, eb: i64) -> Ordering {
+    let (sa, sb) = (a.sign(), b.sign());
+    if sa != sb || sa == Sign::NoSign {
+        return sa.cmp(&sb);
+    }
+    // 10^(ma-1) <= |a| × 10^ea < 10^ma, and likewise for b.
+    let ma = digits(a) as i64 + ea;
+    let mb = digits(b) as i64 + eb;
+    let magnitude = if ma != mb {
+        ma.cmp(&mb)
+    } else if ea >= eb {
+        (a.magnitude() * big_pow10((ea - eb) as u64).magnitude()).cmp(b.magnitude())
+    } else {
+        a.magnitude()
+            .cmp(&(b.magnitude() * big_pow10((eb - ea) as u64).magnitude()))
+    };
+    if sa == Sign::Minus {
+        magnitude.reverse()
+    } else {
+        magnitude
+    }
+}
+
 /// True when `limit / request > ratio`, exactly (all three non-negative and `request > 0`),
 /// in big integers: the products of two values within range do not fit in 128 bits.
 pub fn ratio_exceeds(
-    limit: impl Into<num_bigint::BigInt>,
-    request: impl Into<num_bigint::BigInt>,
-    ratio: impl Into<num_bigint::BigInt>,
+    limit: impl Into<BigInt>,
+    request: impl Into<BigInt>,
+    ratio: impl Into<BigInt>,
 ) -> bool {
     limit.into() > ratio.into() * request.into()
 }
 
 /// Current upstream's `ratioString`: `|limit| / |request|` rounded half to even to six
-/// decimals, printed with all six (`4.000000`). `request` must not be zero. Every quantity in
-/// range is at most 10^33 nanos, so the ratio never needs upstream's exponent form (used past
-/// a scale difference of 40).
+/// decimals, printed with all six (`4.000000`); past a difference of 40 between the scales
+/// of their representations (`1e50` over `1`), the mantissa with six decimals and the exponent
+/// (`1.000000e50`). `request` must not be zero.
 pub fn ratio_string(limit: &Quantity, request: &Quantity) -> String {
-    use num_bigint::BigInt;
+    let ((l, el), (r, er)) = (limit.parts(), request.parts());
     let (l, r) = (
-        BigInt::from(limit.nanos.abs()),
-        BigInt::from(request.nanos.abs()),
+        BigInt::from(l.magnitude().clone()),
+        BigInt::from(r.magnitude().clone()),
     );
-    let scaled = l * BigInt::from(1_000_000);
-    let (mut q, rem) = (&scaled / &r, &scaled % &r);
-    let twice = rem * 2;
-    if twice > r || (twice == r && &q % 2 == BigInt::from(1)) {
-        q += 1;
+    let exp = limit.scale - request.scale;
+    if (-RATIO_FOLD_LIMIT..=RATIO_FOLD_LIMIT).contains(&exp) {
+        // In full: l × 10^el / (r × 10^er) to six decimals.
+        let shift = el - er + 6;
+        let (n, d) = if shift >= 0 {
+            (l * big_pow10(shift as u64), r)
+        } else {
+            (l, r * big_pow10(shift.unsigned_abs()))
+        };
+        let q = div_half_even(&n, &d);
+        let micro = BigInt::from(1_000_000);
+        return format!("{}.{:06}", &q / &micro, &q % &micro);
+    }
+    // With an exponent: the quotient of the two mantissas brought into [1, 10) first.
+    let (mut n, mut d) = (l, r);
+    let mut shift = digits(&d) as i64 - digits(&n) as i64;
+    if shift >= 0 {
+        n *= big_pow10(shift as u64);
+    } else {
+        d *= big_pow10(shift.unsigned_abs());
+    }
+    if n < d {
+        n *= 10;
+        shift += 1;
+    }
+    let mut micros = div_half_even(&(n * 1_000_000), &d);
+    // Rounding can carry the mantissa to ten: divided back (rounded again, as upstream does),
+    // the exponent goes up by one.
+    if micros >= BigInt::from(10_000_000) {
+        micros = div_half_even(&micros, &BigInt::from(10));
+        shift -= 1;
     }
     let micro = BigInt::from(1_000_000);
-    format!("{}.{:06}", &q / &micro, &q % &micro)
+    let mantissa = format!("{}.{:06}", &micros / &micro, &micros % &micro);
+    let exp = el - er - shift;
+    if exp == 0 {
+        mantissa
+    } else {
+        format!("{mantissa}e{exp}")
+    }
 }
 
-/// Current upstream's `exceedsAllowed`: `|limit| > |request| × ratio`, exactly.
+/// `n / d` rounded half to even (`n >= 0`, `d > 0`).
+fn div_half_even(n: &BigInt, d: &BigInt) -> BigInt {
+    let (mut q, rem) = (n / d, n % d);
+    let twice = rem * 2;
+    if twice > *d || (twice == *d && &q % 2 == BigInt::from(1)) {
+        q += 1;
+    }
+    q
+}
+
+/// Current upstream's `exceedsAllowed`: `|limit| > |request| × ratio`, exactly, whatever the
+/// exponents.
 pub fn exceeds_ratio(limit: &Quantity, request: &Quantity, ratio: &Quantity) -> bool {
-    // In nanos: l > r × q / 10^9  ⇔  l × 10^9 > r × q.
-    let limit = num_bigint::BigInt::from(limit.nanos.abs()) * NANO;
-    ratio_exceeds(limit, request.nanos.abs(), ratio.nanos)
+    let ((l, el), (r, er), (q, eq)) = (limit.parts(), request.parts(), ratio.parts());
+    let (l, r) = (
+        BigInt::from(l.magnitude().clone()),
+        BigInt::from(r.magnitude().clone()),
+    );
+    // In nanos: request × ratio is r × q × 10^(er + eq) / 10^9.
+    cmp_scaled(&l, el, &(r * q), er + eq - 9) == Ordering::Greater
 }
 
 /// Divides rounding away from zero (Go's `inf.RoundUp`).
@@ -142,92 +256,243 @@ impl Quantity {
         let digits = format!("{int_part}{frac_part}");
         let digits = digits.trim_start_matches('0');
         let frac = i64::try_from(frac_part.len()).map_err(|_| err())?;
-        let scaled = if digits.is_empty() {
-            Some(0)
-        } else if digits.len() > 38 {
-            // More digits than 128 bits hold: exactly, in big integers (rare, so off the fast path).
-            big_scale_to_nanos(digits, base2, exponent, frac)
-        } else {
-            let mantissa: i128 = digits.parse().map_err(|_| err())?;
-            scale_to_nanos(mantissa, base2, exponent, frac)
-        };
-        let mut nanos = match scaled {
+        let scale = representation_scale(int_part, frac_part, base2, exponent);
+        let amount = if digits.is_empty() {
+            Amount::Nanos(0)
+        } else if base2 {
             // Upstream caps a binary-suffixed value at 2^63-1 units (`maxAllowed`), so that is
             // its exact value, however large it was written.
-            Some(n) if base2 => n.min(MAX_BINARY_NANOS),
-            None if base2 => MAX_BINARY_NANOS,
-            Some(n) if n <= MAX_NANOS => n,
-            _ => return Err(too_large()),
+            let nanos = if digits.len() > 38 {
+                big_scale_to_nanos(digits, base2, exponent, frac).ok_or_else(err)?
+            } else {
+                let mantissa: i128 = digits.parse().map_err(|_| err())?;
+                scale_to_nanos(mantissa, base2, exponent, frac)
+            };
+            Amount::Nanos(nanos.map_or(MAX_BINARY_NANOS, |n| n.min(MAX_BINARY_NANOS)))
+        } else {
+            let small = if digits.len() > 38 {
+                None
+            } else {
+                let mantissa: i128 = digits.parse().map_err(|_| err())?;
+                scale_to_nanos(mantissa, base2, exponent, frac)
+            };
+            match small {
+                Some(n) if n <= MAX_NANOS => Amount::Nanos(n),
+                _ => {
+                    if digits.len() as u64 > MAX_DIGITS {
+                        return Err(too_large());
+                    }
+                    big_decimal(digits, i64::from(exponent) - frac + 9).ok_or_else(too_large)?
+                }
+            }
         };
-        if negative {
-            nanos = -nanos;
-        }
-        let format = if format == Format::BinarySI && nanos != 0 && nanos.abs() < NANO {
+        let amount = if negative { amount.negated() } else { amount };
+        let format = if format == Format::BinarySI
+            && amount.is_nonzero()
+            && matches!(amount, Amount::Nanos(n) if n.abs() < NANO)
+        {
             Format::DecimalSI
         } else {
             format
         };
-        Ok(Self { nanos, format })
+        Ok(Self {
+            amount,
+            format,
+            scale,
+        })
     }
 
     /// A whole number of units (DecimalSI).
     pub fn from_units(units: i64) -> Self {
         Self {
-            nanos: i128::from(units) * NANO,
+            amount: Amount::Nanos(i128::from(units) * NANO),
             format: Format::DecimalSI,
+            scale: 0,
         }
     }
 
-    /// `units` (DecimalSI), saturating past the range as [`Quantity::add`] does.
+    /// `units` (DecimalSI), exact.
     pub fn from_units_i128(units: i128) -> Self {
         Self {
-            nanos: units.saturating_mul(NANO),
+            amount: Amount::from_parts(BigInt::from(units), 9).unwrap_or(Amount::Nanos(0)),
             format: Format::DecimalSI,
+            scale: 0,
         }
     }
 
-    /// `milli / 1000` (DecimalSI), saturating past the range.
+    /// `milli / 1000` (DecimalSI), exact.
     pub fn from_milli(milli: i128) -> Self {
         Self {
-            nanos: milli.saturating_mul(1_000_000),
+            amount: Amount::from_parts(BigInt::from(milli), 6).unwrap_or(Amount::Nanos(0)),
             format: Format::DecimalSI,
+            scale: -3,
         }
     }
 
     /// Zero in `format`.
     pub fn zero(format: Format) -> Self {
-        Self { nanos: 0, format }
+        Self {
+            amount: Amount::Nanos(0),
+            format,
+            scale: 0,
+        }
     }
 
     /// `self + other`, keeping this quantity's format (or the other's when this one is zero), as
-    /// upstream's `Quantity.Add`. Exact: each term is at most 10^33 nanos, so the sum of fewer
-    /// than 170,000 of them fits (a review has at most `--max-review-containers`); beyond, it
-    /// saturates, still above any quantity a LimitRange can hold.
-    pub fn add(&self, other: &Quantity) -> Quantity {
-        let format = if self.nanos == 0 {
+    /// upstream's `Quantity.Add`; `None` when the exact sum has more than [`MAX_DIGITS`]
+    /// significant digits (`1e100001` plus `1n`).
+    pub fn checked_add(&self, other: &Quantity) -> Option<Quantity> {
+        let format = if self.is_zero() {
             other.format
         } else {
             self.format
         };
-        Quantity {
-            nanos: self.nanos.saturating_add(other.nanos),
+        // Upstream's sum keeps the finer of the two representations.
+        let scale = match (self.is_zero(), other.is_zero()) {
+            (true, _) => other.scale,
+            (_, true) => self.scale,
+            _ => self.scale.min(other.scale),
+        };
+        let amount = match (&self.amount, &other.amount) {
+            (Amount::Nanos(0), amount) | (amount, Amount::Nanos(0)) => amount.clone(),
+            (Amount::Nanos(a), Amount::Nanos(b)) if (a + b).abs() <= MAX_NANOS => {
+                Amount::Nanos(a + b)
+            }
+            _ => {
+                let ((a, ea), (b, eb)) = (self.parts(), other.parts());
+                let e = ea.min(eb);
+                let (sa, sb) = ((ea - e) as u64, (eb - e) as u64);
+                if digits(&a) + sa > MAX_DIGITS + 1 || digits(&b) + sb > MAX_DIGITS + 1 {
+                    return None;
+                }
+                Amount::from_parts(a * big_pow10(sa) + b * big_pow10(sb), e)?
+            }
+        };
+        Some(Quantity {
+            amount,
             format,
+            scale,
+        })
+    }
+
+    /// [`Quantity::checked_add`]; past [`MAX_DIGITS`], the larger of the two in magnitude
+    /// (callers that must know report such a sum first, as [`unjudgeable_sums`] does).
+    pub fn add(&self, other: &Quantity) -> Quantity {
+        self.checked_add(other).unwrap_or_else(|| {
+            let (a, b) = (self.magnitude(), other.magnitude());
+            if a >= b { self.clone() } else { other.clone() }
+        })
+    }
+
+    fn magnitude(&self) -> Quantity {
+        if self.signum() < 0 {
+            Quantity {
+                amount: self.amount.negated(),
+                ..self.clone()
+            }
+        } else {
+            self.clone()
         }
     }
 
-    /// The exact value in nano-units.
-    pub fn nanos(&self) -> i128 {
-        self.nanos
+    /// -1, 0 or 1.
+    pub fn signum(&self) -> i32 {
+        match &self.amount {
+            Amount::Nanos(n) => n.signum() as i32,
+            Amount::Big { mantissa, .. } => match mantissa.sign() {
+                Sign::Minus => -1,
+                Sign::NoSign => 0,
+                Sign::Plus => 1,
+            },
+        }
     }
 
-    /// `ceil(value)`, as upstream's `Value()`.
+    /// Whether the value is zero.
+    pub fn is_zero(&self) -> bool {
+        self.signum() == 0
+    }
+
+    /// Whether the value fits the 128-bit form (at most 10^24 in magnitude), where
+    /// [`Quantity::value`] and [`Quantity::milli_value`] are defined.
+    pub fn is_small(&self) -> bool {
+        matches!(self.amount, Amount::Nanos(_))
+    }
+
+    /// The exact value as `mantissa × 10^exp` nanos.
+    fn parts(&self) -> (BigInt, i64) {
+        match &self.amount {
+            Amount::Nanos(n) => (BigInt::from(*n), 0),
+            Amount::Big { mantissa, exp } => (mantissa.clone(), *exp),
+        }
+    }
+
+    /// `ceil(value)`, as upstream's `Value()`; for a value above 10^24 in magnitude, the
+    /// 128-bit bound of its sign.
     pub fn value(&self) -> i128 {
-        ceil_div(self.nanos, NANO)
+        match &self.amount {
+            Amount::Nanos(n) => ceil_div(*n, NANO),
+            Amount::Big { mantissa, .. } => bound(mantissa),
+        }
     }
 
-    /// `ceil(value * 1000)`, as upstream's `MilliValue()`.
+    /// `ceil(value * 1000)`, as upstream's `MilliValue()`; bounded as [`Quantity::value`].
     pub fn milli_value(&self) -> i128 {
-        ceil_div(self.nanos, 1_000_000)
+        match &self.amount {
+            Amount::Nanos(n) => ceil_div(*n, 1_000_000),
+            Amount::Big { mantissa, .. } => bound(mantissa),
+        }
+    }
+}
+
+fn bound(mantissa: &BigInt) -> i128 {
+    if mantissa.sign() == Sign::Minus {
+        i128::MIN
+    } else {
+        i128::MAX
+    }
+}
+
+impl Amount {
+    /// `mantissa × 10^exp` nanos (`exp >= 0`), in the 128-bit form when it fits; `None` past
+    /// [`MAX_DIGITS`] significant digits.
+    fn from_parts(mut mantissa: BigInt, mut exp: i64) -> Option<Amount> {
+        if mantissa.sign() == Sign::NoSign {
+            return Some(Amount::Nanos(0));
+        }
+        let ten = BigInt::from(10);
+        while (&mantissa % &ten).sign() == Sign::NoSign {
+            mantissa /= &ten;
+            exp += 1;
+        }
+        let length = digits(&mantissa);
+        if length > MAX_DIGITS {
+            return None;
+        }
+        // At most 34 digits in all: it may fit in 128 bits.
+        if length as i64 + exp <= 34
+            && let Some(n) = u32::try_from(exp)
+                .ok()
+                .and_then(pow10)
+                .and_then(|p| i128::try_from(&mantissa).ok()?.checked_mul(p))
+            && n.abs() <= MAX_NANOS
+        {
+            return Some(Amount::Nanos(n));
+        }
+        Some(Amount::Big { mantissa, exp })
+    }
+
+    fn negated(&self) -> Amount {
+        match self {
+            Amount::Nanos(n) => Amount::Nanos(-n),
+            Amount::Big { mantissa, exp } => Amount::Big {
+                mantissa: -mantissa.clone(),
+                exp: *exp,
+            },
+        }
+    }
+
+    fn is_nonzero(&self) -> bool {
+        !matches!(self, Amount::Nanos(0))
     }
 }
 
@@ -236,9 +501,41 @@ fn ceil_div(n: i128, d: i128) -> i128 {
     if n % d != 0 && n > 0 { q + 1 } else { q }
 }
 
+/// The power of ten upstream's `ParseQuantity` scales the value by: its int64 form (at most
+/// 18 digits, a scale of at least nano; binary suffixes only whole and small enough) keeps the
+/// written exponent, the arbitrary-precision form is rounded to nano (-9).
+fn representation_scale(int_part: &str, frac_part: &str, base2: bool, exponent: i32) -> i64 {
+    let num = int_part.trim_start_matches('0');
+    let length = (num.len() + frac_part.len()) as i64;
+    if base2 {
+        // 15 - len - exponent*3/10 - 1 >= 0, whole, and the product fits in 63 bits.
+        let precision = 15 - length - (f64::from(exponent) * 3.0 / 10.0) as i64 - 1;
+        let fits = format!("{num}{frac_part}")
+            .parse::<i64>()
+            .ok()
+            .and_then(|v| {
+                u32::try_from(exponent)
+                    .ok()
+                    .and_then(|e| v.checked_mul(1i64.checked_shl(e)?))
+            })
+            .is_some();
+        return if exponent >= 0 && frac_part.is_empty() && precision >= 0 && fits {
+            0
+        } else {
+            -9
+        };
+    }
+    let scale = i64::from(exponent) - frac_part.len() as i64;
+    if length <= 18 && scale >= -9 {
+        scale
+    } else {
+        -9
+    }
+}
+
 /// Value in nanos of `mantissa × base^exponent / 10^frac`, rounded away from zero past nano;
-/// `None` when it is out of range. The exponents are combined in 64 bits, which cannot overflow
-/// (a 32-bit exponent, a digit count, and 9).
+/// `None` when it does not fit in 128 bits. The exponents are combined in 64 bits, which
+/// cannot overflow (a 32-bit exponent, a digit count, and 9).
 fn scale_to_nanos(mantissa: i128, base2: bool, exponent: i32, frac: i64) -> Option<i128> {
     let (value, e10) = if base2 {
         // Binary suffixes are Ki..Ei: exponents 10..60.
@@ -252,7 +549,7 @@ fn scale_to_nanos(mantissa: i128, base2: bool, exponent: i32, frac: i64) -> Opti
     };
     if e10 >= 0 {
         let scale = u32::try_from(e10).ok().and_then(pow10)?;
-        value.checked_mul(scale).filter(|n| *n <= MAX_NANOS)
+        value.checked_mul(scale)
     } else {
         match u32::try_from(-e10).ok().and_then(pow10) {
             Some(p) => Some(div_away(value, p)),
@@ -262,40 +559,57 @@ fn scale_to_nanos(mantissa: i128, base2: bool, exponent: i32, frac: i64) -> Opti
     }
 }
 
-/// [`scale_to_nanos`] for a mantissa of more than 38 digits, in big integers.
-fn big_scale_to_nanos(digits: &str, base2: bool, exponent: i32, frac: i64) -> Option<i128> {
-    use num_bigint::BigInt;
+/// A binary-suffixed value of more than 38 digits, in big integers; `None` past 128 bits.
+fn big_scale_to_nanos(digits: &str, base2: bool, exponent: i32, frac: i64) -> Option<Option<i128>> {
     let mut value: BigInt = digits.parse().ok()?;
-    let e10 = if base2 {
-        value <<= u32::try_from(exponent).ok()?;
-        9 - frac
-    } else {
-        i64::from(exponent) - frac + 9
-    };
-    let len = i64::try_from(digits.len()).ok()?;
-    // value >= 10^(len-1) (no leading zeros): past 10^33 nanos when len - 1 + e10 > 33, and
-    // below one nano when len + e10 < 0, checked before any power is built.
-    if len - 1 + e10 > 33 {
-        return None;
-    }
+    debug_assert!(base2);
+    value <<= u32::try_from(exponent).ok()?;
+    let e10 = 9 - frac;
+    let len = digits.len() as i64;
     if len + e10 < 0 {
-        return Some(1);
+        return Some(Some(1));
+    }
+    if len - 1 + e10 > 40 {
+        return Some(None);
     }
     let scaled = if e10 >= 0 {
-        value * BigInt::from(10).pow(u32::try_from(e10).ok()?)
+        value * big_pow10(e10 as u64)
     } else {
-        let divisor = BigInt::from(10).pow(u32::try_from(-e10).ok()?);
+        let divisor = big_pow10(e10.unsigned_abs());
         let (quotient, remainder) = (&value / &divisor, &value % &divisor);
-        if remainder == BigInt::from(0) {
+        if remainder.sign() == Sign::NoSign {
             quotient
         } else {
             quotient + 1
         }
     };
-    i128::try_from(scaled).ok().filter(|n| *n <= MAX_NANOS)
+    Some(i128::try_from(scaled).ok())
 }
 
-/// `(base is 2, exponent, format)` for a suffix.
+/// The decimal `digits × 10^e10` nanos (no leading zeros, not all zero), rounded up past nano;
+/// `None` past [`MAX_DIGITS`].
+fn big_decimal(digits: &str, e10: i64) -> Option<Amount> {
+    let value: BigInt = digits.parse().ok()?;
+    if e10 >= 0 {
+        return Amount::from_parts(value, e10);
+    }
+    let len = digits.len() as i64;
+    if len + e10 < 0 {
+        // Below one nano: rounds up to one.
+        return Some(Amount::Nanos(1));
+    }
+    let divisor = big_pow10(e10.unsigned_abs());
+    let (quotient, remainder) = (&value / &divisor, &value % &divisor);
+    let rounded = if remainder.sign() == Sign::NoSign {
+        quotient
+    } else {
+        quotient + 1
+    };
+    Amount::from_parts(rounded, 0)
+}
+
+/// `(base is 2, exponent, format)` for a suffix. A decimal exponent is read as 64 bits and
+/// kept as its low 32, as upstream's `interpret` does.
 fn parse_suffix(suffix: &str) -> Option<(bool, i32, Format)> {
     let decimal = |e| Some((false, e, Format::DecimalSI));
     let binary = |e| Some((true, e, Format::BinarySI));
@@ -322,46 +636,47 @@ fn parse_suffix(suffix: &str) -> Option<(bool, i32, Format)> {
             if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
                 return None;
             }
-            Some((false, exp.parse().ok()?, Format::DecimalExponent))
+            let wide: i64 = exp.parse().ok()?;
+            Some((false, wide as i32, Format::DecimalExponent))
         }
     }
 }
 
 impl fmt::Display for Quantity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.nanos == 0 {
-            return f.write_str("0");
-        }
-        let whole = self.nanos % NANO == 0;
-        if self.format == Format::BinarySI && self.nanos.abs() >= 1024 * NANO && whole {
-            let mut value = self.nanos / NANO;
-            let mut exp = 0;
-            while value % 1024 == 0 && exp < 6 {
-                value /= 1024;
-                exp += 1;
+        let (mantissa, exp) = match &self.amount {
+            Amount::Nanos(0) => return f.write_str("0"),
+            Amount::Nanos(nanos) => {
+                let whole = nanos % NANO == 0;
+                if self.format == Format::BinarySI && nanos.abs() >= 1024 * NANO && whole {
+                    let mut value = nanos / NANO;
+                    let mut exp = 0;
+                    while value % 1024 == 0 && exp < 6 {
+                        value /= 1024;
+                        exp += 1;
+                    }
+                    return write!(
+                        f,
+                        "{value}{}",
+                        ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"][exp]
+                    );
+                }
+                let (mut mantissa, mut exp) = (*nanos, -9i64);
+                while mantissa % 10 == 0 {
+                    mantissa /= 10;
+                    exp += 1;
+                }
+                (mantissa.to_string(), exp)
             }
-            return write!(
-                f,
-                "{value}{}",
-                ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"][exp]
-            );
-        }
-        let (mut mantissa, mut exp) = (self.nanos, -9i32);
-        while mantissa % 10 == 0 {
-            mantissa /= 10;
-            exp += 1;
-        }
-        match exp.rem_euclid(3) {
-            1 => {
-                mantissa *= 10;
-                exp -= 1;
-            }
-            2 => {
-                mantissa *= 100;
-                exp -= 2;
-            }
-            _ => {}
-        }
+            // Above 10^24 (beyond 2^63-1, so never binary to upstream either): decimal.
+            Amount::Big { mantissa, exp } => (mantissa.to_string(), exp - 9),
+        };
+        // The exponent a multiple of three, the mantissa taking the difference.
+        let (zeros, exp) = match exp.rem_euclid(3) {
+            1 => ("0", exp - 1),
+            2 => ("00", exp - 2),
+            _ => ("", exp),
+        };
         let suffix = match (self.format, exp) {
             (Format::DecimalExponent, 0) => String::new(),
             (Format::DecimalExponent, e) => format!("e{e}"),
@@ -377,18 +692,25 @@ impl fmt::Display for Quantity {
             (_, 18) => "E".into(),
             (_, e) => format!("e{e}"),
         };
-        write!(f, "{mantissa}{suffix}")
+        write!(f, "{mantissa}{zeros}{suffix}")
     }
 }
 
-/// The values upstream's LimitRanger compares: milli precision when all three fit, else units.
-pub fn comparable(a: &Quantity, b: &Quantity, c: &Quantity) -> (i128, i128, i128) {
-    let (va, vb, vc) = (a.value(), b.value(), c.value());
-    if va <= MAX_MILLI_VALUE && vb <= MAX_MILLI_VALUE && vc <= MAX_MILLI_VALUE {
-        (a.milli_value(), b.milli_value(), c.milli_value())
-    } else {
-        (va, vb, vc)
+/// The values upstream's LimitRanger compared before 1.38: milli precision when all three
+/// fit, else units; `None` when one is above 10^24 (those releases wrapped such a value through
+/// 64 bits; confgate compares it exactly instead).
+pub fn comparable(a: &Quantity, b: &Quantity, c: &Quantity) -> Option<(i128, i128, i128)> {
+    if !(a.is_small() && b.is_small() && c.is_small()) {
+        return None;
     }
+    let (va, vb, vc) = (a.value(), b.value(), c.value());
+    Some(
+        if va <= MAX_MILLI_VALUE && vb <= MAX_MILLI_VALUE && vc <= MAX_MILLI_VALUE {
+            (a.milli_value(), b.milli_value(), c.milli_value())
+        } else {
+            (va, vb, vc)
+        },
+    )
 }
 
 /// Whether upstream would compare `v` at milli precision.
@@ -479,42 +801,141 @@ mod tests {
     }
 
     #[test]
-    fn huge_exponents_are_refused_never_wrapped() {
-        for huge in [
-            "1e2147483647",
-            "10e2146483646",
-            "1E2147483647",
-            "1e25",
-            "1000000000000000000000000001",
-            "123456789012345678901234567890123456789012",
-            "1234567890123456789012345678901234567890e-5",
+    fn huge_values_are_exact_never_wrapped_or_refused() {
+        let q = |s| Quantity::parse(s).unwrap();
+        // Printed in upstream's canonical form, from a mantissa and an exponent.
+        for (input, canonical) in [
+            ("1e2147483647", "10e2147483646"),
+            ("3e2147483647", "30e2147483646"),
+            ("1E2147483647", "10e2147483646"),
+            ("1e25", "10e24"),
+            ("1e10000000", "10e9999999"),
+            (
+                "1000000000000000000000000001",
+                "1000000000000000000000000001",
+            ),
+            (
+                "123456789012345678901234567890123456789012",
+                "123456789012345678901234567890123456789012",
+            ),
+            (
+                "1234567890123456789012345678901234567890e-5",
+                "12345678901234567890123456789012345678900e-6",
+            ),
+            ("-1e30", "-1e30"),
+            ("2000000000000000000000000000000000000E", "2e54"),
         ] {
-            assert_eq!(
-                Quantity::parse(huge),
-                Err(QuantityError::OutOfRange(huge.to_owned())),
-                "{huge}"
-            );
+            assert_eq!(q(input).to_string(), canonical, "{input}");
         }
-        // More than 38 digits, brought into range by the exponent: exact.
+        // Compared by magnitude, exactly.
+        assert!(q("1e2147483647") > q("1e24"));
+        assert!(q("3e2147483647") > q("1e2147483647"));
+        assert!(q("-1e2147483647") < q("-1e24"));
+        assert!(q("-1e2147483647") < q("0"));
+        assert_eq!(q("1e25"), q("10000000000000000000000000"));
+        assert_eq!(q("10e2147483646"), q("1e2147483647"));
+        assert!(q("1000000000000000000000000001") > q("1e27"));
+        assert!(q("1e10000000") > q("999999999999999999999999999999999999999999999999"));
+        // More than 38 digits, brought into range by the exponent: held in 128 bits.
         assert_eq!(
-            Quantity::parse("1000000000000000000000000000.00000000000e-3")
-                .unwrap()
-                .value(),
+            q("1000000000000000000000000000.00000000000e-3").value(),
             10i128.pow(24)
         );
         assert_eq!(
-            Quantity::parse("1234567890123456789012345678901234567890e-30")
-                .unwrap()
-                .milli_value(),
+            q("1234567890123456789012345678901234567890e-30").milli_value(),
             1_234_567_890_124
         );
-        // At the bound, and tiny values round up to one nano.
-        assert_eq!(Quantity::parse("1e24").unwrap().value(), MAX_UNITS);
+        assert_eq!(q("1e24").value(), MAX_UNITS);
+        assert!(q("1e24").is_small() && !q("1e25").is_small());
+        // Tiny values round up to one nano.
+        assert_eq!(q("1e-2147483648").to_string(), "1e-9");
+        // The exponent is read in 64 bits and kept as its low 32, as upstream's interpret does.
+        assert_eq!(q("1e4294967296"), q("1"));
+        assert_eq!(q("1e4294967297").to_string(), "10");
+        assert!(Quantity::parse("1e9223372036854775808").is_err());
+        // Past the digit budget: refused, never another number.
+        let long = format!("1{}", "0".repeat(MAX_DIGITS as usize));
         assert_eq!(
-            Quantity::parse("1e-2147483648").unwrap().to_string(),
-            "1e-9"
+            Quantity::parse(&long),
+            Err(QuantityError::OutOfRange(long.clone()))
         );
-        assert_eq!(Quantity::parse("-1e24").unwrap().value(), -MAX_UNITS);
+        let budget = format!("1{}1", "0".repeat(MAX_DIGITS as usize - 2));
+        assert!(Quantity::parse(&budget).is_ok());
+    }
+
+    #[test]
+    fn sums_are_exact_up_to_the_digit_budget() {
+        let q = |s| Quantity::parse(s).unwrap();
+        assert_eq!(
+            q("1e30").add(&q("1")).to_string(),
+            "1000000000000000000000000000001"
+        );
+        assert_eq!(q("1e2147483647").add(&q("2e2147483647")), q("3e2147483647"));
+        assert_eq!(q("1e30").add(&q("-1e30")).to_string(), "0");
+        assert_eq!(q("0").add(&q("1e2147483647")), q("1e2147483647"));
+        assert_eq!(
+            q("1e2147483647").checked_add(&q("0")),
+            Some(q("1e2147483647"))
+        );
+        assert_eq!(q("-1e30").add(&q("1e30")).add(&q("1")), q("1"));
+        // Beyond: not representable, so the checked sum says so.
+        assert_eq!(q("1e100001").checked_add(&q("1n")), None);
+        assert_eq!(q("1e100001").add(&q("1n")), q("1e100001"));
+        assert!(q("1e99980").checked_add(&q("1")).is_some());
+    }
+
+    #[test]
+    fn ratios_of_huge_values_are_exact_and_fold_past_a_scale_difference_of_40() {
+        let q = |s| Quantity::parse(s).unwrap();
+        assert!(exceeds_ratio(
+            &q("3e2147483647"),
+            &q("1e2147483647"),
+            &q("2")
+        ));
+        assert!(!exceeds_ratio(
+            &q("2e2147483647"),
+            &q("1e2147483647"),
+            &q("2")
+        ));
+        assert!(exceeds_ratio(
+            &q("1e2147483647"),
+            &q("1"),
+            &q("1e2147483646")
+        ));
+        assert!(!exceeds_ratio(
+            &q("1e2147483647"),
+            &q("1"),
+            &q("1e2147483647")
+        ));
+        assert!(exceeds_ratio(
+            &q("2000000000000000000000000000001"),
+            &q("1e30"),
+            &q("2")
+        ));
+        assert_eq!(
+            ratio_string(&q("3e2147483647"), &q("1e2147483647")),
+            "3.000000"
+        );
+        // Scales 40 apart print in full, 50 apart with an exponent.
+        assert_eq!(
+            ratio_string(&q("1e40"), &q("1")),
+            format!("1{}.000000", "0".repeat(40))
+        );
+        assert_eq!(ratio_string(&q("1e50"), &q("1")), "1.000000e50");
+        assert_eq!(ratio_string(&q("1"), &q("1e50")), "1.000000e-50");
+        assert_eq!(
+            ratio_string(&q("2e2147483647"), &q("3")),
+            "6.666667e2147483646"
+        );
+        // The mantissa rounds to ten: one more in the exponent.
+        assert_eq!(ratio_string(&q("99999999e50"), &q("1")), "1.000000e58");
+        // The scales of how they were written decide, not their values: 1e50 written out has
+        // upstream's nano scale.
+        let written = format!("1{}", "0".repeat(50));
+        assert_eq!(
+            ratio_string(&q(&written), &q("1")),
+            format!("1{}.000000", "0".repeat(50))
+        );
     }
 
     #[test]
@@ -604,8 +1025,8 @@ mod tests {
         use num_bigint::BigInt;
         use proptest::prelude::*;
 
-        /// `Some(nanos)` exactly, or `None` when above the range.
-        fn exact_nanos(negative: bool, int: &str, frac: &str, suffix: &str) -> Option<BigInt> {
+        /// The exact value in nanos.
+        fn exact_nanos(negative: bool, int: &str, frac: &str, suffix: &str) -> BigInt {
             let digits: BigInt = format!("0{int}{frac}").parse().unwrap();
             let (two, ten): (u32, i64) = match suffix {
                 "Ki" => (10, 0),
@@ -646,10 +1067,7 @@ mod tests {
             } else {
                 rounded
             };
-            if rounded > BigInt::from(MAX_NANOS) {
-                return None;
-            }
-            Some(if negative { -rounded } else { rounded })
+            if negative { -rounded } else { rounded }
         }
 
         fn suffix() -> impl Strategy<Value = String> {
@@ -677,11 +1095,13 @@ mod tests {
                     if negative { "-" } else { "" },
                     if frac.is_empty() { String::new() } else { format!(".{frac}") }
                 );
-                match (Quantity::parse(&text), exact_nanos(negative, &int, &frac, &suffix)) {
-                    (Ok(q), Some(expected)) => prop_assert_eq!(BigInt::from(q.nanos), expected, "{}", text),
-                    (Err(QuantityError::OutOfRange(_)), None) => {}
-                    (got, expected) => prop_assert!(false, "{}: parsed {:?}, reference {:?}", text, got, expected),
-                }
+                let q = Quantity::parse(&text).unwrap();
+                let (mantissa, exp) = q.parts();
+                let expected = exact_nanos(negative, &int, &frac, &suffix);
+                prop_assert_eq!(mantissa * BigInt::from(10).pow(exp as u32), expected.clone(), "{}", text);
+                // Equal to, and ordered like, the exact value held in 128 bits or not.
+                let plain = Quantity::parse(&format!("{expected}n")).unwrap();
+                prop_assert_eq!(&q, &plain, "{}", text);
             }
         }
     }

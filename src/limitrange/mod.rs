@@ -119,13 +119,17 @@ impl Item {
     pub fn with_defaults(mut self) -> Self {
         if self.kind == "Container" {
             for (k, v) in &self.max {
-                self.default.entry(k.clone()).or_insert(*v);
+                self.default.entry(k.clone()).or_insert_with(|| v.clone());
             }
             for (k, v) in &self.default {
-                self.default_request.entry(k.clone()).or_insert(*v);
+                self.default_request
+                    .entry(k.clone())
+                    .or_insert_with(|| v.clone());
             }
             for (k, v) in &self.min {
-                self.default_request.entry(k.clone()).or_insert(*v);
+                self.default_request
+                    .entry(k.clone())
+                    .or_insert_with(|| v.clone());
             }
         }
         self
@@ -201,8 +205,12 @@ impl LimitRange {
         let mut requests = ResourceList::new();
         let mut limits = ResourceList::new();
         for item in self.items.iter().filter(|i| i.kind == "Container") {
-            requests.extend(item.default_request.iter().map(|(k, v)| (k.clone(), *v)));
-            limits.extend(item.default.iter().map(|(k, v)| (k.clone(), *v)));
+            requests.extend(
+                item.default_request
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            );
+            limits.extend(item.default.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         (requests, limits)
     }

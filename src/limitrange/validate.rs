@@ -11,20 +11,29 @@ use crate::quantity::{
 };
 use crate::workload::{ContainerKind, containers};
 use serde_json::Value;
+use std::cmp::Ordering;
 
-/// The request, limit and enforced value as the comparison sees them: exact nanos, or
-/// upstream's older milli (or unit) rounding.
-fn observed(
-    comparison: Comparison,
-    request: Option<&Quantity>,
-    limit: Option<&Quantity>,
-    enforced: &Quantity,
-) -> (i128, i128, i128) {
-    let zero = Quantity::zero(crate::quantity::Format::DecimalSI);
-    let (request, limit) = (request.unwrap_or(&zero), limit.unwrap_or(&zero));
-    match comparison {
-        Comparison::Exact => (request.nanos(), limit.nanos(), enforced.nanos()),
-        Comparison::Milli => comparable(request, limit, enforced),
+/// How the request and the limit compare with the enforced value: exactly, or as releases
+/// before 1.38 saw them (rounded to milli, or unit, values) when all three fit 128 bits.
+enum Seen {
+    Exact,
+    Rounded(i128, i128, i128),
+}
+
+impl Seen {
+    fn of(
+        comparison: Comparison,
+        request: Option<&Quantity>,
+        limit: Option<&Quantity>,
+        enforced: &Quantity,
+    ) -> Self {
+        let zero = Quantity::zero(crate::quantity::Format::DecimalSI);
+        let (request, limit) = (request.unwrap_or(&zero), limit.unwrap_or(&zero));
+        match comparison {
+            Comparison::Milli => comparable(request, limit, enforced)
+                .map_or(Seen::Exact, |(r, l, e)| Seen::Rounded(r, l, e)),
+            Comparison::Exact => Seen::Exact,
+        }
     }
 }
 
@@ -39,6 +48,18 @@ struct Check<'a> {
 }
 
 impl Check<'_> {
+    /// How the request and the limit compare with the enforced value (absent: zero).
+    fn orders(&self) -> (Ordering, Ordering) {
+        let zero = Quantity::zero(crate::quantity::Format::DecimalSI);
+        match Seen::of(self.comparison, self.request, self.limit, self.enforced) {
+            Seen::Rounded(r, l, e) => (r.cmp(&e), l.cmp(&e)),
+            Seen::Exact => (
+                self.request.unwrap_or(&zero).cmp(self.enforced),
+                self.limit.unwrap_or(&zero).cmp(self.enforced),
+            ),
+        }
+    }
+
     fn min(&self) -> Option<String> {
         let Check {
             kind,
@@ -46,15 +67,15 @@ impl Check<'_> {
             enforced,
             ..
         } = *self;
-        let (r, l, e) = observed(self.comparison, self.request, self.limit, enforced);
+        let (r, l) = self.orders();
         match (self.request, self.limit) {
             (None, _) => Some(format!(
                 "minimum {name} usage per {kind} is {enforced}.  No request is specified"
             )),
-            (Some(req), _) if r < e => Some(format!(
+            (Some(req), _) if r.is_lt() => Some(format!(
                 "minimum {name} usage per {kind} is {enforced}, but request is {req}"
             )),
-            (_, Some(lim)) if l < e => Some(format!(
+            (_, Some(lim)) if l.is_lt() => Some(format!(
                 "minimum {name} usage per {kind} is {enforced}, but limit is {lim}"
             )),
             _ => None,
@@ -68,15 +89,15 @@ impl Check<'_> {
             enforced,
             ..
         } = *self;
-        let (r, l, e) = observed(self.comparison, self.request, self.limit, enforced);
+        let (r, l) = self.orders();
         match (self.request, self.limit) {
             (_, None) => Some(format!(
                 "maximum {name} usage per {kind} is {enforced}.  No limit is specified"
             )),
-            (_, Some(lim)) if l > e => Some(format!(
+            (_, Some(lim)) if l.is_gt() => Some(format!(
                 "maximum {name} usage per {kind} is {enforced}, but limit is {lim}"
             )),
-            (Some(req), _) if r > e => Some(format!(
+            (Some(req), _) if r.is_gt() => Some(format!(
                 "maximum {name} usage per {kind} is {enforced}, but request is {req}"
             )),
             _ => None,
@@ -90,18 +111,25 @@ impl Check<'_> {
             enforced,
             ..
         } = *self;
-        let (r, l, _) = observed(self.comparison, self.request, self.limit, enforced);
+        let seen = Seen::of(self.comparison, self.request, self.limit, enforced);
+        let (r_zero, l_zero) = match seen {
+            Seen::Rounded(r, l, _) => (r == 0, l == 0),
+            Seen::Exact => (
+                self.request.is_none_or(Quantity::is_zero),
+                self.limit.is_none_or(Quantity::is_zero),
+            ),
+        };
         let prefix = format!("{name} max limit to request ratio per {kind} is {enforced}, but");
-        let Some(req) = self.request.filter(|_| r != 0) else {
+        let Some(req) = self.request.filter(|_| !r_zero) else {
             return Some(format!("{prefix} no request is specified or request is 0"));
         };
-        let Some(lim) = self.limit.filter(|_| l != 0) else {
+        let Some(lim) = self.limit.filter(|_| !l_zero) else {
             return Some(format!("{prefix} no limit is specified or limit is 0"));
         };
-        match self.comparison {
-            Comparison::Exact => exceeds_ratio(lim, req, enforced)
+        match seen {
+            Seen::Exact => exceeds_ratio(lim, req, enforced)
                 .then(|| format!("{prefix} provided ratio is {}", ratio_string(lim, req))),
-            Comparison::Milli => {
+            Seen::Rounded(r, l, _) => {
                 // Those releases divide the rounded values as floats and print them with %f.
                 let observed = l as f64 / r as f64;
                 // l / r > max, exactly: at milli precision `l * 1000 > max_milli * r`.
@@ -170,6 +198,34 @@ pub fn unreadable_quantities(spec: &Value) -> Vec<String> {
             c.value.get("resources"),
             &format!("{} {:?}", c.kind.noun(), c.name),
         );
+    }
+    out.extend(unjudgeable_sums(spec));
+    out
+}
+
+/// Resources whose containers' values cannot all be added exactly: the sum would have more
+/// than [`crate::quantity::MAX_DIGITS`] significant digits (`1e100001` and `1n`). The pod's
+/// totals add them, so such a pod is not judged as if its total were another number.
+pub fn unjudgeable_sums(spec: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for field in ["requests", "limits"] {
+        let mut sums: std::collections::BTreeMap<String, Option<Quantity>> = Default::default();
+        for c in containers(spec) {
+            for (name, q) in resource_list(c.value, field) {
+                let sum = sums
+                    .entry(name)
+                    .or_insert_with(|| Some(Quantity::from_units(0)));
+                *sum = sum.as_ref().and_then(|total| total.checked_add(&q));
+            }
+        }
+        for (name, sum) in sums {
+            if sum.is_none() {
+                out.push(format!(
+                    "pod resources: {field}.{name}: the containers' values are too far apart to add exactly: sums of up to {} significant digits are judged",
+                    crate::quantity::MAX_DIGITS
+                ));
+            }
+        }
     }
     out
 }
@@ -278,7 +334,12 @@ fn legacy_sum(lists: &[ResourceList]) -> ResourceList {
     for name in first.keys() {
         let values: Option<Vec<&Quantity>> = lists.iter().map(|l| l.get(name)).collect();
         let Some(values) = values else { continue };
-        let sum = if name == "cpu" {
+        let sum = if !values.iter().all(|v| v.is_small()) {
+            // Above 10^24 those releases wrapped through 64 bits: added exactly instead.
+            values
+                .iter()
+                .fold(Quantity::from_units(0), |total, v| total.add(v))
+        } else if name == "cpu" {
             Quantity::from_milli(values.iter().map(|v| v.milli_value()).sum())
         } else {
             Quantity::from_units_i128(values.iter().map(|v| v.value()).sum())
@@ -292,7 +353,7 @@ fn add_list(list: &mut ResourceList, other: &ResourceList) {
     for (k, v) in other {
         list.entry(k.clone())
             .and_modify(|q| *q = q.add(v))
-            .or_insert(*v);
+            .or_insert_with(|| v.clone());
     }
 }
 
@@ -301,7 +362,7 @@ fn max_list(list: &mut ResourceList, other: &ResourceList) {
         match list.get(k) {
             Some(existing) if v <= existing => {}
             _ => {
-                list.insert(k.clone(), *v);
+                list.insert(k.clone(), v.clone());
             }
         }
     }

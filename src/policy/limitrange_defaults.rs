@@ -354,7 +354,7 @@ mod tests {
     }
 
     #[test]
-    fn rejects_quantities_too_large_to_judge_instead_of_reading_them_small() {
+    fn huge_quantities_are_judged_exactly_never_read_small() {
         // i32 exponent arithmetic used to wrap 1e2147483647 to a tiny value: max 1Gi allowed it.
         for huge in ["1e2147483647", "10e2146483646"] {
             let out = validate(
@@ -362,15 +362,39 @@ mod tests {
                 deployment(json!({"limits": {"memory": huge}})),
                 &Standalone,
             );
-            // Unreadable: that is the violation, and nothing else is judged.
+            let canonical = crate::quantity::Quantity::parse(huge).unwrap().to_string();
             assert_eq!(
                 out.violations,
                 vec![format!(
-                    "container \"app\": limits.memory: \"{huge}\" is too large to judge exactly: quantities up to 1e24 in magnitude are"
+                    "container \"app\": maximum memory usage per Container is 1Gi, but limit is {canonical}"
                 )],
                 "{huge}"
             );
         }
+        // Past the digit budget: unreadable, and that is the violation.
+        let long = format!("1{}", "0".repeat(100_000));
+        let out = validate(
+            &policy(),
+            deployment(json!({"limits": {"memory": long}})),
+            &Standalone,
+        );
+        assert_eq!(
+            out.violations,
+            vec![format!(
+                "container \"app\": limits.memory: \"{long}\" is too large to judge exactly: quantities of up to 100000 significant digits are"
+            )]
+        );
+        // Two readable values whose exact sum (the pod's total) has 100,011 digits.
+        let pod = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {"template": {"spec": {"containers": [
+            {"name": "a", "image": "x", "resources": {"limits": {"memory": "1e100001"}}},
+            {"name": "b", "image": "x", "resources": {"limits": {"memory": "1n"}}}]}}}});
+        let out = validate(&policy(), pod, &Standalone);
+        assert_eq!(
+            out.violations,
+            vec![
+                "pod resources: limits.memory: the containers' values are too far apart to add exactly: sums of up to 100000 significant digits are judged"
+            ]
+        );
         // Large but within range: judged, and over the max.
         let out = validate(
             &policy(),

@@ -118,19 +118,19 @@ fn usage_of(requests: &ResourceList, limits: &ResourceList) -> ResourceList {
         ),
     ] {
         if let Some(q) = requests.get(base) {
-            out.insert(base.into(), *q);
-            out.insert(request.into(), *q);
+            out.insert(base.into(), q.clone());
+            out.insert(request.into(), q.clone());
         }
         if let Some(q) = limits.get(base) {
-            out.insert(limit.into(), *q);
+            out.insert(limit.into(), q.clone());
         }
     }
     for (name, q) in requests {
         if name.starts_with("hugepages-") {
-            out.insert(name.clone(), *q);
-            out.insert(format!("requests.{name}"), *q);
+            out.insert(name.clone(), q.clone());
+            out.insert(format!("requests.{name}"), q.clone());
         } else if !is_native(name) && !name.starts_with("requests.") {
-            out.insert(format!("requests.{name}"), *q);
+            out.insert(format!("requests.{name}"), q.clone());
         }
     }
     out
@@ -195,7 +195,7 @@ fn pretty(list: &ResourceList) -> String {
 fn mask(list: &ResourceList, names: &BTreeSet<String>) -> ResourceList {
     list.iter()
         .filter(|(k, _)| names.contains(*k))
-        .map(|(k, v)| (k.clone(), *v))
+        .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
 
@@ -216,7 +216,7 @@ fn best_effort(spec: &Value) -> bool {
     let positive = |list: &ResourceList| {
         ["cpu", "memory"]
             .iter()
-            .any(|r| list.get(*r).is_some_and(|q| q.nanos() > 0))
+            .any(|r| list.get(*r).is_some_and(|q| q.signum() > 0))
     };
     // The pod-level `resources` sit where a container's do.
     let pod_level =
@@ -364,9 +364,9 @@ pub fn judge(quota: &ResourceQuota, spec: &Value, semantics: Semantics, pods: u3
     }
     let requested: ResourceList = mask(&pod_usage(spec, semantics), &tracked)
         .into_iter()
-        .filter(|(_, q)| q.nanos() != 0)
+        .filter(|(_, q)| !q.is_zero())
         .collect();
-    let used_of = |k: &str| used.get(k).copied().unwrap_or(Quantity::from_units(0));
+    let used_of = |k: &str| used.get(k).cloned().unwrap_or(Quantity::from_units(0));
     // The tracked resources for which `need` (of a resource's name and one Pod's request)
     // is above `hard`.
     let over = |need: &dyn Fn(&str, &Quantity) -> Quantity| -> BTreeSet<String> {
@@ -384,7 +384,7 @@ pub fn judge(quota: &ResourceQuota, spec: &Value, semantics: Semantics, pods: u3
             pretty(&mask(&hard, exceeded))
         )
     };
-    let alone = over(&|_, q| *q);
+    let alone = over(&|_, q| q.clone());
     if !alone.is_empty() {
         verdict.refused = Some(message(&alone));
         return verdict;

@@ -302,3 +302,54 @@ pub async fn e2e_confgate_alone_judges_pods_as_the_builtin_limitranger(cx: Cx) {
     }
     assert!(refused >= 5, "the comparison covers refusals: {refused}");
 }
+
+/// Quantities past 10^24 (the apiserver accepts them, and sends them to webhooks in canonical
+/// form: `1e50` arrives as `100e48`) are judged exactly: the limit over the max, and the ratio
+/// worded as current upstream's `ratioString` words it (a scale difference above 40 folds).
+pub async fn e2e_quantities_past_10_pow_24_are_judged_exactly_as_the_apiserver_sends_them(cx: Cx) {
+    let ns = cx.namespace("limitranger-huge").await;
+    let policy = "apiVersion: confgate.dev/v1alpha1\nkind: Policy\nmetadata: {name: limits}\nspec:\n  type: limitrange-defaults\n  settings:\n    limits:\n    - {type: Container, max: {memory: 1Gi}, maxLimitRequestRatio: {memory: \"2\"}}\n";
+    let _confgate = Confgate::start(&cx, Options::with_policies(&ns, policy)).await;
+    let deployment = |name: &str, request: &str, limit: &str| {
+        format!(
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  replicas: 0
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      containers:
+      - name: app
+        image: registry.example/app:1
+        resources: {{requests: {{memory: "{request}"}}, limits: {{memory: "{limit}"}}}}
+"#
+        )
+    };
+    let kubectl = cx.kubectl();
+    let stderr = kubectl
+        .fails(
+            &["apply", "-f", "-"],
+            Some(&deployment("huge", "1", "1e50")),
+        )
+        .await;
+    for expected in [
+        r#"container \"app\": maximum memory usage per Container is 1Gi, but limit is 100e48"#,
+        r#"container \"app\": memory max limit to request ratio per Container is 2, but provided ratio is 1.000000e50"#,
+    ] {
+        let expected = expected.replace("\\\"", "\"");
+        assert!(
+            stderr.contains(&expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    // At the max and at the ratio exactly, written differently: admitted.
+    kubectl
+        .ok(
+            &["apply", "-f", "-"],
+            Some(&deployment("fine", "0.5Gi", "1073741824000000000n")),
+        )
+        .await;
+}

@@ -38,6 +38,7 @@ pub fn all() -> Vec<(&'static str, Case)> {
         helm_chart::e2e_helm_chart_installs_upgrades_and_uninstalls_leaving_nothing,
         limitranger::e2e_builtin_limitranger_plus_confgate_equals_builtin_alone,
         limitranger::e2e_confgate_alone_judges_pods_as_the_builtin_limitranger,
+        limitranger::e2e_quantities_past_10_pow_24_are_judged_exactly_as_the_apiserver_sends_them,
         quota_fit::e2e_quota_fit_agrees_with_the_resourcequota_plugin,
         quota_fit::e2e_a_deployment_a_quota_would_starve_is_denied_and_without_confgate_it_fails_to_create_pods,
         cluster_state::e2e_live_cache_follows_initial_list_and_watch_events,
