@@ -50,17 +50,23 @@ async fn main() {
     let started = Instant::now();
     let mut findings = 0;
     let mut fresh = confgate::cluster::fresh::Fresh::default();
-    let size = confgate::audit::PAGE as usize;
+    let size = confgate::controllers::audit::PAGE as usize;
     let mut page = Vec::with_capacity(size);
     for i in 0..count {
         page.push(deployment(i));
         if page.len() == size || i + 1 == count {
             for object in page.drain(..) {
-                findings += confgate::audit::judge(&engine, &set, "Deployment", object, &mut fresh)
-                    .await
-                    .iter()
-                    .filter(|(_, result, _)| *result != "pass")
-                    .count();
+                findings += confgate::controllers::audit::judge(
+                    &engine,
+                    &set,
+                    "Deployment",
+                    object,
+                    &mut fresh,
+                )
+                .await
+                .iter()
+                .filter(|(_, result, _)| *result != "pass")
+                .count();
             }
         }
     }

@@ -8,7 +8,7 @@
 
 mod support;
 
-use confgate::cluster::live::Cache;
+use confgate::cluster::cache::Cache;
 use confgate::cluster::{CacheKind, ConfigData};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;

@@ -11,7 +11,7 @@
 
 mod support;
 
-use confgate::cluster::live::Cache;
+use confgate::cluster::cache::Cache;
 use confgate::cluster::workloads::{Index, reduce};
 use confgate::cluster::{CacheKind, ConfigData};
 use confgate::workload::Source;

@@ -55,7 +55,7 @@ pub async fn publish(
     let reference = k8s_openapi::api::core::v1::ObjectReference {
         api_version: match on.kind {
             "ConfigMap" | "Secret" | "Pod" => Some("v1".to_owned()),
-            kind => crate::cluster::workloads::api_resource(kind).map(|r| r.api_version),
+            kind => crate::workload::api_resource(kind).map(|r| r.api_version),
         },
         kind: Some(on.kind.to_owned()),
         name: Some(on.name.to_owned()),

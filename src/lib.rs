@@ -4,23 +4,19 @@
 //! [`policy`] implementations against an [`admission::Review`] and the [`cluster`] state.
 
 pub mod admission;
-pub mod audit;
 pub mod background;
 pub mod certs;
 pub mod cli;
 pub mod cluster;
+pub mod controllers;
 pub mod engine;
 pub mod events;
-pub mod followup;
-pub mod lease;
 pub mod limitrange;
 pub mod metrics;
 pub mod notify;
 pub mod owners;
 pub mod policy;
-pub mod protection;
 pub mod quantity;
-pub mod rollout;
 pub mod server;
 pub mod telemetry;
 pub mod webhooks;

@@ -142,7 +142,7 @@ fn cmp_scaled(a: &BigInt, ea: i64, b: &BigInt, eb: i64) -> Ordering {
 
 /// True when `limit / request > ratio`, exactly (all three non-negative and `request > 0`),
 /// in big integers: the products of two values within range do not fit in 128 bits.
-pub fn ratio_exceeds(
+pub fn rounded_ratio_exceeds(
     limit: impl Into<BigInt>,
     request: impl Into<BigInt>,
     ratio: impl Into<BigInt>,
@@ -986,9 +986,9 @@ mod tests {
     #[test]
     fn ratios_are_compared_exactly_above_64_bits() {
         // 1e22 / 1e20 = 100: above a ratio of 10, though both are above 2^63.
-        assert!(ratio_exceeds(10i128.pow(22), 10i128.pow(20), 10));
-        assert!(!ratio_exceeds(10i128.pow(21), 10i128.pow(20), 10));
-        assert!(ratio_exceeds(MAX_UNITS, 1, MAX_UNITS - 1));
+        assert!(rounded_ratio_exceeds(10i128.pow(22), 10i128.pow(20), 10));
+        assert!(!rounded_ratio_exceeds(10i128.pow(21), 10i128.pow(20), 10));
+        assert!(rounded_ratio_exceeds(MAX_UNITS, 1, MAX_UNITS - 1));
     }
 
     #[test]

@@ -2,74 +2,202 @@
 //! spec: env `valueFrom`, `envFrom` (with its prefix), and configMap/secret/projected volumes
 //! (with `items`), for init, regular and ephemeral containers.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
+
+/// The one table of workload kinds: every kind confgate judges as a pod or a pod template,
+/// with what each one is to the rest of confgate. The lists below ([`WORKLOAD_KINDS`],
+/// [`ROLLING_KINDS`], [`CONTROLLER_KINDS`], [`STAMPED_BY_DEFAULT`]) and the matches on kinds
+/// are derived from it: adding a kind is one variant here (the compiler names every `match`
+/// that must say what the new kind does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WorkloadKind {
+    Pod,
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+    ReplicaSet,
+    ReplicationController,
+    Job,
+    CronJob,
+    /// Argo Rollouts' `Rollout` (`argoproj.io/v1alpha1`): a Deployment with progressive
+    /// delivery, whose `spec.template` rolls it (one with `workloadRef` has no template: the
+    /// Deployment it names carries it, and rolls it when stamped). Served only where its CRD is
+    /// installed.
+    Rollout,
+}
+
+impl WorkloadKind {
+    /// Every kind, in the order lists print them.
+    pub const ALL: [WorkloadKind; 9] = [
+        WorkloadKind::Pod,
+        WorkloadKind::Deployment,
+        WorkloadKind::StatefulSet,
+        WorkloadKind::DaemonSet,
+        WorkloadKind::ReplicaSet,
+        WorkloadKind::ReplicationController,
+        WorkloadKind::Job,
+        WorkloadKind::CronJob,
+        WorkloadKind::Rollout,
+    ];
+
+    /// The kind's name, as in `kind:`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            WorkloadKind::Pod => "Pod",
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::StatefulSet => "StatefulSet",
+            WorkloadKind::DaemonSet => "DaemonSet",
+            WorkloadKind::ReplicaSet => "ReplicaSet",
+            WorkloadKind::ReplicationController => "ReplicationController",
+            WorkloadKind::Job => "Job",
+            WorkloadKind::CronJob => "CronJob",
+            WorkloadKind::Rollout => "Rollout",
+        }
+    }
+
+    /// The kind named `kind`, if it is a workload kind.
+    pub fn parse(kind: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == kind)
+    }
+
+    /// The keys leading to the pod template (`metadata` + `spec`); none for a Pod itself.
+    /// `CronJob` in every served version (`batch/v1`, `batch/v1beta1`) nests it in
+    /// `jobTemplate`.
+    pub const fn template_path(self) -> &'static [&'static str] {
+        match self {
+            WorkloadKind::Pod => &[],
+            WorkloadKind::CronJob => &["spec", "jobTemplate", "spec", "template"],
+            WorkloadKind::Deployment
+            | WorkloadKind::StatefulSet
+            | WorkloadKind::DaemonSet
+            | WorkloadKind::ReplicaSet
+            | WorkloadKind::ReplicationController
+            | WorkloadKind::Job
+            | WorkloadKind::Rollout => &["spec", "template"],
+        }
+    }
+
+    /// It makes other workloads from its template (so what it makes was judged as its
+    /// template).
+    pub const fn makes_others(self) -> bool {
+        !matches!(self, WorkloadKind::Pod)
+    }
+
+    /// The rollout controller rolls it when its configuration changes (a CronJob: its next
+    /// Job runs with the new configuration).
+    pub const fn rolls(self) -> bool {
+        matches!(
+            self,
+            WorkloadKind::Deployment
+                | WorkloadKind::StatefulSet
+                | WorkloadKind::DaemonSet
+                | WorkloadKind::CronJob
+                | WorkloadKind::Rollout
+        )
+    }
+
+    /// `checksum-config` stamps it unless its `kinds` setting says more.
+    pub const fn stamped_by_default(self) -> bool {
+        matches!(
+            self,
+            WorkloadKind::Deployment
+                | WorkloadKind::StatefulSet
+                | WorkloadKind::DaemonSet
+                | WorkloadKind::Rollout
+        )
+    }
+
+    /// Its Pods come from `spec.replicas` (a DaemonSet's from its nodes).
+    pub const fn has_replicas(self) -> bool {
+        matches!(
+            self,
+            WorkloadKind::Deployment | WorkloadKind::StatefulSet | WorkloadKind::Rollout
+        )
+    }
+
+    /// Its API resource (group, version, plural), derived from k8s-openapi's types.
+    pub fn api_resource(self) -> kube::core::ApiResource {
+        use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+        use k8s_openapi::api::batch::v1::{CronJob, Job};
+        use k8s_openapi::api::core::v1::{Pod, ReplicationController};
+        use kube::core::ApiResource;
+        match self {
+            WorkloadKind::Pod => ApiResource::erase::<Pod>(&()),
+            WorkloadKind::ReplicationController => ApiResource::erase::<ReplicationController>(&()),
+            WorkloadKind::Deployment => ApiResource::erase::<Deployment>(&()),
+            WorkloadKind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
+            WorkloadKind::DaemonSet => ApiResource::erase::<DaemonSet>(&()),
+            WorkloadKind::ReplicaSet => ApiResource::erase::<ReplicaSet>(&()),
+            WorkloadKind::Job => ApiResource::erase::<Job>(&()),
+            WorkloadKind::CronJob => ApiResource::erase::<CronJob>(&()),
+            WorkloadKind::Rollout => kube::core::ApiResource {
+                group: "argoproj.io".into(),
+                version: "v1alpha1".into(),
+                api_version: "argoproj.io/v1alpha1".into(),
+                kind: "Rollout".into(),
+                plural: "rollouts".into(),
+            },
+        }
+    }
+
+    /// Its resource as RBAC and errors name it: `deployments`, `rollouts.argoproj.io` (the
+    /// plural of [`WorkloadKind::api_resource`], with the group where it is not built in).
+    pub const fn resource_name(self) -> &'static str {
+        match self {
+            WorkloadKind::Pod => "pods",
+            WorkloadKind::Deployment => "deployments",
+            WorkloadKind::StatefulSet => "statefulsets",
+            WorkloadKind::DaemonSet => "daemonsets",
+            WorkloadKind::ReplicaSet => "replicasets",
+            WorkloadKind::ReplicationController => "replicationcontrollers",
+            WorkloadKind::Job => "jobs",
+            WorkloadKind::CronJob => "cronjobs",
+            WorkloadKind::Rollout => "rollouts.argoproj.io",
+        }
+    }
+}
+
+/// The names of the kinds of the table that `keep`.
+fn kind_names(keep: fn(WorkloadKind) -> bool) -> Vec<&'static str> {
+    WorkloadKind::ALL
+        .into_iter()
+        .filter(|k| keep(*k))
+        .map(WorkloadKind::name)
+        .collect()
+}
 
 /// Kinds that are, or carry, a pod template.
-pub const WORKLOAD_KINDS: &[&str] = &[
-    "Pod",
-    "Deployment",
-    "StatefulSet",
-    "DaemonSet",
-    "ReplicaSet",
-    "ReplicationController",
-    "Job",
-    "CronJob",
-    "Rollout",
-];
+pub static WORKLOAD_KINDS: std::sync::LazyLock<Vec<&'static str>> =
+    std::sync::LazyLock::new(|| kind_names(|_| true));
 
-/// Argo Rollouts' `Rollout` (`argoproj.io/v1alpha1`): a Deployment with progressive delivery,
-/// whose `spec.template` rolls it (one with `workloadRef` has no template: the Deployment it
-/// names carries it, and rolls it when stamped). Served only where its CRD is installed.
-pub fn argo_rollout() -> kube::core::ApiResource {
-    kube::core::ApiResource {
-        group: "argoproj.io".into(),
-        version: "v1alpha1".into(),
-        api_version: "argoproj.io/v1alpha1".into(),
-        kind: "Rollout".into(),
-        plural: "rollouts".into(),
-    }
-}
+/// The kinds the rollout controller rolls.
+pub static ROLLING_KINDS: std::sync::LazyLock<Vec<&'static str>> =
+    std::sync::LazyLock::new(|| kind_names(WorkloadKind::rolls));
 
-/// The one kind table: the API resource (group, version, plural) of each kind confgate judges,
-/// watches or writes — the workload kinds and the configuration they read — derived from
-/// k8s-openapi's types rather than written out. Every one is namespaced; `CronJob` is
+/// Workload kinds that carry a pod template and make other workloads from it.
+pub static CONTROLLER_KINDS: std::sync::LazyLock<Vec<&'static str>> =
+    std::sync::LazyLock::new(|| kind_names(WorkloadKind::makes_others));
+
+/// The kinds `checksum-config` stamps unless told more.
+pub static STAMPED_BY_DEFAULT: std::sync::LazyLock<Vec<&'static str>> =
+    std::sync::LazyLock::new(|| kind_names(WorkloadKind::stamped_by_default));
+
+/// The API resource of each kind confgate judges, watches or writes: the workload kinds of
+/// [`WorkloadKind`] and the configuration they read. Every one is namespaced; `CronJob` is
 /// `batch/v1` (webhook rules match every version, so `batch/v1beta1` on old clusters too).
 pub fn api_resource(kind: &str) -> Option<kube::core::ApiResource> {
-    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
-    use k8s_openapi::api::batch::v1::{CronJob, Job};
-    use k8s_openapi::api::core::v1::{ConfigMap, Pod, ReplicationController, Secret};
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
     use kube::core::ApiResource;
-    Some(match kind {
-        "ConfigMap" => ApiResource::erase::<ConfigMap>(&()),
-        "Secret" => ApiResource::erase::<Secret>(&()),
-        "Pod" => ApiResource::erase::<Pod>(&()),
-        "ReplicationController" => ApiResource::erase::<ReplicationController>(&()),
-        "Deployment" => ApiResource::erase::<Deployment>(&()),
-        "StatefulSet" => ApiResource::erase::<StatefulSet>(&()),
-        "DaemonSet" => ApiResource::erase::<DaemonSet>(&()),
-        "ReplicaSet" => ApiResource::erase::<ReplicaSet>(&()),
-        "Job" => ApiResource::erase::<Job>(&()),
-        "CronJob" => ApiResource::erase::<CronJob>(&()),
-        "Rollout" => argo_rollout(),
-        _ => return None,
-    })
+    match kind {
+        "ConfigMap" => Some(ApiResource::erase::<ConfigMap>(&())),
+        "Secret" => Some(ApiResource::erase::<Secret>(&())),
+        other => WorkloadKind::parse(other).map(WorkloadKind::api_resource),
+    }
 }
 
-/// The keys leading to the pod template (`metadata` + `spec`) of a kind; none for a Pod itself.
-/// `CronJob` in every served version (`batch/v1`, `batch/v1beta1`) nests it in `jobTemplate`.
+/// The keys leading to the pod template of a kind ([`WorkloadKind::template_path`]).
 pub fn template_path(kind: &str) -> Option<&'static [&'static str]> {
-    match kind {
-        "Pod" => Some(&[]),
-        "Deployment"
-        | "StatefulSet"
-        | "DaemonSet"
-        | "ReplicaSet"
-        | "ReplicationController"
-        | "Job"
-        | "Rollout" => Some(&["spec", "template"]),
-        "CronJob" => Some(&["spec", "jobTemplate", "spec", "template"]),
-        _ => None,
-    }
+    WorkloadKind::parse(kind).map(WorkloadKind::template_path)
 }
 
 /// `leaf` under the keys of `path`, outermost first: `nested(["spec", "template"], v)` is
@@ -121,10 +249,10 @@ pub fn set_template_annotation(kind: &str, object: &mut Value, key: &str, value:
     let Some(template) = at_mut(object, path).and_then(Value::as_object_mut) else {
         return false;
     };
-    let Some(metadata) = crate::limitrange::entry_object(template, "metadata") else {
+    let Some(metadata) = entry_object(template, "metadata") else {
         return false;
     };
-    let Some(annotations) = crate::limitrange::entry_object(metadata, "annotations") else {
+    let Some(annotations) = entry_object(metadata, "annotations") else {
         return false;
     };
     annotations.insert(key.to_owned(), Value::String(value.to_owned()));
@@ -444,9 +572,59 @@ pub fn references(spec: &Value) -> Vec<Reference<'_>> {
     out
 }
 
+/// The object at `map[key]`, created (or replacing a non-object) when needed. Always `Some`;
+/// an `Option` only so that no code path can panic.
+pub fn entry_object<'a>(
+    map: &'a mut Map<String, Value>,
+    key: &str,
+) -> Option<&'a mut Map<String, Value>> {
+    let slot = map
+        .entry(key.to_owned())
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !slot.is_object() {
+        *slot = Value::Object(Map::new());
+    }
+    slot.as_object_mut()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kind_table_agrees_with_k8s_openapi_and_derives_every_list() {
+        for kind in WorkloadKind::ALL {
+            assert_eq!(WorkloadKind::parse(kind.name()), Some(kind));
+            let resource = kind.api_resource();
+            assert_eq!(resource.kind, kind.name());
+            assert!(
+                kind.resource_name().starts_with(&resource.plural),
+                "{}",
+                kind.name()
+            );
+            assert_eq!(template_path(kind.name()), Some(kind.template_path()));
+        }
+        assert_eq!(WorkloadKind::parse("ConfigMap"), None);
+        assert_eq!(
+            *ROLLING_KINDS,
+            [
+                "Deployment",
+                "StatefulSet",
+                "DaemonSet",
+                "CronJob",
+                "Rollout"
+            ]
+        );
+        assert_eq!(
+            *STAMPED_BY_DEFAULT,
+            ["Deployment", "StatefulSet", "DaemonSet", "Rollout"]
+        );
+        assert_eq!(CONTROLLER_KINDS.len(), WORKLOAD_KINDS.len() - 1);
+        assert_eq!(
+            api_resource("Secret").map(|r| r.plural),
+            Some("secrets".into())
+        );
+    }
     use serde_json::json;
 
     #[test]

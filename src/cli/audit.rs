@@ -58,12 +58,12 @@ fn audit(args: &AuditArgs) -> Result<(String, bool), String> {
             .await
             .map_err(|e| format!("cannot configure a Kubernetes client: {e}"))?;
         let engine = Engine::new(state);
-        crate::audit::scan(&client, &engine, &set)
+        crate::controllers::audit::scan(&client, &engine, &set)
             .await
             .map_err(|e| format!("listing workloads: {e}"))
     })?;
     let text = match args.output {
-        Format::Table => crate::audit::table(&audit),
+        Format::Table => crate::controllers::audit::table(&audit),
         Format::Json => serde_json::to_string_pretty(&audit).map_err(|e| e.to_string())? + "\n",
     };
     Ok((text, audit.findings.is_empty()))

@@ -61,14 +61,15 @@ async fn release(args: &ReleaseArgs) -> Result<usize, String> {
     let client = Client::try_default()
         .await
         .map_err(|e| format!("cannot configure a Kubernetes client: {e}"))?;
-    let instance = crate::audit::Reporting::instance_of(&args.namespace, &args.lease_name);
-    let finalizer = crate::protection::finalizer(&instance);
+    let instance =
+        crate::controllers::audit::Reporting::instance_of(&args.namespace, &args.lease_name);
+    let finalizer = crate::controllers::protection::finalizer(&instance);
     if stop_marking(&client, args).await? {
         println!(
             "lease {}/{} annotated {}: released; waiting {}s for the replicas to stop marking",
             args.namespace,
             args.lease_name,
-            crate::protection::RELEASED,
+            crate::controllers::protection::RELEASED,
             args.wait_seconds
         );
         tokio::time::sleep(Duration::from_secs(args.wait_seconds)).await;
@@ -107,7 +108,10 @@ async fn stop_marking(client: &Client, args: &ReleaseArgs) -> Result<bool, Strin
             .metadata
             .annotations
             .get_or_insert_with(Default::default)
-            .insert(crate::protection::RELEASED.into(), "released".into());
+            .insert(
+                crate::controllers::protection::RELEASED.into(),
+                "released".into(),
+            );
         match leases
             .replace(&args.lease_name, &PostParams::default(), &lease)
             .await
@@ -154,8 +158,12 @@ where
                     object.metadata.namespace.clone().unwrap_or_default(),
                     object.metadata.name.clone().unwrap_or_default(),
                 );
-                let change = crate::protection::Change::Unmark;
-                match crate::protection::patch(client, source, &key, &finalizer, change).await {
+                let change = crate::controllers::protection::Change::Unmark;
+                match crate::controllers::protection::patch(
+                    client, source, &key, &finalizer, change,
+                )
+                .await
+                {
                     Ok(()) => removed += 1,
                     Err(kube::Error::Api(status)) if status.code == 404 => {}
                     Err(error) => {

@@ -187,7 +187,8 @@ pub(crate) fn live_state(
     key_secret: &str,
     workloads: bool,
 ) -> Result<(tokio::runtime::Runtime, Arc<dyn ClusterState>), String> {
-    use crate::cluster::live::{KeySecret, LiveState, SecretsMode};
+    use crate::cluster::checksum_key::KeySecret;
+    use crate::cluster::live::{LiveState, SecretsMode};
     let (namespace, name) = key_secret
         .split_once('/')
         .ok_or_else(|| format!("--checksum-key-secret {key_secret:?}: expected NAMESPACE/NAME"))?;

@@ -104,25 +104,25 @@ pub struct ServeArgs {
     #[arg(long)]
     pub allow_policy_removal: bool,
     /// Rollouts for configuration changes started per minute, cluster-wide, after the burst.
-    #[arg(long, default_value_t = crate::rollout::Settings::default().per_minute)]
+    #[arg(long, default_value_t = crate::controllers::rollout::Settings::default().per_minute)]
     pub rollout_rate_per_minute: u32,
     /// Rollouts for configuration changes that may start at once.
-    #[arg(long, default_value_t = crate::rollout::Settings::default().burst)]
+    #[arg(long, default_value_t = crate::controllers::rollout::Settings::default().burst)]
     pub rollout_burst: u32,
     /// The least time between two configuration rollouts of one workload, in seconds.
-    #[arg(long, default_value_t = crate::rollout::Settings::default().min_interval.as_secs())]
+    #[arg(long, default_value_t = crate::controllers::rollout::Settings::default().min_interval.as_secs())]
     pub rollout_min_interval_seconds: u64,
     /// How long configuration changes must be quiet before the controller acts on them, in
     /// milliseconds: the changes of one `kubectl apply -f dir/` or Helm upgrade roll once.
-    #[arg(long, default_value_t = crate::rollout::Settings::default().coalesce.as_millis() as u64)]
+    #[arg(long, default_value_t = crate::controllers::rollout::Settings::default().coalesce.as_millis() as u64)]
     pub rollout_coalesce_ms: u64,
     /// How often every workload is compared even without a change, in seconds (a safety net).
-    #[arg(long, default_value_t = crate::rollout::Settings::default().resync.as_secs())]
+    #[arg(long, default_value_t = crate::controllers::rollout::Settings::default().resync.as_secs())]
     pub rollout_resync_seconds: u64,
     /// With `--secrets get`: how often the leading replica reads each Secret a workload
     /// references (by name, at most 50 reads a second), so that a rotation rolls its readers
     /// within this time (plus coalescing) without a Secret watch.
-    #[arg(long, default_value_t = crate::rollout::secret_poll::PERIOD.as_secs())]
+    #[arg(long, default_value_t = crate::controllers::rollout::secret_poll::PERIOD.as_secs())]
     pub secret_poll_seconds: u64,
     /// A Secret in confgate's namespace whose key `url` is a JSON webhook (Slack's incoming
     /// webhooks, or anything taking a `text` field) that hears of rollouts, holds and failures,
@@ -132,7 +132,7 @@ pub struct ServeArgs {
     /// An unfinished rollout whose status has not moved for this many seconds is stuck (or the
     /// Deployment controller gave up on it): it no longer holds the next configuration change,
     /// which may be the fix.
-    #[arg(long, default_value_t = crate::rollout::Settings::default().stuck_after.as_secs())]
+    #[arg(long, default_value_t = crate::controllers::rollout::Settings::default().stuck_after.as_secs())]
     pub rollout_stuck_seconds: u64,
     /// confgate's own namespace: the Lease that elects the replica writing rollouts, and the
     /// checksum key Secret, live here.
@@ -223,7 +223,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "--tls-secret needs a live cluster (not --cluster none or --cluster-state)"
         ),
         (Some(name), Some(client)) => {
-            let secret = crate::server::tls_secret::TlsSecret {
+            let secret = crate::controllers::tls_secret::TlsSecret {
                 client: client.clone(),
                 namespace: args.namespace.clone(),
                 name: name.clone(),
@@ -273,14 +273,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(client) = &client {
         state
             .reviews
-            .follow_up_with(crate::followup::Followups::start(
+            .follow_up_with(crate::controllers::followup::Followups::start(
                 client.clone(),
                 state.reviews.judging(),
             ));
     }
-    let mut leadership: Option<crate::lease::Leader> = None;
+    let mut leadership: Option<crate::controllers::lease::Leader> = None;
     if let (Some(client), Some((changed, workloads, guarded))) = (&client, config_changed) {
-        let settings = crate::rollout::Settings {
+        let settings = crate::controllers::rollout::Settings {
             per_minute: args.rollout_rate_per_minute,
             burst: args.rollout_burst,
             min_interval: Duration::from_secs(args.rollout_min_interval_seconds),
@@ -288,26 +288,27 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             resync: Duration::from_secs(args.rollout_resync_seconds.max(1)),
             stuck_after: Duration::from_secs(args.rollout_stuck_seconds),
         };
-        let election = crate::rollout::Election {
+        let election = crate::controllers::rollout::Election {
             namespace: args.namespace.clone(),
             lease: args.lease_name.clone(),
-            identity: crate::rollout::Election::identity(),
+            identity: crate::controllers::rollout::Election::identity(),
             owners: owners.clone(),
         };
-        let instance = crate::audit::Reporting::instance_of(&args.namespace, &args.lease_name);
-        let leader = crate::rollout::leadership(client.clone(), election);
+        let instance =
+            crate::controllers::audit::Reporting::instance_of(&args.namespace, &args.lease_name);
+        let leader = crate::controllers::rollout::leadership(client.clone(), election);
         leadership = Some(leader.clone());
         // The controllers run on their own runtime, at a lower CPU priority, with their own
         // client: a burst of rollouts or an audit never delays an admission answer.
         let background = crate::background::runtime().context("the controllers' runtime")?;
         let webhook_client = client;
         let client = &background_client(&background, webhook_client).await;
-        background.spawn(crate::protection::run(
+        background.spawn(crate::controllers::protection::run(
             client.clone(),
             state.reviews.judging(),
             workloads.clone(),
-            crate::protection::Guard {
-                finalizer: crate::protection::finalizer(&instance),
+            crate::controllers::protection::Guard {
+                finalizer: crate::controllers::protection::finalizer(&instance),
                 lease: (args.namespace.clone(), args.lease_name.clone()),
                 caches: guarded,
             },
@@ -316,7 +317,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         if args.secrets == crate::cluster::live::SecretsMode::Get {
             // No Secret watch: the referenced Secrets are read by name, so a rotation rolls
             // its readers within a minute.
-            background.spawn(crate::rollout::secret_poll::run(
+            background.spawn(crate::controllers::rollout::secret_poll::run(
                 client.clone(),
                 workloads.clone(),
                 changed.clone(),
@@ -335,7 +336,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
             None => crate::notify::Notifier::off(),
         };
-        background.spawn(crate::rollout::run(
+        background.spawn(crate::controllers::rollout::run(
             client.clone(),
             state.reviews.judging(),
             workloads,
@@ -345,14 +346,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             notifier,
         ));
         if let Some(interval) = args.audit_interval.0 {
-            background.spawn(crate::audit::run(
+            background.spawn(crate::controllers::audit::run(
                 client.clone(),
                 state.reviews.judging(),
                 leader,
                 interval,
                 Some(changed),
-                crate::audit::Reporting {
-                    instance: crate::audit::Reporting::instance_of(
+                crate::controllers::audit::Reporting {
+                    instance: crate::controllers::audit::Reporting::instance_of(
                         &args.namespace,
                         &args.lease_name,
                     ),
@@ -373,9 +374,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(url) = args.webhook_url {
             webhook_options.target = crate::webhooks::Target::Url(url);
         }
-        tokio::spawn(crate::server::manage_webhooks::run(
+        let ready = {
+            let state = state.clone();
+            move || state.readiness()
+        };
+        tokio::spawn(crate::controllers::manage_webhooks::run(
             client,
-            state.clone(),
+            state.reviews.policies.clone(),
+            ready,
             webhook_options,
             ca_file,
             owners.clone(),
@@ -395,7 +401,7 @@ type ClusterParts = (
     Arc<dyn ClusterState>,
     Option<kube::Client>,
     Option<(
-        Arc<crate::cluster::live::ConfigChanges>,
+        Arc<crate::cluster::changes::ConfigChanges>,
         Arc<crate::cluster::workloads::Index>,
         Guarded,
     )>,
@@ -404,7 +410,7 @@ type ClusterParts = (
 /// The caches whose objects the config guard marks while they are read.
 type Guarded = Vec<(
     crate::workload::Source,
-    Arc<crate::cluster::live::Cache<crate::cluster::ConfigData>>,
+    Arc<crate::cluster::cache::Cache<crate::cluster::ConfigData>>,
 )>;
 
 /// The cluster state, and the client when there is a live cluster.
@@ -417,7 +423,7 @@ async fn cluster_state(args: &ServeArgs) -> anyhow::Result<ClusterParts> {
         ));
     }
     let live = |client: kube::Client| -> ClusterParts {
-        let key = crate::cluster::live::KeySecret {
+        let key = crate::cluster::checksum_key::KeySecret {
             namespace: args.namespace.clone(),
             name: args.checksum_key_secret.clone(),
             create: true,
@@ -465,7 +471,7 @@ async fn cluster_state(args: &ServeArgs) -> anyhow::Result<ClusterParts> {
 /// The client for the in-cluster config or the kubeconfig, with a short connect timeout: kube's
 /// default (30 s) would leave the watch caches quiet, not failing, for that long when the API
 /// server's address stops answering, and their staleness would go unreported in between
-/// (`cluster::live::RECOVERED_AFTER`).
+/// (`cluster::cache::RECOVERED_AFTER`).
 async fn client() -> Result<kube::Client, kube::Error> {
     let config = config().await?;
     // Never silently: a kubeconfig left on a laptop may point at production.
@@ -566,7 +572,7 @@ fn tls_request(args: &ServeArgs) -> anyhow::Result<crate::certs::CertRequest> {
         namespace: args.namespace.clone(),
         dns: Vec::new(),
         ips: Vec::new(),
-        days: crate::server::tls_secret::VALID_DAYS,
+        days: crate::controllers::tls_secret::VALID_DAYS,
     };
     for san in &args.tls_sans {
         match san.parse::<std::net::IpAddr>() {

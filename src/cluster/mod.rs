@@ -5,6 +5,9 @@
 //! [`static_state::StaticState`] (manifests given with `--cluster-state`), and [`Standalone`]
 //! (no cluster: every lookup is "unknown", and policies say what they could not check).
 
+pub mod cache;
+pub mod changes;
+pub mod checksum_key;
 pub mod fresh;
 pub mod layered;
 pub mod live;
@@ -12,6 +15,10 @@ mod promised;
 pub mod promises;
 pub mod static_state;
 pub mod workloads;
+
+/// How long a judgement may wait for its reads from the API server (Secrets in `get` mode,
+/// and the confirmation of what a denial rests on).
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ConfigMap, LimitRangeSpec, Secret};

@@ -5,13 +5,14 @@
 //! promises unknown, so a missing Secret in that case is "not checked", never denied.
 
 use super::CacheKind;
+use super::cache::{Cache, watch_into};
 use super::fresh::Listed;
-use super::live::{Cache, watch_into};
 use super::promises::{PROMISERS, Promise, Promised, PromiserKind, Promises};
 use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::{Api, Client};
+use parking_lot::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// How often discovery looks for promiser CRDs.
@@ -54,7 +55,7 @@ impl Followed {
 
     /// The resources followed (`certificates.cert-manager.io`), sorted.
     pub fn names(&self) -> Vec<String> {
-        let kinds = self.kinds.read().unwrap_or_else(|p| p.into_inner());
+        let kinds = self.kinds.read();
         let mut names: Vec<String> = kinds.iter().map(|k| k.kind.resource()).collect();
         names.sort();
         names
@@ -67,7 +68,7 @@ impl Followed {
                 "the kinds that promise Secrets are not discovered yet".into(),
             );
         }
-        let kinds = self.kinds.read().unwrap_or_else(|p| p.into_inner());
+        let kinds = self.kinds.read();
         let mut found = Vec::new();
         for kind in kinds.iter() {
             if !kind.cache.is_synced() {
@@ -89,14 +90,13 @@ impl Followed {
     /// caches last saw them.
     pub async fn list_now(&self, client: &Client, namespace: &str) -> Listed {
         let kinds: Vec<(&'static PromiserKind, ApiResource)> = {
-            let kinds = self.kinds.read().unwrap_or_else(|p| p.into_inner());
+            let kinds = self.kinds.read();
             kinds.iter().map(|k| (k.kind, k.resource.clone())).collect()
         };
         let lists = kinds.iter().map(|(kind, resource)| async move {
             let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, resource);
             let listed =
-                tokio::time::timeout(super::live::READ_TIMEOUT, api.list(&ListParams::default()))
-                    .await;
+                tokio::time::timeout(super::READ_TIMEOUT, api.list(&ListParams::default())).await;
             match listed {
                 Ok(Ok(list)) => Ok(list
                     .items
@@ -129,7 +129,7 @@ impl Followed {
     }
 
     fn follows(&self, kind: &PromiserKind) -> bool {
-        let kinds = self.kinds.read().unwrap_or_else(|p| p.into_inner());
+        let kinds = self.kinds.read();
         kinds.iter().any(|k| std::ptr::eq(k.kind, kind))
     }
 }
@@ -172,7 +172,7 @@ pub async fn follow(client: Client, followed: Weak<Followed>) {
             return;
         };
         {
-            let mut kinds = this.kinds.write().unwrap_or_else(|p| p.into_inner());
+            let mut kinds = this.kinds.write();
             kinds.retain(|k| {
                 let keep = served.iter().any(|(kind, _)| std::ptr::eq(k.kind, *kind))
                     || unsure.iter().any(|kind| std::ptr::eq(k.kind, *kind));
@@ -193,15 +193,12 @@ pub async fn follow(client: Client, followed: Weak<Followed>) {
                 Some(entry(kind, o))
             }));
             tracing::info!(resource = %kind.resource(), version = %resource.version, "following the Secrets it promises");
-            this.kinds
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(Kind {
-                    kind,
-                    resource,
-                    cache,
-                    task,
-                });
+            this.kinds.write().push(Kind {
+                kind,
+                resource,
+                cache,
+                task,
+            });
         }
         this.discovered.store(true, Ordering::Release);
         drop(this);
@@ -236,7 +233,7 @@ async fn served_version(client: &Client, kind: &PromiserKind) -> Result<Option<A
 
 impl Drop for Followed {
     fn drop(&mut self) {
-        let kinds = self.kinds.get_mut().unwrap_or_else(|p| p.into_inner());
+        let kinds = self.kinds.get_mut();
         for kind in kinds.iter() {
             kind.task.abort();
         }

@@ -143,7 +143,7 @@ impl StaticState {
         if let Some(hook) = super::promises::hook(&doc) {
             self.hooks.entry(namespace()).or_default().push(hook);
         }
-        if let Some(kind) = super::workloads::KINDS.iter().find(|k| **k == kind) {
+        if let Some(kind) = crate::workload::ROLLING_KINDS.iter().find(|k| **k == kind) {
             let mut doc = doc;
             if doc.pointer("/metadata/namespace").is_none()
                 && let Some(meta) = doc.get_mut("metadata").and_then(Value::as_object_mut)

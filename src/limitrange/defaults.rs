@@ -3,6 +3,7 @@
 
 use super::{POD_LEVEL_RESOURCES, ResourceList, Semantics, quantity_of};
 use crate::quantity::Quantity;
+use crate::workload::entry_object;
 use serde_json::{Map, Value};
 
 /// The prefix of upstream's `kubernetes.io/limit-ranger` annotation.
@@ -142,21 +143,6 @@ fn fill(resources: &mut Map<String, Value>, field: &str, defaults: &ResourceList
         set.push(k.clone());
     }
     set
-}
-
-/// The object at `map[key]`, created (or replacing a non-object) when needed. Always `Some`;
-/// an `Option` only so that no code path can panic.
-pub fn entry_object<'a>(
-    map: &'a mut Map<String, Value>,
-    key: &str,
-) -> Option<&'a mut Map<String, Value>> {
-    let slot = map
-        .entry(key.to_owned())
-        .or_insert_with(|| Value::Object(Map::new()));
-    if !slot.is_object() {
-        *slot = Value::Object(Map::new());
-    }
-    slot.as_object_mut()
 }
 
 fn containers_mut<'a>(spec: &'a mut Value, list: &str) -> impl Iterator<Item = &'a mut Value> {

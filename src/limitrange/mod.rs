@@ -8,7 +8,7 @@
 mod defaults;
 mod validate;
 
-pub use defaults::{ANNOTATION_PREFIX, copy_limits_to_requests, entry_object, merge_defaults};
+pub use defaults::{ANNOTATION_PREFIX, copy_limits_to_requests, merge_defaults};
 pub use validate::{pod_total, unreadable_quantities, validate_spec};
 
 use crate::quantity::{Quantity, QuantityError};

@@ -7,7 +7,7 @@ use super::{
 };
 use super::{quantity_of, resource_list};
 use crate::quantity::{
-    Quantity, comparable, exceeds_ratio, fits_milli, ratio_exceeds, ratio_string,
+    Quantity, comparable, exceeds_ratio, fits_milli, ratio_string, rounded_ratio_exceeds,
 };
 use crate::workload::{ContainerKind, containers};
 use serde_json::Value;
@@ -134,9 +134,9 @@ impl Check<'_> {
                 let observed = l as f64 / r as f64;
                 // l / r > max, exactly: at milli precision `l * 1000 > max_milli * r`.
                 let exceeds = if fits_milli(enforced) {
-                    ratio_exceeds(l * 1000, r, enforced.milli_value())
+                    rounded_ratio_exceeds(l * 1000, r, enforced.milli_value())
                 } else {
-                    ratio_exceeds(l, r, enforced.value())
+                    rounded_ratio_exceeds(l, r, enforced.value())
                 };
                 exceeds.then(|| format!("{prefix} provided ratio is {observed:.6}"))
             }

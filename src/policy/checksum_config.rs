@@ -27,8 +27,9 @@
 use super::{Capabilities, Context, Findings, Policy, PolicyError, SettingsError, parse_settings};
 use crate::cluster::{ChecksumKey, ConfigData, Lookup};
 use crate::workload::{
-    Keys, MOUNTED_FILES_RELOAD, Site, Source, WORKLOAD_KINDS, extra_objects, pod_spec, references,
-    set_template_annotation, sub_path_volumes, template_annotation, template_annotation_owners,
+    Keys, MOUNTED_FILES_RELOAD, STAMPED_BY_DEFAULT, Site, Source, WORKLOAD_KINDS, extra_objects,
+    pod_spec, references, set_template_annotation, sub_path_volumes, template_annotation,
+    template_annotation_owners,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -42,9 +43,6 @@ pub const DEFAULT_ANNOTATION: &str = "checksum/config";
 /// Where the checksum goes when the workload's manifest manages the configured annotation
 /// itself (a Helm chart's `checksum/config: {{ sha256sum ... }}`): that value is left alone.
 pub const OWN_ANNOTATION: &str = "confgate.dev/config-checksum";
-/// Kinds stamped by default: the ones that roll their Pods when the template changes (Argo
-/// Rollouts' `Rollout` where its CRD is installed).
-pub const DEFAULT_KINDS: [&str; 4] = ["Deployment", "StatefulSet", "DaemonSet", "Rollout"];
 
 fn default_annotation() -> String {
     DEFAULT_ANNOTATION.to_owned()
@@ -144,7 +142,9 @@ impl ChecksumConfig {
     /// Validates settings.
     pub fn from_settings(settings: Value) -> Result<Self, SettingsError> {
         let settings: ChecksumConfigSettings = parse_settings(settings)?;
-        let mut kinds: Vec<String> = DEFAULT_KINDS.iter().map(|k| (*k).to_owned()).collect();
+        // Stamped by default: the kinds that roll their Pods when the template changes (Argo
+        // Rollouts' `Rollout` where its CRD is installed).
+        let mut kinds: Vec<String> = STAMPED_BY_DEFAULT.iter().map(|k| (*k).to_owned()).collect();
         for (i, kind) in settings.kinds.iter().enumerate() {
             if !WORKLOAD_KINDS.contains(&kind.as_str()) {
                 return Err(SettingsError::at(
@@ -309,7 +309,7 @@ impl Policy for ChecksumConfig {
     }
 
     fn kinds(&self) -> Option<&'static [&'static str]> {
-        Some(WORKLOAD_KINDS)
+        Some(WORKLOAD_KINDS.as_slice())
     }
 
     fn default_kinds(&self) -> Option<Vec<String>> {

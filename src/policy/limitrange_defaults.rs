@@ -282,7 +282,7 @@ impl Policy for LimitRangeDefaults {
     }
 
     fn kinds(&self) -> Option<&'static [&'static str]> {
-        Some(WORKLOAD_KINDS)
+        Some(WORKLOAD_KINDS.as_slice())
     }
 
     fn mutate(

@@ -241,17 +241,7 @@ pub fn labels_of(object: &Value) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-/// Workload kinds that carry a pod template and make other workloads from it.
-pub const CONTROLLER_KINDS: &[&str] = &[
-    "Deployment",
-    "ReplicaSet",
-    "StatefulSet",
-    "DaemonSet",
-    "Job",
-    "CronJob",
-    "ReplicationController",
-    "Rollout",
-];
+pub use crate::workload::CONTROLLER_KINDS;
 
 /// The kind and name of the controller that made `object` (`ownerReferences` with
 /// `controller: true`), when it is one of `judged`. Such an object was judged as its owner's

@@ -15,7 +15,7 @@
 //! A DELETE is never refused, so removing a whole app goes through in any order
 //! (`kubectl delete -f dir/` in file order, GitOps prune, namespace deletion): with
 //! `action: Deny`, an object live workloads read carries the installation's finalizer
-//! (`crate::protection`) and its deletion waits for the last reader to go; the answer warns and
+//! (`crate::controllers::protection`) and its deletion waits for the last reader to go; the answer warns and
 //! names the readers. A key a live workload reads stays protected, also in an object whose
 //! deletion is waiting. The namespace controller and the garbage collector are never judged;
 //! workloads being deleted do not count.

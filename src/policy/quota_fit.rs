@@ -426,7 +426,7 @@ impl Policy for QuotaFit {
     }
 
     fn kinds(&self) -> Option<&'static [&'static str]> {
-        Some(WORKLOAD_KINDS)
+        Some(WORKLOAD_KINDS.as_slice())
     }
 
     fn fails_open(&self) -> bool {

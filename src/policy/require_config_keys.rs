@@ -578,7 +578,7 @@ impl Policy for RequireConfigKeys {
     }
 
     fn kinds(&self) -> Option<&'static [&'static str]> {
-        Some(WORKLOAD_KINDS)
+        Some(WORKLOAD_KINDS.as_slice())
     }
 
     fn validate(

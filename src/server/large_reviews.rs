@@ -13,9 +13,10 @@
 //! Its own pool because a thread cannot leave `SCHED_IDLE` again without privileges: tokio's
 //! blocking pool is shared and its threads must stay at normal priority.
 
+use parking_lot::Mutex;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
-use std::sync::{Arc, Mutex, PoisonError};
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -78,7 +79,6 @@ impl LargeReviewPool {
         });
         self.jobs
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
             .send(job)
             .map_err(|_| PoolError::Unavailable)?;
         match rx.await {
@@ -93,7 +93,7 @@ fn work(queue: &Mutex<Receiver<Job>>) {
     lower_priority();
     loop {
         // The lock is held only while waiting for the next job, not while running it.
-        let next = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let next = queue.lock().recv();
         match next {
             Ok(job) => job(),
             Err(_) => return,

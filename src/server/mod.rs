@@ -5,11 +5,9 @@ pub mod budget;
 pub mod conn;
 pub mod handlers;
 pub mod large_reviews;
-pub mod manage_webhooks;
 mod reload;
 pub mod service;
 pub mod tls;
-pub mod tls_secret;
 
 use crate::cluster::ClusterState;
 use crate::engine::Engine;

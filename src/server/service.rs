@@ -63,7 +63,7 @@ pub struct ReviewService {
     /// Per-review limits.
     limits: Limits,
     /// Where reviews admitted while a Secret they read may still arrive are judged again.
-    followups: std::sync::OnceLock<crate::followup::Followups>,
+    followups: std::sync::OnceLock<crate::controllers::followup::Followups>,
 }
 
 /// Why a request got no AdmissionReview answer.
@@ -124,7 +124,7 @@ impl ReviewService {
     }
 
     /// Judges again, later, what a policy asked to see again (live clusters only); set once.
-    pub fn follow_up_with(&self, followups: crate::followup::Followups) {
+    pub fn follow_up_with(&self, followups: crate::controllers::followup::Followups) {
         let _ = self.followups.set(followups);
     }
 

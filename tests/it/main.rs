@@ -5,6 +5,7 @@
 
 mod common;
 
+mod architecture;
 mod chart;
 mod checksum_config;
 mod cli;

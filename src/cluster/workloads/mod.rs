@@ -5,25 +5,16 @@
 //! it may roll now. Never a value of the configuration itself.
 
 use crate::cluster::CacheKind;
-use crate::cluster::live::{Cache, Key, Observer, watch_into};
+use crate::cluster::cache::{Cache, Key, Observer, watch_into};
 use crate::workload::{
-    OwnedReference, READ_ANNOTATIONS, Source, extra_objects, nested, references,
-    spec_from_references, sub_path_volumes, template_annotation_owners, template_path,
+    OwnedReference, READ_ANNOTATIONS, Source, WorkloadKind, api_resource, extra_objects, nested,
+    references, spec_from_references, sub_path_volumes, template_annotation_owners, template_path,
 };
 use kube::api::{Api, DynamicObject};
+use parking_lot::RwLock;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-
-/// The kinds that roll (CronJob: its next Job runs with the new configuration; Argo Rollouts'
-/// Rollout where its CRD is installed).
-pub const KINDS: [&str; 5] = [
-    "Deployment",
-    "StatefulSet",
-    "DaemonSet",
-    "CronJob",
-    "Rollout",
-];
+use std::sync::Arc;
 
 /// How often the index looks for the Rollout CRD while it is not installed.
 const DISCOVERY_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
@@ -188,8 +179,6 @@ impl Workload {
 /// The annotation on a workload that keeps the controller away from it.
 pub const OPT_OUT: &str = crate::cluster::ROLLOUT_OPT_OUT;
 
-pub use crate::workload::api_resource;
-
 /// Runs `watch` once the API server serves `resource` (a CRD's kind, such as Argo Rollouts'
 /// Rollout), looking every [`DISCOVERY_EVERY`]; until then the cache is empty and counts as
 /// settled (nothing to wait for), so readiness never waits for a kind the cluster lacks.
@@ -322,9 +311,9 @@ pub fn failing(object: &Value) -> bool {
 /// Whether the workload runs Pods, so that its rollout can show whether they are healthy.
 pub fn shows_health(kind: &str, object: &Value) -> bool {
     let number = |p: &str| object.pointer(p).and_then(Value::as_i64);
-    match kind {
-        "Deployment" | "StatefulSet" | "Rollout" => number("/spec/replicas").unwrap_or(1) > 0,
-        "DaemonSet" => number("/status/desiredNumberScheduled").unwrap_or(0) > 0,
+    match WorkloadKind::parse(kind) {
+        Some(k) if k.has_replicas() => number("/spec/replicas").unwrap_or(1) > 0,
+        Some(WorkloadKind::DaemonSet) => number("/status/desiredNumberScheduled").unwrap_or(0) > 0,
         _ => false,
     }
 }
@@ -370,10 +359,13 @@ pub fn settled(kind: &str, object: &Value) -> bool {
             .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
     });
     let observed = observed_generation.unwrap_or(0) >= number("/metadata/generation").unwrap_or(0);
+    let Some(kind) = WorkloadKind::parse(kind) else {
+        return true;
+    };
     match kind {
         // Argo Rollouts says it itself: `Healthy` once every step is done and every replica
         // is available; `Progressing`, `Paused` (a canary step waiting) and `Degraded` are not.
-        "Rollout" => match object.pointer("/status/phase").and_then(Value::as_str) {
+        WorkloadKind::Rollout => match object.pointer("/status/phase").and_then(Value::as_str) {
             Some(phase) => observed && phase == "Healthy",
             None => {
                 let wanted = number("/spec/replicas").unwrap_or(1);
@@ -384,7 +376,7 @@ pub fn settled(kind: &str, object: &Value) -> bool {
         },
         // As `kubectl rollout status`: every replica updated and ready, and no old replica left
         // (while the old Pods still run, they count as ready but the rollout is not done).
-        "Deployment" | "StatefulSet" => {
+        WorkloadKind::Deployment | WorkloadKind::StatefulSet => {
             let wanted = number("/spec/replicas").unwrap_or(1);
             let updated = number("/status/updatedReplicas").unwrap_or(0);
             let revisions = object.pointer("/status/updateRevision")
@@ -393,15 +385,20 @@ pub fn settled(kind: &str, object: &Value) -> bool {
                 && updated >= wanted
                 && number("/status/readyReplicas").unwrap_or(0) >= wanted
                 && number("/status/replicas").unwrap_or(0) <= updated
-                && (kind == "Deployment" || revisions)
+                && (kind == WorkloadKind::Deployment || revisions)
         }
-        "DaemonSet" => {
+        WorkloadKind::DaemonSet => {
             let wanted = number("/status/desiredNumberScheduled").unwrap_or(0);
             observed
                 && number("/status/updatedNumberScheduled").unwrap_or(0) >= wanted
                 && number("/status/numberReady").unwrap_or(0) >= wanted
         }
-        _ => true,
+        // Not rolled by the controller: nothing to wait for.
+        WorkloadKind::Pod
+        | WorkloadKind::ReplicaSet
+        | WorkloadKind::ReplicationController
+        | WorkloadKind::Job
+        | WorkloadKind::CronJob => true,
     }
 }
 
@@ -448,7 +445,7 @@ impl Observer<Workload> for Reverse {
             return;
         };
         let (namespace, name) = key;
-        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.map.write();
         for (source, object) in before.iter() {
             let hash = object_hash(*source, namespace, object);
             if let Some(users) = map.get_mut(&hash) {
@@ -484,7 +481,7 @@ impl Index {
             let watch = watch_into(api, cache.clone(), move |o: &DynamicObject| {
                 serde_json::to_value(o).ok().and_then(|v| reduce(kind, &v))
             });
-            if kind == "Rollout" {
+            if WorkloadKind::parse(kind) == Some(WorkloadKind::Rollout) {
                 tokio::spawn(when_served(client.clone(), resource, cache, watch));
             } else {
                 tokio::spawn(watch);
@@ -496,7 +493,7 @@ impl Index {
     /// An index fed by hand (benchmarks and tests): `follow` each cache.
     pub fn detached() -> Arc<Self> {
         let reverse = Arc::new(Reverse::default());
-        let caches = KINDS
+        let caches = crate::workload::ROLLING_KINDS
             .iter()
             .map(|kind| {
                 (
@@ -532,14 +529,7 @@ impl Index {
         self.caches
             .iter()
             .filter(|(_, c)| c.is_forbidden())
-            .filter_map(|(kind, _)| match *kind {
-                "Deployment" => Some("deployments"),
-                "StatefulSet" => Some("statefulsets"),
-                "DaemonSet" => Some("daemonsets"),
-                "CronJob" => Some("cronjobs"),
-                "Rollout" => Some("rollouts.argoproj.io"),
-                _ => None,
-            })
+            .filter_map(|(kind, _)| WorkloadKind::parse(kind).map(WorkloadKind::resource_name))
             .collect()
     }
 
@@ -558,13 +548,22 @@ impl Index {
         self.len() == 0
     }
 
+    /// The live workloads that read ConfigMap/Secret `namespace/name` without `optional:
+    /// true`, as `deployment ns/web`: those its deletion would break.
+    pub fn required_readers(&self, source: Source, namespace: &str, name: &str) -> Vec<String> {
+        self.consumers(source, namespace, name)
+            .into_iter()
+            .filter(|w| !w.deleting && w.requires(source, name))
+            .map(|w| format!("{} {}/{}", w.kind.to_lowercase(), w.namespace, w.name))
+            .collect()
+    }
+
     /// The workloads that reference ConfigMap/Secret `namespace/name`.
     pub fn consumers(&self, source: Source, namespace: &str, name: &str) -> Vec<Arc<Workload>> {
         let users: Vec<Consumer> = self
             .reverse
             .map
             .read()
-            .unwrap_or_else(|p| p.into_inner())
             .get(&object_hash(source, namespace, name))
             .cloned()
             .unwrap_or_default();

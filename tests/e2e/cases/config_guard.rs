@@ -12,7 +12,7 @@ const LET_GO: Duration = Duration::from_secs(10);
 
 /// How long the Lease is valid without renewal: a restarted replica leads after it.
 fn crate_lease_duration() -> Duration {
-    confgate::lease::DURATION
+    confgate::controllers::lease::DURATION
 }
 
 /// Waits until ConfigMap `app-config` carries confgate's mark (its readers are indexed).

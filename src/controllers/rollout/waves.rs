@@ -384,12 +384,13 @@ impl Waves {
 pub fn workload_health(kind: &str, object: &Value) -> Health {
     use crate::cluster::workloads::{failing, settled, shows_health};
     let number = |p: &str| object.pointer(p).and_then(Value::as_i64);
-    let available = match kind {
-        "Deployment" | "StatefulSet" | "Rollout" => {
+    use crate::workload::WorkloadKind;
+    let available = match WorkloadKind::parse(kind) {
+        Some(k) if k.has_replicas() => {
             number("/status/availableReplicas").unwrap_or(0)
                 >= number("/spec/replicas").unwrap_or(1)
         }
-        "DaemonSet" => {
+        Some(WorkloadKind::DaemonSet) => {
             number("/status/numberAvailable").unwrap_or(0)
                 >= number("/status/desiredNumberScheduled").unwrap_or(0)
         }

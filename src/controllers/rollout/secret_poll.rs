@@ -11,7 +11,7 @@
 //! Secrets: 2,250 at 50 reads a second); more referenced Secrets make the pass longer.
 
 use crate::cluster::ConfigData;
-use crate::cluster::live::ConfigChanges;
+use crate::cluster::changes::ConfigChanges;
 use crate::cluster::workloads::Index;
 use crate::workload::Source;
 use k8s_openapi::api::core::v1::Secret;
@@ -46,7 +46,7 @@ pub async fn run(
     client: Client,
     index: Arc<Index>,
     changes: Arc<ConfigChanges>,
-    leadership: crate::lease::Leader,
+    leadership: crate::controllers::lease::Leader,
     period: Duration,
 ) {
     let mut leader = leadership.watch();

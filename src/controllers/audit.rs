@@ -11,9 +11,9 @@
 
 use crate::admission::{review_from_value, wrap_manifest};
 use crate::cluster::fresh::Fresh;
-use crate::cluster::workloads::{KINDS, api_resource};
 use crate::engine::{Engine, Judgement, Outcome};
 use crate::policy::{Phase, PolicySet};
+use crate::workload::{ROLLING_KINDS, api_resource};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Client;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
@@ -127,7 +127,7 @@ pub async fn judge(
 pub async fn scan(client: &Client, engine: &Engine, set: &PolicySet) -> Result<Audit, kube::Error> {
     let mut audit = Audit::default();
     let mut fresh = Fresh::default();
-    for kind in KINDS {
+    for kind in ROLLING_KINDS.iter().copied() {
         let Some(resource) = api_resource(kind) else {
             continue;
         };
@@ -370,9 +370,9 @@ const MIN_GAP: Duration = Duration::from_secs(30);
 pub async fn run(
     client: Client,
     judging: crate::engine::Judging,
-    leadership: crate::lease::Leader,
+    leadership: crate::controllers::lease::Leader,
     interval: Duration,
-    changes: Option<std::sync::Arc<crate::cluster::live::ConfigChanges>>,
+    changes: Option<std::sync::Arc<crate::cluster::changes::ConfigChanges>>,
     reporting: Reporting,
 ) {
     let recorded = || changes.as_ref().map_or(0, |c| c.recorded());
@@ -437,12 +437,11 @@ pub async fn run(
         let changed = async {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let now = recorded();
-                if now != seen && started.elapsed() >= MIN_GAP {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    if recorded() == now {
-                        return;
+                if recorded() != seen && started.elapsed() >= MIN_GAP {
+                    if let Some(changes) = &changes {
+                        changes.settle(Duration::from_secs(1)).await;
                     }
+                    return;
                 }
             }
         };

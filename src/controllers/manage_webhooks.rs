@@ -6,7 +6,6 @@
 //! both configurations name that ClusterRole as their owner, so deleting confgate's RBAC
 //! (uninstalling it) has the garbage collector delete them too.
 
-use super::AppState;
 use crate::webhooks::{Options, generate};
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
@@ -28,7 +27,8 @@ const RESYNC_EVERY: Duration = Duration::from_secs(300);
 /// Runs forever; failures are logged and retried at the next check.
 pub async fn run(
     client: Client,
-    state: Arc<AppState>,
+    policies: Arc<crate::policy::PolicyStore>,
+    ready: impl Fn() -> Result<String, String>,
     mut options: Options,
     ca_file: PathBuf,
     owners: crate::owners::Owners,
@@ -47,7 +47,7 @@ pub async fn run(
     }
     // No webhook before this confgate can answer it: wait until it is ready (caches synced).
     let mut waited = false;
-    while let Err(reason) = state.readiness() {
+    while let Err(reason) = ready() {
         if !waited {
             tracing::info!(%reason, "webhook registration waits until confgate is ready");
             waited = true;
@@ -64,7 +64,7 @@ pub async fn run(
                 tracing::warn!(ca = %ca_file.display(), %error, "cannot read the CA bundle; webhooks not updated")
             }
             Ok(ca) => {
-                let set = state.reviews.policies.current();
+                let set = policies.current();
                 let inputs = Sha256::new()
                     .chain_update(set.fingerprint.as_bytes())
                     .chain_update(&ca)

@@ -163,7 +163,9 @@ async fn follow_up(
     let engine = Engine::new(judging.cluster.clone());
     let set = judging.policies.current();
     let mut fresh = Fresh::default();
-    let findings = crate::audit::judge(&engine, &set, &due.resource.kind, value, &mut fresh).await;
+    let findings =
+        crate::controllers::audit::judge(&engine, &set, &due.resource.kind, value, &mut fresh)
+            .await;
     let broken: Vec<String> = findings
         .into_iter()
         .filter(|(_, result, _)| *result == "fail" || *result == "warn")

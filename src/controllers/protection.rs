@@ -17,7 +17,7 @@
 //! Only the leader writes. The decision ([`decide`]) is a pure function; the API calls are in
 //! [`run`]'s loop.
 
-use crate::cluster::live::{Cache, Key};
+use crate::cluster::cache::{Cache, Key};
 use crate::cluster::workloads::Index;
 use crate::cluster::{ConfigData, IN_USE_PREFIX};
 use crate::engine::Judging;
@@ -92,7 +92,7 @@ pub async fn run(
     judging: Judging,
     index: Arc<Index>,
     guard: Guard,
-    leader: crate::lease::Leader,
+    leader: crate::controllers::lease::Leader,
 ) {
     let recorder = crate::events::recorder(client.clone());
     let mut state = State::default();
@@ -122,7 +122,7 @@ pub async fn run(
             for (key, data) in cache.entries() {
                 let marks = data.marks();
                 let marked = marks.finalizers.contains(&guard.finalizer);
-                let readers = readers(&index, *source, &key);
+                let readers = index.required_readers(*source, &key.0, &key.1);
                 let guarded = *guarded_in
                     .entry((*source, key.0.clone()))
                     .or_insert_with(|| guards(&judging, *source, &key.0));
@@ -191,22 +191,12 @@ impl State {
             }
             Err(error) => {
                 let failures = self.failing.get(&id).map_or(0, |(n, _)| *n) + 1;
-                let wait = crate::rollout::failed_write_backoff(failures);
+                let wait = super::failed_write_backoff(failures);
                 tracing::warn!(kind = source.as_str(), namespace = %key.0, name = %key.1, ?change, %error, failures, retry_in_s = wait.as_secs(), "config guard: cannot write the mark");
                 self.failing.insert(id, (failures, Instant::now() + wait));
             }
         }
     }
-}
-
-/// The live workloads that read `key` without `optional: true`, as `deployment ns/web`.
-pub fn readers(index: &Index, source: Source, key: &Key) -> Vec<String> {
-    index
-        .consumers(source, &key.0, &key.1)
-        .into_iter()
-        .filter(|w| !w.deleting && w.requires(source, &key.1))
-        .map(|w| format!("{} {}/{}", w.kind.to_lowercase(), w.namespace, w.name))
-        .collect()
 }
 
 /// True when a `protect-config-keys` policy with `action: Deny` covers deletions of `source`

@@ -28,8 +28,8 @@ pub mod secret_poll;
 mod waves;
 
 use crate::admission::{review_from_value, wrap_manifest};
+use crate::cluster::changes::{Changed, ConfigChanges};
 use crate::cluster::fresh::{Fresh, View};
-use crate::cluster::live::{Changed, ConfigChanges};
 use crate::cluster::workloads::{self as index, Index, Workload};
 use crate::cluster::{ClusterState, ConfigData, Lookup};
 use crate::engine::{Engine, Judging};
@@ -137,28 +137,28 @@ impl Election {
     }
 }
 
-/// Whether this replica holds the Lease (see [`crate::lease`]), for the life of the process.
+/// Whether this replica holds the Lease (see [`crate::controllers::lease`]), for the life of the process.
 /// The rollout controller and the audit write only while it holds; every replica serves the
 /// webhook. The Lease is created with its owner (`--owner-service-account`) when it can be read,
 /// so it goes when confgate is uninstalled.
-pub fn leadership(client: Client, election: Election) -> crate::lease::Leader {
+pub fn leadership(client: Client, election: Election) -> crate::controllers::lease::Leader {
     let store = LazyOwnedLease {
         client,
         election: election.clone(),
         inner: tokio::sync::OnceCell::new(),
     };
-    crate::lease::run(Arc::new(store), election.identity)
+    crate::controllers::lease::run(Arc::new(store), election.identity)
 }
 
 /// The Lease store, made once its owner could be read (or is not configured).
 struct LazyOwnedLease {
     client: Client,
     election: Election,
-    inner: tokio::sync::OnceCell<crate::lease::KubeLease>,
+    inner: tokio::sync::OnceCell<crate::controllers::lease::KubeLease>,
 }
 
 impl LazyOwnedLease {
-    async fn store(&self) -> Result<&crate::lease::KubeLease, String> {
+    async fn store(&self) -> Result<&crate::controllers::lease::KubeLease, String> {
         self.inner
             .get_or_try_init(|| async {
                 let owner = self
@@ -167,7 +167,7 @@ impl LazyOwnedLease {
                     .namespaced(&self.client)
                     .await
                     .map_err(|e| format!("the Lease's owner cannot be read: {e}"))?;
-                Ok(crate::lease::KubeLease::new(
+                Ok(crate::controllers::lease::KubeLease::new(
                     self.client.clone(),
                     &self.election.namespace,
                     &self.election.lease,
@@ -178,36 +178,43 @@ impl LazyOwnedLease {
     }
 }
 
-impl crate::lease::LeaseStore for LazyOwnedLease {
-    fn get(&self) -> futures::future::BoxFuture<'_, Result<Option<crate::lease::Record>, String>> {
+impl crate::controllers::lease::LeaseStore for LazyOwnedLease {
+    fn get(
+        &self,
+    ) -> futures::future::BoxFuture<'_, Result<Option<crate::controllers::lease::Record>, String>>
+    {
         Box::pin(async move { self.store().await?.get().await })
     }
     fn create(
         &self,
         holder: &str,
-    ) -> futures::future::BoxFuture<'_, Result<crate::lease::Record, crate::lease::WriteError>>
-    {
+    ) -> futures::future::BoxFuture<
+        '_,
+        Result<crate::controllers::lease::Record, crate::controllers::lease::WriteError>,
+    > {
         let holder = holder.to_owned();
         Box::pin(async move {
             let store = self
                 .store()
                 .await
-                .map_err(crate::lease::WriteError::Failed)?;
+                .map_err(crate::controllers::lease::WriteError::Failed)?;
             store.create(&holder).await
         })
     }
     fn write(
         &self,
-        current: &crate::lease::Record,
+        current: &crate::controllers::lease::Record,
         holder: &str,
-    ) -> futures::future::BoxFuture<'_, Result<crate::lease::Record, crate::lease::WriteError>>
-    {
+    ) -> futures::future::BoxFuture<
+        '_,
+        Result<crate::controllers::lease::Record, crate::controllers::lease::WriteError>,
+    > {
         let (current, holder) = (current.clone(), holder.to_owned());
         Box::pin(async move {
             let store = self
                 .store()
                 .await
-                .map_err(crate::lease::WriteError::Failed)?;
+                .map_err(crate::controllers::lease::WriteError::Failed)?;
             store.write(&current, &holder).await
         })
     }
@@ -222,7 +229,7 @@ pub async fn run(
     index: Arc<Index>,
     changes: Arc<ConfigChanges>,
     settings: Settings,
-    leadership: crate::lease::Leader,
+    leadership: crate::controllers::lease::Leader,
     notifier: crate::notify::Notifier,
 ) {
     let mut leader = leadership.watch();
@@ -254,7 +261,7 @@ pub async fn run(
             // changes are quiet first, so a ConfigMap and the workload applied with it
             // (`kubectl apply -f dir/`) are compared together and roll once. Changes recorded
             // meanwhile are kept, so their rollouts still name what changed.
-            settle(&changes, settings.coalesce).await;
+            changes.settle(settings.coalesce).await;
             let changed = changes.take();
             controller.reconcile(&index, &changed, true).await;
             full_due = false;
@@ -265,7 +272,7 @@ pub async fn run(
         }
         tokio::select! {
             () = changes.wait() => {
-                settle(&changes, settings.coalesce).await;
+                changes.settle(settings.coalesce).await;
                 let (changed, since) = changes.take_since();
                 if *leader.borrow() {
                     controller.since = since;
@@ -290,27 +297,63 @@ pub fn rollout_stuck(failing: bool, stalled: Duration, stuck_after: Duration) ->
     failing || stalled >= stuck_after
 }
 
-/// How long to wait before writing again to a workload whose last `failures` writes failed:
-/// 5 s, doubling, at most 5 minutes.
-pub fn failed_write_backoff(failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(6);
-    (RETRY * 2u32.pow(doublings)).min(Duration::from_secs(300))
-}
-
 /// How often held-back rollouts are tried again.
 const RETRY: Duration = Duration::from_secs(5);
 
-/// Waits until no change has arrived for `quiet` (at most `2 * quiet`), so that the changes of
-/// one operation (`kubectl apply -f dir/`, a Helm upgrade) are acted on together, and a
-/// workload applied right after its ConfigMap is seen with its own write.
-async fn settle(changes: &ConfigChanges, quiet: Duration) {
-    let started = Instant::now();
-    loop {
-        let seen = changes.recorded();
-        tokio::time::sleep(quiet).await;
-        if changes.recorded() == seen || started.elapsed() >= quiet * 2 {
-            return;
-        }
+/// What the controller knows of a workload when deciding whether to write to it now.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WriteState {
+    /// `confgate.dev/rollout: "false"`.
+    pub opted_out: bool,
+    /// `spec.paused`.
+    pub paused: bool,
+    /// It has a deletionTimestamp.
+    pub deleting: bool,
+    /// Its last rollout is done.
+    pub settled: bool,
+    /// A change broke its last rollout (the next change may be the fix).
+    pub broken: bool,
+    /// Its unfinished rollout is stuck ([`rollout_stuck`]).
+    pub stuck: bool,
+    /// How long ago this controller last rolled it.
+    pub since_last: Option<Duration>,
+    /// Its last writes failed this many times in a row, and the backoff has not passed.
+    pub backing_off: Option<u32>,
+}
+
+/// Whether a workload may be written now, before the waves and the rate limiter have their say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// On to the waves and the rate limiter.
+    Open,
+    /// Not now: `(result, why)`, the result being the metric's (`skipped`: never for this
+    /// change; `throttled`: tried again).
+    Hold(&'static str, &'static str),
+}
+
+/// The decision, in order: what the workload says (opted out, paused, being deleted), an
+/// unfinished rollout (unless stuck, or broken by a change: the next one may be the fix), the
+/// minimum interval between two rollouts (a broken workload does not wait), and the backoff
+/// after failed writes (checked before the rate limiter: a write that keeps failing spends no
+/// token, so it never starves the others).
+pub fn gate(state: &WriteState, min_interval: Duration) -> Gate {
+    if state.opted_out {
+        Gate::Hold("skipped", "opted out (confgate.dev/rollout: \"false\")")
+    } else if state.paused {
+        Gate::Hold("skipped", "paused")
+    } else if state.deleting {
+        Gate::Hold("skipped", "being deleted")
+    } else if !state.settled && !state.broken && !state.stuck {
+        Gate::Hold("throttled", "its last rollout has not finished")
+    } else if !state.broken && state.since_last.is_some_and(|ago| ago < min_interval) {
+        Gate::Hold(
+            "throttled",
+            "rolled less than --rollout-min-interval-seconds ago",
+        )
+    } else if state.backing_off.is_some() {
+        Gate::Hold("throttled", "backing off after failed writes")
+    } else {
+        Gate::Open
     }
 }
 
@@ -384,7 +427,7 @@ struct Controller {
     settings: Settings,
     /// Checked before every write: a replica that lost the Lease (or froze past its renewal
     /// deadline) writes nothing.
-    leadership: crate::lease::Leader,
+    leadership: crate::controllers::lease::Leader,
     /// When the change being acted on was first recorded (the change-to-write latency).
     since: Option<Instant>,
     /// Where rollouts, holds and failures are announced (`--notify-secret`).
@@ -402,7 +445,7 @@ impl Controller {
         client: Client,
         judging: Judging,
         settings: Settings,
-        leadership: crate::lease::Leader,
+        leadership: crate::controllers::lease::Leader,
         changes: Arc<ConfigChanges>,
     ) -> Self {
         Self {
@@ -637,7 +680,7 @@ impl Controller {
     /// What canary `k` shows now: its status and its Pods read from the API server (a read
     /// that fails judges nothing this time).
     async fn health(&self, k: &WorkloadKey, since: Option<&str>) -> Option<waves::Health> {
-        let resource = index::api_resource(k.0)?;
+        let resource = crate::workload::api_resource(k.0)?;
         let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &k.1, &resource);
         let object = match api.get(&k.2).await {
             Ok(object) => serde_json::to_value(object).ok()?,
@@ -837,33 +880,26 @@ impl Controller {
         }
         // A workload a change broke gets the next change at once: it may be the fix.
         let broken = self.waves.broken(&k);
-        let held = if w.opted_out {
-            Some(("skipped", "opted out (confgate.dev/rollout: \"false\")"))
-        } else if w.paused {
-            Some(("skipped", "paused"))
-        } else if w.deleting {
-            Some(("skipped", "being deleted"))
-        } else if !w.settled && !broken && !self.stuck(&w, &k) {
-            Some(("throttled", "its last rollout has not finished"))
-        } else if !broken
-            && self
+        let now = Instant::now();
+        let state = WriteState {
+            opted_out: w.opted_out,
+            paused: w.paused,
+            deleting: w.deleting,
+            settled: w.settled,
+            broken,
+            stuck: !w.settled && !broken && self.stuck(&w, &k),
+            since_last: self
                 .last
                 .get(&k)
-                .is_some_and(|at| at.elapsed() < self.settings.min_interval)
-        {
-            Some((
-                "throttled",
-                "rolled less than --rollout-min-interval-seconds ago",
-            ))
-        } else if let Some((failures, _)) = self
-            .failing
-            .get(&k)
-            .filter(|(_, next)| *next > Instant::now())
-        {
-            // Checked before the rate limiter: a write that keeps failing (RBAC, a webhook
-            // refusing it) spends no token, so it never starves the others.
-            tracing::debug!(kind = w.kind, namespace = %w.namespace, name = %w.name, failures, "backing off after failed writes");
-            Some(("throttled", "backing off after failed writes"))
+                .map(|at| now.saturating_duration_since(*at)),
+            backing_off: self
+                .failing
+                .get(&k)
+                .filter(|(_, next)| *next > now)
+                .map(|(failures, _)| *failures),
+        };
+        let held = if let Gate::Hold(result, why) = gate(&state, self.settings.min_interval) {
+            Some((result, why))
         } else if let Some(wait) = self.wave_hold(engine, &fresh, index, &w, &stamps, begin) {
             metrics.rollout("held");
             self.held.insert(k, (what, wait));
@@ -1005,7 +1041,7 @@ impl Controller {
                 Err(error) => {
                     metrics.rollout("failed");
                     let failures = self.failing.get(&k).map_or(0, |(n, _)| *n) + 1;
-                    let wait = failed_write_backoff(failures);
+                    let wait = super::failed_write_backoff(failures);
                     tracing::warn!(kind = w.kind, namespace = %w.namespace, name = %w.name, %error, failures, retry_in_s = wait.as_secs(), "rollout failed; retrying later");
                     if failures == 1 {
                         self.notifier.send(
@@ -1029,7 +1065,7 @@ impl Controller {
     /// same values on this write, so it adds nothing. Returns the API server's time of the
     /// write (from `managedFields`), which tells the Pods of this rollout from older ones.
     async fn patch(&self, w: &Workload, stamps: &[Stamp]) -> kube::Result<Option<String>> {
-        let Some(resource) = index::api_resource(w.kind) else {
+        let Some(resource) = crate::workload::api_resource(w.kind) else {
             return Ok(None);
         };
         let annotations: serde_json::Map<String, Value> = stamps
@@ -1259,6 +1295,121 @@ mod tests {
     }
 
     #[test]
+    fn the_gate_holds_skips_and_throttles_in_order() {
+        let min = Duration::from_secs(60);
+        let ready = WriteState {
+            settled: true,
+            ..WriteState::default()
+        };
+        let secs = |s| Some(Duration::from_secs(s));
+        let unfinished = "its last rollout has not finished";
+        let recent = "rolled less than --rollout-min-interval-seconds ago";
+        let failing = "backing off after failed writes";
+        // (state, decision)
+        let table = [
+            (ready, Gate::Open),
+            (
+                WriteState {
+                    opted_out: true,
+                    ..ready
+                },
+                Gate::Hold("skipped", "opted out (confgate.dev/rollout: \"false\")"),
+            ),
+            (
+                WriteState {
+                    paused: true,
+                    ..ready
+                },
+                Gate::Hold("skipped", "paused"),
+            ),
+            (
+                WriteState {
+                    deleting: true,
+                    ..ready
+                },
+                Gate::Hold("skipped", "being deleted"),
+            ),
+            // Skipped before anything else: an opted-out workload is never throttled.
+            (
+                WriteState {
+                    opted_out: true,
+                    settled: false,
+                    backing_off: Some(3),
+                    ..ready
+                },
+                Gate::Hold("skipped", "opted out (confgate.dev/rollout: \"false\")"),
+            ),
+            // An unfinished rollout holds, unless it is stuck or a change broke it.
+            (
+                WriteState {
+                    settled: false,
+                    ..ready
+                },
+                Gate::Hold("throttled", unfinished),
+            ),
+            (
+                WriteState {
+                    settled: false,
+                    stuck: true,
+                    ..ready
+                },
+                Gate::Open,
+            ),
+            (
+                WriteState {
+                    settled: false,
+                    broken: true,
+                    ..ready
+                },
+                Gate::Open,
+            ),
+            // The minimum interval, which a broken workload does not wait for.
+            (
+                WriteState {
+                    since_last: secs(59),
+                    ..ready
+                },
+                Gate::Hold("throttled", recent),
+            ),
+            (
+                WriteState {
+                    since_last: secs(60),
+                    ..ready
+                },
+                Gate::Open,
+            ),
+            (
+                WriteState {
+                    since_last: secs(1),
+                    broken: true,
+                    ..ready
+                },
+                Gate::Open,
+            ),
+            // Backing off after failed writes, broken or not.
+            (
+                WriteState {
+                    backing_off: Some(1),
+                    ..ready
+                },
+                Gate::Hold("throttled", failing),
+            ),
+            (
+                WriteState {
+                    backing_off: Some(2),
+                    broken: true,
+                    settled: false,
+                    ..ready
+                },
+                Gate::Hold("throttled", failing),
+            ),
+        ];
+        for (state, expected) in table {
+            assert_eq!(gate(&state, min), expected, "{state:?}");
+        }
+    }
+
+    #[test]
     fn an_unfinished_rollout_holds_the_next_change_only_while_it_moves() {
         let after = Duration::from_secs(60);
         // (the controller gave up, stalled for) -> stuck
@@ -1296,12 +1447,6 @@ mod tests {
         assert!(!changed_meanwhile(&w, &changes));
         changes.record(Source::ConfigMap, &("shop".into(), "app".into()), None);
         assert!(changed_meanwhile(&w, &changes));
-    }
-
-    #[test]
-    fn failed_writes_back_off_from_5_seconds_to_5_minutes() {
-        let waits: Vec<u64> = (1..=9).map(|n| failed_write_backoff(n).as_secs()).collect();
-        assert_eq!(waits, vec![5, 10, 20, 40, 80, 160, 300, 300, 300]);
     }
 
     #[test]
