@@ -585,7 +585,7 @@ fn chart_schema_refuses_wrong_values_by_their_path() {
     }
 }
 
-/// The README's table of values, generated from values.yaml: each `# --` comment (and the
+/// The values table of docs/install.md, generated from values.yaml: each `# --` comment (and the
 /// comment lines after it) describes the key below it, with that key's default.
 fn values_table() -> String {
     let text = std::fs::read_to_string(root().join("charts/confgate/values.yaml")).unwrap();
@@ -638,28 +638,29 @@ fn values_table() -> String {
 }
 
 #[test]
-fn readme_values_table_is_generated_from_values_yaml() {
-    const BEGIN: &str = "<!-- values table: generated from charts/confgate/values.yaml by tests/it/chart.rs (UPDATE_README=1) -->\n";
+fn install_docs_values_table_is_generated_from_values_yaml() {
+    const BEGIN: &str = "<!-- values table: generated from charts/confgate/values.yaml by tests/it/chart.rs (UPDATE_DOCS=1) -->\n";
     const END: &str = "\n<!-- end of values table -->";
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let page = root().join("docs/install.md");
+    let readme = std::fs::read_to_string(&page).unwrap();
     let start = readme
         .find(BEGIN)
-        .expect("README has the values table marker")
+        .expect("docs/install.md has the values table marker")
         + BEGIN.len();
     let end = start
         + readme[start..]
             .find(END)
-            .expect("README has the end marker");
+            .expect("docs/install.md has the end marker");
     let table = values_table();
-    if std::env::var_os("UPDATE_README").is_some() {
+    if std::env::var_os("UPDATE_DOCS").is_some() {
         let updated = format!("{}{table}{}", &readme[..start], &readme[end..]);
-        std::fs::write(root().join("README.md"), updated).unwrap();
+        std::fs::write(&page, updated).unwrap();
         return;
     }
     assert_eq!(
         &readme[start..end],
         table,
-        "the README's values table is stale: UPDATE_README=1 cargo test --test it readme_values"
+        "the values table of docs/install.md is stale: UPDATE_DOCS=1 cargo test --test it install_docs_values"
     );
     // Every leaf value is documented.
     let values: Value = confgate::yaml::documents(
