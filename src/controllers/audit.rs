@@ -302,16 +302,25 @@ impl Reporting {
     }
 }
 
+/// What writing the reports did: the namespaces written, and those the API server refused
+/// (each with why). One namespace's refusal (a ResourceQuota on reports, a webhook) is its
+/// own: the others are written, and stale reports cleaned up, all the same.
+#[derive(Debug, Default)]
+pub struct Written {
+    pub namespaces: usize,
+    pub refused: Vec<(String, String)>,
+}
+
 /// Writes one PolicyReport per namespace with workloads (server-side apply, field manager
 /// confgate) and deletes this installation's reports (`instance`; or unlabelled ones, written
-/// before the label) in namespaces that have none now. `Ok(false)` when the PolicyReport CRD
+/// before the label) in namespaces that have none now. `Ok(None)` when the PolicyReport CRD
 /// is not installed.
 pub async fn write_reports(
     client: &Client,
     audit: &Audit,
     instance: &str,
     owner: Option<&OwnerReference>,
-) -> Result<bool, kube::Error> {
+) -> Result<Option<Written>, kube::Error> {
     let resource = report_resource();
     let all: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
     let existing = match all
@@ -319,7 +328,7 @@ pub async fn write_reports(
         .await
     {
         Ok(list) => list.items,
-        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(false),
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(None),
         Err(e) => return Err(e),
     };
     let now = time::OffsetDateTime::now_utc()
@@ -330,6 +339,7 @@ pub async fn write_reports(
     namespaces.sort();
     namespaces.dedup();
     let params = PatchParams::apply(crate::workload::FIELD_MANAGER).force();
+    let mut written = Written::default();
     for namespace in &namespaces {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
         let mut report = policy_report(audit, namespace, &now);
@@ -337,8 +347,15 @@ pub async fn write_reports(
         if let Some(owner) = owner {
             report["metadata"]["ownerReferences"] = json!([owner]);
         }
-        api.patch(REPORT_NAME, &params, &Patch::Apply(&report))
-            .await?;
+        match api
+            .patch(REPORT_NAME, &params, &Patch::Apply(&report))
+            .await
+        {
+            Ok(_) => written.namespaces += 1,
+            Err(error) => written
+                .refused
+                .push(((*namespace).clone(), error.to_string())),
+        }
     }
     for old in existing {
         let writer = old
@@ -353,12 +370,17 @@ pub async fn write_reports(
         if !namespaces.iter().any(|n| **n == namespace) {
             let api: Api<DynamicObject> =
                 Api::namespaced_with(client.clone(), &namespace, &resource);
-            let _ = api
+            if let Err(error) = api
                 .delete(&old.metadata.name.unwrap_or_default(), &Default::default())
-                .await;
+                .await
+            {
+                written
+                    .refused
+                    .push((namespace, format!("deleting a stale report: {error}")));
+            }
         }
     }
-    Ok(true)
+    Ok(Some(written))
 }
 
 /// The least time between two audits started by configuration changes.
@@ -413,16 +435,21 @@ pub async fn run(
                 let written =
                     write_reports(&client, &audit, &reporting.instance, owner.as_ref()).await;
                 match &written {
-                    Ok(false) if !crd_missing_logged => {
+                    Ok(None) if !crd_missing_logged => {
                         crd_missing_logged = true;
                         tracing::warn!(
                             "the PolicyReport CRD (wgpolicyk8s.io/v1alpha2) is not installed: audit results go to metrics, Events and logs only (deploy/crds/)"
                         );
                     }
-                    Err(error) => tracing::warn!(%error, "cannot write PolicyReports"),
+                    Ok(Some(written)) => {
+                        for (namespace, error) in &written.refused {
+                            tracing::warn!(%namespace, %error, "the PolicyReport of this namespace was not written; the others were");
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot list PolicyReports"),
                     _ => {}
                 }
-                warn_broken(&recorder, &audit, &mut warned).await;
+                warn_broken(&client, &recorder, &audit, &mut warned).await;
                 tracing::info!(
                     workloads = audit.workloads,
                     violations = audit.findings.len(),
@@ -453,14 +480,20 @@ pub async fn run(
     }
 }
 
-/// A Warning Event `ConfigBroken` on each broken workload, at most once an hour each.
+/// How often a broken workload gets a `ConfigBroken` Event.
+const WARN_EVERY: Duration = Duration::from_secs(3600);
+
+/// A Warning Event `ConfigBroken` on each broken workload, at most once an hour each. What was
+/// sent is remembered in memory, and, for a workload this replica has not warned about yet (at
+/// a start, or after a leader change), read from the Events confgate already recorded in its
+/// namespace: the budget holds across restarts and leader changes.
 async fn warn_broken(
+    client: &Client,
     recorder: &kube::runtime::events::Recorder,
     audit: &Audit,
     warned: &mut HashMap<(String, String, String), Instant>,
 ) {
     use kube::runtime::events::EventType;
-    const EVERY: Duration = Duration::from_secs(3600);
     let mut by_workload: BTreeMap<(String, String, String), (&Finding, Vec<&str>)> =
         BTreeMap::new();
     for f in audit.findings.iter().filter(|f| f.result == "fail") {
@@ -470,9 +503,33 @@ async fn warn_broken(
             .1
             .push(&f.message);
     }
-    warned.retain(|k, at| by_workload.contains_key(k) && at.elapsed() < EVERY);
+    warned.retain(|k, at| by_workload.contains_key(k) && at.elapsed() < WARN_EVERY);
+    let mut recorded: HashMap<String, HashMap<String, Duration>> = HashMap::new();
     for (key, (f, messages)) in by_workload {
         if warned.contains_key(&key) {
+            continue;
+        }
+        if !recorded.contains_key(&f.namespace) {
+            let ages = match sent_in(client, &f.namespace).await {
+                Ok(ages) => ages,
+                Err(error) => {
+                    tracing::debug!(namespace = %f.namespace, %error, "cannot read the Events already sent; sending");
+                    HashMap::new()
+                }
+            };
+            recorded.insert(f.namespace.clone(), ages);
+        }
+        if let Some(age) = recorded
+            .get(&f.namespace)
+            .and_then(|ages| ages.get(&f.uid))
+            .filter(|age| **age < WARN_EVERY)
+        {
+            warned.insert(
+                key,
+                Instant::now()
+                    .checked_sub(*age)
+                    .unwrap_or_else(Instant::now),
+            );
             continue;
         }
         let on = crate::events::On {
@@ -495,6 +552,51 @@ async fn warn_broken(
             warned.insert(key, Instant::now());
         }
     }
+}
+
+/// How long ago confgate last sent a `ConfigBroken` Event on each workload (by uid) of
+/// `namespace`: one list of that namespace's Events by reason and reporter.
+async fn sent_in(
+    client: &Client,
+    namespace: &str,
+) -> Result<HashMap<String, Duration>, kube::Error> {
+    use k8s_openapi::api::core::v1::Event;
+    let api: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let params = ListParams::default().fields("reason=ConfigBroken,reportingComponent=confgate");
+    let events = api.list(&params).await?.items;
+    Ok(last_sent(&events, time::OffsetDateTime::now_utc()))
+}
+
+/// The age of the newest of `events` on each object uid, at `now`: the latest of its event
+/// time, its series' last observation and its last timestamp.
+fn last_sent(
+    events: &[k8s_openapi::api::core::v1::Event],
+    now: time::OffsetDateTime,
+) -> HashMap<String, Duration> {
+    let mut out: HashMap<String, Duration> = HashMap::new();
+    for event in events {
+        let Some(uid) = event.involved_object.uid.clone() else {
+            continue;
+        };
+        let times = [
+            event.event_time.as_ref().map(|t| t.0),
+            event
+                .series
+                .as_ref()
+                .and_then(|s| s.last_observed_time.as_ref())
+                .map(|t| t.0),
+            event.last_timestamp.as_ref().map(|t| t.0),
+        ];
+        let Some(latest) = times.into_iter().flatten().max() else {
+            continue;
+        };
+        let seconds = (now.unix_timestamp() - latest.as_second()).max(0);
+        let age = Duration::from_secs(u64::try_from(seconds).unwrap_or(0));
+        out.entry(uid)
+            .and_modify(|a| *a = (*a).min(age))
+            .or_insert(age);
+    }
+    out
 }
 
 /// The findings as a table: NAMESPACE, KIND, NAME, POLICY, RESULT, MESSAGE.
@@ -539,6 +641,39 @@ pub fn table(audit: &Audit) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_event_budget_reads_the_newest_time_of_each_workloads_events() {
+        let event = |uid: &str, fields: Value| -> k8s_openapi::api::core::v1::Event {
+            let mut e = json!({"metadata": {"name": "e", "namespace": "shop"}, "involvedObject": {"uid": uid}});
+            for (k, v) in fields.as_object().unwrap() {
+                e[k] = v.clone();
+            }
+            serde_json::from_value(e).unwrap()
+        };
+        let now = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let events = [
+            // Sent 10 minutes ago (events.k8s.io: eventTime only).
+            event("a", json!({"eventTime": "2027-01-15T07:50:00.000000Z"})),
+            // Sent 2 hours ago, repeated (a series) 5 minutes ago.
+            event(
+                "b",
+                json!({"eventTime": "2027-01-15T06:00:00.000000Z", "series": {"count": 2, "lastObservedTime": "2027-01-15T07:55:00.000000Z"}}),
+            ),
+            // An old core/v1 Event: lastTimestamp only, 3 hours ago; and a newer one for it.
+            event("c", json!({"lastTimestamp": "2027-01-15T05:00:00Z"})),
+            event("c", json!({"lastTimestamp": "2027-01-15T07:00:00Z"})),
+            // No time at all, or no uid: nothing known.
+            event("d", json!({})),
+        ];
+        let ages = last_sent(&events, now);
+        let minutes = |uid: &str| ages.get(uid).map(|a| a.as_secs() / 60);
+        assert_eq!(minutes("a"), Some(10));
+        assert_eq!(minutes("b"), Some(5));
+        assert_eq!(minutes("c"), Some(60));
+        assert_eq!(minutes("d"), None);
+        assert!(ages["a"] < WARN_EVERY && ages["c"] >= WARN_EVERY);
+    }
 
     #[test]
     fn the_instance_label_names_the_installation_and_fits_a_label() {

@@ -170,3 +170,118 @@ pub async fn e2e_audit_reports_a_workload_broken_while_confgate_was_down(cx: Cx)
     .await;
     assert_eq!(confgate.metric(&sample).await, 0.0);
 }
+
+/// `ConfigBroken` Events on `name` in `ns`, as the apiserver lists them.
+async fn broken_events(kubectl: &Kubectl, ns: &str, name: &str) -> Vec<Value> {
+    let selector = format!("reason=ConfigBroken,involvedObject.name={name}");
+    let out = kubectl
+        .ok(
+            &[
+                "get",
+                "events",
+                "-n",
+                ns,
+                "--field-selector",
+                &selector,
+                "-o",
+                "json",
+            ],
+            None,
+        )
+        .await;
+    let list: Value = serde_json::from_str(&out).unwrap();
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// One namespace that refuses its PolicyReport (a ResourceQuota of 0 reports) stops only its
+/// own: a namespace sorted after it still gets its report. And a broken workload's Warning
+/// Event is not sent again when confgate restarts within the hour.
+pub async fn e2e_a_refused_report_stays_in_its_namespace_and_a_restart_sends_no_second_warning(
+    cx: Cx,
+) {
+    let kubectl = cx.kubectl();
+    install_crd(&kubectl).await;
+    // "blocked" sorts before "open": the refusal comes first.
+    let blocked = cx.namespace("audit-blocked").await;
+    let open = cx.namespace("audit-open").await;
+    assert!(blocked < open);
+    for ns in [&blocked, &open] {
+        kubectl
+            .ok(&["apply", "-f", "-"], Some(&app_config(ns)))
+            .await;
+        kubectl
+            .ok(&["apply", "-f", "-"], Some(&web_deployment(ns, "web", &[])))
+            .await;
+        let removed = remove_config_key(&kubectl, ns, "DATABASE_URL").await;
+        assert!(removed.success, "{}", removed.stderr);
+    }
+    let quota = format!(
+        "apiVersion: v1\nkind: ResourceQuota\nmetadata: {{name: no-reports, namespace: {blocked}}}\nspec:\n  hard: {{count/policyreports.wgpolicyk8s.io: \"0\"}}\n"
+    );
+    kubectl.ok(&["apply", "-f", "-"], Some(&quota)).await;
+    let mut confgate = Confgate::start(
+        &cx,
+        Options::shipped(&open)
+            .also_namespace(&blocked)
+            .arg("--audit-interval=10m"),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "the open namespace's report",
+        || {
+            let kubectl = kubectl.clone();
+            let open = open.clone();
+            async move {
+                let r = report(&kubectl, &open).await?;
+                (r["summary"]["fail"] == 1).then_some(())
+            }
+        },
+    )
+    .await;
+
+    assert_eq!(report(&kubectl, &blocked).await, None);
+    let log = confgate.log_tail(2000);
+    assert!(
+        log.lines().any(
+            |l| l.contains("the PolicyReport of this namespace was not written")
+                && l.contains(&blocked)
+        ),
+        "{log}"
+    );
+    // One Warning Event on each broken Deployment, the refused namespace's too.
+    for ns in [&blocked, &open] {
+        let events = eventually(Duration::from_secs(10), "the ConfigBroken Event", || {
+            let kubectl = kubectl.clone();
+            let ns = ns.clone();
+            async move {
+                let events = broken_events(&kubectl, &ns, "web").await;
+                (!events.is_empty()).then_some(events)
+            }
+        })
+        .await;
+        assert_eq!(events.len(), 1, "{events:?}");
+    }
+    // A restart (a new leader, an empty memory) audits again and sends nothing new.
+    confgate.restart(&cx).await;
+    eventually(
+        Duration::from_secs(30),
+        "the audit after the restart",
+        || {
+            let done = confgate.log_tail(4000).matches("audit done").count() >= 2;
+            async move { done.then_some(()) }
+        },
+    )
+    .await;
+    for ns in [&blocked, &open] {
+        let events = broken_events(&kubectl, ns, "web").await;
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert!(events[0]["series"].is_null(), "{:?}", events[0]);
+        assert_eq!(
+            events[0]["count"].as_i64().unwrap_or(1),
+            1,
+            "{:?}",
+            events[0]
+        );
+    }
+}

@@ -52,6 +52,7 @@ pub fn all() -> Vec<(&'static str, Case)> {
         config_guard::e2e_an_unlabelled_app_is_torn_down_in_file_order_by_kubectl_and_kustomize,
         config_guard::e2e_a_teardown_while_confgate_is_down_finishes_when_it_is_back,
         audit::e2e_audit_reports_a_workload_broken_while_confgate_was_down,
+        audit::e2e_a_refused_report_stays_in_its_namespace_and_a_restart_sends_no_second_warning,
         rollout::e2e_a_changed_consumed_key_rolls_the_workload_once,
         rollout::e2e_an_unconsumed_key_or_an_opted_out_workload_rolls_nothing,
         rollout::e2e_a_config_map_that_opted_out_rolls_none_of_its_readers,

@@ -16,6 +16,8 @@ use std::time::Duration;
 /// How to run one confgate.
 pub struct Options {
     namespace: String,
+    /// More namespaces its policies match (its own registration is still the first's).
+    also: Vec<String>,
     policies: Vec<(String, String)>,
     args: Vec<String>,
     kubeconfig: Option<PathBuf>,
@@ -38,6 +40,7 @@ impl Options {
         policies.sort();
         Self {
             namespace: namespace.to_owned(),
+            also: Vec::new(),
             policies,
             args: Vec::new(),
             kubeconfig: None,
@@ -45,6 +48,12 @@ impl Options {
             wait_ready: true,
             port: None,
         }
+    }
+
+    /// Its policies match `namespace` too (the audit judges its workloads).
+    pub fn also_namespace(mut self, namespace: &str) -> Self {
+        self.also.push(namespace.to_owned());
+        self
     }
 
     /// Only these policies (YAML), scoped to `namespace`.
@@ -122,8 +131,9 @@ impl Confgate {
         let policies = dir.path().join("policies");
         std::fs::create_dir_all(&policies).expect("policies dir");
         for (name, text) in &options.policies {
-            std::fs::write(policies.join(name), scope(text, &options.namespace))
-                .expect("policy file");
+            let mut namespaces = vec![options.namespace.as_str()];
+            namespaces.extend(options.also.iter().map(String::as_str));
+            std::fs::write(policies.join(name), scope(text, &namespaces)).expect("policy file");
         }
         let port = options.port.unwrap_or_else(free_port);
         let certs = dir.path().join("certs");
@@ -395,12 +405,12 @@ impl Drop for Confgate {
     }
 }
 
-/// Every policy document in `text`, with `spec.match.namespaces: [namespace]`.
-fn scope(text: &str, namespace: &str) -> String {
+/// Every policy document in `text`, with `spec.match.namespaces: namespaces`.
+fn scope(text: &str, namespaces: &[&str]) -> String {
     let docs = confgate::yaml::documents(text).expect("policy YAML");
     docs.into_iter()
         .map(|mut doc| {
-            doc["spec"]["match"]["namespaces"] = json!([namespace]);
+            doc["spec"]["match"]["namespaces"] = json!(namespaces);
             doc.to_string()
         })
         .collect::<Vec<_>>()
