@@ -14,6 +14,7 @@ mod engine;
 mod golden_fixtures;
 mod http_api;
 mod limitrange_defaults;
+mod monitoring;
 mod policy_files;
 mod readme_examples;
 mod require_config_keys;
