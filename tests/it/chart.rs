@@ -8,6 +8,7 @@ use crate::deploy::{all, find, render};
 use clap::Parser;
 use confgate::policy::{Registry, load_str};
 use serde_json::{Value, json};
+use std::collections::BTreeSet;
 use std::process::Command;
 
 fn helm() -> String {
@@ -693,4 +694,151 @@ fn install_docs_values_table_is_generated_from_values_yaml() {
         });
         assert!(documented, "values.yaml: {leaf} has no `# --` description");
     }
+}
+
+/// Every verb confgate's ClusterRoles grant, as `resource verb` (`deployments.apps patch`,
+/// `secrets get`), with `/name` where a rule names its objects.
+fn granted(docs: &[Value]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for role in docs.iter().filter(|d| d["kind"] == "ClusterRole") {
+        for rule in role["rules"].as_array().into_iter().flatten() {
+            let groups: Vec<&str> = rule["apiGroups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|g| g.as_str().unwrap())
+                .collect();
+            let names: Vec<&str> = rule["resourceNames"]
+                .as_array()
+                .map(|n| n.iter().map(|v| v.as_str().unwrap()).collect())
+                .unwrap_or_default();
+            for group in &groups {
+                for resource in rule["resources"].as_array().unwrap() {
+                    let resource = resource.as_str().unwrap();
+                    let qualified = if group.is_empty() {
+                        resource.to_owned()
+                    } else {
+                        format!("{resource}.{group}")
+                    };
+                    for verb in rule["verbs"].as_array().unwrap() {
+                        let verb = verb.as_str().unwrap();
+                        if names.is_empty() {
+                            out.insert(format!("{qualified} {verb}"));
+                        }
+                        for name in &names {
+                            out.insert(format!("{qualified}/{name} {verb}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn chart_rbac_follows_the_features_that_are_on() {
+    let render_with = |sets: &[&str]| template("confgate", "confgate-system", sets).unwrap();
+    let defaults = render_with(&[]);
+    let all = granted(&defaults);
+    let has = |set: &BTreeSet<String>, grant: &str| set.contains(grant);
+    // Rollouts on (the default): the workload kinds are patched; off: only read.
+    for kind in [
+        "deployments.apps",
+        "statefulsets.apps",
+        "daemonsets.apps",
+        "cronjobs.batch",
+        "rollouts.argoproj.io",
+    ] {
+        assert!(has(&all, &format!("{kind} patch")), "{kind}");
+    }
+    let no_rollouts = render_with(&["rollout.enabled=false"]);
+    let without = granted(&no_rollouts);
+    for kind in [
+        "deployments.apps",
+        "statefulsets.apps",
+        "daemonsets.apps",
+        "cronjobs.batch",
+        "rollouts.argoproj.io",
+    ] {
+        assert!(!has(&without, &format!("{kind} patch")), "{kind}");
+    }
+    // Nothing else lost: the same grants but those patches.
+    let patches: BTreeSet<String> = all.difference(&without).cloned().collect();
+    assert!(patches.iter().all(|g| g.ends_with(" patch")), "{patches:?}");
+    assert!(has(&without, "deployments.apps list") && has(&without, "deployments.apps watch"));
+    // ... and the shipped checksum policy stamps at admission only.
+    let policies = no_rollouts
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "confgate-policies")
+        .unwrap();
+    let checksum = policies["data"]["checksum-config.yaml"].as_str().unwrap();
+    let parsed = confgate::yaml::documents(checksum).unwrap();
+    assert_eq!(
+        parsed[0]["spec"]["settings"]["rollout"], false,
+        "{checksum}"
+    );
+    let on = defaults
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "confgate-policies")
+        .unwrap();
+    let parsed =
+        confgate::yaml::documents(on["data"]["checksum-config.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(parsed[0]["spec"]["settings"]["rollout"], true);
+    // Secrets only as the mode needs: by name, watched, or never.
+    let secrets = |set: &BTreeSet<String>| -> Vec<String> {
+        set.iter()
+            .filter(|g| g.starts_with("secrets "))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(secrets(&all), ["secrets get"]);
+    assert_eq!(
+        secrets(&granted(&render_with(&["secrets=watch"]))),
+        ["secrets get", "secrets list", "secrets watch"]
+    );
+    let none = render_with(&["secrets=none"]);
+    assert_eq!(secrets(&granted(&none)), Vec::<String>::new());
+    assert!(
+        !none
+            .iter()
+            .any(|d| d["metadata"]["name"] == "confgate-secrets-reader"),
+        "no role or binding for Secrets"
+    );
+    // Webhook configurations: changed only by name (its own); create cannot be limited so.
+    for kind in [
+        "mutatingwebhookconfigurations",
+        "validatingwebhookconfigurations",
+    ] {
+        let qualified = format!("{kind}.admissionregistration.k8s.io");
+        let verbs: Vec<&String> = all.iter().filter(|g| g.starts_with(&qualified)).collect();
+        assert_eq!(
+            verbs,
+            [
+                &format!("{qualified} create"),
+                &format!("{qualified}/confgate get"),
+                &format!("{qualified}/confgate patch"),
+                &format!("{qualified}/confgate update"),
+            ],
+        );
+    }
+    assert!(
+        !all.iter()
+            .any(|g| g.contains(" delete") && g.contains("webhookconfigurations"))
+    );
+    // The NetworkPolicy: the webhook port only, unless turned off.
+    let policy = defaults
+        .iter()
+        .find(|d| d["kind"] == "NetworkPolicy")
+        .expect("a NetworkPolicy by default");
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
+    assert_eq!(
+        policy["spec"]["ingress"],
+        json!([{"ports": [{"port": 8443, "protocol": "TCP"}]}])
+    );
+    assert!(
+        !render_with(&["networkPolicy.enabled=false"])
+            .iter()
+            .any(|d| d["kind"] == "NetworkPolicy")
+    );
 }
