@@ -152,6 +152,10 @@ pub struct ServeArgs {
     /// replica that holds the Lease: PolicyReports, `confgate_audit_violations`, Warning Events.
     #[arg(long, default_value = "10m")]
     pub audit_interval: Interval,
+    /// The report APIs the audit writes: `wgpolicyk8s` (PolicyReport), `openreports`
+    /// (openreports.io Report), or both (`wgpolicyk8s,openreports`) during a migration.
+    #[arg(long, value_delimiter = ',', default_value = "wgpolicyk8s")]
+    pub audit_reports: Vec<crate::controllers::audit::ReportFormat>,
     /// The name of that Lease.
     #[arg(long, default_value = "confgate-rollout")]
     pub lease_name: String,
@@ -358,6 +362,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                         &args.lease_name,
                     ),
                     owners: owners.clone(),
+                    formats: args.audit_reports.clone(),
                 },
             ));
         }

@@ -265,13 +265,50 @@ pub fn policy_report(audit: &Audit, namespace: &str, now: &str) -> Value {
     })
 }
 
-fn report_resource() -> kube::api::ApiResource {
-    kube::api::ApiResource {
-        group: "wgpolicyk8s.io".into(),
-        version: "v1alpha2".into(),
-        api_version: "wgpolicyk8s.io/v1alpha2".into(),
-        kind: "PolicyReport".into(),
-        plural: "policyreports".into(),
+/// A report API the audit writes: the wg-policy `PolicyReport` (Policy Reporter, Kyverno,
+/// Kubewarden) or its successor, OpenReports' `Report` (`openreports.io/v1alpha1`: the same
+/// results and summary, plus a top-level `source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum ReportFormat {
+    /// `wgpolicyk8s.io/v1alpha2` `PolicyReport`.
+    #[value(name = "wgpolicyk8s")]
+    PolicyReport,
+    /// `openreports.io/v1alpha1` `Report`.
+    #[value(name = "openreports")]
+    OpenReports,
+}
+
+impl ReportFormat {
+    /// Its API resource.
+    pub fn resource(self) -> kube::api::ApiResource {
+        let (group, version, kind, plural) = match self {
+            ReportFormat::PolicyReport => (
+                "wgpolicyk8s.io",
+                "v1alpha2",
+                "PolicyReport",
+                "policyreports",
+            ),
+            ReportFormat::OpenReports => ("openreports.io", "v1alpha1", "Report", "reports"),
+        };
+        kube::api::ApiResource {
+            group: group.into(),
+            version: version.into(),
+            api_version: format!("{group}/{version}"),
+            kind: kind.into(),
+            plural: plural.into(),
+        }
+    }
+
+    /// The report of `namespace` in this format.
+    pub fn report(self, audit: &Audit, namespace: &str, now: &str) -> Value {
+        let mut report = policy_report(audit, namespace, now);
+        let resource = self.resource();
+        report["apiVersion"] = json!(resource.api_version);
+        report["kind"] = json!(resource.kind);
+        if self == ReportFormat::OpenReports {
+            report["source"] = json!("confgate");
+        }
+        report
     }
 }
 
@@ -286,6 +323,8 @@ pub struct Reporting {
     pub instance: String,
     /// Who owns the reports (the ClusterRole: uninstalling removes them).
     pub owners: crate::owners::Owners,
+    /// The report APIs written (both during a migration).
+    pub formats: Vec<ReportFormat>,
 }
 
 impl Reporting {
@@ -317,11 +356,12 @@ pub struct Written {
 /// is not installed.
 pub async fn write_reports(
     client: &Client,
+    format: ReportFormat,
     audit: &Audit,
     instance: &str,
     owner: Option<&OwnerReference>,
 ) -> Result<Option<Written>, kube::Error> {
-    let resource = report_resource();
+    let resource = format.resource();
     let all: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
     let existing = match all
         .list(&ListParams::default().labels("app.kubernetes.io/managed-by=confgate"))
@@ -342,7 +382,7 @@ pub async fn write_reports(
     let mut written = Written::default();
     for namespace in &namespaces {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
-        let mut report = policy_report(audit, namespace, &now);
+        let mut report = format.report(audit, namespace, &now);
         report["metadata"]["labels"][INSTANCE_LABEL] = json!(instance);
         if let Some(owner) = owner {
             report["metadata"]["ownerReferences"] = json!([owner]);
@@ -401,7 +441,7 @@ pub async fn run(
     let recorder = crate::events::recorder(client.clone());
     let mut leading = leadership.watch();
     let mut warned: HashMap<(String, String, String), Instant> = HashMap::new();
-    let mut crd_missing_logged = false;
+    let mut crd_missing_logged: std::collections::BTreeSet<ReportFormat> = Default::default();
     loop {
         while !*leading.borrow_and_update() {
             if leading.changed().await.is_err() {
@@ -432,22 +472,34 @@ pub async fn run(
                         None
                     }
                 };
-                let written =
-                    write_reports(&client, &audit, &reporting.instance, owner.as_ref()).await;
-                match &written {
-                    Ok(None) if !crd_missing_logged => {
-                        crd_missing_logged = true;
-                        tracing::warn!(
-                            "the PolicyReport CRD (wgpolicyk8s.io/v1alpha2) is not installed: audit results go to metrics, Events and logs only (deploy/crds/)"
-                        );
-                    }
-                    Ok(Some(written)) => {
-                        for (namespace, error) in &written.refused {
-                            tracing::warn!(%namespace, %error, "the PolicyReport of this namespace was not written; the others were");
+                for format in &reporting.formats {
+                    let resource = format.resource();
+                    let written = write_reports(
+                        &client,
+                        *format,
+                        &audit,
+                        &reporting.instance,
+                        owner.as_ref(),
+                    )
+                    .await;
+                    match &written {
+                        Ok(None) if crd_missing_logged.insert(*format) => {
+                            tracing::warn!(
+                                api = %resource.api_version,
+                                kind = %resource.kind,
+                                "the report CRD is not installed: audit results go to metrics, Events and logs only (deploy/crds/)"
+                            );
                         }
+                        Ok(Some(written)) => {
+                            for (namespace, error) in &written.refused {
+                                tracing::warn!(%namespace, %error, kind = %resource.kind, "the report of this namespace was not written; the others were");
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, kind = %resource.kind, "cannot list the reports")
+                        }
+                        _ => {}
                     }
-                    Err(error) => tracing::warn!(%error, "cannot list PolicyReports"),
-                    _ => {}
                 }
                 warn_broken(&client, &recorder, &audit, &mut warned).await;
                 tracing::info!(
@@ -699,6 +751,39 @@ mod tests {
             result,
             message: "m".into(),
         }
+    }
+
+    #[test]
+    fn an_openreports_report_is_the_policy_report_with_its_api_and_a_source() {
+        let mut audit = Audit::default();
+        audit.passed.insert("shop".into(), 2);
+        audit.findings.push(finding("shop", "web".into(), "fail"));
+        let now = "2026-11-23T00:00:00Z";
+        let wg = ReportFormat::PolicyReport.report(&audit, "shop", now);
+        let open = ReportFormat::OpenReports.report(&audit, "shop", now);
+        assert_eq!(
+            (&wg["apiVersion"], &wg["kind"]),
+            (&json!("wgpolicyk8s.io/v1alpha2"), &json!("PolicyReport"))
+        );
+        assert_eq!(
+            (&open["apiVersion"], &open["kind"]),
+            (&json!("openreports.io/v1alpha1"), &json!("Report"))
+        );
+        assert_eq!(open["source"], "confgate");
+        assert_eq!(wg.get("source"), None);
+        // The same results, summary and metadata (timestamps are the same second or one apart).
+        for field in ["summary", "metadata"] {
+            assert_eq!(open[field], wg[field], "{field}");
+        }
+        let strip = |r: &Value| {
+            let mut r = r.clone();
+            for result in r["results"].as_array_mut().unwrap() {
+                result.as_object_mut().unwrap().remove("timestamp");
+            }
+            r["results"].clone()
+        };
+        assert_eq!(strip(&open), strip(&wg));
+        assert_eq!(ReportFormat::OpenReports.resource().plural, "reports");
     }
 
     #[test]

@@ -190,6 +190,10 @@ fn chart_files_are_the_deploy_files() {
         "deploy/crds/wgpolicyk8s.io_policyreports.yaml",
     );
     same(
+        "files/crds/openreports.io_reports.yaml",
+        "deploy/crds/openreports.io_reports.yaml",
+    );
+    same(
         "files/grafana-dashboard.json",
         "deploy/monitoring/grafana-dashboard.json",
     );
@@ -841,4 +845,29 @@ fn chart_rbac_follows_the_features_that_are_on() {
             .iter()
             .any(|d| d["kind"] == "NetworkPolicy")
     );
+    // OpenReports: the argument confgate reads, and its CRD when asked.
+    let both = render_with(&[
+        "audit.reports={wgpolicyk8s,openreports}",
+        "audit.openReportsCRD.install=true",
+    ]);
+    let (args, parsed) = serve_args(&both, "confgate");
+    assert!(
+        args.contains(&"--audit-reports=wgpolicyk8s,openreports".to_owned()),
+        "{args:?}"
+    );
+    assert_eq!(
+        parsed.audit_reports,
+        [
+            confgate::controllers::audit::ReportFormat::PolicyReport,
+            confgate::controllers::audit::ReportFormat::OpenReports
+        ]
+    );
+    assert!(both.iter().any(|d| d["kind"] == "CustomResourceDefinition"
+        && d["metadata"]["name"] == "reports.openreports.io"));
+    assert!(
+        !defaults
+            .iter()
+            .any(|d| d["kind"] == "CustomResourceDefinition")
+    );
+    assert!(has(&all, "reports.openreports.io patch"));
 }

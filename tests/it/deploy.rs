@@ -179,10 +179,12 @@ fn rbac_is_least_privilege() {
                 let followup = role["metadata"]["name"] == "confgate-followup"
                     && (verbs == ["get"]
                         || (resources == ["events"] && verbs == ["create", "patch"]));
-                // The audit writes its own PolicyReports.
+                // The audit writes its own reports (PolicyReports, OpenReports Reports).
                 let reports = role["metadata"]["name"] == "confgate-audit"
-                    && resources == ["policyreports"]
-                    && rule["apiGroups"] == json!(["wgpolicyk8s.io"]);
+                    && ((resources == ["policyreports"]
+                        && rule["apiGroups"] == json!(["wgpolicyk8s.io"]))
+                        || (resources == ["reports"]
+                            && rule["apiGroups"] == json!(["openreports.io"])));
                 assert!(
                     own_webhooks
                         || rollout

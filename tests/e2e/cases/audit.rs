@@ -7,23 +7,34 @@ use crate::harness::{Confgate, Cx, Kubectl, Options, eventually, root};
 use serde_json::Value;
 use std::time::Duration;
 
-/// Installs the PolicyReport CRD shipped in deploy/crds (once for the shared control plane).
+/// Installs the report CRDs shipped in deploy/crds, PolicyReport and OpenReports' Report (once
+/// for the shared control plane).
 async fn install_crd(kubectl: &Kubectl) {
-    let crd = root().join("deploy/crds/wgpolicyk8s.io_policyreports.yaml");
+    for (file, crd) in [
+        (
+            "wgpolicyk8s.io_policyreports.yaml",
+            "crd/policyreports.wgpolicyk8s.io",
+        ),
+        ("openreports.io_reports.yaml", "crd/reports.openreports.io"),
+    ] {
+        let path = root().join("deploy/crds").join(file);
+        kubectl
+            .ok(&["apply", "-f", &path.to_string_lossy()], None)
+            .await;
+        kubectl
+            .ok(
+                &["wait", "--for=condition=established", "--timeout=30s", crd],
+                None,
+            )
+            .await;
+    }
+}
+
+/// The OpenReports Report the audit wrote in `ns`.
+async fn open_report(kubectl: &Kubectl, ns: &str) -> Option<Value> {
     kubectl
-        .ok(&["apply", "-f", &crd.to_string_lossy()], None)
-        .await;
-    kubectl
-        .ok(
-            &[
-                "wait",
-                "--for=condition=established",
-                "--timeout=30s",
-                "crd/policyreports.wgpolicyk8s.io",
-            ],
-            None,
-        )
-        .await;
+        .get(ns, "reports.openreports.io/confgate-audit")
+        .await
 }
 
 async fn report(kubectl: &Kubectl, ns: &str) -> Option<Value> {
@@ -45,8 +56,14 @@ pub async fn e2e_audit_reports_a_workload_broken_while_confgate_was_down(cx: Cx)
         .await;
     // The interval is long: after the audit at start, only a configuration change starts one
     // (at most every 30 s).
-    let mut confgate =
-        Confgate::start(&cx, Options::shipped(&ns).arg("--audit-interval=10m")).await;
+    // Both report APIs, as during a migration from wg-policy to OpenReports.
+    let mut confgate = Confgate::start(
+        &cx,
+        Options::shipped(&ns)
+            .arg("--audit-interval=10m")
+            .arg("--audit-reports=wgpolicyk8s,openreports"),
+    )
+    .await;
     // Clean: a report with passes and no failures.
     eventually(Duration::from_secs(20), "a clean report", || {
         let kubectl = kubectl.clone();
@@ -98,6 +115,31 @@ pub async fn e2e_audit_reports_a_workload_broken_while_confgate_was_down(cx: Cx)
         }
     })
     .await;
+    // The OpenReports Report says the same: its summary, results and resources.
+    let open = eventually(Duration::from_secs(10), "the OpenReports report", || {
+        let kubectl = kubectl.clone();
+        let ns = ns.clone();
+        async move {
+            let r = open_report(&kubectl, &ns).await?;
+            (r["summary"]["fail"] == 1).then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(open["source"], "confgate");
+    assert_eq!(open["summary"], found["summary"]);
+    for field in [
+        "policy",
+        "result",
+        "message",
+        "resources",
+        "severity",
+        "scored",
+    ] {
+        assert_eq!(
+            open["results"][0][field], found["results"][0][field],
+            "{field}"
+        );
+    }
     let result = &found["results"][0];
     assert_eq!(result["policy"], "require-config-keys");
     assert_eq!(result["result"], "fail");
@@ -244,8 +286,7 @@ pub async fn e2e_a_refused_report_stays_in_its_namespace_and_a_restart_sends_no_
     let log = confgate.log_tail(2000);
     assert!(
         log.lines().any(
-            |l| l.contains("the PolicyReport of this namespace was not written")
-                && l.contains(&blocked)
+            |l| l.contains("the report of this namespace was not written") && l.contains(&blocked)
         ),
         "{log}"
     );
