@@ -209,6 +209,13 @@ const CLUSTER_SCOPED: &[&str] = &[
     "VolumeAttachment",
 ];
 
+/// The CREATE review of a manifest, as the apiserver would send it: the one way a manifest
+/// becomes a review, for `confgate review`, the rollout controller and the audit (`index`
+/// numbers the review's uid, for a stream of several).
+pub fn manifest_review(object: Value, index: usize) -> Result<Review, String> {
+    review_from_value(wrap_manifest(object, index)?).map_err(|e| e.to_string())
+}
+
 /// Wraps a plain manifest into an `admission.k8s.io/v1` CREATE review, as the apiserver would
 /// send it (namespace defaulted to `default` for namespaced kinds).
 pub fn wrap_manifest(mut object: Value, index: usize) -> Result<Value, String> {

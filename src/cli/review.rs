@@ -5,7 +5,7 @@
 //! a summary line per resource, JSON for machines, or with `--explain` the whole story.
 //! Exit 0: allowed; 1: denied (or, with `--strict`, warned or not checked); 2: bad input.
 
-use crate::admission::{self, Review, operation_str, wrap_manifest};
+use crate::admission::{self, Review, operation_str};
 use crate::cluster::ClusterState;
 use crate::cluster::fresh::Fresh;
 use crate::cluster::layered::{InputOnly, Layered};
@@ -397,12 +397,12 @@ fn to_reviews(documents: Vec<(String, Value)>) -> Result<Vec<Review>, String> {
         .enumerate()
         .map(|(i, (source, doc))| {
             let is_review = doc.get("kind").and_then(Value::as_str) == Some("AdmissionReview");
-            let value = if is_review {
-                doc
+            if is_review {
+                admission::review_from_value(doc).map_err(|e| format!("{source}: {e}"))
             } else {
-                wrap_manifest(as_applied(doc), i + 1).map_err(|e| format!("{source}: {e}"))?
-            };
-            admission::review_from_value(value).map_err(|e| format!("{source}: {e}"))
+                admission::manifest_review(as_applied(doc), i + 1)
+                    .map_err(|e| format!("{source}: {e}"))
+            }
         })
         .collect()
 }

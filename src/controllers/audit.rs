@@ -9,7 +9,7 @@
 //! Workloads are listed page by page ([`PAGE`] at a time), so memory stays bounded however
 //! many there are; only the findings are kept.
 
-use crate::admission::{review_from_value, wrap_manifest};
+use crate::admission::manifest_review;
 use crate::cluster::fresh::Fresh;
 use crate::engine::{Engine, Judgement, Outcome};
 use crate::policy::{Phase, PolicySet};
@@ -86,10 +86,7 @@ pub async fn judge(
         object["apiVersion"] = json!(resource.api_version);
         object["kind"] = json!(kind);
     }
-    let Some(review) = wrap_manifest(object, 1)
-        .ok()
-        .and_then(|v| review_from_value(v).ok())
-    else {
+    let Ok(review) = manifest_review(object, 1) else {
         return Vec::new();
     };
     let judged = engine

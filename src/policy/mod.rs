@@ -333,8 +333,7 @@ pub(crate) mod testing {
 
     /// The manifest as a CREATE review.
     pub fn review(object: Value) -> Review {
-        let wrapped = crate::admission::wrap_manifest(object, 1).expect("manifest");
-        crate::admission::review_from_value(wrapped).expect("review")
+        crate::admission::manifest_review(object, 1).expect("review")
     }
 
     /// Cluster state from YAML.

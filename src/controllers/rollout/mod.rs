@@ -27,7 +27,7 @@
 pub mod secret_poll;
 mod waves;
 
-use crate::admission::{review_from_value, wrap_manifest};
+use crate::admission::manifest_review;
 use crate::cluster::changes::{Changed, ConfigChanges};
 use crate::cluster::fresh::{Fresh, View};
 use crate::cluster::workloads::{self as index, Index, Workload};
@@ -1197,10 +1197,7 @@ async fn desired(
         .filter(|(_, a, _)| !a.is_empty())
         .collect();
     let object = w.object();
-    let Some(review) = wrap_manifest(object.clone(), 1)
-        .ok()
-        .and_then(|v| review_from_value(v).ok())
-    else {
+    let Ok(review) = manifest_review(object.clone(), 1) else {
         return Ok(Vec::new());
     };
     *fresh = engine.read_ahead(&review, &Fresh::default()).await;
