@@ -1033,3 +1033,126 @@ pub async fn e2e_a_leader_frozen_past_its_lease_writes_nothing_when_it_resumes(c
     );
     assert_eq!(standby.metric(triggered).await, 1.0);
 }
+
+/// With rollouts off (`rollout.enabled=false`), confgate runs under exactly the RBAC the chart
+/// renders for that feature set: it may not patch any workload, and it still becomes ready,
+/// stamps the checksum at admission, audits, and guards, while a ConfigMap edit rolls nothing
+/// and no write is even tried.
+pub async fn e2e_with_rollouts_off_confgate_works_under_the_rbac_the_chart_renders_for_it(cx: Cx) {
+    let ns = cx.namespace("rbac-no-rollouts").await;
+    let kubectl = cx.kubectl();
+    kubectl
+        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+        .await;
+    // Rendered as Helm would install it, release named after the namespace.
+    let out = std::process::Command::new(super::helm_chart::helm_binary())
+        .args(["template", &ns])
+        .arg(crate::harness::root().join("charts/confgate"))
+        .args(["--namespace", &ns, "--set", "rollout.enabled=false"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = confgate::yaml::documents(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let rbac: Vec<String> = docs
+        .iter()
+        .filter(|d| {
+            [
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "Role",
+                "RoleBinding",
+            ]
+            .contains(&d["kind"].as_str().unwrap_or_default())
+        })
+        .map(Value::to_string)
+        .collect();
+    kubectl
+        .ok(&["apply", "-f", "-"], Some(&rbac.join("\n---\n")))
+        .await;
+    let account = format!("{ns}-confgate");
+    let sa = format!("system:serviceaccount:{ns}:{account}");
+    for (verb, resource, expected) in [
+        ("patch", "deployments.apps", "no"),
+        ("patch", "statefulsets.apps", "no"),
+        ("patch", "cronjobs.batch", "no"),
+        ("list", "deployments.apps", "yes"),
+        ("watch", "deployments.apps", "yes"),
+        ("patch", "configmaps", "yes"),
+    ] {
+        let run = kubectl
+            .run(&["auth", "can-i", verb, resource, "--as", &sa, "-A"], None)
+            .await;
+        assert_eq!(run.stdout.trim(), expected, "{verb} {resource}");
+    }
+    let token = kubectl
+        .ok(&["create", "token", &account, "-n", &ns], None)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("sa-kubeconfig");
+    crate::harness::control_plane::write_kubeconfig(&kubeconfig, &cx.plane.server, token.trim())
+        .unwrap();
+    // Its policies and names as the chart renders them.
+    let policies = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "ConfigMap" && d["metadata"]["name"] == format!("{account}-policies")
+        })
+        .unwrap();
+    // The chart leaves its own namespace out of every policy; here the workloads live in it.
+    let text: Vec<String> = ["checksum-config.yaml", "require-config-keys.yaml"]
+        .iter()
+        .map(|f| {
+            let text = policies["data"][f].as_str().unwrap();
+            assert!(text.contains(&format!(", {ns}]")), "{text}");
+            text.replace(&format!(", {ns}]"), "]")
+        })
+        .collect();
+    assert!(text[0].contains("rollout: false"), "{}", text[0]);
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let mut options = Options::with_policies(&ns, &text.join("\n---\n")).kubeconfig(&kubeconfig);
+    for arg in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+    {
+        if [
+            "--lease-name=",
+            "--checksum-key-secret=",
+            "--secrets=",
+            "--owner-",
+        ]
+        .iter()
+        .any(|p| arg.starts_with(p))
+        {
+            options = options.arg(arg);
+        }
+    }
+    let confgate = Confgate::start(&cx, options.arg("--audit-interval=10m")).await;
+    let kubectl = deployed(&cx, &ns, &web_deployment(&ns, "web", &[])).await;
+    let web = kubectl.get(&ns, "deployment/web").await.unwrap();
+    assert_eq!(
+        template_annotation(&web, "checksum/config")
+            .as_str()
+            .map(str::len),
+        Some(64),
+        "stamped at admission: {web}"
+    );
+    set_config_key(&kubectl, &ns, "app-config", "LOG_LEVEL", "debug").await;
+    stays(&kubectl, &ns, 1, Duration::from_secs(8)).await;
+    eventually(Duration::from_secs(30), "an audit", || {
+        let done = confgate.log_tail(4000).contains("audit done");
+        async move { done.then_some(()) }
+    })
+    .await;
+    let log = confgate.log_tail(4000);
+    assert!(
+        !log.contains("forbidden") && !log.contains("rollout failed"),
+        "a write was tried, or refused:\n{log}"
+    );
+}
