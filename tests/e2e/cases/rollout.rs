@@ -1057,7 +1057,7 @@ pub async fn e2e_with_rollouts_off_confgate_works_under_the_rbac_the_chart_rende
         String::from_utf8_lossy(&out.stderr)
     );
     let docs = confgate::yaml::documents(&String::from_utf8_lossy(&out.stdout)).unwrap();
-    let rbac: Vec<String> = docs
+    let rbac: Vec<Value> = docs
         .iter()
         .filter(|d| {
             [
@@ -1069,10 +1069,11 @@ pub async fn e2e_with_rollouts_off_confgate_works_under_the_rbac_the_chart_rende
             ]
             .contains(&d["kind"].as_str().unwrap_or_default())
         })
-        .map(Value::to_string)
+        .cloned()
         .collect();
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": rbac});
     kubectl
-        .ok(&["apply", "-f", "-"], Some(&rbac.join("\n---\n")))
+        .ok(&["apply", "-f", "-"], Some(&list.to_string()))
         .await;
     let account = format!("{ns}-confgate");
     let sa = format!("system:serviceaccount:{ns}:{account}");
