@@ -740,6 +740,15 @@ fn granted(docs: &[Value]) -> BTreeSet<String> {
     out
 }
 
+/// The kinds the rollout controller writes to, as RBAC names them.
+const ROLLED: [&str; 5] = [
+    "deployments.apps",
+    "statefulsets.apps",
+    "daemonsets.apps",
+    "cronjobs.batch",
+    "rollouts.argoproj.io",
+];
+
 #[test]
 fn chart_rbac_follows_the_features_that_are_on() {
     let render_with = |sets: &[&str]| template("confgate", "confgate-system", sets).unwrap();
@@ -747,24 +756,12 @@ fn chart_rbac_follows_the_features_that_are_on() {
     let all = granted(&defaults);
     let has = |set: &BTreeSet<String>, grant: &str| set.contains(grant);
     // Rollouts on (the default): the workload kinds are patched; off: only read.
-    for kind in [
-        "deployments.apps",
-        "statefulsets.apps",
-        "daemonsets.apps",
-        "cronjobs.batch",
-        "rollouts.argoproj.io",
-    ] {
+    for kind in ROLLED {
         assert!(has(&all, &format!("{kind} patch")), "{kind}");
     }
     let no_rollouts = render_with(&["rollout.enabled=false"]);
     let without = granted(&no_rollouts);
-    for kind in [
-        "deployments.apps",
-        "statefulsets.apps",
-        "daemonsets.apps",
-        "cronjobs.batch",
-        "rollouts.argoproj.io",
-    ] {
+    for kind in ROLLED {
         assert!(!has(&without, &format!("{kind} patch")), "{kind}");
     }
     // Nothing else lost: the same grants but those patches.

@@ -216,23 +216,7 @@ pub async fn e2e_audit_reports_a_workload_broken_while_confgate_was_down(cx: Cx)
 /// `ConfigBroken` Events on `name` in `ns`, as the apiserver lists them.
 async fn broken_events(kubectl: &Kubectl, ns: &str, name: &str) -> Vec<Value> {
     let selector = format!("reason=ConfigBroken,involvedObject.name={name}");
-    let out = kubectl
-        .ok(
-            &[
-                "get",
-                "events",
-                "-n",
-                ns,
-                "--field-selector",
-                &selector,
-                "-o",
-                "json",
-            ],
-            None,
-        )
-        .await;
-    let list: Value = serde_json::from_str(&out).unwrap();
-    list["items"].as_array().cloned().unwrap_or_default()
+    super::rollout::events(kubectl, ns, &selector).await
 }
 
 /// One namespace that refuses its PolicyReport (a ResourceQuota of 0 reports) stops only its

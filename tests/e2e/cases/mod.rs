@@ -54,6 +54,7 @@ pub fn all() -> Vec<(&'static str, Case)> {
         audit::e2e_audit_reports_a_workload_broken_while_confgate_was_down,
         audit::e2e_a_refused_report_stays_in_its_namespace_and_a_restart_sends_no_second_warning,
         rollout::e2e_with_rollouts_off_confgate_works_under_the_rbac_the_chart_renders_for_it,
+        rollout::e2e_each_secrets_mode_works_under_the_rbac_the_chart_renders_for_it,
         rollout::e2e_a_changed_consumed_key_rolls_the_workload_once,
         rollout::e2e_an_unconsumed_key_or_an_opted_out_workload_rolls_nothing,
         rollout::e2e_a_config_map_that_opted_out_rolls_none_of_its_readers,

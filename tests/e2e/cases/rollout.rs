@@ -519,10 +519,9 @@ async fn config_changed(kubectl: &Kubectl, ns: &str, count: usize) -> Vec<String
     .await
 }
 
-/// The Event notes of `reason` in the namespace.
-pub(crate) async fn event_notes(kubectl: &Kubectl, ns: &str, reason: &str) -> Vec<String> {
-    let selector = format!("reason={reason}");
-    let events = kubectl
+/// The Events of `ns` that match a field `selector` (`reason=ConfigChanged`), as listed.
+pub(crate) async fn events(kubectl: &Kubectl, ns: &str, selector: &str) -> Vec<Value> {
+    let out = kubectl
         .ok(
             &[
                 "get",
@@ -530,18 +529,22 @@ pub(crate) async fn event_notes(kubectl: &Kubectl, ns: &str, reason: &str) -> Ve
                 "-n",
                 ns,
                 "--field-selector",
-                &selector,
+                selector,
                 "-o",
                 "json",
             ],
             None,
         )
         .await;
-    let events: Value = serde_json::from_str(&events).unwrap_or_default();
-    events["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let list: Value = serde_json::from_str(&out).unwrap_or_default();
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// The Event notes of `reason` in the namespace.
+pub(crate) async fn event_notes(kubectl: &Kubectl, ns: &str, reason: &str) -> Vec<String> {
+    events(kubectl, ns, &format!("reason={reason}"))
+        .await
+        .iter()
         .filter_map(|e| e["message"].as_str().or(e["note"].as_str()))
         .map(str::to_owned)
         .collect()
@@ -1034,21 +1037,30 @@ pub async fn e2e_a_leader_frozen_past_its_lease_writes_nothing_when_it_resumes(c
     assert_eq!(standby.metric(triggered).await, 1.0);
 }
 
-/// With rollouts off (`rollout.enabled=false`), confgate runs under exactly the RBAC the chart
-/// renders for that feature set: it may not patch any workload, and it still becomes ready,
-/// stamps the checksum at admission, audits, and guards, while a ConfigMap edit rolls nothing
-/// and no write is even tried.
-pub async fn e2e_with_rollouts_off_confgate_works_under_the_rbac_the_chart_renders_for_it(cx: Cx) {
-    let ns = cx.namespace("rbac-no-rollouts").await;
+/// confgate set up in `ns` exactly as the chart renders it with `sets`: its ServiceAccount and
+/// roles applied as rendered, a kubeconfig with that account's token, and the shipped
+/// `checksum-config` and `require-config-keys` policies and name arguments from the render.
+struct Rendered {
+    _dir: tempfile::TempDir,
+    /// `system:serviceaccount:NS:ACCOUNT`, for `kubectl auth can-i --as`.
+    account: String,
+    options: Options,
+    /// The rendered checksum-config policy, as given to confgate.
+    checksum_policy: String,
+}
+
+async fn as_the_chart_renders(cx: &Cx, ns: &str, sets: &[&str]) -> Rendered {
     let kubectl = cx.kubectl();
-    kubectl
-        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
-        .await;
-    // Rendered as Helm would install it, release named after the namespace.
+    let mut args = vec!["template", ns];
+    let chart = crate::harness::root().join("charts/confgate");
+    let chart = chart.to_string_lossy().into_owned();
+    args.push(&chart);
+    args.extend(["--namespace", ns]);
+    for set in sets {
+        args.extend(["--set", set]);
+    }
     let out = std::process::Command::new(super::helm_chart::helm_binary())
-        .args(["template", &ns])
-        .arg(crate::harness::root().join("charts/confgate"))
-        .args(["--namespace", &ns, "--set", "rollout.enabled=false"])
+        .args(&args)
         .output()
         .unwrap();
     assert!(
@@ -1076,28 +1088,13 @@ pub async fn e2e_with_rollouts_off_confgate_works_under_the_rbac_the_chart_rende
         .ok(&["apply", "-f", "-"], Some(&list.to_string()))
         .await;
     let account = format!("{ns}-confgate");
-    let sa = format!("system:serviceaccount:{ns}:{account}");
-    for (verb, resource, expected) in [
-        ("patch", "deployments.apps", "no"),
-        ("patch", "statefulsets.apps", "no"),
-        ("patch", "cronjobs.batch", "no"),
-        ("list", "deployments.apps", "yes"),
-        ("watch", "deployments.apps", "yes"),
-        ("patch", "configmaps", "yes"),
-    ] {
-        let run = kubectl
-            .run(&["auth", "can-i", verb, resource, "--as", &sa, "-A"], None)
-            .await;
-        assert_eq!(run.stdout.trim(), expected, "{verb} {resource}");
-    }
     let token = kubectl
-        .ok(&["create", "token", &account, "-n", &ns], None)
+        .ok(&["create", "token", &account, "-n", ns], None)
         .await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("sa-kubeconfig");
     crate::harness::control_plane::write_kubeconfig(&kubeconfig, &cx.plane.server, token.trim())
         .unwrap();
-    // Its policies and names as the chart renders them.
     let policies = docs
         .iter()
         .find(|d| {
@@ -1113,9 +1110,8 @@ pub async fn e2e_with_rollouts_off_confgate_works_under_the_rbac_the_chart_rende
             text.replace(&format!(", {ns}]"), "]")
         })
         .collect();
-    assert!(text[0].contains("rollout: false"), "{}", text[0]);
     let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
-    let mut options = Options::with_policies(&ns, &text.join("\n---\n")).kubeconfig(&kubeconfig);
+    let mut options = Options::with_policies(ns, &text.join("\n---\n")).kubeconfig(&kubeconfig);
     for arg in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
         .as_array()
         .unwrap()
@@ -1134,7 +1130,57 @@ pub async fn e2e_with_rollouts_off_confgate_works_under_the_rbac_the_chart_rende
             options = options.arg(arg);
         }
     }
-    let confgate = Confgate::start(&cx, options.arg("--audit-interval=10m")).await;
+    Rendered {
+        _dir: dir,
+        account: format!("system:serviceaccount:{ns}:{account}"),
+        options: options.arg("--audit-interval=10m"),
+        checksum_policy: text[0].clone(),
+    }
+}
+
+/// `kubectl auth can-i VERB RESOURCE --as ACCOUNT -A` for each row, as expected.
+async fn can(kubectl: &Kubectl, account: &str, rows: &[(&str, &str, &str)]) {
+    for (verb, resource, expected) in rows {
+        let run = kubectl
+            .run(
+                &["auth", "can-i", verb, resource, "--as", account, "-A"],
+                None,
+            )
+            .await;
+        assert_eq!(run.stdout.trim(), *expected, "{verb} {resource}");
+    }
+}
+
+/// With rollouts off (`rollout.enabled=false`), confgate runs under exactly the RBAC the chart
+/// renders for that feature set: it may not patch any workload, and it still becomes ready,
+/// stamps the checksum at admission, audits, and guards, while a ConfigMap edit rolls nothing
+/// and no write is even tried.
+pub async fn e2e_with_rollouts_off_confgate_works_under_the_rbac_the_chart_renders_for_it(cx: Cx) {
+    let ns = cx.namespace("rbac-no-rollouts").await;
+    let kubectl = cx.kubectl();
+    kubectl
+        .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+        .await;
+    let rendered = as_the_chart_renders(&cx, &ns, &["rollout.enabled=false"]).await;
+    can(
+        &kubectl,
+        &rendered.account,
+        &[
+            ("patch", "deployments.apps", "no"),
+            ("patch", "statefulsets.apps", "no"),
+            ("patch", "cronjobs.batch", "no"),
+            ("list", "deployments.apps", "yes"),
+            ("watch", "deployments.apps", "yes"),
+            ("patch", "configmaps", "yes"),
+        ],
+    )
+    .await;
+    assert!(
+        rendered.checksum_policy.contains("rollout: false"),
+        "{}",
+        rendered.checksum_policy
+    );
+    let confgate = Confgate::start(&cx, rendered.options).await;
     let kubectl = deployed(&cx, &ns, &web_deployment(&ns, "web", &[])).await;
     let web = kubectl.get(&ns, "deployment/web").await.unwrap();
     assert_eq!(
@@ -1156,4 +1202,73 @@ pub async fn e2e_with_rollouts_off_confgate_works_under_the_rbac_the_chart_rende
         !log.contains("forbidden") && !log.contains("rollout failed"),
         "a write was tried, or refused:\n{log}"
     );
+}
+
+/// Each secrets mode under the RBAC the chart renders for it: `get` reads Secrets by name and
+/// may not list them, yet judges a missing Secret key; `watch` may list and watch them, and a
+/// rotated Secret rolls its reader. Neither is refused anything it tries.
+pub async fn e2e_each_secrets_mode_works_under_the_rbac_the_chart_renders_for_it(cx: Cx) {
+    for (mode, listed) in [("get", "no"), ("watch", "yes")] {
+        let ns = cx.namespace(&format!("rbac-secrets-{mode}")).await;
+        let kubectl = cx.kubectl();
+        kubectl
+            .ok(&["apply", "-f", "-"], Some(&app_config(&ns)))
+            .await;
+        let rendered = as_the_chart_renders(&cx, &ns, &[&format!("secrets={mode}")]).await;
+        can(
+            &kubectl,
+            &rendered.account,
+            &[
+                ("get", "secrets", "yes"),
+                ("list", "secrets", listed),
+                ("watch", "secrets", listed),
+                ("patch", "deployments.apps", "yes"),
+            ],
+        )
+        .await;
+        let confgate = Confgate::start(&cx, rendered.options).await;
+        let kubectl = deployed(&cx, &ns, &web_deployment(&ns, "web", &[])).await;
+        // Judged by name: a key the Secret lacks is denied.
+        let other = web_deployment(
+            &ns,
+            "other",
+            &["{name: NOPE, valueFrom: {secretKeyRef: {name: app-secret, key: NOPE}}}"],
+        );
+        let denied = kubectl.fails(&["apply", "-f", "-"], Some(&other)).await;
+        assert!(
+            denied.contains(&format!("secret \"{ns}/app-secret\" has no key \"NOPE\"")),
+            "{mode}: {denied}"
+        );
+        if mode == "watch" {
+            let patch = serde_json::json!({"stringData": {"API_KEY": "rotated"}}).to_string();
+            kubectl
+                .ok(
+                    &[
+                        "patch",
+                        "secret",
+                        "app-secret",
+                        "-n",
+                        &ns,
+                        "--type=merge",
+                        "-p",
+                        &patch,
+                    ],
+                    None,
+                )
+                .await;
+            reaches(
+                &kubectl,
+                &ns,
+                2,
+                Duration::from_secs(15),
+                "the rotation's rollout",
+            )
+            .await;
+        }
+        let log = confgate.log_tail(4000);
+        assert!(
+            !log.contains("forbidden") && !log.contains("rollout failed"),
+            "{mode}: something was refused:\n{log}"
+        );
+    }
 }
