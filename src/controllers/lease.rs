@@ -155,7 +155,16 @@ impl Leader {
 
     /// A leader that always leads (tests, benchmarks: one replica).
     pub fn always() -> Self {
-        let (_tx, rx) = tokio::sync::watch::channel(true);
+        Self::fixed(true)
+    }
+
+    /// A replica that never leads (tests: one that lost the Lease).
+    pub fn never() -> Self {
+        Self::fixed(false)
+    }
+
+    fn fixed(leading: bool) -> Self {
+        let (_tx, rx) = tokio::sync::watch::channel(leading);
         let valid = Arc::new(Validity {
             base: Instant::now(),
             until: AtomicU64::new(u64::MAX),

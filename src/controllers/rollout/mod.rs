@@ -381,11 +381,11 @@ impl Write {
 /// One annotation to write: key, the value it has, the value it should have, and how the
 /// policy that stamps it rolls a change's readers (in waves, or all at once).
 #[derive(Debug, Clone, PartialEq)]
-struct Stamp {
-    annotation: String,
-    current: String,
-    desired: String,
-    waves: Option<WaveSettings>,
+pub struct Stamp {
+    pub annotation: String,
+    pub current: String,
+    pub desired: String,
+    pub waves: Option<WaveSettings>,
 }
 
 /// `checksum/config 1f2e3d4c5b6a -> 9ab0c1d2e3f4`: the annotation, and the first 12
@@ -403,10 +403,105 @@ impl std::fmt::Display for Stamp {
     }
 }
 
+/// Where the controller's writes go: the API server ([`KubeWriter`]), or a test's fake. Reads
+/// (the first wave's status and Pods) stay on the client; every write goes through here.
+pub trait Writer: Send + Sync {
+    /// Writes `stamps` to `w`: a merge patch of those template annotations, field manager
+    /// `confgate`, conditional on the resourceVersion the index saw. Returns the API server's
+    /// time of the write (from `managedFields`), which tells the Pods of this rollout from
+    /// older ones.
+    fn patch<'a>(
+        &'a self,
+        w: &'a Workload,
+        stamps: &'a [Stamp],
+    ) -> futures::future::BoxFuture<'a, kube::Result<Option<String>>>;
+
+    /// Publishes an Event of the rollout controller (action `Rollout`).
+    fn publish<'a>(
+        &'a self,
+        on: crate::events::On<'a>,
+        type_: EventType,
+        reason: &'a str,
+        note: String,
+    ) -> futures::future::BoxFuture<'a, kube::Result<()>>;
+}
+
+/// The API server, through a client and an Event recorder.
+pub struct KubeWriter {
+    client: Client,
+    recorder: Recorder,
+}
+
+impl KubeWriter {
+    pub fn new(client: Client) -> Self {
+        Self {
+            recorder: crate::events::recorder(client.clone()),
+            client,
+        }
+    }
+}
+
+impl Writer for KubeWriter {
+    fn patch<'a>(
+        &'a self,
+        w: &'a Workload,
+        stamps: &'a [Stamp],
+    ) -> futures::future::BoxFuture<'a, kube::Result<Option<String>>> {
+        Box::pin(async move {
+            let Some(resource) = crate::workload::api_resource(w.kind) else {
+                return Ok(None);
+            };
+            let annotations: serde_json::Map<String, Value> = stamps
+                .iter()
+                .map(|s| (s.annotation.clone(), Value::String(s.desired.clone())))
+                .collect();
+            let mut body = nested(
+                template_path(w.kind).unwrap_or_default().iter(),
+                json!({"metadata": {"annotations": annotations}}),
+            );
+            body["metadata"] = json!({"resourceVersion": w.resource_version});
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.client.clone(), &w.namespace, &resource);
+            let params = PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            };
+            let written = api.patch(&w.name, &params, &Patch::Merge(&body)).await?;
+            Ok(written
+                .metadata
+                .managed_fields
+                .iter()
+                .flatten()
+                .filter(|f| f.manager.as_deref() == Some(FIELD_MANAGER))
+                .find_map(|f| f.time.as_ref())
+                .map(|t| t.0.to_string()))
+        })
+    }
+
+    fn publish<'a>(
+        &'a self,
+        on: crate::events::On<'a>,
+        type_: EventType,
+        reason: &'a str,
+        note: String,
+    ) -> futures::future::BoxFuture<'a, kube::Result<()>> {
+        Box::pin(crate::events::publish(
+            &self.recorder,
+            on,
+            type_,
+            reason,
+            "Rollout",
+            note,
+        ))
+    }
+}
+
 struct Controller {
+    /// For reads (a first wave's status and Pods).
     client: Client,
     judging: Judging,
-    recorder: Recorder,
+    /// Every write.
+    writer: Arc<dyn Writer>,
     limiter: TokenBucket,
     last: HashMap<WorkloadKey, Instant>,
     /// Workloads that should roll but were held back, with what changed for them and why they
@@ -450,7 +545,7 @@ impl Controller {
     ) -> Self {
         Self {
             changes,
-            recorder: crate::events::recorder(client.clone()),
+            writer: Arc::new(KubeWriter::new(client.clone())),
             client,
             judging,
             limiter: TokenBucket::new(&settings),
@@ -809,9 +904,7 @@ impl Controller {
         reason: &str,
         note: String,
     ) {
-        if let Err(error) =
-            crate::events::publish(&self.recorder, on, type_, reason, "Rollout", note).await
-        {
+        if let Err(error) = self.writer.publish(on, type_, reason, note).await {
             tracing::warn!(%error, reason, "cannot publish an Event");
         }
     }
@@ -991,7 +1084,7 @@ impl Controller {
         let this = &*self;
         let results: Vec<(Write, kube::Result<Option<String>>)> = futures::stream::iter(writes)
             .map(|write| async move {
-                let result = this.patch(&write.workload, &write.stamps).await;
+                let result = this.writer.patch(&write.workload, &write.stamps).await;
                 let w = &write.workload;
                 if result.is_ok() {
                     this.judging.metrics.rollout("triggered");
@@ -1058,40 +1151,6 @@ impl Controller {
                 }
             }
         }
-    }
-
-    /// Writes the annotations: a merge patch of those keys, field manager `confgate`,
-    /// conditional on the resourceVersion the index saw. The mutating webhook computes the
-    /// same values on this write, so it adds nothing. Returns the API server's time of the
-    /// write (from `managedFields`), which tells the Pods of this rollout from older ones.
-    async fn patch(&self, w: &Workload, stamps: &[Stamp]) -> kube::Result<Option<String>> {
-        let Some(resource) = crate::workload::api_resource(w.kind) else {
-            return Ok(None);
-        };
-        let annotations: serde_json::Map<String, Value> = stamps
-            .iter()
-            .map(|s| (s.annotation.clone(), Value::String(s.desired.clone())))
-            .collect();
-        let mut body = nested(
-            template_path(w.kind).unwrap_or_default().iter(),
-            json!({"metadata": {"annotations": annotations}}),
-        );
-        body["metadata"] = json!({"resourceVersion": w.resource_version});
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(self.client.clone(), &w.namespace, &resource);
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PatchParams::default()
-        };
-        let written = api.patch(&w.name, &params, &Patch::Merge(&body)).await?;
-        Ok(written
-            .metadata
-            .managed_fields
-            .iter()
-            .flatten()
-            .filter(|f| f.manager.as_deref() == Some(FIELD_MANAGER))
-            .find_map(|f| f.time.as_ref())
-            .map(|t| t.0.to_string()))
     }
 
     /// A Warning `RolloutHeld` Event on the workload naming what its new Pods would miss.
@@ -1289,6 +1348,125 @@ mod tests {
             "spec": {"template": {"metadata": {"annotations": {"checksum/config": "x"}},
                 "spec": {"containers": [{"name": "web", "env": env}], "volumes": volumes}}}});
         index::reduce("Deployment", &object).expect("a workload")
+    }
+
+    /// A [`Writer`] that answers each workload's write as told and keeps what it was asked.
+    #[derive(Default)]
+    struct FakeWriter {
+        answers: HashMap<String, u16>,
+        patched: std::sync::Mutex<Vec<String>>,
+        events: std::sync::Mutex<Vec<(String, String)>>,
+    }
+
+    impl Writer for FakeWriter {
+        fn patch<'a>(
+            &'a self,
+            w: &'a Workload,
+            _stamps: &'a [Stamp],
+        ) -> futures::future::BoxFuture<'a, kube::Result<Option<String>>> {
+            self.patched.lock().unwrap().push(w.name.clone());
+            let code = self.answers.get(&w.name).copied().unwrap_or(200);
+            Box::pin(async move {
+                if code == 200 {
+                    return Ok(Some("2026-12-07T00:00:00Z".into()));
+                }
+                Err(kube::Error::Api(
+                    kube::core::Status::failure("refused", "Refused")
+                        .with_code(code)
+                        .boxed(),
+                ))
+            })
+        }
+
+        fn publish<'a>(
+            &'a self,
+            on: crate::events::On<'a>,
+            _type: EventType,
+            reason: &'a str,
+            _note: String,
+        ) -> futures::future::BoxFuture<'a, kube::Result<()>> {
+            self.events
+                .lock()
+                .unwrap()
+                .push((on.name.to_owned(), reason.to_owned()));
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    /// A client whose every request fails: the writes under test never reach it.
+    fn offline_client() -> Client {
+        let service = tower::service_fn(|_: axum::http::Request<kube::client::Body>| async {
+            Err::<axum::http::Response<kube::client::Body>, _>(std::io::Error::other("offline"))
+        });
+        Client::new(service, "default")
+    }
+
+    fn named(name: &str) -> Arc<Workload> {
+        let mut w = web(json!([]), json!([]));
+        w.name = name.to_owned();
+        Arc::new(w)
+    }
+
+    #[tokio::test]
+    async fn written_conflicting_and_failing_writes_are_each_remembered_as_such() {
+        let judging = Judging {
+            cluster: Arc::new(crate::cluster::Standalone),
+            policies: Arc::new(crate::policy::PolicyStore::new(PolicySet::default())),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+        };
+        let mut controller = Controller::new(
+            offline_client(),
+            judging,
+            Settings::default(),
+            crate::controllers::lease::Leader::always(),
+            Arc::new(ConfigChanges::default()),
+        );
+        let fake = Arc::new(FakeWriter {
+            answers: HashMap::from([("web".to_owned(), 409), ("api".to_owned(), 500)]),
+            ..FakeWriter::default()
+        });
+        controller.writer = fake.clone();
+        let stamp = Stamp {
+            annotation: "checksum/config".into(),
+            current: "a".into(),
+            desired: "b".into(),
+            waves: None,
+        };
+        let write = |name: &str| Write {
+            workload: named(name),
+            stamps: vec![stamp.clone()],
+            what: vec!["configmap app-config: LOG_LEVEL".into()],
+        };
+        controller
+            .write_all(vec![write("db"), write("web"), write("api")])
+            .await;
+        let k = |name: &str| ("Deployment", "shop".to_owned(), name.to_owned());
+        // Written: remembered for the minimum interval, and said in an Event.
+        assert!(controller.last.contains_key(&k("db")));
+        assert_eq!(
+            *fake.events.lock().unwrap(),
+            vec![("db".to_owned(), "ConfigChanged".to_owned())]
+        );
+        // Changed since seen (409): compared again next round, what changed kept; no backoff.
+        assert_eq!(
+            controller.held.get(&k("web")),
+            Some(&(
+                vec!["configmap app-config: LOG_LEVEL".to_owned()],
+                "throttled"
+            ))
+        );
+        assert!(!controller.failing.contains_key(&k("web")));
+        // Refused (500): backing off, the failures counted.
+        assert_eq!(controller.failing.get(&k("api")).map(|(n, _)| *n), Some(1));
+        assert!(controller.held.contains_key(&k("api")));
+        assert!(!controller.last.contains_key(&k("api")));
+        // Once more: the count grows (and with it the wait).
+        controller.write_all(vec![write("api")]).await;
+        assert_eq!(controller.failing.get(&k("api")).map(|(n, _)| *n), Some(2));
+        // A replica that lost the Lease writes nothing.
+        controller.leadership = crate::controllers::lease::Leader::never();
+        controller.write_all(vec![write("db")]).await;
+        assert_eq!(fake.patched.lock().unwrap().len(), 4);
     }
 
     #[test]
