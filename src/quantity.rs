@@ -161,7 +161,10 @@ pub fn ratio_string(limit: &Quantity, request: &Quantity) -> String {
         BigInt::from(r.magnitude().clone()),
     );
     let exp = limit.scale - request.scale;
-    if (-RATIO_FOLD_LIMIT..=RATIO_FOLD_LIMIT).contains(&exp) {
+    // The quotient's digits before the point; written out in full only within the digit budget
+    // (upstream's own parse would already have written such values out).
+    let whole_digits = (digits(&l) as i64 + el) - (digits(&r) as i64 + er);
+    if (-RATIO_FOLD_LIMIT..=RATIO_FOLD_LIMIT).contains(&exp) && whole_digits <= MAX_DIGITS as i64 {
         // In full: l × 10^el / (r × 10^er) to six decimals.
         let shift = el - er + 6;
         let (n, d) = if shift >= 0 {
@@ -459,10 +462,13 @@ impl Amount {
         if mantissa.sign() == Sign::NoSign {
             return Some(Amount::Nanos(0));
         }
-        let ten = BigInt::from(10);
-        while (&mantissa % &ten).sign() == Sign::NoSign {
-            mantissa /= &ten;
-            exp += 1;
+        // Trailing zeros into the exponent, counted on the digits at once: dividing by ten one
+        // zero at a time is quadratic in a long mantissa.
+        if (&mantissa % BigInt::from(10)).sign() == Sign::NoSign {
+            let text = mantissa.to_str_radix(10);
+            let trimmed = text.trim_end_matches('0');
+            exp += (text.len() - trimmed.len()) as i64;
+            mantissa = trimmed.parse().ok()?;
         }
         let length = digits(&mantissa);
         if length > MAX_DIGITS {
@@ -861,6 +867,20 @@ mod tests {
         );
         let budget = format!("1{}1", "0".repeat(MAX_DIGITS as usize - 2));
         assert!(Quantity::parse(&budget).is_ok());
+    }
+
+    #[test]
+    fn long_values_cost_no_more_than_their_digits() {
+        let q = |s: &str| Quantity::parse(s).unwrap();
+        // 99,990 trailing zeros go into the exponent at once.
+        let long = format!("1{}", "0".repeat(99_990));
+        assert_eq!(q(&long), q("1e99990"));
+        assert_eq!(q(&long).to_string(), "1e99990");
+        assert_eq!(q(&long).add(&q(&long)), q("2e99990"));
+        // Scales alike (both nano) but magnitudes far apart: the ratio folds rather than
+        // writing out two billion digits.
+        let huge = format!("1{}e2000000000", "0".repeat(20));
+        assert_eq!(ratio_string(&q(&huge), &q("1n")), "1.000000e2000000029");
     }
 
     #[test]
