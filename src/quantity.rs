@@ -266,7 +266,7 @@ impl Quantity {
             // Upstream caps a binary-suffixed value at 2^63-1 units (`maxAllowed`), so that is
             // its exact value, however large it was written.
             let nanos = if digits.len() > 38 {
-                big_scale_to_nanos(digits, base2, exponent, frac).ok_or_else(err)?
+                big_binary_to_nanos(digits, exponent, frac).ok_or_else(err)?
             } else {
                 let mantissa: i128 = digits.parse().map_err(|_| err())?;
                 scale_to_nanos(mantissa, base2, exponent, frac)
@@ -317,7 +317,7 @@ impl Quantity {
     /// `units` (DecimalSI), exact.
     pub fn from_units_i128(units: i128) -> Self {
         Self {
-            amount: Amount::from_parts(BigInt::from(units), 9).unwrap_or(Amount::Nanos(0)),
+            amount: Amount::scaled(units, 9),
             format: Format::DecimalSI,
             scale: 0,
         }
@@ -326,7 +326,7 @@ impl Quantity {
     /// `milli / 1000` (DecimalSI), exact.
     pub fn from_milli(milli: i128) -> Self {
         Self {
-            amount: Amount::from_parts(BigInt::from(milli), 6).unwrap_or(Amount::Nanos(0)),
+            amount: Amount::scaled(milli, 6),
             format: Format::DecimalSI,
             scale: -3,
         }
@@ -456,6 +456,18 @@ fn bound(mantissa: &BigInt) -> i128 {
 }
 
 impl Amount {
+    /// `value × 10^exp` nanos: in 128 bits when it fits, without a big integer (the 1.26 pod
+    /// totals build one per resource on every review); an `i128` has at most 39 digits, far
+    /// within [`MAX_DIGITS`].
+    fn scaled(value: i128, exp: u32) -> Amount {
+        match pow10(exp).and_then(|p| value.checked_mul(p)) {
+            Some(n) if n.abs() <= MAX_NANOS => Amount::Nanos(n),
+            _ => {
+                Amount::from_parts(BigInt::from(value), i64::from(exp)).unwrap_or(Amount::Nanos(0))
+            }
+        }
+    }
+
     /// `mantissa × 10^exp` nanos (`exp >= 0`), in the 128-bit form when it fits; `None` past
     /// [`MAX_DIGITS`] significant digits.
     fn from_parts(mut mantissa: BigInt, mut exp: i64) -> Option<Amount> {
@@ -514,18 +526,14 @@ fn representation_scale(int_part: &str, frac_part: &str, base2: bool, exponent: 
     let num = int_part.trim_start_matches('0');
     let length = (num.len() + frac_part.len()) as i64;
     if base2 {
-        // 15 - len - exponent*3/10 - 1 >= 0, whole, and the product fits in 63 bits.
+        // Whole, 15 - len - exponent*3/10 - 1 >= 0, and the product fits in 63 bits (checked
+        // last, on the integer digits themselves: no allocation on this per-quantity path).
         let precision = 15 - length - (f64::from(exponent) * 3.0 / 10.0) as i64 - 1;
-        let fits = format!("{num}{frac_part}")
-            .parse::<i64>()
-            .ok()
-            .and_then(|v| {
-                u32::try_from(exponent)
-                    .ok()
-                    .and_then(|e| v.checked_mul(1i64.checked_shl(e)?))
-            })
-            .is_some();
-        return if exponent >= 0 && frac_part.is_empty() && precision >= 0 && fits {
+        let fits = || {
+            let value = num.parse::<i64>().ok()?;
+            value.checked_mul(1i64.checked_shl(u32::try_from(exponent).ok()?)?)
+        };
+        return if exponent >= 0 && frac_part.is_empty() && precision >= 0 && fits().is_some() {
             0
         } else {
             -9
@@ -565,10 +573,10 @@ fn scale_to_nanos(mantissa: i128, base2: bool, exponent: i32, frac: i64) -> Opti
     }
 }
 
-/// A binary-suffixed value of more than 38 digits, in big integers; `None` past 128 bits.
-fn big_scale_to_nanos(digits: &str, base2: bool, exponent: i32, frac: i64) -> Option<Option<i128>> {
+/// A binary-suffixed value of more than 38 digits (`digits × 2^exponent / 10^frac`), in big
+/// integers; `None` past 128 bits.
+fn big_binary_to_nanos(digits: &str, exponent: i32, frac: i64) -> Option<Option<i128>> {
     let mut value: BigInt = digits.parse().ok()?;
-    debug_assert!(base2);
     value <<= u32::try_from(exponent).ok()?;
     let e10 = 9 - frac;
     let len = digits.len() as i64;
