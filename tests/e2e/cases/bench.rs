@@ -27,25 +27,10 @@ fn manifests(ns: &str, count: usize) -> String {
 }
 
 fn deployment(ns: &str, name: &str, config: &str) -> String {
-    format!(
-        r#"---
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}, namespace: {ns}}}
-spec:
-  replicas: 0
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:
-      containers:
-      - name: app
-        image: registry.example/app:1
-        env:
-        - name: LEVEL
-          valueFrom: {{configMapKeyRef: {{name: {config}, key: LEVEL}}}}
-"#
-    )
+    let env = format!(
+        "        env:\n        - name: LEVEL\n          valueFrom: {{configMapKeyRef: {{name: {config}, key: LEVEL}}}}\n"
+    );
+    format!("---\n{}", super::app_deployment(ns, name, &env))
 }
 
 /// Deployments of the namespace whose checksum differs from `before` (by name).

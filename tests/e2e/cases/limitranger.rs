@@ -311,22 +311,10 @@ pub async fn e2e_quantities_past_10_pow_24_are_judged_exactly_as_the_apiserver_s
     let policy = "apiVersion: confgate.dev/v1alpha1\nkind: Policy\nmetadata: {name: limits}\nspec:\n  type: limitrange-defaults\n  settings:\n    limits:\n    - {type: Container, max: {memory: 1Gi}, maxLimitRequestRatio: {memory: \"2\"}}\n";
     let _confgate = Confgate::start(&cx, Options::with_policies(&ns, policy)).await;
     let deployment = |name: &str, request: &str, limit: &str| {
-        format!(
-            r#"apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}, namespace: {ns}}}
-spec:
-  replicas: 0
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:
-      containers:
-      - name: app
-        image: registry.example/app:1
-        resources: {{requests: {{memory: "{request}"}}, limits: {{memory: "{limit}"}}}}
-"#
-        )
+        let resources = format!(
+            "        resources: {{requests: {{memory: \"{request}\"}}, limits: {{memory: \"{limit}\"}}}}\n"
+        );
+        super::app_deployment(&ns, name, &resources)
     };
     let kubectl = cx.kubectl();
     let stderr = kubectl

@@ -184,6 +184,26 @@ pub fn expected_checksum(items: &[(&str, &str, &str, &str)], secret_key: &[u8]) 
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
+/// Deployment `name` with 0 replicas (its rollouts finish at once) and one container `app`,
+/// whose further fields are `container` (YAML lines indented for the container).
+pub fn app_deployment(ns: &str, name: &str, container: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  replicas: 0
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      containers:
+      - name: app
+        image: registry.example/app:1
+{container}"#
+    )
+}
+
 /// Sets `key` of ConfigMap `name` to `value` (a merge patch, as a user types it).
 pub async fn set_config_key(
     kubectl: &crate::harness::Kubectl,
@@ -192,19 +212,39 @@ pub async fn set_config_key(
     key: &str,
     value: &str,
 ) {
-    let patch = serde_json::json!({"data": {key: value}}).to_string();
+    merge_patch(
+        kubectl,
+        ns,
+        "configmap",
+        name,
+        serde_json::json!({"data": {key: value}}),
+    )
+    .await;
+}
+
+/// Sets `key` of Secret `name` to `value` (`stringData`, a merge patch, as a user types it).
+pub async fn set_secret_key(
+    kubectl: &crate::harness::Kubectl,
+    ns: &str,
+    name: &str,
+    key: &str,
+    value: &str,
+) {
+    let body = serde_json::json!({"stringData": {key: value}});
+    merge_patch(kubectl, ns, "secret", name, body).await;
+}
+
+async fn merge_patch(
+    kubectl: &crate::harness::Kubectl,
+    ns: &str,
+    kind: &str,
+    name: &str,
+    body: serde_json::Value,
+) {
+    let patch = body.to_string();
     kubectl
         .ok(
-            &[
-                "patch",
-                "configmap",
-                name,
-                "-n",
-                ns,
-                "--type=merge",
-                "-p",
-                &patch,
-            ],
+            &["patch", kind, name, "-n", ns, "--type=merge", "-p", &patch],
             None,
         )
         .await;

@@ -3,7 +3,7 @@
 //! nothing. There is no kubelet, so the tests mark Pods Ready themselves where a rollout must
 //! finish before the next may start.
 
-use super::{app_config, set_config_key, web_deployment};
+use super::{app_config, set_config_key, set_secret_key, web_deployment};
 use crate::harness::{Confgate, Cx, Kubectl, Options, eventually};
 use serde_json::Value;
 use std::time::Duration;
@@ -308,22 +308,7 @@ pub async fn e2e_a_config_map_that_opted_out_rolls_none_of_its_readers(cx: Cx) {
     .await;
     stays(&kubectl, &ns, 1, Duration::from_secs(10)).await;
     // The Secret it also reads still rolls it.
-    let patch = r#"{"stringData": {"API_KEY": "rotated"}}"#;
-    kubectl
-        .ok(
-            &[
-                "patch",
-                "secret",
-                "app-secret",
-                "-n",
-                &ns,
-                "--type=merge",
-                "-p",
-                patch,
-            ],
-            None,
-        )
-        .await;
+    set_secret_key(&kubectl, &ns, "app-secret", "API_KEY", "rotated").await;
     set_config_key(&kubectl, &ns, "app-config", "LOG_LEVEL", "debug").await;
     reaches(
         &kubectl,
@@ -662,39 +647,9 @@ async fn a_secret_change_rolls(cx: Cx, arg: &str, limit: Duration) {
     let _confgate = Confgate::start(&cx, Options::shipped(&ns).arg(arg)).await;
     let kubectl = deployed(&cx, &ns, &web_deployment(&ns, "web", &[])).await;
     // A key the Deployment does not consume: nothing.
-    let patch =
-        |key: &str, value: &str| serde_json::json!({"stringData": {key: value}}).to_string();
-    kubectl
-        .ok(
-            &[
-                "patch",
-                "secret",
-                "app-secret",
-                "-n",
-                &ns,
-                "--type=merge",
-                "-p",
-                &patch("magicWord", "plugh"),
-            ],
-            None,
-        )
-        .await;
+    set_secret_key(&kubectl, &ns, "app-secret", "magicWord", "plugh").await;
     stays(&kubectl, &ns, 1, limit / 2).await;
-    kubectl
-        .ok(
-            &[
-                "patch",
-                "secret",
-                "app-secret",
-                "-n",
-                &ns,
-                "--type=merge",
-                "-p",
-                &patch("API_KEY", "rotated"),
-            ],
-            None,
-        )
-        .await;
+    set_secret_key(&kubectl, &ns, "app-secret", "API_KEY", "rotated").await;
     reaches(&kubectl, &ns, 2, limit, "a new ReplicaSet").await;
     let notes = config_changed(&kubectl, &ns, 1).await;
     assert_eq!(notes.len(), 1, "{notes:?}");
@@ -1240,22 +1195,7 @@ pub async fn e2e_each_secrets_mode_works_under_the_rbac_the_chart_renders_for_it
             "{mode}: {denied}"
         );
         if mode == "watch" {
-            let patch = serde_json::json!({"stringData": {"API_KEY": "rotated"}}).to_string();
-            kubectl
-                .ok(
-                    &[
-                        "patch",
-                        "secret",
-                        "app-secret",
-                        "-n",
-                        &ns,
-                        "--type=merge",
-                        "-p",
-                        &patch,
-                    ],
-                    None,
-                )
-                .await;
+            set_secret_key(&kubectl, &ns, "app-secret", "API_KEY", "rotated").await;
             reaches(
                 &kubectl,
                 &ns,
