@@ -33,6 +33,74 @@ pub enum CertError {
         /// The file that is missing.
         absent: PathBuf,
     },
+    /// A PEM file holds no certificate or key rustls accepts.
+    #[error("{path}: {reason}")]
+    BadPem {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The TLS client configuration could not be built.
+    #[error("TLS client: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// A TLS client configuration for confgate's own outgoing HTTPS (notifications): the system's
+/// roots, with rustls and ring as everywhere else in confgate.
+pub fn client_tls() -> Result<rustls::ClientConfig, CertError> {
+    client_tls_with(None, None)
+}
+
+/// [`client_tls`], also trusting the CAs in `extra_ca` (PEM) and, when given, presenting the
+/// client certificate chain and key of `identity` (PEM files).
+pub fn client_tls_with(
+    extra_ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<rustls::ClientConfig, CertError> {
+    use rustls::pki_types::pem::PemObject as _;
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| CertError::Io {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let bad = |path: &Path, reason: String| CertError::BadPem {
+        path: path.to_owned(),
+        reason,
+    };
+    let certificates = |path: &Path| {
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&read(path)?)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(path, e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad(path, "the file has no CERTIFICATE block".into()));
+        }
+        Ok(certs)
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = extra_ca {
+        for cert in certificates(path)? {
+            roots.add(cert).map_err(|e| bad(path, e.to_string()))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots);
+    Ok(match identity {
+        None => config.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = certificates(cert)?;
+            let key_der = rustls::pki_types::PrivateKeyDer::from_pem_slice(&read(key)?)
+                .map_err(|e| bad(key, format!("no usable private key: {e}")))?;
+            config.with_client_auth_cert(chain, key_der)?
+        }
+    })
 }
 
 /// What to certify.

@@ -11,7 +11,6 @@
 use kube::Client;
 use kube::api::Api;
 use serde_json::{Value, json};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -194,17 +193,7 @@ async fn send_batches(url: Url, mut rx: mpsc::Receiver<Notice>) {
 
 /// An HTTPS client trusting the system's roots, with rustls and ring as the rest of confgate.
 fn http_client() -> Result<reqwest::Client, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = crate::certs::client_tls().map_err(|e| e.to_string())?;
     reqwest::Client::builder()
         .use_preconfigured_tls(config)
         .timeout(Duration::from_secs(10))

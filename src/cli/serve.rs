@@ -191,7 +191,17 @@ pub struct ServeArgs {
 
 /// Runs the server until SIGTERM.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let _log_guard = telemetry::init(args.log_format);
+    let telemetry = telemetry::init(args.log_format)?;
+    if telemetry.tracing() {
+        let endpoint = [
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ]
+        .iter()
+        .find_map(|var| std::env::var(var).ok())
+        .unwrap_or_else(|| "http://localhost:4318".into());
+        tracing::info!(%endpoint, "exporting traces over OTLP/HTTP");
+    }
     // With --tls-secret the files are written from the Secret once the client exists (below).
     let dev_certs = match &args.tls_secret {
         Some(_) => None,
@@ -392,12 +402,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             owners.clone(),
         ));
     }
-    serve_with(options, state, registry, handle).await?;
+    let served = serve_with(options, state, registry, handle).await;
     // The next leader takes over at once, not a lease's duration later.
     if let Some(leader) = leadership {
         leader.release().await;
     }
-    Ok(())
+    telemetry.shutdown().await;
+    Ok(served?)
 }
 
 /// What `cluster_state` gives: the state, and with a live cluster its client and the signal

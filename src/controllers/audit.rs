@@ -455,59 +455,70 @@ pub async fn run(
         let started = Instant::now();
         let set = judging.policies.current();
         let engine = Engine::new(cluster);
-        match scan(&client, &engine, &set).await {
-            Ok(_) if !leadership.holds() => {
-                tracing::info!("audit not written: this replica no longer holds the Lease");
-            }
-            Ok(audit) => {
-                judging.metrics.set_audit_violations(&audit.counts());
-                // Owned by confgate's ClusterRole: uninstalling confgate removes its reports.
-                let owner = match reporting.owners.cluster_scoped(&client).await {
-                    Ok(owner) => owner,
-                    Err(error) => {
-                        tracing::warn!(%error, "PolicyReports are written without an owner");
-                        None
-                    }
-                };
-                for format in &reporting.formats {
-                    let resource = format.resource();
-                    let written = write_reports(
-                        &client,
-                        *format,
-                        &audit,
-                        &reporting.instance,
-                        owner.as_ref(),
-                    )
-                    .await;
-                    match &written {
-                        Ok(None) if crd_missing_logged.insert(*format) => {
-                            tracing::warn!(
-                                api = %resource.api_version,
-                                kind = %resource.kind,
-                                "the report CRD is not installed: audit results go to metrics, Events and logs only (deploy/crds/)"
-                            );
-                        }
-                        Ok(Some(written)) => {
-                            for (namespace, error) in &written.refused {
-                                tracing::warn!(%namespace, %error, kind = %resource.kind, "the report of this namespace was not written; the others were");
-                            }
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, kind = %resource.kind, "cannot list the reports")
-                        }
-                        _ => {}
-                    }
+        let pass = tracing::info_span!(
+            "audit",
+            workloads = tracing::field::Empty,
+            violations = tracing::field::Empty
+        );
+        let judged = async {
+            match scan(&client, &engine, &set).await {
+                Ok(_) if !leadership.holds() => {
+                    tracing::info!("audit not written: this replica no longer holds the Lease");
                 }
-                warn_broken(&client, &recorder, &audit, &mut warned).await;
-                tracing::info!(
-                    workloads = audit.workloads,
-                    violations = audit.findings.len(),
-                    took_ms = started.elapsed().as_millis() as u64,
-                    "audit done"
-                );
+                Ok(audit) => {
+                    judging.metrics.set_audit_violations(&audit.counts());
+                    // Owned by confgate's ClusterRole: uninstalling confgate removes its reports.
+                    let owner = match reporting.owners.cluster_scoped(&client).await {
+                        Ok(owner) => owner,
+                        Err(error) => {
+                            tracing::warn!(%error, "PolicyReports are written without an owner");
+                            None
+                        }
+                    };
+                    for format in &reporting.formats {
+                        let resource = format.resource();
+                        let written = write_reports(
+                            &client,
+                            *format,
+                            &audit,
+                            &reporting.instance,
+                            owner.as_ref(),
+                        )
+                        .await;
+                        match &written {
+                            Ok(None) if crd_missing_logged.insert(*format) => {
+                                tracing::warn!(
+                                    api = %resource.api_version,
+                                    kind = %resource.kind,
+                                    "the report CRD is not installed: audit results go to metrics, Events and logs only (deploy/crds/)"
+                                );
+                            }
+                            Ok(Some(written)) => {
+                                for (namespace, error) in &written.refused {
+                                    tracing::warn!(%namespace, %error, kind = %resource.kind, "the report of this namespace was not written; the others were");
+                                }
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, kind = %resource.kind, "cannot list the reports")
+                            }
+                            _ => {}
+                        }
+                    }
+                    warn_broken(&client, &recorder, &audit, &mut warned).await;
+                    let pass = tracing::Span::current();
+                    pass.record("workloads", audit.workloads);
+                    pass.record("violations", audit.findings.len());
+                    tracing::info!(
+                        workloads = audit.workloads,
+                        violations = audit.findings.len(),
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "audit done"
+                    );
+                }
+                Err(error) => tracing::warn!(%error, "audit failed; retrying at the next interval"),
             }
-            Err(error) => tracing::warn!(%error, "audit failed; retrying at the next interval"),
-        }
+        };
+        tracing::Instrument::instrument(judged, pass).await;
         // The next audit: at the interval, or once configuration changed (and has been quiet
         // for a second), but not within MIN_GAP of the last.
         let changed = async {

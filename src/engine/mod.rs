@@ -245,6 +245,12 @@ impl Engine {
                     .push(PolicyVerdict::skipped(policy, endpoint, reason));
                 continue;
             }
+            let span = tracing::info_span!(
+                crate::telemetry::POLICY_SPAN,
+                policy = %policy.name,
+                outcome = tracing::field::Empty
+            );
+            let _in = span.enter();
             let started = Instant::now();
             let mut findings = Findings::default();
             let result = match endpoint {
@@ -264,6 +270,9 @@ impl Engine {
                 }
             };
             decision.record(policy, endpoint, findings, result, started.elapsed());
+            if let Some(verdict) = decision.verdicts.last() {
+                span.record("outcome", verdict.outcome.as_str());
+            }
         }
         if let (Phase::Mutate, true, Some(mutated)) = (endpoint, decision.allowed(), working) {
             decision.patch = diff::patch(object, &mutated);

@@ -111,6 +111,7 @@ async fn admit(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let span = crate::telemetry::review_span(endpoint.as_str(), &headers);
     let answer = async {
         check_content_type(&headers)?;
         let limit = state.admission_limits().max_body_bytes;
@@ -153,9 +154,13 @@ async fn admit(
                 Refusal::new(status, e.reason(), e.to_string())
             })
     };
-    match answer.await {
+    let answered = tracing::Instrument::instrument(answer, span.clone()).await;
+    match answered {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
         Err(refusal) => {
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", refusal.reason);
+            let _in = span.enter();
             tracing::warn!(endpoint = endpoint.as_str(), status = refusal.status.as_u16(), error = %refusal.message, "request refused");
             state.reviews.metrics.rejected(refusal.reason);
             refusal.into_response()

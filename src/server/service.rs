@@ -144,6 +144,7 @@ impl ReviewService {
         } else {
             admission::parse_review(&body)?
         };
+        described(&tracing::Span::current(), &review);
         let kind = review.request.kind.kind.as_str();
         let containers = [&review.object, &review.old_object]
             .into_iter()
@@ -160,16 +161,22 @@ impl ReviewService {
         let costly = large || containers > OFFLOAD_CONTAINERS;
         let review = Arc::new(review);
         let stamping = endpoint == Phase::Mutate;
-        let fresh = self
-            .engine
-            .read_ahead_as(&review, &Fresh::default(), stamping)
-            .await;
+        let fresh = tracing::Instrument::instrument(
+            self.engine
+                .read_ahead_as(&review, &Fresh::default(), stamping),
+            tracing::info_span!("read_ahead"),
+        )
+        .await;
         let (mut decision, mut fresh) = self
             .evaluate(&review, endpoint, only.clone(), costly, fresh)
             .await?;
         if self.engine.needs_confirming(&review, &decision) {
             let confirming = Instant::now();
-            fresh = self.engine.confirm(&review, fresh).await;
+            fresh = tracing::Instrument::instrument(
+                self.engine.confirm(&review, fresh),
+                tracing::info_span!("confirm", reason = "a denial that reads the cluster"),
+            )
+            .await;
             let denied = !decision.allowed();
             (decision, fresh) = self
                 .evaluate(&review, endpoint, only.clone(), costly, fresh)
@@ -202,7 +209,10 @@ impl ReviewService {
     ) -> Result<(Decision, Fresh), ServiceError> {
         let this = self.clone();
         let target = review.clone();
+        // The large-review threads carry the review's span along.
+        let span = tracing::Span::current();
         let run = move || {
+            let _in = span.enter();
             let set = this.policies.current();
             this.engine
                 .evaluate_with(&set, &target, endpoint, only.as_deref(), &fresh)
@@ -243,6 +253,9 @@ impl ReviewService {
             return self.over_budget(review, endpoint, only, &what);
         }
         self.record(review, endpoint, &decision, started);
+        let span = tracing::Span::current();
+        span.record("admission.decision", verdict(&decision));
+        span.record("admission.patch_ops", decision.patch_ops());
         Ok(body)
     }
 
@@ -300,11 +313,7 @@ impl ReviewService {
         let request = &review.request;
         let operation = operation_str(&request.operation);
         let kind = crate::metrics::kind_label(&request.kind.kind);
-        let verdict = match (&decision.skipped, decision.allowed()) {
-            (Some(_), _) => "skip",
-            (None, true) => "allow",
-            (None, false) => "deny",
-        };
+        let verdict = verdict(decision);
         for v in decision
             .verdicts
             .iter()
@@ -352,6 +361,31 @@ impl ReviewService {
             );
         }
     }
+}
+
+/// `allow`, `deny` or `skip`.
+fn verdict(decision: &Decision) -> &'static str {
+    match (&decision.skipped, decision.allowed()) {
+        (Some(_), _) => "skip",
+        (None, true) => "allow",
+        (None, false) => "deny",
+    }
+}
+
+/// The request's identity on the review's span (what the logs show: never the object itself).
+fn described(span: &tracing::Span, review: &Review) {
+    if span.is_disabled() {
+        return;
+    }
+    let request = &review.request;
+    span.record("admission.uid", capped(&request.uid).as_ref());
+    span.record("admission.kind", capped(&request.kind.kind).as_ref());
+    span.record("admission.operation", operation_str(&request.operation));
+    span.record("admission.dry_run", request.dry_run);
+    if let Some(namespace) = request.namespace.as_deref() {
+        span.record("k8s.namespace.name", capped(namespace).as_ref());
+    }
+    span.record("admission.object", capped(&review.display_name()).as_ref());
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@
 
 mod cases;
 mod harness;
+#[path = "../support/otlp.rs"]
+mod otlp;
 
 use harness::Cx;
 use harness::control_plane::{Binaries, ControlPlane};

@@ -868,3 +868,83 @@ fn chart_rbac_follows_the_features_that_are_on() {
     );
     assert!(has(&all, "reports.openreports.io patch"));
 }
+
+/// The container's environment: name → value (or `from` for a reference).
+fn container_env(docs: &[Value]) -> Vec<(String, String)> {
+    let deployment = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a Deployment");
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let value = e["value"].as_str().unwrap_or("from");
+            (e["name"].as_str().unwrap().to_owned(), value.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn chart_traces_are_off_unless_an_endpoint_is_given_and_then_set_by_the_otel_variables() {
+    let off = container_env(&template("confgate", "confgate-system", &[]).unwrap());
+    assert!(
+        off.iter().all(|(name, _)| !name.starts_with("OTEL_")),
+        "{off:?}"
+    );
+    let on = container_env(
+        &template(
+            "confgate",
+            "confgate-system",
+            &[
+                "tracing.otlpEndpoint=http://otel-collector.observability:4318",
+                "tracing.samplerRatio=0.25",
+                "extraEnv[0].name=OTEL_EXPORTER_OTLP_TIMEOUT",
+                "extraEnv[0].value=2000",
+                "extraEnv[1].name=OTEL_EXPORTER_OTLP_HEADERS",
+                "extraEnv[1].valueFrom.secretKeyRef.name=otlp",
+                "extraEnv[1].valueFrom.secretKeyRef.key=headers",
+            ],
+        )
+        .unwrap(),
+    );
+    let otel: Vec<(&str, &str)> = on
+        .iter()
+        .filter(|(name, _)| name.starts_with("OTEL_"))
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        otel,
+        [
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http://otel-collector.observability:4318"
+            ),
+            ("OTEL_SERVICE_NAME", "confgate"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "k8s.namespace.name=$(POD_NAMESPACE),k8s.pod.name=$(POD_NAME)"
+            ),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2000"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "from"),
+        ]
+    );
+    // What the chart sets is what confgate accepts.
+    let vars: std::collections::HashMap<String, String> = on.into_iter().collect();
+    let settings = confgate::telemetry::otel::settings(|name| vars.get(name).cloned())
+        .unwrap()
+        .expect("traces on");
+    assert_eq!(settings.timeout, std::time::Duration::from_secs(2));
+    assert!(!settings.default_service_name);
+    // A gRPC address is refused by the schema, by its path.
+    let error = template(
+        "confgate",
+        "confgate-system",
+        &["tracing.otlpEndpoint=otel-collector:4317"],
+    )
+    .unwrap_err();
+    assert!(error.contains("/tracing/otlpEndpoint"), "{error}");
+}

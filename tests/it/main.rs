@@ -4,6 +4,8 @@
 //! binary (`tests/e2e/`). `cargo test --test it NAME` runs some of them.
 
 mod common;
+#[path = "../support/otlp.rs"]
+mod otlp;
 
 mod architecture;
 mod chart;
@@ -19,5 +21,6 @@ mod policy_files;
 mod readme_examples;
 mod require_config_keys;
 mod tls;
+mod tracing;
 mod upstream_limitranger;
 mod webhooks;

@@ -291,6 +291,21 @@ pub async fn run(
     }
 }
 
+/// What a round compares, for its span: up to ten changed objects (`ConfigMap ns/name`).
+fn changed_names(changed: &Changed) -> String {
+    let mut names: Vec<String> = changed
+        .keys()
+        .map(|(source, namespace, name)| format!("{} {namespace}/{name}", source.kind()))
+        .collect();
+    names.sort();
+    if names.len() > 10 {
+        let more = names.len() - 10;
+        names.truncate(10);
+        names.push(format!("and {more} more"));
+    }
+    names.join(", ")
+}
+
 /// Whether an unfinished rollout is stuck: given up by its controller, or not moving for
 /// `stuck_after`.
 pub fn rollout_stuck(failing: bool, stalled: Duration, stuck_after: Duration) -> bool {
@@ -566,6 +581,11 @@ impl Controller {
 
     /// Compares the workloads that consume what `changed` names (every workload when `all`)
     /// with the annotations they should have, and rolls those that differ.
+    #[tracing::instrument(
+        name = "rollout",
+        skip_all,
+        fields(full = all, changed = %changed_names(changed), writes = tracing::field::Empty)
+    )]
     async fn reconcile(&mut self, index: &Index, changed: &Changed, all: bool) {
         let set = self.judging.policies.current();
         if !set
@@ -642,6 +662,7 @@ impl Controller {
             }
             writes.extend(self.plan(&engine, &set, index, w, what, all).await);
         }
+        tracing::Span::current().record("writes", writes.len());
         self.write_all(writes).await;
         self.report_held();
     }
@@ -744,10 +765,22 @@ impl Controller {
                 candidates.insert(k, (w, what));
             }
         }
-        for (_, w, what) in self.first_wave_first(candidates) {
-            writes.extend(self.plan(&engine, &set, index, w, what, false).await);
-        }
-        self.write_all(writes).await;
+        // A round of its own in a trace: the rollouts held back (throttled, or waiting for a
+        // first wave) that are now due.
+        let round = tracing::info_span!(
+            "rollout",
+            full = false,
+            changed = "held back",
+            writes = tracing::field::Empty
+        );
+        let plan_and_write = async {
+            for (_, w, what) in self.first_wave_first(candidates) {
+                writes.extend(self.plan(&engine, &set, index, w, what, false).await);
+            }
+            tracing::Span::current().record("writes", writes.len());
+            self.write_all(writes).await;
+        };
+        tracing::Instrument::instrument(plan_and_write, round).await;
         self.report_held();
     }
 
@@ -1084,7 +1117,17 @@ impl Controller {
         let this = &*self;
         let results: Vec<(Write, kube::Result<Option<String>>)> = futures::stream::iter(writes)
             .map(|write| async move {
-                let result = this.writer.patch(&write.workload, &write.stamps).await;
+                let span = tracing::info_span!(
+                    "rollout.write",
+                    kind = write.workload.kind,
+                    k8s.namespace.name = %write.workload.namespace,
+                    name = %write.workload.name,
+                );
+                let result = tracing::Instrument::instrument(
+                    this.writer.patch(&write.workload, &write.stamps),
+                    span,
+                )
+                .await;
                 let w = &write.workload;
                 if result.is_ok() {
                     this.judging.metrics.rollout("triggered");

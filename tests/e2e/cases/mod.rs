@@ -11,6 +11,7 @@ mod manage_webhooks;
 mod quota_fit;
 mod rollout;
 mod secrets_on_their_way;
+mod tracing;
 mod waves;
 
 use crate::Case;
@@ -78,6 +79,7 @@ pub fn all() -> Vec<(&'static str, Case)> {
         secrets_on_their_way::e2e_an_external_secret_and_its_reader,
         secrets_on_their_way::e2e_helm_install_of_a_chart_whose_pre_install_hook_makes_the_secret,
         secrets_on_their_way::e2e_a_secret_created_after_a_denial_or_deleted_is_seen_by_the_next_review,
+        tracing::e2e_a_kubectl_apply_is_one_trace_from_the_apiserver_into_confgate_and_its_rollout,
         secrets_on_their_way::e2e_a_secret_nobody_makes_is_reported_after_the_grace,
     ]
 }

@@ -55,7 +55,7 @@ async fn pods_ready(kubectl: &Kubectl, ns: &str) {
 }
 
 /// Applies the app, and waits until its first rollout is done (Pods made Ready).
-async fn deployed(cx: &Cx, ns: &str, manifest: &str) -> Kubectl {
+pub(super) async fn deployed(cx: &Cx, ns: &str, manifest: &str) -> Kubectl {
     let kubectl = cx.kubectl();
     kubectl.ok(&["apply", "-f", "-"], Some(manifest)).await;
     eventually(

@@ -20,6 +20,7 @@ pub struct Options {
     also: Vec<String>,
     policies: Vec<(String, String)>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     kubeconfig: Option<PathBuf>,
     register: bool,
     wait_ready: bool,
@@ -43,6 +44,7 @@ impl Options {
             also: Vec::new(),
             policies,
             args: Vec::new(),
+            env: Vec::new(),
             kubeconfig: None,
             register: true,
             wait_ready: true,
@@ -76,6 +78,12 @@ impl Options {
     /// An extra `confgate serve` argument.
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.args.push(arg.into());
+        self
+    }
+
+    /// An environment variable of its process.
+    pub fn env(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.env.push((name.to_owned(), value.into()));
         self
     }
 
@@ -119,6 +127,7 @@ pub struct Confgate {
     kubectl: Kubectl,
     http: std::sync::OnceLock<reqwest::Client>,
     command: Vec<String>,
+    env: Vec<(String, String)>,
     kubeconfig: PathBuf,
     minor: u32,
 }
@@ -165,6 +174,7 @@ impl Confgate {
             kubectl: cx.kubectl(),
             http: std::sync::OnceLock::new(),
             command,
+            env: options.env.clone(),
             kubeconfig,
             minor: cx.minor(),
         };
@@ -188,7 +198,8 @@ impl Confgate {
                 std::env::var("E2E_CONFGATE_LOG")
                     .unwrap_or_else(|_| "info,kube=warn,hyper=warn,rustls=warn".into()),
             )
-            .env_remove("KUBERNETES_SERVICE_HOST");
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         self.daemon = Some(
             Daemon::spawn(
                 "confgate",

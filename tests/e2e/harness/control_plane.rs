@@ -72,6 +72,9 @@ pub struct ControlPlane {
     pub version: String,
     /// The minor version (33).
     pub minor: u32,
+    /// Where the apiserver exports its traces (OTLP/gRPC; every request is sampled), and where
+    /// a confgate of the tracing tests exports its own (OTLP/HTTP).
+    pub traces: crate::otlp::Receiver,
     daemons: Mutex<Vec<Daemon>>,
 }
 
@@ -133,10 +136,35 @@ impl ControlPlane {
         if has_flag(&binaries.apiserver, "--insecure-port") {
             kas.arg("--insecure-port=0");
         }
+        let mut gates = Vec::new();
         // Pod-level resources (KEP-2837) are alpha in 1.32-1.33: turned on, so the suite can
         // compare confgate with the built-in LimitRanger on them. 1.26 has no such field.
         if has_flag(&binaries.apiserver, "PodLevelResources=true|false (ALPHA") {
-            kas.arg("--feature-gates=PodLevelResources=true");
+            gates.push("PodLevelResources=true");
+        }
+        // Apiserver tracing (beta and on from 1.27, alpha before): every request is traced,
+        // and the trace context goes along to the webhooks it calls (`traceparent`).
+        let traces = crate::otlp::Receiver::in_background();
+        let tracing_api = if has_flag(&binaries.apiserver, "APIServerTracing=true|false (ALPHA") {
+            gates.push("APIServerTracing=true");
+            "v1alpha1"
+        } else {
+            "v1beta1"
+        };
+        std::fs::write(
+            dir.join("tracing.yaml"),
+            format!(
+                "apiVersion: apiserver.config.k8s.io/{tracing_api}\nkind: TracingConfiguration\nendpoint: {}\nsamplingRatePerMillion: 1000000\n",
+                traces.address
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        kas.arg(format!(
+            "--tracing-config-file={}",
+            dir.join("tracing.yaml").display()
+        ));
+        if !gates.is_empty() {
+            kas.arg(format!("--feature-gates={}", gates.join(",")));
         }
         if let Ok(extra) = std::env::var("E2E_APISERVER_FLAGS") {
             kas.args(extra.split_whitespace());
@@ -151,6 +179,7 @@ impl ControlPlane {
             server,
             version: String::new(),
             minor: 0,
+            traces,
             daemons: Mutex::new(daemons),
         };
         plane.wait_ready(Duration::from_secs(90))?;
