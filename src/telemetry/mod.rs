@@ -69,7 +69,7 @@ fn exported(
     if !meta.target().starts_with("confgate") || *meta.level() > tracing::Level::INFO {
         return false;
     }
-    if meta.is_event() {
+    if !meta.is_span() {
         return *meta.level() <= tracing::Level::WARN;
     }
     meta.name() != POLICY_SPAN || cx.lookup_current().is_some_and(|s| s.name() == REVIEW_SPAN)
@@ -115,7 +115,7 @@ pub fn init(format: LogFormat) -> Result<Telemetry, otel::OtelError> {
             .boxed(),
         LogFormat::Text => lines.boxed(),
     }
-    .with_filter(filter.and(filter_fn(|meta: &tracing::Metadata<'_>| meta.is_event())));
+    .with_filter(filter.and(filter_fn(|meta: &tracing::Metadata<'_>| !meta.is_span())));
     let spans = traces.as_ref().map(|provider| {
         use opentelemetry::trace::TracerProvider as _;
         tracing_opentelemetry::layer()

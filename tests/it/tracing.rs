@@ -108,7 +108,7 @@ impl Served {
     }
 
     /// SIGTERM, and the exit status.
-    fn stop(mut self) -> std::process::ExitStatus {
+    fn stop(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -148,7 +148,7 @@ const PARENT: &str = "00f067aa0ba902b7";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_review_is_a_server_span_under_the_callers_trace_with_its_policies_inside() {
     let receiver = Receiver::start().await;
-    let served = Served::start(&[
+    let mut served = Served::start(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.url),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ]);
@@ -260,7 +260,7 @@ async fn a_review_is_a_server_span_under_the_callers_trace_with_its_policies_ins
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_exported_when_the_sdk_is_disabled() {
     let receiver = Receiver::start().await;
-    let served = Served::start(&[
+    let mut served = Served::start(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.url),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ("OTEL_SDK_DISABLED", "true"),
@@ -276,6 +276,16 @@ async fn nothing_is_exported_when_the_sdk_is_disabled() {
     // Shutting down flushes whatever was queued: after it, nothing can still arrive.
     assert!(served.stop().success());
     assert_eq!(receiver.bodies().len(), 0);
+    // The review is still logged (spans are off for the log, its lines are not).
+    let log = served.log();
+    let reviews: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["message"] == "review")
+        .collect();
+    assert_eq!(reviews.len(), 1, "{log}");
+    assert_eq!(reviews[0]["object"], "shop/web");
+    assert_eq!(reviews[0]["decision"], "deny");
 }
 
 #[test]
