@@ -116,6 +116,14 @@ impl Served {
     }
 }
 
+impl Drop for Served {
+    /// A test that fails leaves no server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 async fn post(
     client: &reqwest::Client,
     url: String,
@@ -290,14 +298,13 @@ async fn nothing_is_exported_when_the_sdk_is_disabled() {
 
 #[test]
 fn an_unsupported_protocol_stops_the_start_and_names_the_variable() {
-    let served = Served::start(&[
+    let mut served = Served::start(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
     ]);
-    let mut child = served.child;
-    let status = child.wait().unwrap();
+    let status = served.child.wait().unwrap();
     assert_eq!(status.code(), Some(2));
-    let log = std::fs::read_to_string(served.dir.path().join("log")).unwrap();
+    let log = served.log();
     assert_eq!(
         log.trim(),
         "confgate: OTEL_EXPORTER_OTLP_PROTOCOL=\"grpc\": confgate exports traces over OTLP/HTTP with protobuf only (`http/protobuf`, a collector's port 4318)"

@@ -273,6 +273,8 @@ pub async fn e2e_a_stuck_rollout_does_not_hold_the_fix(cx: Cx) {
     set_config_key(&kubectl, &ns, "app-config", "LOG_LEVEL", "warn").await;
     reaches(&kubectl, &ns, 3, Duration::from_secs(30), "the fix rolled").await;
     let triggered = "confgate_rollouts_total{result=\"triggered\"}";
+    assert_eq!(confgate.metric_reaches(triggered, 2.0).await, 2.0);
+    stays(&kubectl, &ns, 3, Duration::from_secs(3)).await;
     assert_eq!(confgate.metric(triggered).await, 2.0);
 }
 

@@ -293,6 +293,20 @@ impl Confgate {
             .unwrap_or(0.0)
     }
 
+    /// Waits (up to 10 s) until metric `sample` is `value`: a write's effect (a new ReplicaSet)
+    /// can be seen before confgate has counted the write. Returns what it last read.
+    pub async fn metric_reaches(&self, sample: &str, value: f64) -> f64 {
+        let mut last = self.metric(sample).await;
+        for _ in 0..50 {
+            if last == value {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            last = self.metric(sample).await;
+        }
+        last
+    }
+
     /// Generates the registration with `confgate webhooks --url` and applies it with kubectl,
     /// then waits until the apiserver calls it (a server-side dry-run of a probe Deployment).
     pub async fn register(&mut self) {
