@@ -827,6 +827,28 @@ fn chart_rbac_follows_the_features_that_are_on() {
         !all.iter()
             .any(|g| g.contains(" delete") && g.contains("webhookconfigurations"))
     );
+    // Registered by Helm: no access to webhook configurations at all, and nothing else lost.
+    let by_helm = render_with(&[
+        "webhooks.registration=helm",
+        "certificates.mode=cert-manager",
+    ]);
+    let helm_grants = granted(&by_helm);
+    let lost: Vec<&String> = all.difference(&helm_grants).collect();
+    assert!(
+        !lost.is_empty() && lost.iter().all(|g| g.contains("webhookconfigurations")),
+        "{lost:?}"
+    );
+    assert!(
+        !helm_grants
+            .iter()
+            .any(|g| g.contains("webhookconfigurations"))
+    );
+    assert!(
+        !by_helm
+            .iter()
+            .any(|d| d["metadata"]["name"] == "confgate-manage-webhooks"),
+        "no role or binding to manage webhooks"
+    );
     // The NetworkPolicy: the webhook port only, unless turned off.
     let policy = defaults
         .iter()
@@ -947,4 +969,214 @@ fn chart_traces_are_off_unless_an_endpoint_is_given_and_then_set_by_the_otel_var
     )
     .unwrap_err();
     assert!(error.contains("/tracing/otlpEndpoint"), "{error}");
+}
+
+/// What `confgate webhooks ARGS` prints, as documents.
+fn confgate_webhooks(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_confgate"))
+        .arg("webhooks")
+        .args(args)
+        .output()
+        .expect("confgate webhooks");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The chart's registration template starts from what `confgate webhooks` generates for each
+/// shipped policy file (files/webhooks/FILE); UPDATE_DOCS=1 writes them again.
+#[test]
+fn chart_webhook_files_are_what_confgate_webhooks_generates_for_each_shipped_policy_file() {
+    let shipped = root().join("charts/confgate/files/policies");
+    let generated = root().join("charts/confgate/files/webhooks");
+    let dir = tempfile::tempdir().unwrap();
+    let mut files: Vec<String> = std::fs::read_dir(&shipped)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    for file in &files {
+        let alone = dir.path().join(file.trim_end_matches(".yaml"));
+        std::fs::create_dir_all(&alone).unwrap();
+        std::fs::copy(shipped.join(file), alone.join(file)).unwrap();
+        let text = confgate_webhooks(&[
+            "--policies",
+            alone.to_str().unwrap(),
+            "--inject-ca-from",
+            "confgate-system/confgate",
+        ]);
+        let expected = format!(
+            "# What `confgate webhooks --policies DIR --inject-ca-from confgate-system/confgate` prints\n\
+             # for DIR holding files/policies/{file} alone (tests/it/chart.rs keeps it so; UPDATE_DOCS=1\n\
+             # writes it again). Rendered by templates/webhooks.yaml with webhooks.registration=helm.\n{text}"
+        );
+        let path = generated.join(file);
+        if std::env::var_os("UPDATE_DOCS").is_some() {
+            std::fs::create_dir_all(&generated).unwrap();
+            std::fs::write(&path, &expected).unwrap();
+        }
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap_or_default(),
+            expected,
+            "charts/confgate/files/webhooks/{file} is stale: UPDATE_DOCS=1 cargo test --test it chart"
+        );
+    }
+    let mut written: Vec<String> = std::fs::read_dir(&generated)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    assert_eq!(
+        written, files,
+        "one file of webhooks per shipped policy file"
+    );
+}
+
+#[test]
+fn chart_rendered_registration_is_what_confgate_webhooks_generates_for_the_chart_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.crt");
+    let certs = Command::new(env!("CARGO_BIN_EXE_confgate"))
+        .args(["certs", "--out-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(certs.status.success());
+    let ca_base64 = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&ca).unwrap())
+    };
+    let cases: [(&str, Vec<String>, Vec<&str>); 3] = [
+        (
+            "1.33.0",
+            vec![
+                "webhooks.registration=helm".into(),
+                "certificates.mode=cert-manager".into(),
+                "webhooks.timeoutSeconds=7".into(),
+                "policies.excludeNamespaces={kube-system,ingress-nginx}".into(),
+            ],
+            vec![
+                "--inject-ca-from",
+                "ops/gate-confgate",
+                "--timeout-seconds",
+                "7",
+            ],
+        ),
+        (
+            "1.27.0",
+            vec![
+                "webhooks.registration=helm".into(),
+                "certificates.mode=secret".into(),
+                "certificates.secretName=corp-tls".into(),
+                format!("webhooks.caBundle={ca_base64}"),
+                "policies.shipped.quota-fit=false".into(),
+            ],
+            vec!["--ca-bundle", ca.to_str().unwrap()],
+        ),
+        (
+            "1.30.0",
+            vec![
+                "webhooks.registration=helm".into(),
+                "certificates.mode=cert-manager".into(),
+                "policies.shipped.protect-config-keys=false".into(),
+                "policies.shipped.checksum-config=false".into(),
+            ],
+            vec!["--inject-ca-from", "ops/gate-confgate"],
+        ),
+    ];
+    for (kube, sets, generator) in cases {
+        let mut args = vec!["--kube-version", kube];
+        for set in &sets {
+            args.extend(["--set", set.as_str()]);
+        }
+        let rendered = template_with("gate", "ops", &args).unwrap();
+        // The policies the chart mounts, as files, for the generator.
+        let policies = dir.path().join(format!("policies-{kube}"));
+        std::fs::create_dir_all(&policies).unwrap();
+        let config_map = rendered
+            .iter()
+            .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "gate-confgate-policies")
+            .unwrap();
+        for (file, text) in config_map["data"].as_object().unwrap() {
+            std::fs::write(policies.join(file), text.as_str().unwrap()).unwrap();
+        }
+        let mut generator_args = vec![
+            "--policies",
+            policies.to_str().unwrap(),
+            "--service",
+            "gate-confgate",
+            "--namespace",
+            "ops",
+            "--name",
+            "gate-confgate",
+            "--kubernetes-version",
+            kube,
+        ];
+        generator_args.extend(generator.iter().copied());
+        let expected = confgate::yaml::documents(&confgate_webhooks(&generator_args)).unwrap();
+        for kind in [
+            "MutatingWebhookConfiguration",
+            "ValidatingWebhookConfiguration",
+        ] {
+            let ours = rendered
+                .iter()
+                .find(|d| d["kind"] == kind)
+                .unwrap_or_else(|| panic!("{kube}: no {kind}"));
+            let theirs = expected.iter().find(|d| d["kind"] == kind).unwrap();
+            assert_eq!(ours["metadata"]["name"], "gate-confgate");
+            assert_eq!(
+                ours["metadata"]["annotations"], theirs["metadata"]["annotations"],
+                "{kube} {kind}"
+            );
+            assert_eq!(ours["webhooks"], theirs["webhooks"], "{kube} {kind}");
+        }
+        let args = serve_args(&rendered, "gate-confgate").0;
+        assert!(!args.iter().any(|a| a == "--manage-webhooks"), "{args:?}");
+    }
+    // Only what Helm can know: a self-signed CA is made at run time, and policies.extra has no
+    // webhooks in the file.
+    let error = template(
+        "gate",
+        "ops",
+        &[
+            "webhooks.registration=helm",
+            "certificates.mode=self-signed",
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        error.contains("webhooks.registration=helm needs certificates.mode cert-manager or secret"),
+        "{error}"
+    );
+    let error = template(
+        "gate",
+        "ops",
+        &["webhooks.registration=helm", "certificates.mode=secret"],
+    )
+    .unwrap_err();
+    assert!(error.contains("needs webhooks.caBundle"), "{error}");
+    let error = template(
+        "gate",
+        "ops",
+        &[
+            "webhooks.registration=helm",
+            "certificates.mode=cert-manager",
+            "policies.extra.mine\\.yaml=x",
+        ],
+    )
+    .unwrap_err();
+    assert!(error.contains("policies.extra"), "{error}");
+    // Managed (the default): no registration in the chart, and confgate applies it.
+    let managed = template("gate", "ops", &[]).unwrap();
+    assert!(!managed.iter().any(|d| {
+        d["kind"]
+            .as_str()
+            .unwrap()
+            .ends_with("WebhookConfiguration")
+    }));
+    let args = serve_args(&managed, "gate-confgate").0;
+    assert!(args.iter().any(|a| a == "--manage-webhooks"), "{args:?}");
 }
