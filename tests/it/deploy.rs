@@ -488,3 +488,50 @@ fn the_secrets_watch_component_switches_mode_and_rbac_together() {
         json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]}])
     );
 }
+
+/// scripts/image.sh builds the image the Dockerfile describes: it takes the final stage's
+/// configuration from the Dockerfile itself, and puts the files where the Dockerfile copies
+/// them; the chart and deploy/ run what both build.
+#[test]
+fn the_image_script_and_the_dockerfile_build_the_same_layout() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let script = std::fs::read_to_string(root().join("scripts/image.sh")).unwrap();
+    let last_stage = dockerfile.rsplit("\nFROM ").next().unwrap();
+    let copies: Vec<&str> = last_stage
+        .lines()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .map(|l| l.split_whitespace().last().unwrap())
+        .collect();
+    assert_eq!(
+        copies,
+        ["/usr/local/bin/confgate", "/etc/confgate/policies"]
+    );
+    for destination in &copies {
+        assert!(
+            script.contains(&format!("$root{destination}")),
+            "scripts/image.sh does not put anything at {destination}"
+        );
+    }
+    // The configuration is read from the Dockerfile, directive by directive.
+    for directive in ["ENV", "USER", "EXPOSE", "ENTRYPOINT", "CMD"] {
+        assert!(
+            last_stage
+                .lines()
+                .any(|l| l.starts_with(&format!("{directive} "))),
+            "the Dockerfile's last stage has no {directive}"
+        );
+        assert!(
+            script.contains(&format!("    {directive}) config+=(")),
+            "scripts/image.sh does not take {directive} from the Dockerfile"
+        );
+    }
+    assert!(last_stage.contains("USER 65532:65532"));
+    assert!(last_stage.contains("ENV MIMALLOC_ARENA_EAGER_COMMIT=0"));
+    // What runs the image runs its binary at that path.
+    let chart =
+        std::fs::read_to_string(root().join("charts/confgate/templates/deployment.yaml")).unwrap();
+    assert!(
+        !chart.contains("command:"),
+        "the chart relies on the ENTRYPOINT"
+    );
+}

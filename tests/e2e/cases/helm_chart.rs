@@ -96,6 +96,117 @@ struct HostConfgate {
     daemon: Option<Daemon>,
     port: u16,
     dir: tempfile::TempDir,
+    /// The buildah container it runs in, when it runs from the image.
+    _container: Option<Container>,
+}
+
+/// The image the chart's confgate runs from (`E2E_IMAGE`, built by scripts/image.sh), if any.
+fn image() -> Option<String> {
+    std::env::var("E2E_IMAGE").ok().filter(|i| !i.is_empty())
+}
+
+/// The first process named `name` (its `comm`) among the descendants of `pid`.
+fn descendant(pid: u32, name: &str) -> Option<u32> {
+    let mut children: std::collections::HashMap<u32, Vec<(u32, String)>> = Default::default();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let child: Option<u32> = stat[..open].trim().parse().ok();
+        let parent: Option<u32> = stat[close + 1..].split_whitespace().nth(1)?.parse().ok();
+        if let (Some(child), Some(parent)) = (child, parent) {
+            let comm = stat[open + 1..close].to_owned();
+            children.entry(parent).or_default().push((child, comm));
+        }
+    }
+    let mut queue = vec![pid];
+    while let Some(next) = queue.pop() {
+        for (child, comm) in children.get(&next).into_iter().flatten() {
+            if comm == name {
+                return Some(*child);
+            }
+            queue.push(*child);
+        }
+    }
+    None
+}
+
+/// A buildah working container of [`image`], removed when dropped.
+struct Container(String);
+
+impl Container {
+    fn of(image: &str) -> Self {
+        let out = std::process::Command::new("buildah")
+            .env("STORAGE_DRIVER", "vfs")
+            .args(["from", "--pull-never", image])
+            .output()
+            .expect("buildah runs");
+        assert!(
+            out.status.success(),
+            "buildah from {image}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let container = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        eprintln!("e2e: confgate runs from image {image} (buildah container {container})");
+        Self(container)
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("buildah")
+            .env("STORAGE_DRIVER", "vfs")
+            .args(["rm", &self.0])
+            .output();
+    }
+}
+
+/// `confgate ARGS` with `env`: the test's binary on the host, or, with `E2E_IMAGE`, the image's
+/// binary in a container of it (`buildah run`: chroot, host network, the image's non-root user),
+/// with `dir` mounted at the same path (its files opened to that user).
+fn confgate_command(
+    args: &[String],
+    env: &[(&str, String)],
+    dir: &Path,
+) -> (std::process::Command, Option<Container>) {
+    let Some(image) = image() else {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_confgate"));
+        command
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env_remove("KUBERNETES_SERVICE_HOST");
+        return (command, None);
+    };
+    // The image runs as 65532, as in a Pod: the directory is its volume.
+    let _ = std::process::Command::new("chmod")
+        .args(["-R", "a+rwX"])
+        .arg(dir)
+        .status();
+    let container = Container::of(&image);
+    let mut command = std::process::Command::new("buildah");
+    command.env("STORAGE_DRIVER", "vfs").args([
+        "run",
+        "--isolation",
+        "chroot",
+        "--network",
+        "host",
+    ]);
+    command
+        .arg("--volume")
+        .arg(format!("{}:{}", dir.display(), dir.display()));
+    for (name, value) in env {
+        command.arg("--env").arg(format!("{name}={value}"));
+    }
+    command
+        .arg(&container.0)
+        .arg("--")
+        .arg("/usr/local/bin/confgate")
+        .args(args);
+    (command, Some(container))
 }
 
 impl HostConfgate {
@@ -118,6 +229,25 @@ impl HostConfgate {
             std::fs::write(policies.join(file), text.as_str().unwrap()).unwrap();
         }
         let tls = dir.path().join("tls");
+        // A Secret volume (certificates.mode cert-manager or secret) is written as the kubelet
+        // would mount it; with self-signed confgate writes the files from its own Secret.
+        let volumes = deployment["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap();
+        if let Some(name) = volumes
+            .iter()
+            .find(|v| v["name"] == "tls")
+            .and_then(|v| v["secret"]["secretName"].as_str())
+        {
+            let secret = kubectl
+                .get(NAMESPACE, &format!("secret/{name}"))
+                .await
+                .expect("the certificate's Secret");
+            std::fs::create_dir_all(&tls).unwrap();
+            for (file, data) in secret["data"].as_object().unwrap() {
+                std::fs::write(tls.join(file), decoded(data).unwrap()).unwrap();
+            }
+        }
         let mut args: Vec<String> = Vec::new();
         for arg in container["args"].as_array().unwrap() {
             let arg = arg.as_str().unwrap();
@@ -139,24 +269,24 @@ impl HostConfgate {
             .await;
         let kubeconfig = dir.path().join("kubeconfig");
         write_kubeconfig(&kubeconfig, &plane.server, token.trim()).unwrap();
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_confgate"));
-        command
-            .args(&args)
-            .env("KUBECONFIG", &kubeconfig)
-            .env("POD_NAMESPACE", NAMESPACE)
-            .env("POD_NAME", format!("confgate-host-{port}"))
-            .env(
+        let env = [
+            ("KUBECONFIG", kubeconfig.display().to_string()),
+            ("POD_NAMESPACE", NAMESPACE.to_owned()),
+            ("POD_NAME", format!("confgate-host-{port}")),
+            (
                 "RUST_LOG",
                 std::env::var("E2E_CONFGATE_LOG")
                     .unwrap_or_else(|_| "info,kube=warn,hyper=warn,rustls=warn".into()),
-            )
-            .env_remove("KUBERNETES_SERVICE_HOST");
+            ),
+        ];
+        let (mut command, container) = confgate_command(&args, &env, dir.path());
         let daemon = Daemon::spawn("confgate", &mut command, dir.path(), &plane.pid_dir())
             .expect("confgate starts");
         Self {
             daemon: Some(daemon),
             port,
             dir,
+            _container: container,
         }
     }
 
@@ -183,7 +313,21 @@ impl HostConfgate {
     }
 
     fn stop(&mut self) {
-        if let Some(daemon) = self.daemon.take() {
+        if let Some(mut daemon) = self.daemon.take() {
+            // `buildah run` kills its command on SIGTERM instead of passing the signal on: the
+            // image's confgate gets it directly, as a container runtime would send it, and
+            // shuts down gracefully (releasing its Lease).
+            if self._container.is_some()
+                && let Some(pid) = descendant(daemon.pid(), "confgate")
+            {
+                crate::harness::process::signal(pid, "TERM");
+                for _ in 0..100 {
+                    if daemon.exited().is_some() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
             daemon.stop(Duration::from_secs(10));
         }
     }
@@ -268,10 +412,9 @@ async fn run_release_hook(plane: &ControlPlane, kubectl: Kubectl) {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     write_kubeconfig(&kubeconfig, &plane.server, token.trim()).unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_confgate"))
-        .args(&args)
-        .env("KUBECONFIG", &kubeconfig)
-        .env_remove("KUBERNETES_SERVICE_HOST")
+    let env = [("KUBECONFIG", kubeconfig.display().to_string())];
+    let (command, _container) = confgate_command(&args, &env, dir.path());
+    let out = tokio::process::Command::from(command)
         .output()
         .await
         .unwrap();
@@ -725,4 +868,179 @@ pub async fn e2e_helm_chart_installs_upgrades_and_uninstalls_leaving_nothing(_sh
             .await
             .is_some()
     );
+}
+
+/// Points every webhook of the Helm-rendered configuration `kind` at the host confgate (the
+/// apiserver reaches it by URL here, not through the Service), keeping path and caBundle.
+async fn point_at_host(kubectl: &Kubectl, kind: &str, url: &str) {
+    let stored = kubectl
+        .get("", &format!("{kind}/{RELEASE}"))
+        .await
+        .expect("rendered by Helm");
+    let patch: Vec<Value> = stored["webhooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let path = w["clientConfig"]["service"]["path"].as_str().unwrap();
+            serde_json::json!({"op": "replace", "path": format!("/webhooks/{i}/clientConfig"),
+                "value": {"url": format!("{url}{path}"), "caBundle": w["clientConfig"]["caBundle"]}})
+        })
+        .collect();
+    kubectl
+        .ok(
+            &[
+                "patch",
+                kind,
+                RELEASE,
+                "--type=json",
+                "-p",
+                &Value::Array(patch).to_string(),
+            ],
+            None,
+        )
+        .await;
+}
+
+pub async fn e2e_helm_chart_with_the_registration_rendered_by_helm_and_no_webhook_access(
+    _shared: Cx,
+) {
+    let binaries = Binaries::from_env().expect("control plane binaries");
+    let root_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-helm-rendered");
+    let plane: &'static ControlPlane =
+        Box::leak(Box::new(ControlPlane::start(&binaries, &root_dir).unwrap()));
+    let _guard = OwnPlane(plane);
+    let cx = Cx::new(plane).await;
+    let kubectl = cx.kubectl();
+    let chart = root().join("charts/confgate");
+    let chart = chart.to_str().unwrap();
+    // The serving certificate is the platform's own (certificates.mode=secret): made here, for
+    // the Service's names and the host address the apiserver calls.
+    let certs = tempfile::tempdir().unwrap();
+    let made = std::process::Command::new(env!("CARGO_BIN_EXE_confgate"))
+        .args(["certs", "--service", RELEASE, "--namespace", NAMESPACE])
+        .args(["--ip", "127.0.0.1", "--out-dir"])
+        .arg(certs.path())
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    kubectl.ok(&["create", "namespace", NAMESPACE], None).await;
+    let path = |f: &str| certs.path().join(f).display().to_string();
+    kubectl
+        .ok(
+            &[
+                "-n",
+                NAMESPACE,
+                "create",
+                "secret",
+                "generic",
+                "corp-tls",
+                &format!("--from-file=tls.crt={}", path("tls.crt")),
+                &format!("--from-file=tls.key={}", path("tls.key")),
+                &format!("--from-file=ca.crt={}", path("ca.crt")),
+            ],
+            None,
+        )
+        .await;
+    let ca = std::fs::read(certs.path().join("ca.crt")).unwrap();
+    let ca_base64 = base64::engine::general_purpose::STANDARD.encode(&ca);
+    kubectl.ok(&["create", "namespace", "apps"], None).await;
+
+    helm(
+        plane,
+        &[
+            "install",
+            RELEASE,
+            chart,
+            "--namespace",
+            NAMESPACE,
+            "--set",
+            "webhooks.registration=helm",
+            "--set",
+            "certificates.mode=secret",
+            "--set",
+            "certificates.secretName=corp-tls",
+            "--set",
+            &format!("webhooks.caBundle={ca_base64}"),
+        ],
+    )
+    .await;
+    // Helm made the registration, with the CA, owned by the release; confgate may not touch it.
+    for kind in [
+        "mutatingwebhookconfiguration",
+        "validatingwebhookconfiguration",
+    ] {
+        let stored = kubectl
+            .get("", &format!("{kind}/{RELEASE}"))
+            .await
+            .expect("rendered by Helm");
+        assert_eq!(
+            stored["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "Helm"
+        );
+        assert_eq!(webhook_ca(&stored), ca, "{kind}");
+        let account = format!("system:serviceaccount:{NAMESPACE}:{RELEASE}");
+        for verb in ["create", "update", "patch", "delete", "get"] {
+            let run = kubectl
+                .run(
+                    &["auth", "can-i", verb, &format!("{kind}s"), "--as", &account],
+                    None,
+                )
+                .await;
+            assert_eq!(run.stdout.trim(), "no", "{verb} {kind}s");
+        }
+    }
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    for kind in [
+        "mutatingwebhookconfiguration",
+        "validatingwebhookconfiguration",
+    ] {
+        point_at_host(&kubectl, kind, &url).await;
+    }
+    let mut host = HostConfgate::start(plane, &kubectl, port).await;
+    // Ready, without registering anything.
+    eventually(Duration::from_secs(60), "confgate ready", || {
+        let log = host.log();
+        async move { log.contains("ready: listening").then_some(()) }
+    })
+    .await;
+    assert!(
+        !host.log().contains("webhook registration applied"),
+        "{}",
+        host.log()
+    );
+    // In effect: the apiserver calls confgate through the registration Helm rendered.
+    let denied = kubectl
+        .fails(
+            &["apply", "-n", "apps", "-f", "-"],
+            Some(
+                r#"{"apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": {"name": "broken"},
+                    "spec": {"selector": {"matchLabels": {"app": "broken"}},
+                      "template": {"metadata": {"labels": {"app": "broken"}},
+                        "spec": {"containers": [{"name": "web", "image": "nginx",
+                          "env": [{"name": "LEVEL", "valueFrom": {"configMapKeyRef": {"name": "missing", "key": "level"}}}]}]}}}}"#,
+            ),
+        )
+        .await;
+    assert!(
+        denied.contains("require-config-keys") && denied.contains("missing"),
+        "{denied}"
+    );
+    // Nothing it was refused: no permission it uses is missing.
+    assert!(!host.log().contains("forbidden"), "{}", host.log());
+
+    // Uninstall: Helm removes the registration with everything else.
+    let hook = tokio::spawn(run_release_hook(plane, kubectl.clone()));
+    helm(plane, &["uninstall", RELEASE, "--namespace", NAMESPACE]).await;
+    hook.await.unwrap();
+    for kind in [
+        "mutatingwebhookconfigurations",
+        "validatingwebhookconfigurations",
+    ] {
+        assert!(items(&kubectl, kind).await.is_empty(), "{kind} left");
+    }
+    host.stop();
 }

@@ -37,6 +37,7 @@ pub fn all() -> Vec<(&'static str, Case)> {
         admission::e2e_controller_made_pods_do_not_wait_for_a_down_confgate,
         admission::e2e_finalizer_removal_is_never_blocked,
         helm_chart::e2e_helm_chart_installs_upgrades_and_uninstalls_leaving_nothing,
+        helm_chart::e2e_helm_chart_with_the_registration_rendered_by_helm_and_no_webhook_access,
         limitranger::e2e_builtin_limitranger_plus_confgate_equals_builtin_alone,
         limitranger::e2e_confgate_alone_judges_pods_as_the_builtin_limitranger,
         limitranger::e2e_quantities_past_10_pow_24_are_judged_exactly_as_the_apiserver_sends_them,
