@@ -106,6 +106,7 @@ pub struct Metrics {
     cache_stale: Family<ResourceLabels, Gauge<f64, AtomicU64>>,
     connections_open: Gauge,
     connections_refused: Counter,
+    accept_errors: Family<ReasonLabels, Counter>,
     rollouts: Family<ResultLabels, Counter>,
     audit_violations: Family<AuditLabels, Gauge>,
     cache_forbidden: Family<ResourceLabels, Gauge>,
@@ -207,6 +208,16 @@ impl Metrics {
             "Connections closed at once because --max-connections were open",
             connections_refused.clone(),
         );
+        let accept_errors = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "accept_errors",
+            "Failures to accept a connection on the listening socket, by reason (too_many_open_files: the process or system file limit; other)",
+            accept_errors.clone(),
+        );
+        // Both series from the start, at 0: a rate() sees the first failure.
+        for reason in ["too_many_open_files", "other"] {
+            let _ = accept_errors.get_or_create(&ReasonLabels { reason });
+        }
         let rollouts = Family::<ResultLabels, Counter>::default();
         registry.register(
             "rollouts",
@@ -337,6 +348,7 @@ impl Metrics {
             cache_stale,
             connections_open,
             connections_refused,
+            accept_errors,
             rollouts,
             audit_violations,
             cache_forbidden,
@@ -467,6 +479,13 @@ impl Metrics {
                 })
                 .set(i64::try_from(*count).unwrap_or(i64::MAX));
         }
+    }
+
+    /// Counts a failed `accept` on the listening socket.
+    pub fn accept_error(&self, reason: &'static str) {
+        self.accept_errors
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// Counts a connection closed at the connection limit.

@@ -5,6 +5,7 @@ pub mod budget;
 pub mod conn;
 pub mod handlers;
 pub mod large_reviews;
+pub mod listener;
 mod reload;
 pub mod service;
 pub mod tls;
@@ -196,7 +197,7 @@ pub enum ServeError {
 /// On SIGTERM/SIGINT: fail readiness, wait the shutdown delay, then drain through `handle`.
 pub fn spawn_shutdown_on_signal(
     state: &Arc<AppState>,
-    handle: &axum_server::Handle<SocketAddr>,
+    handle: &listener::Handle,
     options: &ServeOptions,
 ) {
     tokio::spawn(shutdown_on_signal(
@@ -213,7 +214,7 @@ pub async fn serve_with(
     options: ServeOptions,
     state: Arc<AppState>,
     registry: Registry,
-    handle: axum_server::Handle<SocketAddr>,
+    handle: listener::Handle,
 ) -> Result<(), ServeError> {
     let rustls = RustlsConfig::from_config(Arc::new(tls::server_config(
         &options.tls_cert,
@@ -245,6 +246,7 @@ pub async fn serve_with(
             "--max-connections lowered to fit the open-file limit (RLIMIT_NOFILE); raise the limit for more"
         );
     }
+    let state_metrics = state.reviews.metrics.clone();
     let connections = conn::Connections::with_timeouts(
         max_connections,
         state.reviews.metrics.clone(),
@@ -276,7 +278,13 @@ pub async fn serve_with(
         RustlsAcceptor::new(rustls).acceptor(NoDelayAcceptor::new()),
         connections,
     );
-    let mut server = axum_server::bind(options.listen)
+    let bound = listener::Listener::bind(options.listen, state_metrics)
+        .await
+        .map_err(|source| ServeError::Io {
+            addr: options.listen,
+            source,
+        })?;
+    let mut server = axum_server::Server::<listener::Listen>::from_listener(bound)
         .acceptor(acceptor)
         .handle(handle);
     // Slow or stalled clients cannot hold a connection open forever: the next request's headers
@@ -309,7 +317,7 @@ pub async fn serve_with(
 
 async fn shutdown_on_signal(
     state: Arc<AppState>,
-    handle: axum_server::Handle<SocketAddr>,
+    handle: listener::Handle,
     delay: Duration,
     drain: Duration,
 ) {

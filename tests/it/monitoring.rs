@@ -95,7 +95,7 @@ fn every_alert_fires_and_stays_quiet_in_promtool_unit_tests() {
         }
     }
     let all = alerts();
-    assert_eq!(all.len(), 17, "{all:?}");
+    assert_eq!(all.len(), 18, "{all:?}");
     assert_eq!(fires, all, "alerts without a firing case");
     assert_eq!(quiet, all, "alerts without a quiet case");
     let dir = tempfile::tempdir().unwrap();

@@ -55,7 +55,7 @@ fn client(ca_pem: &str, http1_only: bool) -> reqwest::Client {
 
 struct Server {
     addr: SocketAddr,
-    handle: axum_server::Handle<SocketAddr>,
+    handle: confgate::server::listener::Handle,
     state: Arc<AppState>,
 }
 
@@ -95,7 +95,7 @@ async fn start_with(dir: &Path, adjust: impl FnOnce(&mut ServeOptions)) -> Serve
     adjust(&mut options);
     let handle = axum_server::Handle::new();
     tokio::spawn(serve_with(options, state.clone(), registry, handle.clone()));
-    let addr = handle.listening().await.expect("server failed to start");
+    let addr = handle.listening().await.expect("server failed to start").0;
     Server {
         addr,
         handle,
