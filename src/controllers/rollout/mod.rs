@@ -271,7 +271,10 @@ pub async fn run(
             controller.retry_held(&index).await;
         }
         tokio::select! {
-            () = changes.wait() => {
+            // Only a leader takes changes. A standby leaves them pending (at most one per
+            // object), so the comparison it makes when it starts leading still names what
+            // changed, instead of finding the difference with no change to show for it.
+            () = changes.wait(), if leading => {
                 changes.settle(settings.coalesce).await;
                 let (changed, since) = changes.take_since();
                 if *leader.borrow() {
@@ -993,11 +996,13 @@ impl Controller {
             self.held.remove(&k);
             return None;
         }
-        if begin && what.is_empty() && changed_meanwhile(&w, &self.changes) {
-            // Its configuration changed while every workload was being compared: the change's
-            // own round compares it again after the quiet wait, so a ConfigMap and the workload
-            // applied right after it (`kubectl apply -f dir/`) still roll once, and the rollout
-            // names what changed.
+        if what.is_empty() && changed_meanwhile(&w, &self.changes) {
+            // Nothing this round knows of changed what it reads, but another object it reads
+            // has a change recorded since the round began (during a comparison of every
+            // workload; or during a round of an object whose change it does not read, such as
+            // the config guard marking a ConfigMap): that change's own round compares it again
+            // after the quiet wait, so a ConfigMap and the workload applied right after it
+            // (`kubectl apply -f dir/`) still roll once, and the rollout names what changed.
             tracing::debug!(kind = w.kind, namespace = %w.namespace, name = %w.name, "its configuration changed during the comparison: compared in the change's round");
             return None;
         }
