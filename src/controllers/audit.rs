@@ -40,6 +40,8 @@ pub struct Finding {
     /// Its uid.
     pub uid: String,
     pub policy: String,
+    /// The policy's type (`require-config-keys`): the report's `rule`.
+    pub rule: String,
     /// `fail` (the policy denies) or `warn` (it warns or audits), or `error`.
     pub result: &'static str,
     /// What is wrong.
@@ -161,12 +163,17 @@ pub async fn scan(client: &Client, engine: &Engine, set: &PolicySet) -> Result<A
                         *audit.passed.entry(namespace.clone()).or_default() += 1;
                         continue;
                     }
+                    let rule = set
+                        .get(&policy)
+                        .map(|p| p.type_name.clone())
+                        .unwrap_or_default();
                     audit.findings.push(Finding {
                         kind: kind.to_owned(),
                         namespace: namespace.clone(),
                         name: name.clone(),
                         uid: uid.clone(),
                         policy,
+                        rule,
                         result,
                         message,
                     });
@@ -186,6 +193,7 @@ pub async fn scan(client: &Client, engine: &Engine, set: &PolicySet) -> Result<A
             name,
             uid: String::new(),
             policy: "protect-config-keys".into(),
+            rule: "protect-config-keys".into(),
             result: "warn",
             message: format!(
                 "deletion deferred: read by {}; it is deleted as soon as none of them reads it",
@@ -204,6 +212,14 @@ pub async fn scan(client: &Client, engine: &Engine, set: &PolicySet) -> Result<A
     Ok(audit)
 }
 
+/// A report's `category` for a policy type: what Policy Reporter groups results by.
+fn category(rule: &str) -> &'static str {
+    match rule {
+        "limitrange-defaults" | "quota-fit" => "Resources",
+        _ => "Configuration",
+    }
+}
+
 /// The PolicyReport of `namespace`: its findings (at most [`MAX_RESULTS`]) and a summary.
 pub fn policy_report(audit: &Audit, namespace: &str, now: &str) -> Value {
     let findings: Vec<&Finding> = audit
@@ -220,6 +236,8 @@ pub fn policy_report(audit: &Audit, namespace: &str, now: &str) -> Value {
             json!({
                 "source": "confgate",
                 "policy": f.policy,
+                "rule": f.rule,
+                "category": category(&f.rule),
                 "result": f.result,
                 "scored": true,
                 "severity": if f.result == "fail" { "high" } else { "medium" },
@@ -756,6 +774,7 @@ mod tests {
             name,
             uid: "u".into(),
             policy: "require-config-keys".into(),
+            rule: "require-config-keys".into(),
             result,
             message: "m".into(),
         }

@@ -19,6 +19,7 @@ mod limitrange_defaults;
 mod monitoring;
 mod policy_files;
 mod readme_examples;
+mod reports;
 mod require_config_keys;
 mod tls;
 mod tracing;
