@@ -118,8 +118,15 @@ pub fn init(format: LogFormat) -> Result<Telemetry, otel::OtelError> {
     .with_filter(filter.and(filter_fn(|meta: &tracing::Metadata<'_>| !meta.is_span())));
     let spans = traces.as_ref().map(|provider| {
         use opentelemetry::trace::TracerProvider as _;
+        // Only the attributes confgate sets: no source location, thread, target or busy/idle
+        // times per span, which would double each span's size on a path that makes several
+        // spans per review.
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("confgate"))
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
             .with_filter(dynamic_filter_fn(exported))
     });
     // A panic (which the engine contains per policy) is reported as a structured log line.
