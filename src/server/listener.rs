@@ -175,49 +175,40 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn the_pause_stops_growing_at_a_second_and_starts_over_after_a_success() {
-        let metrics = Arc::new(Metrics::new());
-        let errors = AcceptErrors::new(metrics.clone());
+    /// Accepts with [`accept_with`] where the first `failures` tries fail with EMFILE; the
+    /// instants of the tries.
+    async fn tries_with(failures: usize, errors: &AcceptErrors) -> Vec<tokio::time::Instant> {
         let mut tries = Vec::new();
-        let started = tokio::time::Instant::now();
-        let mut failures = 8;
+        let mut left = failures;
         accept_with(
             || {
-                tries.push(started.elapsed());
-                let result = if failures > 0 {
-                    failures -= 1;
+                tries.push(tokio::time::Instant::now());
+                let result = if left > 0 {
+                    left -= 1;
                     Err(io::Error::from_raw_os_error(24))
                 } else {
                     Ok(())
                 };
                 async move { result }
             },
-            &errors,
+            errors,
         )
         .await;
+        tries
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pause_stops_growing_at_a_second_and_starts_over_after_a_success() {
+        let metrics = Arc::new(Metrics::new());
+        let errors = AcceptErrors::new(metrics.clone());
+        let tries = tries_with(8, &errors).await;
         let gaps: Vec<u128> = tries
             .windows(2)
             .map(|w| (w[1] - w[0]).as_millis())
             .collect();
         assert_eq!(gaps, [50, 100, 200, 400, 800, 1000, 1000, 1000]);
         // The next accept starts again from the first pause.
-        let mut again = Vec::new();
-        let mut failures = 1;
-        accept_with(
-            || {
-                again.push(tokio::time::Instant::now());
-                let result = if failures > 0 {
-                    failures -= 1;
-                    Err(io::Error::from_raw_os_error(24))
-                } else {
-                    Ok(())
-                };
-                async move { result }
-            },
-            &errors,
-        )
-        .await;
+        let again = tries_with(1, &errors).await;
         assert_eq!(again[1] - again[0], FIRST_PAUSE);
         assert_eq!(count(&metrics, "too_many_open_files"), 9.0);
     }

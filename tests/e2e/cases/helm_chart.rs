@@ -371,6 +371,28 @@ fn generated(policies: &Path, ca: &Path, url: &str, minor: u32) -> Vec<Value> {
     confgate::yaml::documents(&String::from_utf8(out.stdout).unwrap()).unwrap()
 }
 
+/// A Deployment reading a ConfigMap that does not exist, applied in `apps`: the apiserver
+/// calls confgate and denies it, naming the policy and what is missing.
+async fn a_broken_deployment_is_denied(kubectl: &Kubectl) {
+    let denied = kubectl
+        .fails(
+            &["apply", "-n", "apps", "-f", "-"],
+            Some(
+                r#"{"apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": {"name": "broken"},
+                    "spec": {"selector": {"matchLabels": {"app": "broken"}},
+                      "template": {"metadata": {"labels": {"app": "broken"}},
+                        "spec": {"containers": [{"name": "web", "image": "nginx",
+                          "env": [{"name": "LEVEL", "valueFrom": {"configMapKeyRef": {"name": "missing", "key": "level"}}}]}]}}}}"#,
+            ),
+        )
+        .await;
+    assert!(
+        denied.contains("require-config-keys") && denied.contains("missing"),
+        "{denied}"
+    );
+}
+
 /// The config guard's finalizers on an object.
 fn guard_marks(object: &Value) -> Vec<String> {
     object["metadata"]["finalizers"]
@@ -642,23 +664,7 @@ pub async fn e2e_helm_chart_installs_upgrades_and_uninstalls_leaving_nothing(_sh
     .await;
 
     // In effect: the apiserver calls the host confgate through the registration it made.
-    let denied = kubectl
-        .fails(
-            &["apply", "-n", "apps", "-f", "-"],
-            Some(
-                r#"{"apiVersion": "apps/v1", "kind": "Deployment",
-                    "metadata": {"name": "broken"},
-                    "spec": {"selector": {"matchLabels": {"app": "broken"}},
-                      "template": {"metadata": {"labels": {"app": "broken"}},
-                        "spec": {"containers": [{"name": "web", "image": "nginx",
-                          "env": [{"name": "LEVEL", "valueFrom": {"configMapKeyRef": {"name": "missing", "key": "level"}}}]}]}}}}"#,
-            ),
-        )
-        .await;
-    assert!(
-        denied.contains("require-config-keys") && denied.contains("missing"),
-        "{denied}"
-    );
+    a_broken_deployment_is_denied(&kubectl).await;
     // The audit's PolicyReport for the existing workload, owned by the chart's ClusterRole.
     let report = eventually(Duration::from_secs(60), "a PolicyReport in apps", || {
         let kubectl = kubectl.clone();
@@ -1012,23 +1018,7 @@ pub async fn e2e_helm_chart_with_the_registration_rendered_by_helm_and_no_webhoo
         host.log()
     );
     // In effect: the apiserver calls confgate through the registration Helm rendered.
-    let denied = kubectl
-        .fails(
-            &["apply", "-n", "apps", "-f", "-"],
-            Some(
-                r#"{"apiVersion": "apps/v1", "kind": "Deployment",
-                    "metadata": {"name": "broken"},
-                    "spec": {"selector": {"matchLabels": {"app": "broken"}},
-                      "template": {"metadata": {"labels": {"app": "broken"}},
-                        "spec": {"containers": [{"name": "web", "image": "nginx",
-                          "env": [{"name": "LEVEL", "valueFrom": {"configMapKeyRef": {"name": "missing", "key": "level"}}}]}]}}}}"#,
-            ),
-        )
-        .await;
-    assert!(
-        denied.contains("require-config-keys") && denied.contains("missing"),
-        "{denied}"
-    );
+    a_broken_deployment_is_denied(&kubectl).await;
     // Nothing it was refused: no permission it uses is missing.
     assert!(!host.log().contains("forbidden"), "{}", host.log());
 
