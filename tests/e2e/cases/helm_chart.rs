@@ -28,6 +28,16 @@ impl Drop for OwnPlane {
     }
 }
 
+/// A control plane of the test's own (under `CARGO_TARGET_TMPDIR/dir`), stopped when the guard
+/// is dropped, and a context for it.
+async fn own_plane(dir: &str) -> (OwnPlane, Cx) {
+    let binaries = Binaries::from_env().expect("control plane binaries");
+    let root_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(dir);
+    let plane: &'static ControlPlane =
+        Box::leak(Box::new(ControlPlane::start(&binaries, &root_dir).unwrap()));
+    (OwnPlane(plane), Cx::new(plane).await)
+}
+
 /// `scripts/helm.sh` says where helm is ($HELM first, as scripts/e2e-env.sh sets it).
 pub(crate) fn helm_binary() -> String {
     let out = std::process::Command::new(root().join("scripts/helm.sh"))
@@ -470,12 +480,8 @@ async fn run_release_hook(plane: &ControlPlane, kubectl: Kubectl) {
 }
 
 pub async fn e2e_helm_chart_installs_upgrades_and_uninstalls_leaving_nothing(_shared: Cx) {
-    let binaries = Binaries::from_env().expect("control plane binaries");
-    let root_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-helm");
-    let plane: &'static ControlPlane =
-        Box::leak(Box::new(ControlPlane::start(&binaries, &root_dir).unwrap()));
-    let _guard = OwnPlane(plane);
-    let cx = Cx::new(plane).await;
+    let (_guard, cx) = own_plane("e2e-helm").await;
+    let plane = cx.plane;
     let kubectl = cx.kubectl();
     let chart = root().join("charts/confgate");
     let chart = chart.to_str().unwrap();
@@ -912,12 +918,8 @@ async fn point_at_host(kubectl: &Kubectl, kind: &str, url: &str) {
 pub async fn e2e_helm_chart_with_the_registration_rendered_by_helm_and_no_webhook_access(
     _shared: Cx,
 ) {
-    let binaries = Binaries::from_env().expect("control plane binaries");
-    let root_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-helm-rendered");
-    let plane: &'static ControlPlane =
-        Box::leak(Box::new(ControlPlane::start(&binaries, &root_dir).unwrap()));
-    let _guard = OwnPlane(plane);
-    let cx = Cx::new(plane).await;
+    let (_guard, cx) = own_plane("e2e-helm-rendered").await;
+    let plane = cx.plane;
     let kubectl = cx.kubectl();
     let chart = root().join("charts/confgate");
     let chart = chart.to_str().unwrap();
