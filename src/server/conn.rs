@@ -15,7 +15,7 @@ use futures::future::BoxFuture;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -66,7 +66,7 @@ pub fn soft_open_files(limits: &str) -> Option<u64> {
 pub struct Connections {
     open: AtomicUsize,
     max: usize,
-    last_refusal_log: AtomicU64,
+    refusal_log: crate::telemetry::OnceAMinute,
     metrics: Arc<Metrics>,
     first_request: Duration,
     idle: Duration,
@@ -84,7 +84,7 @@ impl Connections {
         Arc::new(Self {
             open: AtomicUsize::new(0),
             max,
-            last_refusal_log: AtomicU64::new(0),
+            refusal_log: crate::telemetry::OnceAMinute::default(),
             metrics,
             first_request,
             idle,
@@ -105,10 +105,7 @@ impl Connections {
             return Some(Slot(self.clone()));
         }
         self.metrics.connection_refused();
-        let minute = crate::telemetry::since_process_start()
-            .map(|d| d.as_secs() / 60 + 1)
-            .unwrap_or(1);
-        if self.last_refusal_log.swap(minute, Ordering::AcqRel) != minute {
+        if self.refusal_log.due() {
             tracing::warn!(
                 max = self.max,
                 "connection limit reached: new connections are closed at once (--max-connections; counted in confgate_connections_refused_total)"

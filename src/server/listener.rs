@@ -10,7 +10,6 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
@@ -73,24 +72,21 @@ const MAX_PAUSE: Duration = Duration::from_secs(1);
 /// What the failures of one listener share: the counter and the time of the last log line.
 struct AcceptErrors {
     metrics: Arc<Metrics>,
-    last_log_minute: AtomicU64,
+    log: crate::telemetry::OnceAMinute,
 }
 
 impl AcceptErrors {
     fn new(metrics: Arc<Metrics>) -> Self {
         Self {
             metrics,
-            last_log_minute: AtomicU64::new(0),
+            log: crate::telemetry::OnceAMinute::default(),
         }
     }
 
     fn record(&self, error: &io::Error) {
         let reason = reason(error);
         self.metrics.accept_error(reason);
-        let minute = crate::telemetry::since_process_start()
-            .map(|d| d.as_secs() / 60 + 1)
-            .unwrap_or(1);
-        if self.last_log_minute.swap(minute, Ordering::AcqRel) != minute {
+        if self.log.due() {
             tracing::warn!(
                 %error,
                 reason,

@@ -19,6 +19,21 @@ pub fn since_process_start() -> Option<Duration> {
     PROCESS_START.get().map(Instant::elapsed)
 }
 
+/// Lets a repeated warning through at most once a minute (a minute of the process's life): for
+/// failures that can repeat thousands of times a second, counted in a metric each time.
+#[derive(Debug, Default)]
+pub struct OnceAMinute(std::sync::atomic::AtomicU64);
+
+impl OnceAMinute {
+    /// True the first time in each minute.
+    pub fn due(&self) -> bool {
+        let minute = since_process_start()
+            .map(|d| d.as_secs() / 60 + 1)
+            .unwrap_or(1);
+        self.0.swap(minute, std::sync::atomic::Ordering::AcqRel) != minute
+    }
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -179,4 +194,17 @@ pub fn review_span(endpoint: &'static str, headers: &http::HeaderMap) -> tracing
         }
     }
     span
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_repeated_warning_is_let_through_once_in_a_minute() {
+        let log = super::OnceAMinute::default();
+        assert!(log.due());
+        assert!(!log.due());
+        assert!(!log.due());
+        // Another throttle is its own.
+        assert!(super::OnceAMinute::default().due());
+    }
 }
