@@ -192,14 +192,7 @@ pub struct ServeArgs {
 /// Runs the server until SIGTERM.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let telemetry = telemetry::init(args.log_format)?;
-    if telemetry.tracing() {
-        let endpoint = [
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-        ]
-        .iter()
-        .find_map(|var| std::env::var(var).ok())
-        .unwrap_or_else(|| "http://localhost:4318".into());
+    if let Some(endpoint) = telemetry.traces_to() {
         tracing::info!(%endpoint, "exporting traces over OTLP/HTTP");
     }
     // With --tls-secret the files are written from the Secret once the client exists (below).

@@ -48,12 +48,15 @@ pub enum LogFormat {
 pub struct Telemetry {
     _log: tracing_appender::non_blocking::WorkerGuard,
     traces: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    /// Where they go, when they are exported.
+    endpoint: Option<String>,
 }
 
 impl Telemetry {
-    /// Whether spans are exported.
-    pub fn tracing(&self) -> bool {
-        self.traces.is_some()
+    /// Where spans are exported to, when they are.
+    pub fn traces_to(&self) -> Option<&str> {
+        self.traces.as_ref()?;
+        Some(self.endpoint.as_deref().unwrap_or("http://localhost:4318"))
     }
 
     /// Sends the spans still queued (at most a few seconds), then lets the log writer flush.
@@ -102,9 +105,10 @@ pub fn init(format: LogFormat) -> Result<Telemetry, otel::OtelError> {
     use tracing_subscriber::filter::{FilterExt as _, dynamic_filter_fn, filter_fn};
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
-    let traces = match otel::settings(|name| std::env::var(name).ok())? {
+    let settings = otel::settings(|name| std::env::var(name).ok())?;
+    let traces = match &settings {
         Some(settings) => Some(otel::start(
-            &settings,
+            settings,
             tokio::runtime::Handle::try_current()
                 .map_err(|e| otel::OtelError::Exporter(e.to_string()))?,
         )?),
@@ -153,6 +157,7 @@ pub fn init(format: LogFormat) -> Result<Telemetry, otel::OtelError> {
     Ok(Telemetry {
         _log: guard,
         traces,
+        endpoint: settings.and_then(|s| s.endpoint),
     })
 }
 

@@ -58,6 +58,9 @@ pub enum OtelError {
 /// What the environment asks of the export, once it is on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
+    /// Where spans go, as configured (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`); `None`: the default, `http://localhost:4318`.
+    pub endpoint: Option<String>,
     /// Each export's time limit (`OTEL_EXPORTER_OTLP_TIMEOUT`, milliseconds; 10 s).
     pub timeout: Duration,
     /// More CAs to trust, PEM (`OTEL_EXPORTER_OTLP_CERTIFICATE`).
@@ -167,6 +170,7 @@ pub fn settings(env: impl Fn(&str) -> Option<String>) -> Result<Option<Settings>
                 .any(|pair| pair.split('=').next().map(str::trim) == Some("service.name"))
         });
     Ok(Some(Settings {
+        endpoint: endpoint.map(|(_, value)| value),
         timeout,
         ca,
         identity,
@@ -257,8 +261,9 @@ mod tests {
         settings(move |name| vars.get(name).cloned())
     }
 
-    fn on() -> Settings {
+    fn on(endpoint: Option<&str>) -> Settings {
         Settings {
+            endpoint: endpoint.map(str::to_owned),
             timeout: Duration::from_secs(10),
             ca: None,
             identity: None,
@@ -272,7 +277,7 @@ mod tests {
         assert_eq!(with(&[("OTEL_SERVICE_NAME", "gate")]).unwrap(), None);
         assert_eq!(
             with(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")]).unwrap(),
-            Some(on())
+            Some(on(Some("http://collector:4318")))
         );
         assert_eq!(
             with(&[(
@@ -280,11 +285,23 @@ mod tests {
                 "http://c:4318/v1/traces"
             )])
             .unwrap(),
-            Some(on())
+            Some(on(Some("http://c:4318/v1/traces")))
+        );
+        // The signal's own endpoint is the one that counts.
+        assert_eq!(
+            with(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "http://c:4318/v1/traces"
+                ),
+            ])
+            .unwrap(),
+            Some(on(Some("http://c:4318/v1/traces")))
         );
         assert_eq!(
             with(&[("OTEL_TRACES_EXPORTER", "otlp")]).unwrap(),
-            Some(on())
+            Some(on(None))
         );
         assert_eq!(
             with(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "  ")]).unwrap(),
@@ -306,7 +323,7 @@ mod tests {
         );
         assert_eq!(
             with(&[endpoint, ("OTEL_SDK_DISABLED", "false")]).unwrap(),
-            Some(on())
+            Some(on(Some("http://collector:4318")))
         );
     }
 
@@ -333,7 +350,7 @@ mod tests {
         );
         assert_eq!(
             with(&[endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]).unwrap(),
-            Some(on())
+            Some(on(Some("http://collector:4317")))
         );
         let error = with(&[("OTEL_TRACES_EXPORTER", "zipkin")]).unwrap_err();
         assert_eq!(
@@ -362,6 +379,7 @@ mod tests {
         assert_eq!(
             got,
             Settings {
+                endpoint: Some("https://collector:4318".into()),
                 timeout: Duration::from_millis(750),
                 ca: Some("/etc/otel/ca.crt".into()),
                 identity: Some(("/etc/otel/tls.crt".into(), "/etc/otel/tls.key".into())),
